@@ -1,0 +1,52 @@
+"""pausesvc: Redis-backed distributed pause state for multi-LoRA LLM serving."""
+
+from pausesvc._client import AsyncPauseClient, shared_watcher
+from pausesvc._embedded import EmbeddedRedis
+from pausesvc._exceptions import (
+    ConflictError,
+    DataLossError,
+    DrainTimeoutError,
+    InvalidInputError,
+    InvalidNameError,
+    NotHolderError,
+    PauseError,
+    PauseTimeoutError,
+    RedisUnavailableError,
+    StaleTokenError,
+)
+from pausesvc._keys import GLOBAL, Keys, validate_name
+from pausesvc._models import AdapterState, Grant, Hold, PauseEvent, ResumeResult, Snapshot
+from pausesvc._settings import Settings
+from pausesvc._sync import PauseClient
+from pausesvc._watcher import PauseWatcher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GLOBAL",
+    "AdapterState",
+    "AsyncPauseClient",
+    "ConflictError",
+    "DataLossError",
+    "DrainTimeoutError",
+    "EmbeddedRedis",
+    "Grant",
+    "Hold",
+    "InvalidInputError",
+    "InvalidNameError",
+    "Keys",
+    "NotHolderError",
+    "PauseClient",
+    "PauseError",
+    "PauseEvent",
+    "PauseTimeoutError",
+    "PauseWatcher",
+    "RedisUnavailableError",
+    "ResumeResult",
+    "Settings",
+    "Snapshot",
+    "StaleTokenError",
+    "__version__",
+    "shared_watcher",
+    "validate_name",
+]

@@ -1,0 +1,210 @@
+"""What the async and the sync client share: argument checks, script arguments, result parsing.
+
+No I/O happens in this module (the httpx ``BaseClient`` pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pausesvc._exceptions import InvalidInputError, NotHolderError, StaleTokenError
+from pausesvc._keys import Keys, validate_holder, validate_name
+from pausesvc._models import AdapterState, Grant, ResumeResult, Snapshot
+
+__all__ = ["BaseClient", "parse_snapshot", "validate_timeout"]
+
+MAX_REASON_LENGTH = 1024
+MAX_TTL_S = 7 * 24 * 3600.0
+
+
+def validate_timeout(value: object, *, field: str = "timeout", allow_none: bool = True) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise InvalidInputError(f"{field} is required", field=field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{field} must be a number of seconds", field=field)
+    v = float(value)
+    if math.isnan(v) or v < 0 or math.isinf(v):
+        raise InvalidInputError(f"{field} must be a finite number >= 0, got {value!r}", field=field)
+    return v
+
+
+def validate_ttl(value: object, *, field: str = "ttl") -> int:
+    """A lease length in seconds -> milliseconds (> 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{field} must be a number of seconds", field=field)
+    v = float(value)
+    if math.isnan(v) or v <= 0 or v > MAX_TTL_S:
+        raise InvalidInputError(
+            f"{field} must be > 0 and <= {int(MAX_TTL_S)} seconds, got {value!r}", field=field
+        )
+    return max(1, round(v * 1000))
+
+
+def validate_token(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError(f"token must be a positive integer, got {value!r}", field="token")
+    return value
+
+
+def validate_reason(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInputError("reason must be a string", field="reason")
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidInputError(
+            f"reason is longer than {MAX_REASON_LENGTH} characters", field="reason"
+        )
+    if any(ord(c) < 32 and c not in "\t" for c in value):
+        raise InvalidInputError("reason must not contain control characters", field="reason")
+    return value
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any], server_time: Sequence[Any]) -> Snapshot:
+    """Build a snapshot from ``GET rev``, ``GET epoch``, ``HGETALL paused``, ``TIME``.
+
+    Expired holds are dropped here, so no reader ever sees an expired lease as paused.
+    """
+    now = int(server_time[0]) + int(server_time[1]) / 1e6
+    paused: dict[str, AdapterState] = {}
+    for name, value in raw.items():
+        state = AdapterState.from_json(value).without_expired(now)
+        if state is not None:
+            paused[_s(name)] = state
+    return Snapshot(
+        revision=int(rev or 0),
+        epoch=_s(epoch) if epoch is not None else None,
+        server_time=now,
+        paused=paused,
+    )
+
+
+class BaseClient:
+    """Configuration and the pure parts of every operation."""
+
+    def __init__(self, *, namespace: str = "default", default_holder: str = "default",
+                 sharded: bool = False, replication_wait: int = 0,
+                 replication_wait_timeout_ms: int = 1000) -> None:
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+        self.default_holder = validate_holder(default_holder)
+        self.sharded = sharded
+        self.replication_wait = replication_wait
+        self.replication_wait_timeout_ms = replication_wait_timeout_ms
+
+    @property
+    def publish_command(self) -> str:
+        return "SPUBLISH" if self.sharded else "PUBLISH"
+
+    # -- arguments -------------------------------------------------------------------------------
+    def _holder(self, holder: str | None) -> str:
+        return self.default_holder if holder is None else validate_holder(holder)
+
+    def _pause_args(self, name: str, holder: str | None, reason: str | None,
+                    ttl: float | None) -> tuple[str, list[str]]:
+        name = validate_name(name)
+        h = self._holder(holder)
+        ttl_ms = 0 if ttl is None else validate_ttl(ttl)
+        return h, [self.publish_command, name, h, validate_reason(reason), str(ttl_ms)]
+
+    def _resume_args(self, name: str, holder: str | None, token: int | None,
+                     force: bool) -> tuple[str, list[str]]:
+        name = validate_name(name)
+        h = self._holder(holder)
+        tok = "" if token is None else str(validate_token(token))
+        if not isinstance(force, bool):
+            raise InvalidInputError("force must be a boolean", field="force")
+        return h, [self.publish_command, name, h, tok, "1" if force else "0"]
+
+    def _renew_args(self, name: str, holder: str | None, ttl: float,
+                    token: int | None) -> tuple[str, list[str]]:
+        name = validate_name(name)
+        h = self._holder(holder)
+        tok = "" if token is None else str(validate_token(token))
+        return h, [self.publish_command, name, h, str(validate_ttl(ttl)), tok]
+
+    # -- results ----------------------------------------------------------------------------------
+    @staticmethod
+    def _parse_grant(name: str, holder: str, res: Sequence[Any]) -> Grant:
+        status, token, rev, state = _s(res[0]), int(res[1]), int(res[2]), _s(res[3])
+        return Grant(name=name, holder=holder, token=token, revision=rev,
+                     created=status == "created", state=AdapterState.from_json(state))
+
+    @staticmethod
+    def _parse_resume(name: str, holder: str, token: int | None, res: Sequence[Any]) -> ResumeResult:
+        status, rev, state_raw, current = _s(res[0]), int(res[1]), _s(res[2]), int(res[3])
+        state = AdapterState.from_json(state_raw) if state_raw else None
+        if status == "not_holder":
+            holders = sorted(state.holders) if state else []
+            raise NotHolderError(
+                f"{holder!r} holds no pause of {name!r} (held by: {', '.join(holders) or 'nobody'})",
+                holders=holders,
+            )
+        if status == "stale":
+            raise StaleTokenError(
+                f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
+                presented=token or 0, current=current,
+            )
+        return ResumeResult(name=name, holder=holder, released=status.startswith("released"),
+                            paused=state is not None, revision=rev, state=state)
+
+    @staticmethod
+    def _parse_renew(name: str, holder: str, token: int | None, res: Sequence[Any]) -> AdapterState:
+        status, state_raw, current = _s(res[0]), _s(res[2]), int(res[3])
+        state = AdapterState.from_json(state_raw) if state_raw else None
+        if status == "not_holder":
+            holders = sorted(state.holders) if state else []
+            raise NotHolderError(
+                f"{holder!r} holds no live pause of {name!r} (expired or released)",
+                holders=holders,
+            )
+        if status == "stale":
+            raise StaleTokenError(
+                f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
+                presented=token or 0, current=current,
+            )
+        assert state is not None  # 'renewed' always carries the state
+        return state
+
+    @staticmethod
+    def _parse_get(name: str, raw: Any, server_time: Sequence[Any]) -> AdapterState | None:
+        if raw is None:
+            return None
+        now = int(server_time[0]) + int(server_time[1]) / 1e6
+        return AdapterState.from_json(raw).without_expired(now)
+
+    @staticmethod
+    def _replica_record(raw: Mapping[Any, Any], heartbeat_ms: float, now_ms: float,
+                        replica_id: str) -> dict[str, Any]:
+        rec: dict[str, Any] = {"id": replica_id, "drains": {}}
+        for k, v in raw.items():
+            key, val = _s(k), _s(v)
+            if key.startswith("drain:"):
+                try:
+                    rec["drains"][key[6:]] = json.loads(val)
+                except ValueError:
+                    rec["drains"][key[6:]] = {"raw": val}
+            elif key in ("info",):
+                try:
+                    rec.update(json.loads(val))
+                except ValueError:
+                    rec["info"] = val
+            else:
+                rec[key] = val
+        rec["id"] = replica_id
+        rec["heartbeat_age_s"] = max(0.0, (now_ms - heartbeat_ms) / 1000.0)
+        return rec
+
+    @staticmethod
+    def _now() -> float:
+        return time.time()

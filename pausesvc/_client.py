@@ -1,0 +1,329 @@
+"""The asyncio client: pause/resume/renew with holders, fencing tokens and leases; waiting.
+
+``wait_unpaused`` and ``events`` use the process's shared :class:`PauseWatcher` (one
+subscription per event loop, Redis URL and namespace, however many clients and waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aredis
+
+from pausesvc._base import BaseClient, validate_timeout
+from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
+from pausesvc._keys import validate_name
+from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
+from pausesvc._redis import async_client, is_cluster
+from pausesvc._scripts import registry_script, state_script
+from pausesvc._settings import Settings
+from pausesvc._watcher import PauseWatcher
+
+__all__ = ["AsyncPauseClient", "shared_watcher"]
+
+logger = logging.getLogger("pausesvc.client")
+
+# (loop, url, namespace) -> [watcher, refcount]
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def shared_watcher(url: str, namespace: str = "default", *,
+                         settings: Settings | None = None) -> PauseWatcher:
+    """The process's watcher for (url, namespace) on this event loop; started, refcounted.
+
+    Release it with :func:`release_watcher` (clients do this on close).
+    """
+    loop = asyncio.get_running_loop()
+    per_loop = _SHARED.setdefault(loop, {})
+    entry = per_loop.get((url, namespace))
+    if entry is None:
+        s = settings or Settings()
+        watcher = PauseWatcher(
+            url, namespace=namespace, resync_interval=s.resync_interval_s,
+            health_check_interval=s.health_check_interval_s,
+            max_backoff=s.reconnect_max_backoff_s, on_data_loss=s.on_data_loss,
+        )
+        entry = per_loop[(url, namespace)] = [watcher, 0]
+        await watcher.start(wait=False)
+    entry[1] += 1
+    return entry[0]  # type: ignore[no-any-return]
+
+
+async def release_watcher(url: str, namespace: str) -> None:
+    loop = asyncio.get_running_loop()
+    per_loop = _SHARED.get(loop, {})
+    entry = per_loop.get((url, namespace))
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del per_loop[(url, namespace)]
+        await entry[0].aclose()
+
+
+class AsyncPauseClient(BaseClient):
+    """Change, read and wait on pause state. ``async with AsyncPauseClient(url) as c: ...``"""
+
+    def __init__(self, url: str | None = None, *, namespace: str | None = None,
+                 holder: str | None = None, redis: aredis.Redis | None = None,
+                 settings: Settings | None = None) -> None:
+        s = settings or Settings()
+        url = url if url is not None else s.redis_url
+        if redis is None and url is None:
+            raise InvalidInputError(
+                "no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url"
+            )
+        if redis is None:
+            assert url is not None
+            redis = async_client(url, health_check_interval=s.health_check_interval_s,
+                                 socket_connect_timeout=5.0)
+            self._owns_redis = True
+        else:
+            self._owns_redis = False
+        sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
+        super().__init__(namespace=namespace or s.namespace, default_holder=holder or s.holder,
+                         sharded=sharded, replication_wait=s.replication_wait,
+                         replication_wait_timeout_ms=s.replication_wait_timeout_ms)
+        self.url = url
+        self.settings = s
+        self.redis = redis
+        self._scripts = {n: redis.register_script(state_script(n))
+                         for n in ("pause", "resume", "renew", "reap")}
+        self._ack_script = redis.register_script(registry_script("ack"))
+        self._hb_script = redis.register_script(registry_script("heartbeat"))
+        self._watcher: PauseWatcher | None = None
+        self._own_watcher = False
+        self._closed = False
+        self._last_write: tuple[int, str | None] = (0, None)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close connections and release the shared watcher. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watcher is not None:
+            if self._own_watcher:
+                await self._watcher.aclose()
+            elif self.url is not None:
+                await release_watcher(self.url, self.namespace)
+            self._watcher = None
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncPauseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def watcher(self) -> PauseWatcher:
+        """The process's shared watcher for this client's Redis and namespace (started)."""
+        if self._closed:
+            raise RuntimeError("client is closed")
+        if self._watcher is None:
+            if self.url is not None:
+                self._watcher = await shared_watcher(self.url, self.namespace,
+                                                     settings=self.settings)
+            else:
+                self._watcher = PauseWatcher(self.redis, namespace=self.namespace,
+                                             sharded=self.sharded,
+                                             on_data_loss=self.settings.on_data_loss)
+                self._own_watcher = True
+                await self._watcher.start(wait=False)
+        return self._watcher
+
+    async def _run(self, script: str, args: list[str]) -> Any:
+        with translate_redis_errors():
+            res = await self._scripts[script](keys=self.keys.state_keys(), args=args)
+            rev = int(res[2] if script == "pause" else res[1])
+            if rev > self._last_write[0]:
+                self._last_write = (rev, None)
+            if self.replication_wait:
+                await self.redis.execute_command(
+                    "WAIT", self.replication_wait, self.replication_wait_timeout_ms
+                )
+        return res
+
+    # -- changes -----------------------------------------------------------------------------------
+    async def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,
+                    ttl: float | None = None, drain: bool = False,
+                    timeout: float | None = None) -> Grant:
+        """Hold ``name`` paused. Returns the grant; ``grant.token`` fences resume/renew.
+
+        With ``drain=True``, return only once every live replica process acknowledged that it
+        has no request of ``name`` in flight (else :class:`DrainTimeoutError`; the pause stays).
+        """
+        h, args = self._pause_args(name, holder, reason, ttl)
+        t = validate_timeout(timeout)
+        if not drain:
+            return self._parse_grant(name, h, await self._run("pause", args))
+        from pausesvc._registry import AckWaiter
+
+        async with AckWaiter(self, name) as acks:
+            grant = self._parse_grant(name, h, await self._run("pause", args))
+            await acks.wait(grant.token, t if t is not None else self.settings.drain_timeout_s)
+        return grant
+
+    async def resume(self, name: str, *, holder: str | None = None, token: int | None = None,
+                     force: bool = False) -> ResumeResult:
+        """Release ``holder``'s hold (all holds with ``force``).
+
+        Raises :class:`StaleTokenError` if ``token`` is not the hold's current token and
+        :class:`NotHolderError` if the adapter is paused but not by ``holder``.
+        """
+        h, args = self._resume_args(name, holder, token, force)
+        return self._parse_resume(name, h, token, await self._run("resume", args))
+
+    async def renew(self, name: str, holder: str | None, ttl: float, *,
+                    token: int | None = None) -> AdapterState:
+        """Extend ``holder``'s lease on ``name`` to ``ttl`` seconds from now."""
+        h, args = self._renew_args(name, holder, ttl, token)
+        return self._parse_renew(name, h, token, await self._run("renew", args))
+
+    async def reap(self) -> int:
+        """Turn expired leases into resumes now (watchers also do this). Returns holds reaped."""
+        with translate_redis_errors():
+            res = await self._scripts["reap"](keys=self.keys.state_keys(),
+                                              args=[self.publish_command])
+        return int(res[0])
+
+    # -- reads ---------------------------------------------------------------------------------------
+    async def get(self, name: str) -> AdapterState | None:
+        """The state of ``name`` (None: not paused). ``*`` is not folded in."""
+        validate_name(name)
+        with translate_redis_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.paused, name)
+            pipe.time()
+            raw, now = await pipe.execute()
+        return self._parse_get(name, raw, now)
+
+    async def snapshot(self) -> Snapshot:
+        """Every paused adapter and the revision, in one round trip."""
+        from pausesvc._base import parse_snapshot
+
+        k = self.keys
+        with translate_redis_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(k.rev)
+            pipe.get(k.epoch)
+            pipe.hgetall(k.paused)
+            pipe.time()
+            rev, epoch, raw, now = await pipe.execute()
+        return parse_snapshot(rev, epoch, raw, now)
+
+    async def is_paused(self, name: str) -> bool:
+        """Ask Redis (one round trip): is ``name`` paused, directly or by ``*``?"""
+        snap = await self.snapshot()
+        return name in snap.paused or "*" in snap.paused
+
+    async def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
+        """Wait until ``name`` is not paused. True: not paused; False: still paused at timeout."""
+        validate_name(name)
+        t = validate_timeout(timeout)
+        w = await self.watcher()
+        deadline = None if t is None else time.monotonic() + t
+        # read-your-writes: a pause this client just made must not look unpaused to its waiters
+        if self._last_write[0] > w.revision and not await w.wait_revision(self._last_write[0],
+                                                                         timeout=t):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return await w.wait_unpaused(name, remaining)
+
+    async def events(self) -> AsyncIterator[PauseEvent]:
+        """Every change as this process learns it (resync differences come as op 'resync')."""
+        w = await self.watcher()
+        queue: asyncio.Queue[PauseEvent] = asyncio.Queue(maxsize=10_000)
+
+        def listener(name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
+            if ev is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(ev)
+
+        w.add_listener(listener)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            w.remove_listener(listener)
+
+    @contextlib.asynccontextmanager
+    async def paused(self, name: str, *, holder: str | None = None, reason: str | None = None,
+                     ttl: float | None = None, drain: bool = False,
+                     timeout: float | None = None) -> AsyncIterator[Grant]:
+        """Pause on entry, always release this hold on exit (exceptions and cancellation too).
+
+        With ``ttl``, the lease is renewed in the background every ttl/3 while the block runs.
+        """
+        grant = await self.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain,
+                                 timeout=timeout)
+        renewer: asyncio.Task[None] | None = None
+        if ttl is not None:
+            renewer = asyncio.create_task(self._keep_renewing(name, grant, float(ttl)))
+        try:
+            yield grant
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await renewer
+            try:
+                await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
+            except ConflictError as exc:
+                logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
+                               name, grant.holder, exc)
+
+    async def _keep_renewing(self, name: str, grant: Grant, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await self.renew(name, grant.holder, ttl, token=grant.token)
+            except ConflictError:
+                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)
+                return
+            except Exception as exc:
+                logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)
+
+    # -- replicas ----------------------------------------------------------------------------------
+    async def replicas(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
+        """Replica processes in the registry with heartbeat age and drain records."""
+        from pausesvc._registry import list_replicas
+
+        return await list_replicas(self, include_dead=include_dead)
+
+    async def _heartbeat(self, replica_id: str, fields: dict[str, str]) -> None:
+        ttl_ms = int(self.settings.replica_timeout_s * 3000)
+        args: list[str] = [self.publish_command, replica_id, str(ttl_ms), str(ttl_ms * 10)]
+        for k, v in fields.items():
+            args += [k, v]
+        with translate_redis_errors():
+            await self._hb_script(
+                keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks], args=args
+            )
+
+    async def _ack(self, replica_id: str, name: str, revision: int, aborted: list[str]) -> None:
+        record = json.dumps({"replica": replica_id, "name": name, "rev": revision,
+                             "aborted": aborted, "ts": time.time()})
+        with translate_redis_errors():
+            await self._ack_script(
+                keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks],
+                args=[self.publish_command, replica_id, name, record],
+            )
+
+    async def _deregister(self, replica_id: str) -> None:
+        with translate_redis_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(self.keys.replicas, replica_id)
+            pipe.delete(self.keys.replica(replica_id))
+            await pipe.execute()
+

@@ -1,0 +1,120 @@
+"""The exception tree of pausesvc.
+
+    PauseError
+    ├── InvalidInputError (also a ValueError)
+    │   └── InvalidNameError
+    ├── ConflictError
+    │   ├── StaleTokenError          a resume/renew presented a token that is not the hold's
+    │   └── NotHolderError           the holder holds no pause of that adapter
+    ├── RedisUnavailableError        Redis cannot be reached / the connection was lost
+    ├── PauseTimeoutError (also a TimeoutError)
+    │   └── DrainTimeoutError        some live replica processes did not acknowledge a drain
+    └── DataLossError                the namespace revision went backwards (Redis lost its data)
+
+redis-py exceptions are translated in exactly one place: :func:`translate_redis_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import redis.exceptions as rexc
+
+__all__ = [
+    "ConflictError",
+    "DataLossError",
+    "DrainTimeoutError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "NotHolderError",
+    "PauseError",
+    "PauseTimeoutError",
+    "RedisUnavailableError",
+    "StaleTokenError",
+    "translate_redis_errors",
+]
+
+
+class PauseError(Exception):
+    """Root of every error pausesvc raises."""
+
+
+class InvalidInputError(PauseError, ValueError):
+    """An argument is not acceptable. Nothing was changed."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidNameError(InvalidInputError):
+    """An adapter or holder name is not acceptable."""
+
+
+class ConflictError(PauseError):
+    """The request was refused because of the current state. Nothing was changed."""
+
+
+class StaleTokenError(ConflictError):
+    """A fencing token does not match the holder's current pause."""
+
+    def __init__(self, message: str, *, presented: int, current: int) -> None:
+        super().__init__(message)
+        self.presented = presented
+        self.current = current
+
+
+class NotHolderError(ConflictError):
+    """The holder does not hold a pause of this adapter (others may)."""
+
+    def __init__(self, message: str, *, holders: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.holders = list(holders)
+
+
+class RedisUnavailableError(PauseError):
+    """Redis could not be reached, or the connection broke mid-call."""
+
+
+class PauseTimeoutError(PauseError, TimeoutError):
+    """An operation did not complete before its deadline."""
+
+
+class DrainTimeoutError(PauseTimeoutError):
+    """Not every live replica process acknowledged the drain before the deadline.
+
+    The pause itself is in place (and held): only the acknowledgement is missing.
+    """
+
+    def __init__(self, message: str, *, token: int, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.token = token
+        self.missing = list(missing)
+
+
+class DataLossError(PauseError):
+    """The namespace revision went backwards: Redis restarted without its data."""
+
+
+@contextlib.contextmanager
+def translate_redis_errors() -> Iterator[None]:
+    """Map redis-py exceptions onto the pausesvc tree (the one place that does it)."""
+    try:
+        yield
+    except PauseError:
+        raise
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError) as exc:
+        raise RedisUnavailableError(f"Redis unavailable: {exc}") from exc
+    except rexc.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
+        raise RedisUnavailableError(f"Redis authentication failed: {exc}") from exc
+    except rexc.NoPermissionError as exc:
+        raise RedisUnavailableError(f"Redis refused the command (ACL): {exc}") from exc
+    except rexc.ReadOnlyError as exc:
+        raise RedisUnavailableError(f"Redis is read-only (a replica?): {exc}") from exc
+    except rexc.ResponseError as exc:
+        raise PauseError(f"Redis answered with an error: {exc}") from exc
+    except rexc.RedisError as exc:
+        raise RedisUnavailableError(f"Redis error: {exc}") from exc
+    except OSError as exc:
+        raise RedisUnavailableError(f"Redis unreachable: {exc}") from exc

@@ -1,0 +1,232 @@
+"""Plain data returned by the clients and the watcher (no I/O here).
+
+Times are Unix seconds (floats) computed from the Redis server's clock; Redis stores milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot"]
+
+
+def _ms(value: Any) -> float:
+    return float(value) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One holder's claim on a pause."""
+
+    holder: str
+    token: int
+    since: float
+    reason: str | None = None
+    expires_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "holder": self.holder,
+            "token": self.token,
+            "since": self.since,
+            "reason": self.reason,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterState:
+    """A paused adapter: who holds it and since when. Unpaused adapters have no state."""
+
+    name: str
+    holders: Mapping[str, Hold]
+    since: float
+    revision: int
+    pause_revision: int
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.holders)
+
+    @property
+    def token(self) -> int:
+        """The newest hold's fencing token."""
+        return max(h.token for h in self.holders.values())
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the pause ends by itself (every hold is a lease), else None."""
+        ends = [h.expires_at for h in self.holders.values()]
+        if not ends or any(e is None for e in ends):
+            return None
+        return max(e for e in ends if e is not None)
+
+    @property
+    def next_expiry(self) -> float | None:
+        """The earliest lease expiry among the holds (a change happens then), else None."""
+        ends = [h.expires_at for h in self.holders.values() if h.expires_at is not None]
+        return min(ends) if ends else None
+
+    @property
+    def reason(self) -> str | None:
+        for h in sorted(self.holders.values(), key=lambda h: h.token):
+            if h.reason:
+                return h.reason
+        return None
+
+    def without_expired(self, now: float) -> AdapterState | None:
+        """This state as a reader must see it at ``now``: expired holds are gone."""
+        live = {
+            k: h for k, h in self.holders.items() if h.expires_at is None or h.expires_at > now
+        }
+        if len(live) == len(self.holders):
+            return self
+        if not live:
+            return None
+        return AdapterState(self.name, live, self.since, self.revision, self.pause_revision)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> AdapterState:
+        holders: dict[str, Hold] = {}
+        raw_holders = data.get("holders") or {}
+        if isinstance(raw_holders, Mapping):
+            for holder, h in raw_holders.items():
+                holders[holder] = Hold(
+                    holder=holder,
+                    token=int(h["token"]),
+                    since=_ms(h["since"]),
+                    reason=h.get("reason") or None,
+                    expires_at=_ms(h["expires"]) if h.get("expires") is not None else None,
+                )
+        return cls(
+            name=str(data["name"]),
+            holders=holders,
+            since=_ms(data["since"]),
+            revision=int(data["rev"]),
+            pause_revision=int(data.get("pause_rev", data["rev"])),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> AdapterState:
+        return cls.from_wire(json.loads(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "since": self.since,
+            "revision": self.revision,
+            "pause_revision": self.pause_revision,
+            "token": self.token,
+            "reason": self.reason,
+            "expires_at": self.expires_at,
+            "holders": {k: h.to_dict() for k, h in sorted(self.holders.items())},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What ``pause`` returns. ``token`` fences this hold's resume and renew."""
+
+    name: str
+    holder: str
+    token: int
+    revision: int
+    created: bool
+    state: AdapterState
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "holder": self.holder,
+            "token": self.token,
+            "revision": self.revision,
+            "created": self.created,
+            "state": self.state.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeResult:
+    """What ``resume`` returns. ``paused`` is True when other holders keep the adapter paused."""
+
+    name: str
+    holder: str
+    released: bool
+    paused: bool
+    revision: int
+    state: AdapterState | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "holder": self.holder,
+            "released": self.released,
+            "paused": self.paused,
+            "revision": self.revision,
+            "state": self.state.to_dict() if self.state else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole paused set of a namespace at one revision (one round trip)."""
+
+    revision: int
+    epoch: str | None
+    server_time: float
+    paused: dict[str, AdapterState] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "epoch": self.epoch,
+            "server_time": self.server_time,
+            "paused": {k: v.to_dict() for k, v in sorted(self.paused.items())},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PauseEvent:
+    """One change of one adapter, as published (or as synthesized by a resync: op 'resync')."""
+
+    revision: int
+    epoch: str | None
+    name: str
+    op: str
+    paused: bool
+    holder: str | None
+    state: AdapterState | None
+    ts: float
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PauseEvent:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("event is not a JSON object")
+        state = data.get("state")
+        return cls(
+            revision=int(data["rev"]),
+            epoch=str(data["epoch"]) if data.get("epoch") is not None else None,
+            name=str(data["name"]),
+            op=str(data["op"]),
+            paused=bool(data["paused"]),
+            holder=data.get("holder"),
+            state=AdapterState.from_wire(state) if isinstance(state, dict) else None,
+            ts=_ms(data.get("ts", 0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "epoch": self.epoch,
+            "name": self.name,
+            "op": self.op,
+            "paused": self.paused,
+            "holder": self.holder,
+            "ts": self.ts,
+            "state": self.state.to_dict() if self.state else None,
+        }

@@ -1,0 +1,120 @@
+"""Building redis-py clients from URLs (the only place that does).
+
+Supported: ``redis://``, ``rediss://`` (TLS; ``ssl_*`` query parameters as redis-py reads them),
+``unix://``, and ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`` which
+follows Sentinel failovers (``rediss+sentinel://`` for TLS to the data nodes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+from pausesvc._exceptions import InvalidInputError
+
+__all__ = ["async_client", "is_cluster", "redact", "sync_client"]
+
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _check(url: object) -> str:
+    if not isinstance(url, str) or not url:
+        raise InvalidInputError("redis_url must be a non-empty string", field="redis_url")
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        raise InvalidInputError(
+            f"redis_url {redact(url)!r} must start with one of "
+            + ", ".join(s + "://" for s in _SCHEMES),
+            field="redis_url",
+        )
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any], bool]:
+    parts = urlsplit(url)
+    ssl = parts.scheme.lower().startswith("rediss")
+    hostlist = parts.netloc.rsplit("@", 1)[-1]
+    nodes: list[tuple[str, int]] = []
+    for hp in hostlist.split(","):
+        host, _, port = hp.rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        try:
+            nodes.append((host.strip("[]"), int(port)))
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"bad sentinel address {hp!r} in redis_url", field="redis_url"
+            ) from exc
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise InvalidInputError(
+            "redis+sentinel:// URL needs the service name: redis+sentinel://host:port/mymaster",
+            field="redis_url",
+        )
+    kwargs: dict[str, Any] = {}
+    if len(path) > 1:
+        kwargs["db"] = int(path[1])
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    query = parse_qs(parts.query)
+    if "sentinel_password" in query:
+        kwargs["sentinel_password"] = query["sentinel_password"][0]
+    return nodes, path[0], kwargs, ssl
+
+
+def async_client(url: str, **options: Any) -> aredis.Redis:
+    """An asyncio client (``decode_responses=True``) for ``url``."""
+    url = _check(url)
+    options.setdefault("decode_responses", True)
+    if "+sentinel" in url.split("://", 1)[0].lower():
+        nodes, service, kw, ssl = _sentinel_parts(url)
+        sentinel_password = kw.pop("sentinel_password", None)
+        sentinel = AsyncSentinel(
+            nodes,
+            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
+            socket_timeout=options.get("socket_timeout", 5.0),
+        )
+        return sentinel.master_for(service, ssl=ssl, **kw, **options)
+    return aredis.Redis.from_url(url, **options)
+
+
+def sync_client(url: str, **options: Any) -> redis.Redis:
+    """A blocking client (``decode_responses=True``) for ``url``."""
+    url = _check(url)
+    options.setdefault("decode_responses", True)
+    if "+sentinel" in url.split("://", 1)[0].lower():
+        nodes, service, kw, ssl = _sentinel_parts(url)
+        sentinel_password = kw.pop("sentinel_password", None)
+        sentinel = Sentinel(
+            nodes,
+            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
+            socket_timeout=options.get("socket_timeout", 5.0),
+        )
+        return sentinel.master_for(service, ssl=ssl, **kw, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def is_cluster(client: object) -> bool:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))

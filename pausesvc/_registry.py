@@ -1,0 +1,164 @@
+"""The replica registry and the drain barrier (the controller's side).
+
+A replica process (the vLLM gate) heartbeats into ``replicas`` (ZSET, Redis clock) and keeps a
+record hash; when it has no request of adapter A in flight for the pause at revision r it runs
+the ``ack`` script, which stores ``drain:A`` in its record and publishes on ``acks``.
+
+A drained pause waits like a watcher does: SUBSCRIBE to ``acks`` first, then read the records
+(the key is the truth), then wait for messages; re-read on a slow timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
+
+if TYPE_CHECKING:
+    from pausesvc._client import AsyncPauseClient
+    from pausesvc._sync import PauseClient
+
+__all__ = ["AckWaiter", "list_replicas", "missing_acks"]
+
+RECHECK_S = 0.25
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def missing_acks(replicas: list[dict[str, Any]], name: str, token: int) -> list[str]:
+    """Live replica ids that have not acknowledged draining ``name`` at ``token`` or later."""
+    out = []
+    for rec in replicas:
+        if not rec.get("live"):
+            continue
+        drains = rec.get("drains", {})
+        ok = False
+        for key in (name, "*"):
+            d = drains.get(key)
+            if isinstance(d, dict) and int(d.get("rev", 0)) >= token and (key == name or name != "*"):
+                ok = True
+        if not ok:
+            out.append(str(rec["id"]))
+    return sorted(out)
+
+
+def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, float]],
+           records: list[dict[Any, Any]], now: list[Any], include_dead: bool) -> list[dict[str, Any]]:
+    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
+    timeout_ms = client.settings.replica_timeout_s * 1000
+    out = []
+    for (rid, score), raw in zip(members, records, strict=True):
+        rec = client._replica_record(raw, score, now_ms, _decode(rid))
+        rec["live"] = (now_ms - score) <= timeout_ms and bool(raw)
+        if rec["live"] or include_dead:
+            out.append(rec)
+    return out
+
+
+async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
+    k = client.keys
+    with translate_redis_errors():
+        pipe = client.redis.pipeline(transaction=True)
+        pipe.zrange(k.replicas, 0, -1, withscores=True)
+        pipe.time()
+        members, now = await pipe.execute()
+        pipe = client.redis.pipeline(transaction=False)
+        for rid, _ in members:
+            pipe.hgetall(k.replica(_decode(rid)))
+        records = await pipe.execute() if members else []
+    return _build(client, members, records, now, include_dead)
+
+
+def list_replicas_sync(client: PauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
+    k = client.keys
+    with translate_redis_errors():
+        pipe = client.redis.pipeline(transaction=True)
+        pipe.zrange(k.replicas, 0, -1, withscores=True)
+        pipe.time()
+        members, now = pipe.execute()
+        pipe = client.redis.pipeline(transaction=False)
+        for rid, _ in members:
+            pipe.hgetall(k.replica(_decode(rid)))
+        records = pipe.execute() if members else []
+    return _build(client, members, records, now, include_dead)
+
+
+def _timeout_error(name: str, token: int, missing: list[str], timeout: float) -> DrainTimeoutError:
+    return DrainTimeoutError(
+        f"pause of {name!r} (token {token}) is in place, but {len(missing)} live replica "
+        f"process(es) did not acknowledge the drain within {timeout:g}s: {', '.join(missing)}",
+        token=token, missing=missing,
+    )
+
+
+class AckWaiter:
+    """Subscribe to acks BEFORE the pause is written, then wait for every live replica."""
+
+    def __init__(self, client: AsyncPauseClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self._pubsub: Any = None
+
+    async def __aenter__(self) -> AckWaiter:
+        with translate_redis_errors():
+            self._pubsub = self.client.redis.pubsub()
+            if self.client.sharded:
+                await self._pubsub.ssubscribe(self.client.keys.acks)
+            else:
+                await self._pubsub.subscribe(self.client.keys.acks)
+            async with asyncio.timeout(5.0):
+                while True:
+                    msg = await self._pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
+                        break
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    async def wait(self, token: int, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            replicas = await list_replicas(self.client)
+            missing = missing_acks(replicas, self.name, token)
+            if not missing:
+                return replicas
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _timeout_error(self.name, token, missing, timeout)
+            with translate_redis_errors():
+                end = time.monotonic() + min(RECHECK_S, remaining)
+                while time.monotonic() < end:
+                    msg = await self._pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                    if msg is not None and msg["type"] in ("message", "smessage"):
+                        try:
+                            data = json.loads(msg["data"])
+                        except ValueError:
+                            continue
+                        if data.get("name") in (self.name, "*"):
+                            break
+
+
+def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, token: int,
+                      timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = list_replicas_sync(client)
+        missing = missing_acks(replicas, name, token)
+        if not missing:
+            return replicas
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _timeout_error(name, token, missing, timeout)
+        with translate_redis_errors():
+            end = time.monotonic() + min(RECHECK_S, remaining)
+            while time.monotonic() < end:
+                msg = pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                if msg is not None and msg["type"] in ("message", "smessage"):
+                    break

@@ -1,0 +1,95 @@
+"""The one typed settings object (environment prefix ``PAUSESVC_``).
+
+CLI flags, the control service and the vLLM gate all read this object; ``docs/settings.md``
+lists every field with its environment variable and default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pausesvc._keys import validate_holder, validate_namespace
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAUSESVC_", extra="ignore")
+
+    # --- Redis and the protocol ---------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss://, unix:// or redis+sentinel:// URL. Unset: commands that "
+        "need a server (demo, serve) start an embedded redis-server; others fail.",
+    )
+    namespace: str = Field(default="default", description="Deployment namespace (key prefix).")
+    holder: str = Field(default="default", description="Holder used when none is given.")
+    sharded_pubsub: Literal["auto", "on", "off"] = Field(
+        default="auto", description="SPUBLISH/SSUBSCRIBE: auto = on Redis Cluster only."
+    )
+    replication_wait: int = Field(
+        default=0, ge=0, description="After a change, WAIT for this many replicas (0: off)."
+    )
+    replication_wait_timeout_ms: int = Field(default=1000, ge=0)
+
+    # --- the per-process view (PauseWatcher) ----------------------------------------------------
+    resync_interval_s: float = Field(
+        default=10.0, gt=0, description="Periodic full re-read of the state (safety net)."
+    )
+    health_check_interval_s: float = Field(
+        default=2.0, gt=0, description="PING an idle pub/sub connection this often."
+    )
+    reconnect_max_backoff_s: float = Field(default=2.0, gt=0)
+    on_data_loss: Literal["hold", "release"] = Field(
+        default="hold",
+        description="When the revision goes backwards (Redis lost its data): 'hold' keeps the "
+        "adapters this process knew were paused held until a controller re-asserts or an "
+        "operator resumes them; 'release' trusts the new, empty state.",
+    )
+
+    # --- replicas and drain ----------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    replica_timeout_s: float = Field(
+        default=5.0, gt=0, description="A replica silent this long is not live any more."
+    )
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+
+    # --- the gate (vLLM plugin) -------------------------------------------------------------------
+    gate_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/inference/v1/generate",
+        ],
+        description="Generation paths the gate applies to (prefix match, trailing slash ignored).",
+    )
+    gate_extra_paths: list[str] = Field(default_factory=list)
+    gate_policy: Literal["hold", "reject"] = "hold"
+    gate_hold_timeout_s: float = Field(default=300.0, gt=0)
+    gate_retry_after_s: int = Field(default=5, ge=0)
+    gate_max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    gate_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline for receiving a request body (slow-loris)."
+    )
+    replica_url: str | None = Field(default=None, description="URL this replica advertises.")
+
+    # --- the control service -----------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    api_token: str | None = Field(default=None, description="Bearer token for mutating calls.")
+    auth_reads: bool = Field(default=False, description="Require the token for reads too.")
+    log_level: str = "info"
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        return validate_namespace(v)
+
+    @field_validator("holder")
+    @classmethod
+    def _holder(cls, v: str) -> str:
+        return validate_holder(v)

@@ -1,0 +1,281 @@
+"""The blocking client. Same operations as :class:`AsyncPauseClient`, on a blocking redis-py client.
+
+It never runs the async client behind the caller's back. ``wait_unpaused`` and ``events`` open
+one subscription for the duration of the call and follow the same protocol as the watcher:
+SUBSCRIBE, wait for the confirmation, read the key, then wait for messages (re-reading on a
+revision gap, a reconnect and every second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from pausesvc._base import BaseClient, parse_snapshot, validate_timeout
+from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
+from pausesvc._keys import GLOBAL, validate_name
+from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
+from pausesvc._redis import is_cluster, sync_client
+from pausesvc._scripts import state_script
+from pausesvc._settings import Settings
+
+__all__ = ["PauseClient"]
+
+logger = logging.getLogger("pausesvc.client")
+
+RECHECK_S = 1.0
+
+
+class PauseClient(BaseClient):
+    """Blocking twin of :class:`AsyncPauseClient`. ``with PauseClient(url) as c: ...``"""
+
+    def __init__(self, url: str | None = None, *, namespace: str | None = None,
+                 holder: str | None = None, redis: redis.Redis | None = None,
+                 settings: Settings | None = None) -> None:
+        s = settings or Settings()
+        url = url if url is not None else s.redis_url
+        if redis is None and url is None:
+            raise InvalidInputError(
+                "no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url"
+            )
+        if redis is None:
+            assert url is not None
+            redis = sync_client(url, health_check_interval=s.health_check_interval_s,
+                                socket_connect_timeout=5.0)
+            self._owns_redis = True
+        else:
+            self._owns_redis = False
+        sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
+        super().__init__(namespace=namespace or s.namespace, default_holder=holder or s.holder,
+                         sharded=sharded, replication_wait=s.replication_wait,
+                         replication_wait_timeout_ms=s.replication_wait_timeout_ms)
+        self.url = url
+        self.settings = s
+        self.redis = redis
+        self._scripts = {n: redis.register_script(state_script(n))
+                         for n in ("pause", "resume", "renew", "reap")}
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_redis:
+            self.redis.close()
+
+    def __enter__(self) -> PauseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, script: str, args: list[str]) -> Any:
+        with translate_redis_errors():
+            res = self._scripts[script](keys=self.keys.state_keys(), args=args)
+            if self.replication_wait:
+                self.redis.execute_command(
+                    "WAIT", self.replication_wait, self.replication_wait_timeout_ms
+                )
+        return res
+
+    def _subscribe(self, channel: str) -> Any:
+        pubsub = self.redis.pubsub()
+        if self.sharded:
+            pubsub.ssubscribe(channel)
+        else:
+            pubsub.subscribe(channel)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=1.0)
+            if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
+                return pubsub
+        pubsub.close()
+        raise TimeoutError("no subscribe confirmation from Redis within 5 s")
+
+    # -- changes -----------------------------------------------------------------------------------
+    def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,
+              ttl: float | None = None, drain: bool = False,
+              timeout: float | None = None) -> Grant:
+        h, args = self._pause_args(name, holder, reason, ttl)
+        t = validate_timeout(timeout)
+        if not drain:
+            return self._parse_grant(name, h, self._run("pause", args))
+        from pausesvc._registry import wait_drained_sync
+
+        with translate_redis_errors():
+            pubsub = self._subscribe(self.keys.acks)
+        try:
+            grant = self._parse_grant(name, h, self._run("pause", args))
+            wait_drained_sync(self, pubsub, name, grant.token,
+                              t if t is not None else self.settings.drain_timeout_s)
+        finally:
+            pubsub.close()
+        return grant
+
+    def resume(self, name: str, *, holder: str | None = None, token: int | None = None,
+               force: bool = False) -> ResumeResult:
+        h, args = self._resume_args(name, holder, token, force)
+        return self._parse_resume(name, h, token, self._run("resume", args))
+
+    def renew(self, name: str, holder: str | None, ttl: float, *,
+              token: int | None = None) -> AdapterState:
+        h, args = self._renew_args(name, holder, ttl, token)
+        return self._parse_renew(name, h, token, self._run("renew", args))
+
+    def reap(self) -> int:
+        with translate_redis_errors():
+            res = self._scripts["reap"](keys=self.keys.state_keys(), args=[self.publish_command])
+        return int(res[0])
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def get(self, name: str) -> AdapterState | None:
+        validate_name(name)
+        with translate_redis_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.paused, name)
+            pipe.time()
+            raw, now = pipe.execute()
+        return self._parse_get(name, raw, now)
+
+    def snapshot(self) -> Snapshot:
+        k = self.keys
+        with translate_redis_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(k.rev)
+            pipe.get(k.epoch)
+            pipe.hgetall(k.paused)
+            pipe.time()
+            rev, epoch, raw, now = pipe.execute()
+        return parse_snapshot(rev, epoch, raw, now)
+
+    def is_paused(self, name: str) -> bool:
+        snap = self.snapshot()
+        return name in snap.paused or GLOBAL in snap.paused
+
+    def replicas(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
+        from pausesvc._registry import list_replicas_sync
+
+        return list_replicas_sync(self, include_dead=include_dead)
+
+    def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
+        """Block until ``name`` is not paused. True: not paused; False: still paused at timeout."""
+        validate_name(name)
+        t = validate_timeout(timeout)
+        deadline = None if t is None else time.monotonic() + t
+        with translate_redis_errors():
+            pubsub = self._subscribe(self.keys.events)
+            try:
+                while True:
+                    snap = self.snapshot()  # after the subscription is confirmed
+                    paused = name in snap.paused or GLOBAL in snap.paused
+                    if not paused:
+                        return True
+                    ends = [s.expires_at for n, s in snap.paused.items() if n in (name, GLOBAL)]
+                    lease_end = None if None in ends else max(e for e in ends if e is not None)
+                    wait = RECHECK_S
+                    if lease_end is not None:
+                        wait = min(wait, max(0.0, lease_end - snap.server_time) + 0.005)
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        wait = min(wait, remaining)
+                    end = time.monotonic() + wait
+                    while time.monotonic() < end:
+                        msg = pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                        if msg is None:
+                            continue
+                        if msg["type"] in ("subscribe", "ssubscribe"):
+                            break  # reconnected: re-read
+                        if msg["type"] in ("message", "smessage"):
+                            try:
+                                ev = json.loads(msg["data"])
+                            except ValueError:
+                                break
+                            if ev.get("name") in (name, GLOBAL) or ev.get("rev", 0) > snap.revision + 1:
+                                break
+            finally:
+                pubsub.close()
+
+    def events(self, *, timeout: float | None = None) -> Iterator[PauseEvent]:
+        """Yield changes as they are published (gaps are reported as a resync of the diff)."""
+        validate_timeout(timeout)
+        with translate_redis_errors():
+            pubsub = self._subscribe(self.keys.events)
+            try:
+                snap = self.snapshot()
+                rev, view = snap.revision, dict(snap.paused)
+                while True:
+                    msg = pubsub.get_message(timeout=timeout if timeout is not None else 1.0)
+                    if msg is None:
+                        if timeout is not None:
+                            return
+                        continue
+                    if msg["type"] not in ("message", "smessage", "subscribe", "ssubscribe"):
+                        continue
+                    ev = None
+                    if msg["type"] in ("message", "smessage"):
+                        try:
+                            ev = PauseEvent.from_json(msg["data"])
+                        except (ValueError, KeyError, TypeError):
+                            ev = None
+                    if ev is not None and ev.revision == rev + 1:
+                        rev = ev.revision
+                        if ev.state is None:
+                            view.pop(ev.name, None)
+                        else:
+                            view[ev.name] = ev.state
+                        yield ev
+                    elif ev is None or ev.revision > rev + 1 or ev.revision < rev - 1_000_000:
+                        snap = self.snapshot()
+                        for n in sorted(set(view) | set(snap.paused)):
+                            if view.get(n) != snap.paused.get(n):
+                                st = snap.paused.get(n)
+                                yield PauseEvent(snap.revision, snap.epoch, n, "resync",
+                                                 st is not None, None, st, snap.server_time)
+                        rev, view = snap.revision, dict(snap.paused)
+            finally:
+                pubsub.close()
+
+    @contextlib.contextmanager
+    def paused(self, name: str, *, holder: str | None = None, reason: str | None = None,
+               ttl: float | None = None, drain: bool = False,
+               timeout: float | None = None) -> Iterator[Grant]:
+        """Pause on entry, always release this hold on exit. With ``ttl``, a thread renews it."""
+        grant = self.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain,
+                           timeout=timeout)
+        stop = threading.Event()
+        renewer = None
+        if ttl is not None:
+            renewer = threading.Thread(target=self._keep_renewing,
+                                       args=(name, grant, float(ttl), stop), daemon=True)
+            renewer.start()
+        try:
+            yield grant
+        finally:
+            stop.set()
+            if renewer is not None:
+                renewer.join(timeout=5.0)
+            try:
+                self.resume(name, holder=grant.holder, token=grant.token)
+            except ConflictError as exc:
+                logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
+                               name, grant.holder, exc)
+
+    def _keep_renewing(self, name: str, grant: Grant, ttl: float, stop: threading.Event) -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                self.renew(name, grant.holder, ttl, token=grant.token)
+            except ConflictError:
+                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)
+                return
+            except Exception as exc:
+                logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)

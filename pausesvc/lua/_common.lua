@@ -1,0 +1,76 @@
+-- Shared prelude of every state-changing script (pause, resume, renew, reap).
+--
+-- KEYS[1] paused  HASH   adapter name -> JSON state
+-- KEYS[2] rev     STRING namespace revision
+-- KEYS[3] leases  ZSET   "<name> <holder>" -> lease expiry (ms, Redis clock)
+-- KEYS[4] events  CHANNEL
+-- KEYS[5] epoch   STRING id of this incarnation of the namespace
+-- ARGV[1] the publish command: PUBLISH, or SPUBLISH on Redis Cluster
+--
+-- Guarantees (the script runs atomically): every change INCRs the revision exactly once and
+-- publishes exactly one event carrying that revision, so a subscriber that sees revision n+2
+-- after n knows it missed one. Time comes from the Redis server (TIME), never from a client.
+local K_PAUSED, K_REV, K_LEASES, K_CHANNEL, K_EPOCH = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local PUBCMD = ARGV[1]
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+
+local function epoch()
+  local e = redis.call('GET', K_EPOCH)
+  if not e then
+    e = T[1] .. '.' .. T[2]
+    redis.call('SET', K_EPOCH, e)
+  end
+  return e
+end
+
+local function bump()
+  epoch()
+  return redis.call('INCR', K_REV)
+end
+
+local function load(name)
+  local raw = redis.call('HGET', K_PAUSED, name)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function save(name, st)
+  redis.call('HSET', K_PAUSED, name, cjson.encode(st))
+end
+
+local function lease_member(name, holder)
+  return name .. ' ' .. holder
+end
+
+local function publish(name, op, holder, st, rev)
+  local ev = {v = 1, rev = rev, epoch = epoch(), name = name, op = op,
+              paused = (st ~= nil), holder = holder, ts = NOW}
+  if st then ev.state = st end
+  redis.call(PUBCMD, K_CHANNEL, cjson.encode(ev))
+end
+
+-- Remove the expired holds of one adapter, one change (revision, event) per hold, exactly as if
+-- each holder had resumed. Returns the remaining state, or nil when nothing holds it any more.
+local function reap(name, st)
+  if not st then return nil end
+  local expired = {}
+  for h, hold in pairs(st.holders) do
+    if hold.expires and tonumber(hold.expires) <= NOW then table.insert(expired, h) end
+  end
+  table.sort(expired)
+  for _, h in ipairs(expired) do
+    st.holders[h] = nil
+    redis.call('ZREM', K_LEASES, lease_member(name, h))
+    local rev = bump()
+    if next(st.holders) == nil then
+      redis.call('HDEL', K_PAUSED, name)
+      publish(name, 'expire', h, nil, rev)
+      return nil
+    end
+    st.rev = rev
+    save(name, st)
+    publish(name, 'expire', h, st, rev)
+  end
+  return st
+end

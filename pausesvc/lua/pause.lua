@@ -1,0 +1,43 @@
+-- pause(name, holder, reason, ttl_ms): add a hold; the adapter is paused while any hold remains.
+-- ARGV[2] name, ARGV[3] holder, ARGV[4] reason ('' for none), ARGV[5] ttl in ms ('0' for none)
+-- Returns {status, token, revision, state_json}; status 'created' or 'existing'.
+-- Guarantees: the token is the revision this hold was created at (a fencing token); pausing
+-- again with the same holder is idempotent (same token); a ttl or reason given again refreshes
+-- the lease / reason as one 'renew' change.
+local name, holder, reason, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local st = reap(name, load(name))
+if st and st.holders[holder] then
+  local hold = st.holders[holder]
+  local changed = false
+  if ttl > 0 then
+    hold.expires = NOW + ttl
+    redis.call('ZADD', K_LEASES, hold.expires, lease_member(name, holder))
+    changed = true
+  end
+  if reason ~= '' and reason ~= hold.reason then
+    hold.reason = reason
+    changed = true
+  end
+  if changed then
+    local rev = bump()
+    st.rev = rev
+    save(name, st)
+    publish(name, 'renew', holder, st, rev)
+  end
+  return {'existing', hold.token, st.rev, cjson.encode(st)}
+end
+local rev = bump()
+if not st then
+  st = {name = name, since = NOW, pause_rev = rev, holders = {}}
+end
+local hold = {token = rev, since = NOW}
+if reason ~= '' then hold.reason = reason end
+if ttl > 0 then
+  hold.expires = NOW + ttl
+  redis.call('ZADD', K_LEASES, hold.expires, lease_member(name, holder))
+end
+st.holders[holder] = hold
+st.rev = rev
+save(name, st)
+publish(name, 'pause', holder, st, rev)
+return {'created', rev, rev, cjson.encode(st)}

@@ -1,0 +1,48 @@
+-- resume(name, holder, token, force): release one hold (or, forced, all of them).
+-- ARGV[2] name, ARGV[3] holder, ARGV[4] token ('' for none), ARGV[5] '1' to force
+-- Returns {status, revision, state_json, current_token}; status is one of
+--   'released'          the last hold went: the adapter is not paused any more
+--   'released_partial'  this hold went, others keep the adapter paused
+--   'not_paused'        nothing held it (still announced, see below)
+--   'not_holder'        paused, but not by this holder: nothing changed
+--   'stale'             the token is not this holder's current one: nothing changed
+-- Guarantees: a stale token never releases anything (fencing). A resume of an adapter that is
+-- not paused still bumps the revision and publishes a 'resume' event: it is the signal that
+-- tells watchers holding an adapter after a data loss that a controller has re-asserted it.
+local name, holder, token, force = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local st = reap(name, load(name))
+if force == '1' then
+  local status = 'not_paused'
+  if st then
+    for h, _ in pairs(st.holders) do redis.call('ZREM', K_LEASES, lease_member(name, h)) end
+    redis.call('HDEL', K_PAUSED, name)
+    status = 'released'
+  end
+  local rev = bump()
+  publish(name, 'force', holder, nil, rev)
+  return {status, rev, '', 0}
+end
+if not st then
+  local rev = bump()
+  publish(name, 'resume', holder, nil, rev)
+  return {'not_paused', rev, '', 0}
+end
+local hold = st.holders[holder]
+if not hold then
+  return {'not_holder', st.rev, cjson.encode(st), 0}
+end
+if token ~= '' and tonumber(token) ~= tonumber(hold.token) then
+  return {'stale', st.rev, cjson.encode(st), hold.token}
+end
+st.holders[holder] = nil
+redis.call('ZREM', K_LEASES, lease_member(name, holder))
+local rev = bump()
+if next(st.holders) == nil then
+  redis.call('HDEL', K_PAUSED, name)
+  publish(name, 'resume', holder, nil, rev)
+  return {'released', rev, '', hold.token}
+end
+st.rev = rev
+save(name, st)
+publish(name, 'release', holder, st, rev)
+return {'released_partial', rev, cjson.encode(st), hold.token}
