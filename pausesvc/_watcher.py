@@ -502,11 +502,17 @@ class PauseWatcher:
     async def _reap(self) -> None:
         """Turn expired leases into real changes in Redis (any process may; idempotent)."""
         try:
-            with translate_redis_errors():
-                await self._redis.eval(  # type: ignore[misc]
-                    state_script("reap"), 5, *self.keys.state_keys(),
-                    "SPUBLISH" if self._sharded else "PUBLISH",
-                )
+            for _ in range(20):
+                with translate_redis_errors():
+                    res = await self._redis.eval(  # type: ignore[misc]
+                        state_script("reap"), 5, *self.keys.state_keys(),
+                        "SPUBLISH" if self._sharded else "PUBLISH",
+                    )
+                next_ms = int(res[1])
+                # our clock estimate may run a little ahead of Redis's: retry what is due soon
+                if next_ms < 0 or next_ms / 1000.0 - self.server_time() > 0.25:
+                    return
+                await asyncio.sleep(max(0.005, next_ms / 1000.0 - self.server_time() + 0.005))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # e.g. a read-only ACL user: the local expiry already happened

@@ -1,0 +1,3 @@
+from pausesvc.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The public API is what __init__ exports (pinned), and the error mapping is complete."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import redis.exceptions as rexc
+
+import pausesvc
+from pausesvc._exceptions import PauseError, RedisUnavailableError, translate_redis_errors
+
+
+def test_exported_members() -> None:
+    exported = {name for name in pausesvc.__all__ if not name.startswith("__")}
+    assert exported == {
+        "GLOBAL", "AdapterState", "AsyncPauseClient", "ConflictError", "DataLossError",
+        "DrainTimeoutError", "EmbeddedRedis", "Grant", "Hold", "InvalidInputError",
+        "InvalidNameError", "Keys", "NotHolderError", "PauseClient", "PauseError", "PauseEvent",
+        "PauseTimeoutError", "PauseWatcher", "RedisUnavailableError", "ResumeResult",
+        "Settings", "Snapshot", "StaleTokenError", "shared_watcher", "validate_name",
+    }
+    for name in exported:
+        assert getattr(pausesvc, name) is not None
+
+
+def _all_redis_exceptions() -> list[type[BaseException]]:
+    return [obj for _, obj in inspect.getmembers(rexc, inspect.isclass)
+            if issubclass(obj, rexc.RedisError)]
+
+
+@pytest.mark.parametrize("exc_type", _all_redis_exceptions(), ids=lambda t: t.__name__)
+def test_every_redis_exception_is_translated(exc_type: type[BaseException]) -> None:
+    try:
+        exc = exc_type("boom")
+    except (TypeError, ValueError):
+        try:
+            exc = exc_type("3999 127.0.0.1:7000")  # cluster redirections parse their message
+        except (TypeError, ValueError):
+            exc = exc_type.__new__(exc_type)
+    with pytest.raises(PauseError) as ei, translate_redis_errors():
+        raise exc
+    assert ei.value.__cause__ is exc
+
+
+def test_os_errors_are_unavailable() -> None:
+    with pytest.raises(RedisUnavailableError), translate_redis_errors():
+        raise ConnectionRefusedError("nope")
+
+
+def test_sync_and_async_clients_share_a_base_without_io() -> None:
+    from pausesvc._base import BaseClient
+
+    assert issubclass(pausesvc.PauseClient, BaseClient)
+    assert issubclass(pausesvc.AsyncPauseClient, BaseClient)
+    src = inspect.getsource(BaseClient)
+    assert "await" not in src and ".execute(" not in src

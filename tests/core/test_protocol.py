@@ -1,0 +1,250 @@
+"""The Redis protocol through the clients, against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from pausesvc import (
+    AsyncPauseClient,
+    InvalidInputError,
+    InvalidNameError,
+    NotHolderError,
+    PauseClient,
+    StaleTokenError,
+)
+
+
+@pytest.fixture
+def client(redis_url: str, namespace: str) -> PauseClient:
+    with PauseClient(redis_url, namespace=namespace) as c:
+        yield c
+
+
+def test_pause_resume_roundtrip_and_keys_readable(client: PauseClient, raw_redis: redis.Redis,
+                                                  namespace: str) -> None:
+    g = client.pause("lora-a", holder="trainer", reason="swap", ttl=30)
+    assert g.created and g.token == g.revision
+    # plain redis-cli readable state
+    raw = raw_redis.hget(f"pausesvc:{{{namespace}}}:paused", "lora-a")
+    data = json.loads(raw)
+    assert data["holders"]["trainer"]["token"] == g.token
+    assert data["holders"]["trainer"]["reason"] == "swap"
+    assert raw_redis.get(f"pausesvc:{{{namespace}}}:rev") == str(g.token)
+    assert raw_redis.zscore(f"pausesvc:{{{namespace}}}:leases", "lora-a trainer") is not None
+    st = client.get("lora-a")
+    assert st is not None and st.paused and set(st.holders) == {"trainer"}
+    assert st.expires_at is not None and 29 < st.expires_at - time.time() < 31
+    res = client.resume("lora-a", holder="trainer", token=g.token)
+    assert res.released and not res.paused
+    assert client.get("lora-a") is None
+    assert raw_redis.zcard(f"pausesvc:{{{namespace}}}:leases") == 0
+
+
+def test_every_change_bumps_revision_and_publishes_one_event(client: PauseClient,
+                                                             raw_redis: redis.Redis,
+                                                             namespace: str) -> None:
+    ps = raw_redis.pubsub()
+    ps.subscribe(f"pausesvc:{{{namespace}}}:events")
+    assert ps.get_message(timeout=2)["type"] == "subscribe"
+    g = client.pause("a")
+    client.pause("a", holder="h2")
+    client.renew("a", "h2", 10)
+    client.resume("a")
+    client.resume("a", holder="h2")
+    events = []
+    while len(events) < 5:
+        m = ps.get_message(timeout=2)
+        assert m is not None, f"only {len(events)} events"
+        if m["type"] == "message":
+            events.append(json.loads(m["data"]))
+    assert [e["rev"] for e in events] == list(range(g.token, g.token + 5))
+    assert [e["op"] for e in events] == ["pause", "pause", "renew", "release", "resume"]
+    assert [e["paused"] for e in events] == [True, True, True, True, False]
+    assert all(e["name"] == "a" and e["epoch"] == events[0]["epoch"] for e in events)
+    assert "state" not in events[-1] and events[0]["state"]["holders"]["default"]["token"] == g.token
+    ps.close()
+
+
+def test_holders_keep_adapter_paused_until_last_release(client: PauseClient) -> None:
+    g1 = client.pause("a", holder="one")
+    g2 = client.pause("a", holder="two")
+    assert g2.token > g1.token
+    r = client.resume("a", holder="one")
+    assert r.released and r.paused and r.state is not None and set(r.state.holders) == {"two"}
+    assert client.is_paused("a")
+    r = client.resume("a", holder="two", token=g2.token)
+    assert r.released and not r.paused
+    assert not client.is_paused("a")
+
+
+def test_same_holder_pause_is_idempotent(client: PauseClient) -> None:
+    g1 = client.pause("a", holder="h")
+    g2 = client.pause("a", holder="h")
+    assert g2.token == g1.token and not g2.created and g2.revision == g1.revision
+    assert len(client.get("a").holders) == 1  # type: ignore[union-attr]
+    client.resume("a", holder="h")
+    assert not client.is_paused("a")
+
+
+def test_stale_token_is_refused_and_changes_nothing(client: PauseClient) -> None:
+    old = client.pause("a")
+    client.resume("a", token=old.token)
+    new = client.pause("a")  # a newer pause by the same (default) holder
+    with pytest.raises(StaleTokenError) as ei:
+        client.resume("a", token=old.token)
+    assert ei.value.presented == old.token and ei.value.current == new.token
+    assert client.get("a").token == new.token  # type: ignore[union-attr]
+    with pytest.raises(StaleTokenError):
+        client.renew("a", None, 5, token=old.token)
+    client.resume("a", token=new.token)
+
+
+def test_not_holder_is_refused(client: PauseClient) -> None:
+    client.pause("a", holder="owner")
+    with pytest.raises(NotHolderError) as ei:
+        client.resume("a", holder="intruder")
+    assert ei.value.holders == ["owner"]
+    assert client.is_paused("a")
+    with pytest.raises(NotHolderError):
+        client.renew("a", "intruder", 5)
+    assert client.resume("a", holder="owner").released
+
+
+def test_force_resume_clears_every_hold(client: PauseClient) -> None:
+    client.pause("a", holder="x", ttl=60)
+    client.pause("a", holder="y")
+    r = client.resume("a", holder="ops", force=True)
+    assert r.released and not r.paused
+    assert client.get("a") is None
+
+
+def test_resume_of_unpaused_adapter_is_harmless(client: PauseClient) -> None:
+    r = client.resume("never-paused")
+    assert not r.released and not r.paused
+
+
+def test_lease_expiry_resumes_and_is_renewable(client: PauseClient) -> None:
+    g = client.pause("a", holder="ctl", ttl=0.3)
+    time.sleep(0.15)
+    client.renew("a", "ctl", 0.6, token=g.token)
+    time.sleep(0.3)
+    assert client.is_paused("a")  # renewed
+    time.sleep(0.45)
+    assert not client.is_paused("a")  # readers never see an expired hold as paused
+    assert client.get("a") is None
+    with pytest.raises(NotHolderError):
+        client.renew("a", "ctl", 5)  # an expired hold cannot be renewed
+    assert client.reap() == 0  # renew already reaped it
+
+
+def test_reap_publishes_expire(client: PauseClient, raw_redis: redis.Redis, namespace: str) -> None:
+    client.pause("a", holder="ctl", ttl=0.05)
+    client.pause("a", holder="keeper")
+    time.sleep(0.1)
+    ps = raw_redis.pubsub()
+    ps.subscribe(f"pausesvc:{{{namespace}}}:events")
+    ps.get_message(timeout=2)
+    assert client.reap() == 1
+    m = ps.get_message(timeout=2)
+    ev = json.loads(m["data"])
+    assert ev["op"] == "expire" and ev["holder"] == "ctl" and ev["paused"] is True
+    assert client.reap() == 0
+    ps.close()
+
+
+def test_global_pause(client: PauseClient) -> None:
+    client.pause("*", holder="ops")
+    assert client.is_paused("anything") and client.is_paused("base-model")
+    client.resume("*", holder="ops")
+    assert not client.is_paused("anything")
+
+
+def test_snapshot_one_round_trip(client: PauseClient) -> None:
+    for n in ("a", "b", "c"):
+        client.pause(n)
+    snap = client.snapshot()
+    assert set(snap.paused) == {"a", "b", "c"} and snap.revision >= 3 and snap.epoch
+
+
+def test_namespaces_are_isolated(redis_url: str, namespace: str) -> None:
+    with PauseClient(redis_url, namespace=namespace + "x") as a, \
+            PauseClient(redis_url, namespace=namespace + "y") as b:
+        a.pause("lora")
+        assert a.is_paused("lora") and not b.is_paused("lora")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "tab\there", "nl\n", "x" * 257, "ctl\x00", "nb\u2028"])
+def test_invalid_names_raise_typed_value_error_and_change_nothing(client: PauseClient,
+                                                                 bad: str) -> None:
+    before = client.snapshot().revision
+    with pytest.raises(InvalidNameError) as ei:
+        client.pause(bad)
+    assert isinstance(ei.value, ValueError)
+    with pytest.raises(InvalidNameError):
+        client.pause("ok", holder=bad)
+    with pytest.raises(InvalidNameError):
+        client.resume(bad)
+    with pytest.raises(InvalidNameError):
+        client.wait_unpaused(bad, timeout=0)
+    assert client.snapshot().revision == before
+
+
+@pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("nan")},
+                                    {"ttl": "5"}, {"ttl": 10**9}, {"reason": 5},
+                                    {"reason": "x" * 5000}, {"timeout": -1}])
+def test_invalid_arguments(client: PauseClient, kwargs: dict[str, object]) -> None:
+    before = client.snapshot().revision
+    with pytest.raises(InvalidInputError):
+        client.pause("a", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        client.resume("a", token=0)
+    with pytest.raises(InvalidInputError):
+        client.resume("a", token="5")  # type: ignore[arg-type]
+    assert client.snapshot().revision == before
+
+
+def test_no_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAUSESVC_REDIS_URL", raising=False)
+    with pytest.raises(InvalidInputError, match="PAUSESVC_REDIS_URL"):
+        PauseClient()
+    with pytest.raises(InvalidInputError, match="redis_url"):
+        PauseClient("http://nope")
+
+
+def test_paused_context_manager_releases_on_error(client: PauseClient) -> None:
+    with pytest.raises(RuntimeError), client.paused("a", holder="cm"):
+        assert client.is_paused("a")
+        raise RuntimeError("boom")
+    assert not client.is_paused("a")
+
+
+async def test_async_paused_context_manager_renews_and_releases_on_cancel(
+        redis_url: str, namespace: str) -> None:
+    import asyncio
+
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            async with c.paused("a", holder="cm", ttl=0.3):
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(body())
+        await entered.wait()
+        await asyncio.sleep(0.6)  # two lease lengths: kept alive by renewals
+        assert await c.get("a") is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await c.get("a") is None
+
+
+def test_close_is_idempotent(redis_url: str) -> None:
+    c = PauseClient(redis_url)
+    c.close()
+    c.close()
