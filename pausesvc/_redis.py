@@ -88,12 +88,12 @@ def async_client(url: str, **options: Any) -> aredis.Redis:
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
-        sentinel = AsyncSentinel(
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
             nodes,
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(service, ssl=ssl, **kw, **options)
+        return sentinel.master_for(service, ssl=ssl, **kw, **options)  # type: ignore[no-any-return]
     return aredis.Redis.from_url(url, **options)
 
 
@@ -104,12 +104,14 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             nodes,
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(service, ssl=ssl, **kw, **options)
+        return sentinel.master_for(  # type: ignore[no-untyped-call,no-any-return]
+            service, ssl=ssl, **kw, **options
+        )
     return redis.Redis.from_url(url, **options)
 
 

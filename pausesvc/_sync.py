@@ -81,13 +81,13 @@ class PauseClient(BaseClient):
         with translate_redis_errors():
             res = self._scripts[script](keys=self.keys.state_keys(), args=args)
             if self.replication_wait:
-                self.redis.execute_command(
+                self.redis.execute_command(  # type: ignore[no-untyped-call]
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
                 )
         return res
 
     def _subscribe(self, channel: str) -> Any:
-        pubsub = self.redis.pubsub()
+        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         if self.sharded:
             pubsub.ssubscribe(channel)
         else:

@@ -288,7 +288,7 @@ class PauseWatcher:
                 self._lost(exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             attempt += 1
             self.stats.reconnects += 1
             delay = min(self.max_backoff, 0.05 * (2 ** min(attempt, 10)))
@@ -504,7 +504,7 @@ class PauseWatcher:
         try:
             for _ in range(20):
                 with translate_redis_errors():
-                    res = await self._redis.eval(  # type: ignore[misc]
+                    res = await self._redis.eval(
                         state_script("reap"), 5, *self.keys.state_keys(),
                         "SPUBLISH" if self._sharded else "PUBLISH",
                     )

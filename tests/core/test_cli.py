@@ -65,7 +65,7 @@ def test_wait_returns_on_resume_and_times_out(env: dict[str, str], redis_url: st
     assert proc.poll() is None
     with PauseClient(redis_url, namespace=namespace) as c:
         c.resume("a")
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
 
 
