@@ -248,3 +248,117 @@ def test_close_is_idempotent(redis_url: str) -> None:
     c = PauseClient(redis_url)
     c.close()
     c.close()
+
+
+def test_unix_socket_url(tmp_path, namespace: str) -> None:  # type: ignore[no-untyped-def]
+    from pausesvc import EmbeddedRedis
+
+    sock = tmp_path / "r.sock"
+    with EmbeddedRedis(extra_args=["--unixsocket", str(sock), "--unixsocketperm", "700"]):
+        with PauseClient(f"unix://{sock}", namespace=namespace) as c:
+            c.pause("a")
+            assert c.is_paused("a")
+
+
+def test_sync_wait_wakes_on_lease_expiry(client: PauseClient) -> None:
+    client.pause("a", ttl=0.4)
+    t0 = time.monotonic()
+    assert client.wait_unpaused("a", timeout=5) is True
+    assert 0.2 < time.monotonic() - t0 < 1.5
+
+
+def test_sync_wait_wakes_on_resume_from_another_thread(client: PauseClient, redis_url: str,
+                                                       namespace: str) -> None:
+    import threading
+
+    client.pause("a")
+
+    def later() -> None:
+        time.sleep(0.3)
+        with PauseClient(redis_url, namespace=namespace) as other:
+            other.resume("a")
+
+    threading.Thread(target=later).start()
+    t0 = time.monotonic()
+    assert client.wait_unpaused("a", timeout=10) is True
+    assert time.monotonic() - t0 < 2
+
+
+async def test_async_events_iterator(redis_url: str, namespace: str) -> None:
+    import asyncio
+
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        w = await c.watcher()
+        await w.wait_synced(5)
+        got = []
+
+        async def consume() -> None:
+            async for ev in c.events():
+                got.append((ev.op, ev.name, ev.paused))
+                if len(got) == 3:
+                    return
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        await c.pause("e1")
+        await c.pause("e1", holder="b")
+        await c.resume("e1", force=True)
+        await asyncio.wait_for(task, 5)
+        assert got == [("pause", "e1", True), ("pause", "e1", True), ("force", "e1", False)]
+
+
+def test_drain_without_replicas_returns_at_once(client: PauseClient) -> None:
+    g = client.pause("a", drain=True, timeout=2)
+    assert g.created and client.replicas() == []
+
+
+async def test_drain_waits_for_every_live_replica_and_names_the_missing(redis_url: str,
+                                                                       namespace: str) -> None:
+    import asyncio
+
+    from pausesvc import DrainTimeoutError
+
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c._heartbeat("rep-1", {"url": "http://r1", "pid": "1"})
+        await c._heartbeat("rep-2", {"url": "http://r2", "pid": "2"})
+        with pytest.raises(DrainTimeoutError) as ei:
+            await c.pause("a", holder="t", drain=True, timeout=0.3)
+        assert ei.value.missing == ["rep-1", "rep-2"]
+        assert (await c.get("a")) is not None  # the pause itself stays in place
+        token = ei.value.token
+
+        async def replicas_ack() -> None:
+            await asyncio.sleep(0.2)
+            await c._ack("rep-1", "a", token, ["cmpl-x-0"])
+            await asyncio.sleep(0.2)
+            await c._ack("rep-2", "a", token, [])
+
+        async def heartbeats() -> None:
+            while True:
+                await c._heartbeat("rep-1", {"url": "http://r1", "pid": "1"})
+                await c._heartbeat("rep-2", {"url": "http://r2", "pid": "2"})
+                await asyncio.sleep(0.2)
+
+        beating = asyncio.create_task(heartbeats())
+        t0 = time.monotonic()
+        task = asyncio.create_task(replicas_ack())
+        with pytest.raises(DrainTimeoutError):  # acks for the older token do not count
+            await c.pause("a", holder="t2", drain=True, timeout=0.8)
+        await task
+        await c._ack("rep-1", "a", token + 1, [])
+        await c._ack("rep-2", "a", token + 1, [])
+        g = await c.pause("a", holder="t2", drain=True, timeout=5)
+        # the second pause has a newer token: acks for the older one do not count
+        assert g.token > token
+        with pytest.raises(DrainTimeoutError):
+            await c.pause("a", holder="t3", drain=True, timeout=0.2)
+        await c._ack("rep-1", "a", g.token + 1, [])
+        await c._ack("rep-2", "a", g.token + 1, [])
+        await c.pause("a", holder="t3", drain=True, timeout=2)
+        assert time.monotonic() - t0 < 5
+        recs = await c.replicas()
+        assert {r["id"] for r in recs} == {"rep-1", "rep-2"}
+        assert all(r["live"] and r["heartbeat_age_s"] < 5 for r in recs)
+        r1 = next(r for r in recs if r["id"] == "rep-1")
+        assert r1["url"] == "http://r1" and r1["drains"]["a"]["rev"] == g.token + 1
+        beating.cancel()
