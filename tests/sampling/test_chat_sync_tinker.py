@@ -42,7 +42,7 @@ async def test_chat_continues_the_partial_assistant_message() -> None:
     assert result.logprobs == [-t / 1000 for t in range(1, 6)]
     first, second, third = fake.bodies
     assert "continue_final_message" not in first and first["messages"] == MSGS
-    assert second["messages"] == MSGS + [{"role": "assistant", "content": text_of([1, 2])}]
+    assert second["messages"] == [*MSGS, {"role": "assistant", "content": text_of([1, 2])}]
     assert second["continue_final_message"] is True and second["add_generation_prompt"] is False
     assert (second["max_completion_tokens"], second["max_tokens"]) == (8, 10)
     assert third["messages"][-1]["content"] == text_of([1, 2, 3])
@@ -62,12 +62,11 @@ async def test_chat_never_aborting_is_one_call() -> None:
 
 
 async def test_chat_prefill_is_extended_not_duplicated() -> None:
-    msgs = MSGS + [{"role": "assistant", "content": "Sure: "}]
+    msgs = [*MSGS, {"role": "assistant", "content": "Sure: "}]
     result, fake = await run_chat([Gen([1], "abort"), Gen([2], "stop")],
                                   chat(messages=msgs, continue_final_message=True,
                                        add_generation_prompt=False))
-    assert fake.bodies[1]["messages"] == MSGS + [{"role": "assistant",
-                                                  "content": "Sure: " + text_of([1])}]
+    assert fake.bodies[1]["messages"] == [*MSGS, {"role": "assistant", "content": "Sure: " + text_of([1])}]
     assert result.tokens == [1, 2]
 
 

@@ -71,8 +71,8 @@ async def test_accumulation_across_several_aborts() -> None:
     assert result.top_logprobs == [{f"<{t}>": -t / 1000} for t in range(1, 8)]
     assert result.finish_reason == "length"
     assert result.text == text_of(list(range(1, 8)))
-    assert [b["prompt"] for b in fake.bodies] == [PROMPT, PROMPT + [1, 2], PROMPT + [1, 2, 3],
-                                                  PROMPT + [1, 2, 3, 4, 5, 6]]
+    assert [b["prompt"] for b in fake.bodies] == [PROMPT, [*PROMPT, 1, 2], [*PROMPT, 1, 2, 3],
+                                                  [*PROMPT, 1, 2, 3, 4, 5, 6]]
     assert [b["max_tokens"] for b in fake.bodies] == [7, 5, 4, 1]
     assert [b["min_tokens"] for b in fake.bodies] == [5, 3, 2, 0]
     assert [(b.index, b.attempt, b.reason) for b in result.boundaries] == [
@@ -101,7 +101,7 @@ async def test_abort_with_nothing_left_is_length_without_a_call() -> None:
 async def test_prompt_logprobs_are_the_original_prompts_only() -> None:
     result, fake = await run([Gen([1, 2], "abort"), Gen([3], "stop")], req(prompt_logprobs=0))
     second = fake.bodies[1]
-    assert second["prompt_logprobs"] == 0 and second["prompt"] == PROMPT + [1, 2]
+    assert second["prompt_logprobs"] == 0 and second["prompt"] == [*PROMPT, 1, 2]
     assert result.prompt_token_ids == PROMPT
     assert result.prompt_logprobs == [
         None, {"20": {"logprob": -0.01, "rank": 1, "decoded_token": "<20>"}},
@@ -164,7 +164,7 @@ async def test_a_transport_error_after_progress_keeps_the_tokens() -> None:
     script = [Gen([100, 101], "abort"), Drop(), Gen([102, 103], "stop")]
     result, fake = await run(script, req())
     assert result.tokens == [100, 101, 102, 103]
-    assert fake.bodies[1]["prompt"] == fake.bodies[2]["prompt"] == PROMPT + [100, 101]
+    assert fake.bodies[1]["prompt"] == fake.bodies[2]["prompt"] == [*PROMPT, 100, 101]
     assert [(b.index, b.reason) for b in result.boundaries] == [(2, "abort"), (2, "transport")]
 
 
@@ -178,7 +178,7 @@ async def test_transport_errors_are_capped_and_the_partial_result_survives() -> 
 
 
 async def test_retryable_statuses_are_retried_other_statuses_raise() -> None:
-    result, fake = await run([Gen([1], "abort"), Status(503), Gen([2], "stop")], req())
+    result, _fake = await run([Gen([1], "abort"), Status(503), Gen([2], "stop")], req())
     assert result.tokens == [1, 2] and [b.reason for b in result.boundaries] == ["abort", "status"]
     with pytest.raises(SampleResponseError) as ei:
         await run([Gen([1], "abort"), Status(404)], req())
