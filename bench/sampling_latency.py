@@ -92,7 +92,7 @@ def serve(app: FakeVLLM) -> tuple[uvicorn.Server, threading.Thread, int]:
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
