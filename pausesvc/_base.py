@@ -15,7 +15,7 @@ from pausesvc._exceptions import InvalidInputError, NotHolderError, StaleTokenEr
 from pausesvc._keys import Keys, validate_holder, validate_name
 from pausesvc._models import AdapterState, Grant, ResumeResult, Snapshot
 
-__all__ = ["BaseClient", "parse_snapshot", "validate_timeout"]
+__all__ = ["BaseClient", "parse_snapshot", "parse_snapshot_reply", "validate_timeout"]
 
 MAX_REASON_LENGTH = 1024
 MAX_TTL_S = 7 * 24 * 3600.0
@@ -63,6 +63,9 @@ def validate_reason(value: object) -> str:
         )
     if any(ord(c) < 32 and c not in "\t" for c in value):
         raise InvalidInputError("reason must not contain control characters", field="reason")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidInputError("reason must be valid Unicode (no lone surrogates)",
+                                field="reason")
     return value
 
 
@@ -70,7 +73,15 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any], server_time: Sequence[Any]) -> Snapshot:
+def parse_snapshot_reply(res: Sequence[Any]) -> Snapshot:
+    """Build a snapshot from the reply of ``snapshot.lua``."""
+    rev, epoch, flat, now = res
+    raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+    return parse_snapshot(rev or None, epoch or None, raw, now)
+
+
+def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
+                   server_time: Sequence[Any]) -> Snapshot:
     """Build a snapshot from ``GET rev``, ``GET epoch``, ``HGETALL paused``, ``TIME``.
 
     Expired holds are dropped here, so no reader ever sees an expired lease as paused.
@@ -101,6 +112,9 @@ class BaseClient:
         self.sharded = sharded
         self.replication_wait = replication_wait
         self.replication_wait_timeout_ms = replication_wait_timeout_ms
+
+    def _snapshot_keys(self) -> list[str]:
+        return [self.keys.paused, self.keys.rev, self.keys.epoch]
 
     @property
     def publish_command(self) -> str:
@@ -175,13 +189,6 @@ class BaseClient:
             )
         assert state is not None  # 'renewed' always carries the state
         return state
-
-    @staticmethod
-    def _parse_get(name: str, raw: Any, server_time: Sequence[Any]) -> AdapterState | None:
-        if raw is None:
-            return None
-        now = int(server_time[0]) + int(server_time[1]) / 1e6
-        return AdapterState.from_json(raw).without_expired(now)
 
     @staticmethod
     def _replica_record(raw: Mapping[Any, Any], heartbeat_ms: float, now_ms: float,

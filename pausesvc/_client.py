@@ -17,12 +17,12 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from pausesvc._base import BaseClient, validate_timeout
+from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
 from pausesvc._redis import async_client, is_cluster
-from pausesvc._scripts import registry_script, state_script
+from pausesvc._scripts import read_script, registry_script, state_script
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
 
@@ -100,6 +100,8 @@ class AsyncPauseClient(BaseClient):
                          for n in ("pause", "resume", "renew", "reap")}
         self._ack_script = redis.register_script(registry_script("ack"))
         self._hb_script = redis.register_script(registry_script("heartbeat"))
+        self._snapshot_script = redis.register_script(read_script("snapshot"))
+        self._replicas_script = redis.register_script(read_script("replicas"))
         self._watcher: PauseWatcher | None = None
         self._own_watcher = False
         self._closed = False
@@ -202,25 +204,14 @@ class AsyncPauseClient(BaseClient):
         """The state of ``name`` (None: not paused). ``*`` is not folded in."""
         validate_name(name)
         with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hget(self.keys.paused, name)
-            pipe.time()
-            raw, now = await pipe.execute()
-        return self._parse_get(name, raw, now)
+            res = await self._snapshot_script(keys=self._snapshot_keys(), args=[name])
+        return parse_snapshot_reply(res).paused.get(name)
 
     async def snapshot(self) -> Snapshot:
         """Every paused adapter and the revision, in one round trip."""
-        from pausesvc._base import parse_snapshot
-
-        k = self.keys
         with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.get(k.rev)
-            pipe.get(k.epoch)
-            pipe.hgetall(k.paused)
-            pipe.time()
-            rev, epoch, raw, now = await pipe.execute()
-        return parse_snapshot(rev, epoch, raw, now)
+            res = await self._snapshot_script(keys=self._snapshot_keys(), args=[""])
+        return parse_snapshot_reply(res)
 
     async def is_paused(self, name: str) -> bool:
         """Ask Redis (one round trip): is ``name`` paused, directly or by ``*``?"""
@@ -322,8 +313,6 @@ class AsyncPauseClient(BaseClient):
 
     async def _deregister(self, replica_id: str) -> None:
         with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zrem(self.keys.replicas, replica_id)
-            pipe.delete(self.keys.replica(replica_id))
-            await pipe.execute()
+            await self.redis.zrem(self.keys.replicas, replica_id)
+            await self.redis.delete(self.keys.replica(replica_id))
 

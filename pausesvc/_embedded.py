@@ -20,10 +20,23 @@ from pausesvc._exceptions import PauseError
 __all__ = ["EmbeddedRedis", "find_redis_server", "free_port"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*, with_bus: bool = False) -> int:
+    """A free TCP port on 127.0.0.1 (``with_bus``: port + 10000 free too, for cluster nodes)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not with_bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise PauseError("no free port pair found for a cluster node")
 
 
 def find_redis_server() -> str:
@@ -49,7 +62,8 @@ class EmbeddedRedis:
 
     def __init__(self, *, port: int | None = None, appendonly: bool = False,
                  dir: str | None = None, extra_args: list[str] | None = None) -> None:
-        self.port = port or free_port()
+        cluster = bool(extra_args and "--cluster-enabled" in extra_args)
+        self.port = port or free_port(with_bus=cluster)
         self.appendonly = appendonly
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = dir
@@ -70,13 +84,16 @@ class EmbeddedRedis:
             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        log = Path(self.dir) / f"redis-{self.port}.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise PauseError(f"redis-server exited at start: {err.strip()[-500:]}")
+                self.proc = None
+                err = log.read_text(errors="replace").strip()[-500:]
+                raise PauseError(f"redis-server on port {self.port} exited at start: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -99,8 +116,6 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
         self.proc = None
 
     def cleanup(self) -> None:

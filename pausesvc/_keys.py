@@ -27,8 +27,9 @@ GLOBAL = "*"
 MAX_NAME_LENGTH = 256
 PREFIX = "pausesvc"
 
-# No whitespace, no control characters (C0, DEL, C1), no Unicode separators.
-_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\u200b\ufeff]")
+# No whitespace, no control characters (C0, DEL, C1), no Unicode separators, no lone
+# surrogates (they cannot be encoded as UTF-8, so Redis could never store the name).
+_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\u200b\ufeff\ud800-\udfff]")
 
 
 def validate_name(name: object, *, field: str = "name") -> str:

@@ -19,7 +19,8 @@ from pausesvc._exceptions import InvalidInputError
 
 __all__ = ["async_client", "is_cluster", "redact", "sync_client"]
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+            "rediss+cluster")
 
 
 def _check(url: object) -> str:
@@ -81,10 +82,40 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     return nodes, path[0], kwargs, ssl
 
 
-def async_client(url: str, **options: Any) -> aredis.Redis:
-    """An asyncio client (``decode_responses=True``) for ``url``."""
+def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    parts = urlsplit(url)
+    kw: dict[str, Any] = {"ssl": parts.scheme.lower().startswith("rediss")}
+    if parts.password:
+        kw["password"] = unquote(parts.password)
+    if parts.username:
+        kw["username"] = unquote(parts.username)
+    nodes = []
+    for hp in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = hp.rpartition(":")
+        try:
+            nodes.append((host.strip("[]") or "127.0.0.1", int(port)))
+        except ValueError as exc:
+            raise InvalidInputError(f"bad cluster node {hp!r} in redis_url",
+                                    field="redis_url") from exc
+    return nodes, kw
+
+
+def async_client(url: str, **options: Any) -> Any:
+    """An asyncio client (``decode_responses=True``) for ``url``.
+
+    ``redis+cluster://h1:p1,h2:p2`` gives a Redis Cluster client (sharded pub/sub is used).
+    """
     url = _check(url)
     options.setdefault("decode_responses", True)
+    if "+cluster" in url.split("://", 1)[0].lower():
+        from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+        nodes, kw = _cluster_nodes(url)
+        options.pop("health_check_interval", None)
+        options.pop("retry", None)
+        return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes],
+                                 **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
@@ -97,10 +128,16 @@ def async_client(url: str, **options: Any) -> aredis.Redis:
     return aredis.Redis.from_url(url, **options)
 
 
-def sync_client(url: str, **options: Any) -> redis.Redis:
+def sync_client(url: str, **options: Any) -> Any:
     """A blocking client (``decode_responses=True``) for ``url``."""
     url = _check(url)
     options.setdefault("decode_responses", True)
+    if "+cluster" in url.split("://", 1)[0].lower():
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes, kw = _cluster_nodes(url)
+        options.pop("health_check_interval", None)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
@@ -120,3 +157,9 @@ def is_cluster(client: object) -> bool:
     from redis.cluster import RedisCluster
 
     return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+async def ensure_initialized(client: Any) -> None:
+    """An asyncio cluster client must learn the slot map before a pub/sub can route."""
+    if is_cluster(client) and hasattr(client, "initialize"):
+        await client.initialize()

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
+from pausesvc._redis import ensure_initialized
 
 if TYPE_CHECKING:
     from pausesvc._client import AsyncPauseClient
@@ -28,6 +29,10 @@ RECHECK_S = 0.25
 
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> list[tuple[Any, float]]:
+    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
 def missing_acks(replicas: list[dict[str, Any]], name: str, token: int) -> list[str]:
@@ -63,28 +68,18 @@ def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, floa
 async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
     k = client.keys
     with translate_redis_errors():
-        pipe = client.redis.pipeline(transaction=True)
-        pipe.zrange(k.replicas, 0, -1, withscores=True)
-        pipe.time()
-        members, now = await pipe.execute()
-        pipe = client.redis.pipeline(transaction=False)
-        for rid, _ in members:
-            pipe.hgetall(k.replica(_decode(rid)))
-        records = await pipe.execute() if members else []
+        flat, now = await client._replicas_script(keys=[k.replicas], args=[])
+        members = _pairs(flat)
+        records = [await client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
     return _build(client, members, records, now, include_dead)
 
 
 def list_replicas_sync(client: PauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
     k = client.keys
     with translate_redis_errors():
-        pipe = client.redis.pipeline(transaction=True)
-        pipe.zrange(k.replicas, 0, -1, withscores=True)
-        pipe.time()
-        members, now = pipe.execute()
-        pipe = client.redis.pipeline(transaction=False)
-        for rid, _ in members:
-            pipe.hgetall(k.replica(_decode(rid)))
-        records = pipe.execute() if members else []
+        flat, now = client._replicas_script(keys=[k.replicas], args=[])
+        members = _pairs(flat)
+        records = [client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
     return _build(client, members, records, now, include_dead)
 
 
@@ -106,6 +101,7 @@ class AckWaiter:
 
     async def __aenter__(self) -> AckWaiter:
         with translate_redis_errors():
+            await ensure_initialized(self.client.redis)
             self._pubsub = self.client.redis.pubsub()
             if self.client.sharded:
                 await self._pubsub.ssubscribe(self.client.keys.acks)
@@ -113,10 +109,15 @@ class AckWaiter:
                 await self._pubsub.subscribe(self.client.keys.acks)
             async with asyncio.timeout(5.0):
                 while True:
-                    msg = await self._pubsub.get_message(timeout=1.0)
+                    msg = await self._get(1.0)
                     if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
                         break
         return self
+
+    async def _get(self, timeout: float) -> Any:
+        if self.client.sharded:
+            return await self._pubsub.get_sharded_message(timeout=timeout)
+        return await self._pubsub.get_message(timeout=timeout)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._pubsub is not None:
@@ -135,7 +136,7 @@ class AckWaiter:
             with translate_redis_errors():
                 end = time.monotonic() + min(RECHECK_S, remaining)
                 while time.monotonic() < end:
-                    msg = await self._pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                    msg = await self._get(max(0.0, end - time.monotonic()))
                     if msg is not None and msg["type"] in ("message", "smessage"):
                         try:
                             data = json.loads(msg["data"])
@@ -159,6 +160,8 @@ def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, token: int,
         with translate_redis_errors():
             end = time.monotonic() + min(RECHECK_S, remaining)
             while time.monotonic() < end:
-                msg = pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                wait = max(0.0, end - time.monotonic())
+                msg = (pubsub.get_sharded_message(timeout=wait) if client.sharded
+                       else pubsub.get_message(timeout=wait))
                 if msg is not None and msg["type"] in ("message", "smessage"):
                     break

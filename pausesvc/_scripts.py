@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-__all__ = ["registry_script", "state_script"]
+__all__ = ["read_script", "registry_script", "state_script"]
 
 STATE_SCRIPTS = ("pause", "resume", "renew", "reap")
 REGISTRY_SCRIPTS = ("heartbeat", "ack")
+READ_SCRIPTS = ("snapshot", "replicas")
 
 
 def _read(name: str) -> str:
@@ -28,3 +29,11 @@ def registry_script(name: str) -> str:
     if name not in REGISTRY_SCRIPTS:
         raise KeyError(name)
     return _read("registry_common") + "\n" + _read(name)
+
+
+@cache
+def read_script(name: str) -> str:
+    """Source of a read-only script (``#!lua flags=no-writes``)."""
+    if name not in READ_SCRIPTS:
+        raise KeyError(name)
+    return _read(name)

@@ -18,12 +18,12 @@ from typing import Any
 
 import redis
 
-from pausesvc._base import BaseClient, parse_snapshot, validate_timeout
+from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import GLOBAL, validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
 from pausesvc._redis import is_cluster, sync_client
-from pausesvc._scripts import state_script
+from pausesvc._scripts import read_script, state_script
 from pausesvc._settings import Settings
 
 __all__ = ["PauseClient"]
@@ -61,6 +61,8 @@ class PauseClient(BaseClient):
         self.redis = redis
         self._scripts = {n: redis.register_script(state_script(n))
                          for n in ("pause", "resume", "renew", "reap")}
+        self._snapshot_script = redis.register_script(read_script("snapshot"))
+        self._replicas_script = redis.register_script(read_script("replicas"))
         self._closed = False
 
     def close(self) -> None:
@@ -86,6 +88,11 @@ class PauseClient(BaseClient):
                 )
         return res
 
+    def _get_message(self, pubsub: Any, timeout: float) -> Any:
+        if self.sharded:
+            return pubsub.get_sharded_message(timeout=timeout)
+        return pubsub.get_message(timeout=timeout)
+
     def _subscribe(self, channel: str) -> Any:
         pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         if self.sharded:
@@ -94,7 +101,7 @@ class PauseClient(BaseClient):
             pubsub.subscribe(channel)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=1.0)
+            msg = self._get_message(pubsub, 1.0)
             if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
                 return pubsub
         pubsub.close()
@@ -139,22 +146,13 @@ class PauseClient(BaseClient):
     def get(self, name: str) -> AdapterState | None:
         validate_name(name)
         with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hget(self.keys.paused, name)
-            pipe.time()
-            raw, now = pipe.execute()
-        return self._parse_get(name, raw, now)
+            res = self._snapshot_script(keys=self._snapshot_keys(), args=[name])
+        return parse_snapshot_reply(res).paused.get(name)
 
     def snapshot(self) -> Snapshot:
-        k = self.keys
         with translate_redis_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.get(k.rev)
-            pipe.get(k.epoch)
-            pipe.hgetall(k.paused)
-            pipe.time()
-            rev, epoch, raw, now = pipe.execute()
-        return parse_snapshot(rev, epoch, raw, now)
+            res = self._snapshot_script(keys=self._snapshot_keys(), args=[""])
+        return parse_snapshot_reply(res)
 
     def is_paused(self, name: str) -> bool:
         snap = self.snapshot()
@@ -190,7 +188,7 @@ class PauseClient(BaseClient):
                         wait = min(wait, remaining)
                     end = time.monotonic() + wait
                     while time.monotonic() < end:
-                        msg = pubsub.get_message(timeout=max(0.0, end - time.monotonic()))
+                        msg = self._get_message(pubsub, max(0.0, end - time.monotonic()))
                         if msg is None:
                             continue
                         if msg["type"] in ("subscribe", "ssubscribe"):
@@ -214,7 +212,7 @@ class PauseClient(BaseClient):
                 snap = self.snapshot()
                 rev, view = snap.revision, dict(snap.paused)
                 while True:
-                    msg = pubsub.get_message(timeout=timeout if timeout is not None else 1.0)
+                    msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
                     if msg is None:
                         if timeout is not None:
                             return

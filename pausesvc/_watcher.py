@@ -23,12 +23,12 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pausesvc._base import parse_snapshot, validate_timeout
+from pausesvc._base import parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
 from pausesvc._keys import GLOBAL, Keys, validate_name
 from pausesvc._models import AdapterState, PauseEvent, Snapshot
-from pausesvc._redis import async_client, is_cluster
-from pausesvc._scripts import state_script
+from pausesvc._redis import async_client, ensure_initialized, is_cluster
+from pausesvc._scripts import read_script, state_script
 
 __all__ = ["Listener", "PauseWatcher", "WatcherStats"]
 
@@ -91,6 +91,8 @@ class PauseWatcher:
             self._redis = redis
             self._owns_redis = False
         self._sharded = is_cluster(self._redis) if sharded is None else sharded
+        self._snapshot_script = self._redis.register_script(read_script("snapshot"))
+        self._reap_script = self._redis.register_script(state_script("reap"))
         self.resync_interval = resync_interval
         self.max_backoff = max_backoff
         self.on_data_loss = on_data_loss
@@ -273,8 +275,10 @@ class PauseWatcher:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = None
             try:
+                await ensure_initialized(self._redis)
+                pubsub = self._redis.pubsub()
                 await self._subscribe(pubsub)
                 await self._resync("subscribe")
                 attempt = 0
@@ -287,8 +291,9 @@ class PauseWatcher:
                 logger.exception("pausesvc watcher: unexpected error, reconnecting")
                 self._lost(exc)
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pubsub.aclose())
             attempt += 1
             self.stats.reconnects += 1
             delay = min(self.max_backoff, 0.05 * (2 ** min(attempt, 10)))
@@ -305,6 +310,11 @@ class PauseWatcher:
         self._in_sync = False
         self.last_error = f"{type(exc).__name__}: {exc}"
 
+    async def _get_message(self, pubsub: Any, timeout: float) -> Any:
+        if self._sharded:
+            return await pubsub.get_sharded_message(timeout=timeout)
+        return await pubsub.get_message(timeout=timeout)
+
     async def _subscribe(self, pubsub: Any) -> None:
         if self._sharded:
             await pubsub.ssubscribe(self.keys.events)
@@ -312,7 +322,7 @@ class PauseWatcher:
             await pubsub.subscribe(self.keys.events)
         async with asyncio.timeout(5.0):
             while True:
-                msg = await pubsub.get_message(timeout=1.0)
+                msg = await self._get_message(pubsub, 1.0)
                 if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
                     return
                 if msg is not None and msg["type"] in ("message", "smessage"):
@@ -322,7 +332,7 @@ class PauseWatcher:
         next_resync = time.monotonic() + self.resync_interval
         while True:
             wait = max(0.0, min(1.0, next_resync - time.monotonic()))
-            msg = await pubsub.get_message(timeout=wait)
+            msg = await self._get_message(pubsub, wait)
             if msg is None:
                 if time.monotonic() >= next_resync:
                     await self._resync("periodic")
@@ -370,13 +380,8 @@ class PauseWatcher:
     async def read_snapshot(self) -> Snapshot:
         k = self.keys
         with translate_redis_errors():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.get(k.rev)
-            pipe.get(k.epoch)
-            pipe.hgetall(k.paused)
-            pipe.time()
-            rev, epoch, raw, now = await pipe.execute()
-        return parse_snapshot(rev, epoch, raw, now)
+            res = await self._snapshot_script(keys=[k.paused, k.rev, k.epoch], args=[""])
+        return parse_snapshot_reply(res)
 
     async def _resync(self, reason: str) -> None:
         t0 = time.time()
@@ -504,9 +509,9 @@ class PauseWatcher:
         try:
             for _ in range(20):
                 with translate_redis_errors():
-                    res = await self._redis.eval(
-                        state_script("reap"), 5, *self.keys.state_keys(),
-                        "SPUBLISH" if self._sharded else "PUBLISH",
+                    res = await self._reap_script(
+                        keys=self.keys.state_keys(),
+                        args=["SPUBLISH" if self._sharded else "PUBLISH"],
                     )
                 next_ms = int(res[1])
                 # our clock estimate may run a little ahead of Redis's: retry what is due soon
