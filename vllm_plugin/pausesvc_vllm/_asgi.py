@@ -1,0 +1,162 @@
+"""Small pure-ASGI helpers: types, JSON answers, path matching, a capped body reader.
+
+No vLLM and no Starlette here: the gate must import (and be tested) without either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+__all__ = [
+    "ASGIApp",
+    "BodyError",
+    "Message",
+    "PathMatcher",
+    "Receive",
+    "Scope",
+    "Send",
+    "error_body",
+    "normalize_path",
+    "read_body",
+    "replaying_receive",
+    "route_path",
+    "send_json",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def normalize_path(path: str) -> str:
+    """Collapse repeated slashes and drop trailing ones: ``//v1//completions/`` -> ``/v1/completions``."""
+    parts = [p for p in path.split("/") if p]
+    return "/" + "/".join(parts)
+
+
+def route_path(scope: Scope) -> str:
+    """The request path, normalized, with the ``root_path`` it is mounted under stripped."""
+    path = normalize_path(scope.get("path", ""))
+    root = normalize_path(scope.get("root_path", "") or "")
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root):] or "/"
+    return path
+
+
+class PathMatcher:
+    """Does a request path fall under one of the configured paths?
+
+    ``/v1/completions`` matches ``/v1/completions``, ``/v1/completions/``, ``//v1/completions``
+    and sub-paths such as ``/v1/completions/x``; a ``root_path`` the server is mounted under
+    (a proxy prefix) is stripped first. ``/v1/completionsX`` does not match.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = tuple(sorted({normalize_path(p) for p in paths if p.strip("/")}))
+
+    def __call__(self, scope: Scope) -> bool:
+        path = route_path(scope)
+        return any(path == p or path.startswith(p + "/") for p in self.paths)
+
+
+async def send_json(send: Send, status: int, body: object,
+                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            *headers,
+        ],
+    })
+    await send({"type": "http.response.body", "body": data})
+
+
+def error_body(code: str, message: str, **extra: object) -> dict[str, Any]:
+    """The gate's error shape (OpenAI-like, plus ``detail`` for SkyRL's callers)."""
+    return {"error": {"code": code, "message": message, **extra}, "detail": message}
+
+
+class BodyError(Exception):
+    """The body could not be read: ``status`` says how to answer (0: the client left)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _content_length(scope: Scope) -> int | None:
+    for k, v in scope.get("headers", ()):
+        if k.lower() == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(receive: Receive, scope: Scope, *, max_bytes: int, timeout: float) -> bytes:
+    """Read the whole request body, at most ``max_bytes``, within ``timeout`` seconds.
+
+    Raises :class:`BodyError`: 413 over the cap (checked against Content-Length first),
+    408 past the deadline, status 0 when the client disconnected.
+    """
+    declared = _content_length(scope)
+    if declared is not None and declared > max_bytes:
+        raise BodyError(413, "body_too_large",
+                        f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                message = await receive()
+        except TimeoutError:
+            raise BodyError(408, "body_timeout",
+                            f"request body not received within {timeout:g}s") from None
+        if message["type"] == "http.disconnect":
+            raise BodyError(0, "disconnected", "client disconnected while sending the body")
+        if message["type"] != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyError(413, "body_too_large",
+                                f"request body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replaying_receive(body: bytes, receive: Receive, pending: list[Message] | None = None) -> Receive:
+    """Hand ``body`` over once (then any ``pending`` messages already taken from the real
+    ``receive``), then delegate every later call to the real ``receive``.
+
+    So a client disconnect still reaches the app (vLLM cancels the request on it), and no
+    synthetic ``http.disconnect`` is ever made up here.
+    """
+    sent = False
+
+    async def wrapped() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return wrapped

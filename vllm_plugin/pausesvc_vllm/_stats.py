@@ -1,0 +1,110 @@
+"""Counters of one gate, and their Prometheus exposition (prometheus-client is optional)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+__all__ = ["GateStats", "render_prometheus"]
+
+
+class GateStats:
+    """Plain counters; read by ``/pausesvc/status`` and ``/pausesvc/metrics``."""
+
+    def __init__(self) -> None:
+        self.held: Counter[str] = Counter()  # gauge: requests held right now, per adapter
+        self.in_flight: Counter[str] = Counter()  # gauge: admitted and not finished, per adapter
+        self.holds = 0  # requests that had to wait
+        self.released = 0  # held requests that went on after a resume
+        self.rejections = 0  # answered 503 (policy reject or hold deadline)
+        self.hold_timeouts = 0
+        self.dropped = 0  # clients that left while held (never reached the engine)
+        self.too_large = 0
+        self.body_timeouts = 0
+        self.aborts = 0  # engine requests aborted by drains
+        self.drains = 0  # drains acknowledged
+        self.drain_seconds_total = 0.0
+        self.last_drain_s: float | None = None
+        self.ack_errors = 0
+        self.heartbeat_errors = 0
+
+    def record_drain(self, seconds: float) -> None:
+        self.drains += 1
+        self.drain_seconds_total += seconds
+        self.last_drain_s = seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "held": dict(+self.held),
+            "held_total": sum(self.held.values()),
+            "in_flight": dict(+self.in_flight),
+            "holds": self.holds,
+            "released": self.released,
+            "rejections": self.rejections,
+            "hold_timeouts": self.hold_timeouts,
+            "dropped": self.dropped,
+            "too_large": self.too_large,
+            "body_timeouts": self.body_timeouts,
+            "aborts": self.aborts,
+            "drains": self.drains,
+            "drain_seconds_total": self.drain_seconds_total,
+            "last_drain_s": self.last_drain_s,
+            "ack_errors": self.ack_errors,
+            "heartbeat_errors": self.heartbeat_errors,
+        }
+
+
+_COUNTERS = {
+    "holds": "Requests that were held because their adapter was paused",
+    "released": "Held requests that proceeded after a resume",
+    "rejections": "Requests answered 503 adapter_paused",
+    "hold_timeouts": "Held requests that reached the hold deadline",
+    "dropped": "Clients that disconnected while held",
+    "too_large": "Requests refused with 413",
+    "body_timeouts": "Requests whose body did not arrive in time",
+    "aborts": "Engine requests aborted by drains",
+    "drains": "Drains acknowledged in Redis",
+    "drain_seconds_total": "Seconds spent draining",
+    "ack_errors": "Drain acknowledgements that failed",
+    "heartbeat_errors": "Registry heartbeats that failed",
+}
+
+
+def render_prometheus(stats: GateStats, labels: dict[str, str],
+                      watcher: dict[str, Any]) -> tuple[bytes, str] | None:
+    """The text exposition of ``stats`` or None when prometheus-client is not installed."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    except ImportError:
+        return None
+
+    keys = sorted(labels)
+
+    class _Collector:
+        def collect(self) -> Any:
+            values = [labels[k] for k in keys]
+            for name, doc in _COUNTERS.items():
+                c = CounterMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
+                c.add_metric(values, float(getattr(stats, name)))
+                yield c
+            for name, doc, data in (
+                ("held", "Requests held right now", stats.held),
+                ("in_flight", "Admitted requests not finished yet", stats.in_flight),
+            ):
+                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter"])
+                for adapter, n in sorted(data.items()):
+                    if n:
+                        g.add_metric([*values, adapter], float(n))
+                yield g
+            for name, doc in (("in_sync", "1 when the watcher's view is in sync"),
+                              ("staleness_seconds", "Seconds the view has been out of sync"),
+                              ("paused_adapters", "Adapters paused in this process's view")):
+                g = GaugeMetricFamily(f"pausesvc_watcher_{name}", doc, labels=keys)
+                g.add_metric(values, float(watcher.get(name, 0.0)))
+                yield g
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
