@@ -151,7 +151,7 @@ class AsyncPauseClient(BaseClient):
             if rev > self._last_write[0]:
                 self._last_write = (rev, None)
             if self.replication_wait:
-                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                await self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
                 )
         return res

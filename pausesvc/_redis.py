@@ -124,7 +124,7 @@ def async_client(url: str, **options: Any) -> Any:
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(service, ssl=ssl, **kw, **options)  # type: ignore[no-any-return]
+        return sentinel.master_for(service, ssl=ssl, **kw, **options)
     return aredis.Redis.from_url(url, **options)
 
 
@@ -137,7 +137,8 @@ def sync_client(url: str, **options: Any) -> Any:
 
         nodes, kw = _cluster_nodes(url)
         options.pop("health_check_interval", None)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **kw, **options)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+                            **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
@@ -146,7 +147,7 @@ def sync_client(url: str, **options: Any) -> Any:
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(  # type: ignore[no-untyped-call,no-any-return]
+        return sentinel.master_for(  # type: ignore[no-untyped-call]
             service, ssl=ssl, **kw, **options
         )
     return redis.Redis.from_url(url, **options)

@@ -83,7 +83,7 @@ class PauseClient(BaseClient):
         with translate_redis_errors():
             res = self._scripts[script](keys=self.keys.state_keys(), args=args)
             if self.replication_wait:
-                self.redis.execute_command(  # type: ignore[no-untyped-call]
+                self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
                 )
         return res
@@ -94,7 +94,7 @@ class PauseClient(BaseClient):
         return pubsub.get_message(timeout=timeout)
 
     def _subscribe(self, channel: str) -> Any:
-        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self.redis.pubsub()
         if self.sharded:
             pubsub.ssubscribe(channel)
         else:
