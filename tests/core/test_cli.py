@@ -73,8 +73,13 @@ def test_watch_prints_changes(env: dict[str, str], redis_url: str, namespace: st
     e = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")} | env
     proc = subprocess.Popen([sys.executable, "-m", "pausesvc", "watch", "--json", "--count", "2"],
                             env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
     with PauseClient(redis_url, namespace=namespace) as c:
+        channel = c.keys.events
+        deadline = time.monotonic() + 30
+        while c.redis.pubsub_numsub(channel)[0][1] < 1:  # the watcher has subscribed
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.2)  # ... and read its snapshot
         c.pause("w")
         c.resume("w")
     out, err = proc.communicate(timeout=15)
