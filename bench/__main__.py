@@ -1,0 +1,3 @@
+from bench._run import main
+
+main()

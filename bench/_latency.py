@@ -1,0 +1,182 @@
+"""Scenarios 1, 2, 4 and the CPU/connection parts of 6: controller latency, propagation, the
+Redis floor, CPU per pause event and Redis connections per replica, against R replica processes.
+
+For each R, three sets of R processes run side by side: pausesvc replicas (the gate runtime),
+SkyRL replicas (uvicorn + the baseline app) and raw redis-py subscribers (the floor). Every trial
+runs each design once, in an order rotated from trial to trial (A B C ... B C A ...), so slow
+drifts of this shared machine hit every design alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aredis
+
+from bench._procs import baseline_replica, floor_subscriber, pausesvc_replica
+from bench._util import Collector, start_procs, stop_procs, summary
+from bench.baseline.fanout import CLIENTS, FanoutController
+from pausesvc import AsyncPauseClient
+
+__all__ = ["run"]
+
+log = logging.getLogger("bench")
+ADAPTER = "A"
+FLOOR_CHANNEL = "bench:floor"
+
+
+async def _redis_cpu(r: aredis.Redis) -> float:
+    info = await r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+class _Design:
+    """One way to pause and resume, and which reports show that every replica saw it."""
+
+    def __init__(self, name: str, kind: str, pause: Any, resume: Any) -> None:
+        self.name, self.kind, self.pause, self.resume = name, kind, pause, resume
+        self.ctl: dict[str, list[float]] = {"pause": [], "resume": []}
+        self.prop: dict[str, list[float]] = {"pause": [], "resume": []}
+        self.cpu: dict[str, list[float]] = {"pause": [], "resume": []}
+
+
+async def _one(col: Collector, d: _Design, op: str, n: int, record: bool) -> tuple[float, float]:
+    state = "1" if op == "pause" else "0"
+    col.arm(d.kind, state)
+    c0 = time.process_time()
+    t0 = time.monotonic()
+    await (d.pause() if op == "pause" else d.resume())
+    t1 = time.monotonic()
+    c1 = time.process_time()
+    reps = await col.expect(d.kind, state, n)
+    last = max(r.t for r in reps)
+    if record:
+        d.ctl[op].append(t1 - t0)
+        d.prop[op].append(last - t0)
+        d.cpu[op].append(c1 - c0)
+    return t1 - t0, last - t0
+
+
+async def _round(col: Collector, designs: list[_Design], n: int, settle: float, record: bool,
+                 rot: int) -> None:
+    order = designs[rot % len(designs):] + designs[: rot % len(designs)]
+    for d in order:
+        for op in ("pause", "resume"):
+            await _one(col, d, op, n, record)
+            await asyncio.sleep(settle)
+
+
+async def _cpu_block(col: Collector, d: _Design, n: int, events: int, r: aredis.Redis,
+                     settle: float) -> dict[str, float]:
+    """CPU of every party over ``events`` pause+resume pairs of one design, back to back."""
+    rc0 = await _redis_cpu(r)
+    c0 = time.process_time()
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for _ in range(events):
+        for op, state in (("pause", "1"), ("resume", "0")):
+            col.arm(d.kind, state)
+            await (d.pause() if op == "pause" else d.resume())
+            for rep in await col.expect(d.kind, state, n):
+                first.setdefault(rep.idx, rep.cpu)
+                last[rep.idx] = rep.cpu
+            await asyncio.sleep(settle)
+    ctl = time.process_time() - c0
+    rcpu = await _redis_cpu(r) - rc0
+    changes = 2 * events
+    replicas = sum(last[i] - first[i] for i in first) / max(1, changes - 1)
+    return {"controller_ms": 1e3 * ctl / changes, "replicas_ms": 1e3 * replicas,
+            "redis_ms": 1e3 * rcpu / changes,
+            "total_ms": 1e3 * (ctl / changes + replicas + rcpu / changes)}
+
+
+async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any]:
+    col = await Collector.open()
+    ns = f"bench{R}"
+    r = aredis.Redis.from_url(url)
+    procs: list[Any] = []
+    try:
+        await r.ping()
+        before = await r.info("clients")
+        ps_before = len(await r.client_list(_type="pubsub"))
+        p_procs = start_procs(pausesvc_replica, [(i, url, col.port, ns) for i in range(R)])
+        procs += p_procs
+        ready = await col.expect("p", "ready", R, timeout=120)
+        gate_mode = ready[0].extra
+        await asyncio.sleep(0.3)  # heartbeats and the client pools settle
+        after = await r.info("clients")
+        ps_after = len(await r.client_list(_type="pubsub"))
+        conns = {"per_replica_total": (after["connected_clients"] - before["connected_clients"]) / R,
+                 "per_replica_pubsub": (ps_after - ps_before) / R}
+        procs += start_procs(baseline_replica, [(i, col.port) for i in range(R)])
+        procs += start_procs(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL)
+                                                for i in range(R)])
+        ports = sorted((rep.idx, int(rep.extra)) for rep in
+                       await col.expect("b", "ready", R, timeout=120))
+        await col.expect("f", "ready", R, timeout=120)
+        log.info("R=%d: %d processes up (pausesvc side: %s)", R, 3 * R, gate_mode)
+
+        client = AsyncPauseClient(url, namespace=ns, holder="bench")
+        pub = aredis.Redis.from_url(url)
+        await pub.ping()
+        grant: dict[str, int] = {}
+
+        async def p_pause(drain: bool = False) -> None:
+            grant["t"] = (await client.pause(ADAPTER, drain=drain, timeout=30)).token
+
+        async def p_resume() -> None:
+            await client.resume(ADAPTER, token=grant["t"])
+
+        fanouts = {k: FanoutController(k, [p for _, p in ports]) for k in CLIENTS}
+        designs = [
+            _Design("pausesvc", "p", p_pause, p_resume),
+            _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),
+            *[_Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
+              for k, f in fanouts.items()],
+            _Design("floor", "f", lambda: pub.publish(FLOOR_CHANNEL, "1"),
+                    lambda: pub.publish(FLOOR_CHANNEL, "0")),
+        ]
+        settle = 0.005 + 0.0005 * R
+        for w in range(3):
+            await _round(col, designs, R, settle, False, w)
+        pings: list[float] = []
+        for t in range(trials):
+            await _round(col, designs, R, settle, True, t)
+            for _ in range(5):
+                t0 = time.monotonic()
+                await pub.ping()
+                pings.append(time.monotonic() - t0)
+        cpu = {}
+        for d in designs:
+            if d.name != "pausesvc-drain":
+                cpu[d.name] = await _cpu_block(col, d, R, cpu_events, r, settle)
+        out: dict[str, Any] = {"R": R, "gate": gate_mode, "connections": conns,
+                               "ping_ms": summary(pings, 1e3), "cpu_per_event": cpu}
+        for d in designs:
+            out[d.name] = {
+                f"{kind}_{op}_ms": summary(vals[op], 1e3)
+                for kind, vals in (("controller", d.ctl), ("propagation", d.prop),
+                                   ("controller_cpu", d.cpu))
+                for op in ("pause", "resume")
+            }
+        for f in fanouts.values():
+            await f.aclose()
+        await client.aclose()
+        await pub.aclose()
+        return out
+    finally:
+        stop_procs(procs)
+        await r.aclose()
+        col.close()
+
+
+async def run(url: str, rs: list[int], trials: int, cpu_events: int) -> list[dict[str, Any]]:
+    out = []
+    for R in rs:
+        t = time.monotonic()
+        out.append(await _at_r(url, R, trials, cpu_events))
+        log.info("R=%d done in %.1fs", R, time.monotonic() - t)
+    return out

@@ -1,0 +1,124 @@
+"""What runs inside the replica processes (imported once by the forkserver, then forked).
+
+Every replica reports each change of its gate's view as a UDP datagram (see ``_util``):
+``p`` a pausesvc replica (the gate runtime and its shared watcher), ``b`` a SkyRL replica
+(uvicorn serving the baseline app), ``f`` a raw redis-py subscriber (the floor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from typing import Any
+
+import redis.asyncio as aredis
+import uvicorn
+
+from bench._util import send_report
+from bench.baseline.app import SkyRLReplica
+from bench.fakeapp import fake_openai_app
+from pausesvc import PauseWatcher, Settings, shared_watcher
+
+try:  # the vLLM plugin's gate (built alongside): the real gate path when importable
+    from pausesvc_vllm import PauseGateMiddleware
+except ImportError:  # pragma: no cover - reported as gate="watcher-only" in the results
+    PauseGateMiddleware = None
+
+__all__ = ["baseline_replica", "floor_subscriber", "pausesvc_replica"]
+
+ADDR = "127.0.0.1"
+
+
+def _udp() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+async def _until_term() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+
+
+def gate_settings(url: str, ns: str, **extra: Any) -> Settings:
+    return Settings(redis_url=url, namespace=ns, **extra)
+
+
+async def start_gate(url: str, ns: str, app: Any = fake_openai_app) -> tuple[Any, PauseWatcher]:
+    """The pausesvc side of a replica: the gate middleware's runtime (watcher, heartbeat,
+    drain acks) when the plugin is importable, else the process's shared watcher."""
+    if PauseGateMiddleware is not None:
+        mw = PauseGateMiddleware(app, settings=gate_settings(url, ns))
+        await mw.runtime.start()
+        watcher = mw.runtime.watcher
+        assert watcher is not None
+    else:
+        mw = None
+        watcher = await shared_watcher(url, ns)
+    await watcher.wait_synced(30)
+    return mw, watcher
+
+
+def pausesvc_replica(idx: int, url: str, udp_port: int, ns: str) -> None:
+    async def main() -> None:
+        sock, addr = _udp(), (ADDR, udp_port)
+        mw, watcher = await start_gate(url, ns)
+        last: dict[str, bool] = {}
+
+        def on_change(name: str, state: Any, ev: Any) -> None:
+            paused = watcher.is_paused(name)
+            if last.get(name, False) != paused:
+                last[name] = paused
+                send_report(sock, addr, "p", idx, "1" if paused else "0", name)
+
+        watcher.add_listener(on_change)
+        send_report(sock, addr, "p", idx, "ready", "gate" if mw is not None else "watcher")
+        await _until_term()
+        if mw is not None:
+            await mw.runtime.aclose()
+
+    asyncio.run(main())
+
+
+def floor_subscriber(idx: int, url: str, udp_port: int, channel: str) -> None:
+    async def main() -> None:
+        sock, addr = _udp(), (ADDR, udp_port)
+        r = aredis.Redis.from_url(url)
+        ps = r.pubsub()
+        await ps.subscribe(channel)
+        stop = asyncio.create_task(_until_term())
+        async for msg in ps.listen():
+            if msg["type"] == "subscribe":
+                send_report(sock, addr, "f", idx, "ready")
+            elif msg["type"] == "message":
+                send_report(sock, addr, "f", idx, msg["data"].decode())
+            if stop.done():
+                break
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())
+
+
+def baseline_replica(idx: int, udp_port: int, delay: float = 0.0) -> None:
+    async def main() -> None:
+        usock, addr = _udp(), (ADDR, udp_port)
+
+        def on_change(name: str, paused: bool) -> None:
+            send_report(usock, addr, "b", idx, "1" if paused else "0", name)
+
+        app = SkyRLReplica(fake_openai_app, on_change=on_change, delay=delay)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (a bare
+        # socket.socket() gives proto 0, and Nagle + delayed ACK add 40 ms per keep-alive call)
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        srv.bind((ADDR, 0))
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[srv]))
+        while not server.started:  # uvicorn offers no event for this
+            await asyncio.sleep(0.01)  # noqa: ASYNC110
+        send_report(usock, addr, "b", idx, "ready", str(srv.getsockname()[1]))
+        await task
+
+    asyncio.run(main())

@@ -1,0 +1,97 @@
+"""``python -m bench [--quick] [--out DIR] [--only a,b] [--[no-]docs]``: run, save JSON, write docs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._util import machine, versions
+from pausesvc import EmbeddedRedis
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults")
+
+FULL: dict[str, Any] = {"rs": [1, 4, 16, 64], "trials": 30, "cpu_events": 20,
+                        "ws": [100, 1000, 10000], "wake_rs": [4, 16], "wake_trials": 7,
+                        "gate_rounds": 5, "gate_seconds": 2.0, "gate_conc": 8,
+                        "held": 10000, "fault_rs": [4, 16]}
+QUICK: dict[str, Any] = {"rs": [1, 4], "trials": 5, "cpu_events": 3,
+                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 2,
+                         "gate_rounds": 2, "gate_seconds": 0.5, "gate_conc": 4,
+                         "held": 1000, "fault_rs": [4]}
+
+
+async def _scenario(name: str, url: str, cfg: dict[str, Any]) -> Any:
+    if name == "latency":
+        from bench import _latency
+
+        return await _latency.run(url, cfg["rs"], cfg["trials"], cfg["cpu_events"])
+    if name == "wakeup":
+        from bench import _wakeup
+
+        return await _wakeup.run(url, cfg)
+    if name == "gate":
+        from bench import _gate
+
+        return await _gate.run(url, cfg)
+    if name == "memory":
+        from bench import _wakeup
+
+        return await _wakeup.run_memory(url, cfg)
+    if name == "faults":
+        from bench import _faults
+
+        return await _faults.run(url, cfg)
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="a <= 60 s smoke run (CI)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                    help="directory for the JSON results (default bench/results)")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
+                    help="regenerate docs/benchmarks.md and docs/img/bench-*.png "
+                    "(default: on for a full run, off for --quick)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("httpx", "pausesvc", "pausesvc_vllm", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log = logging.getLogger("bench")
+    cfg = QUICK if args.quick else FULL
+    only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    if args.only:
+        command += f" --only {args.only}"
+    results: dict[str, Any] = {
+        "meta": {"command": command, "argv": shlex.join(sys.argv), "mode":
+                 "quick" if args.quick else "full", "config": cfg, "machine": machine(),
+                 "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
+    }
+    t_all = time.monotonic()
+    with EmbeddedRedis() as server:
+        results["meta"]["redis_port"] = server.port
+        for name in only:
+            t = time.monotonic()
+            log.info("scenario %s ...", name)
+            results[name] = asyncio.run(_scenario(name, server.url, cfg))
+            log.info("scenario %s done in %.1fs", name, time.monotonic() - t)
+    results["meta"]["seconds"] = round(time.monotonic() - t_all, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{results['meta']['mode']}.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    log.info("results: %s (%.1fs)", path, results["meta"]["seconds"])
+    if args.docs or (args.docs is None and not args.quick):
+        from bench._report import write_docs
+
+        write_docs(results, ROOT / "docs")
