@@ -1,0 +1,122 @@
+"""Prometheus metrics of the control service (one registry per app).
+
+Request counters come from :class:`RequestMetrics` (pure ASGI, labels are route templates, so
+adapter names never become label values there); the view's numbers are read from the watcher
+at scrape time by :class:`WatcherCollector`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from pausesvc._watcher import PauseWatcher
+
+__all__ = ["Metrics", "RequestMetrics", "WatcherCollector"]
+
+
+class WatcherCollector(Collector):
+    def __init__(self, get_watcher: object) -> None:
+        self._get = get_watcher
+
+    def collect(self) -> Iterator[Metric]:
+        w: PauseWatcher | None = self._get()  # type: ignore[operator]
+        if w is None:
+            return
+        names = w.paused_names()
+        g = GaugeMetricFamily("pausesvc_paused_adapters",
+                              "Adapters paused in this process's view (`*` counts as one).")
+        g.add_metric([], len(names))
+        yield g
+        per = GaugeMetricFamily("pausesvc_adapter_paused", "1 for each paused adapter.",
+                                labels=["adapter"])
+        for n in names:
+            per.add_metric([n], 1)
+        yield per
+        orphans = GaugeMetricFamily("pausesvc_orphaned_adapters",
+                                    "Adapters held after a Redis data loss (policy hold).")
+        orphans.add_metric([], len(w.orphans))
+        yield orphans
+        sync = GaugeMetricFamily("pausesvc_watcher_in_sync", "1 while the view is in sync.")
+        sync.add_metric([], 1.0 if w.in_sync else 0.0)
+        yield sync
+        st = GaugeMetricFamily("pausesvc_watcher_staleness_seconds",
+                               "Seconds since the view stopped being in sync (0 in sync).")
+        st.add_metric([], w.staleness)
+        yield st
+        rev = GaugeMetricFamily("pausesvc_revision", "Namespace revision the view has applied.")
+        rev.add_metric([], w.revision)
+        yield rev
+        lag = GaugeMetricFamily("pausesvc_watcher_event_lag_seconds",
+                                "Publish-to-apply lag of the last event (Redis clock).")
+        lag.add_metric([], w.stats.event_lag_s)
+        yield lag
+        for attr, help_ in (("events", "Events applied."), ("gaps", "Revision gaps seen."),
+                            ("resyncs", "Snapshot reads."), ("reconnects", "Reconnects."),
+                            ("data_losses", "Revision went backwards (Redis lost data)."),
+                            ("local_expiries", "Leases expired from the local clock.")):
+            c = CounterMetricFamily(f"pausesvc_watcher_{attr}", help_)
+            c.add_metric([], getattr(w.stats, attr))
+            yield c
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("pausesvc_http_requests", "HTTP requests answered.",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("pausesvc_http_request_duration_seconds",
+                                 "Time to answer (long-polls and streams excluded).",
+                                 ["method", "route"], registry=r)
+        self.changes = Counter("pausesvc_state_changes", "State changes seen by the view.",
+                               ["op"], registry=r)
+        self.drain = Histogram("pausesvc_drain_seconds", "Time for a drained pause to be "
+                               "acknowledged by every live replica.", registry=r,
+                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.drain_timeouts = Counter("pausesvc_drain_timeouts", "Drains not acknowledged in "
+                                      "time.", registry=r)
+        self.aborted = Counter("pausesvc_aborted_requests", "Requests replicas reported "
+                               "aborted for drains made through this service.", registry=r)
+        self.sse_clients = Counter("pausesvc_sse_connections", "Event-stream connections.",
+                                   registry=r)
+        self.sse_open = Gauge("pausesvc_sse_open", "Open event streams.", registry=r)
+
+
+class RequestMetrics:
+    """Pure ASGI middleware counting requests by method, route template and status."""
+
+    _UNTIMED = ("/v1/events", "/v1/pauses/{name:path}/wait", "/skyrl/v1/wait_lora_unpaused")
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, label, str(status[0])).inc()
+            if label not in self._UNTIMED:
+                self.metrics.latency.labels(method, label).observe(time.perf_counter() - start)

@@ -1,0 +1,287 @@
+"""The wire shapes of the control service: every request body, every response, every error.
+
+Request bodies are strict (no type coercion: ``"5"`` is not a number, ``1`` is not a boolean)
+and refuse unknown fields, so a typo such as ``{"ttl": 5}`` is a 422 naming ``ttl`` instead of a
+pause without a lease. Responses mirror the ``to_dict()`` of the core models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
+
+from pausesvc._base import MAX_REASON_LENGTH, MAX_TTL_S, validate_reason
+from pausesvc._keys import MAX_NAME_LENGTH, validate_holder, validate_name
+
+#: Longest wait a single long-poll or drain may ask for (seconds).
+MAX_WAIT_S = 3600.0
+#: Fencing tokens are revisions; Lua numbers are doubles, so larger integers cannot match.
+MAX_TOKEN = 2**53
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+#: JSON-schema pattern of a valid adapter or holder name, at least as strict as
+#: :func:`pausesvc.validate_name` (which the service runs): no whitespace, no control characters.
+NAME_PATTERN = (
+    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]{1,256}$"
+)
+NAME_SCHEMA: JsonDict = {"pattern": NAME_PATTERN}
+REASON_PATTERN = r"^[^\x00-\x08\x0a-\x1f]*$"
+_NAME_SCHEMA = NAME_SCHEMA
+_REASON_SCHEMA: JsonDict = {"pattern": REASON_PATTERN}
+
+
+def _integral(v: object) -> object:
+    """JSON Schema's integer includes ``5.0``; strings and booleans are still refused."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+#: A fencing token: a positive integer; integral JSON numbers such as ``5.0`` are accepted.
+Token = Annotated[int, Field(gt=0, le=MAX_TOKEN), BeforeValidator(_integral)]
+
+
+def _holder(v: str | None) -> str | None:
+    return None if v is None else validate_holder(v)
+
+
+# -- request bodies --------------------------------------------------------------------------------
+class PauseRequest(BaseModel):
+    """Body of ``POST /v1/pauses/{name}``. Every field is optional; ``{}`` or no body is fine."""
+
+    model_config = _STRICT
+
+    holder: str | None = Field(
+        default=None, min_length=1, max_length=MAX_NAME_LENGTH, json_schema_extra=_NAME_SCHEMA,
+        description="Who holds this pause (default: the service's default holder). Pausing "
+        "again with the same holder is idempotent.",
+    )
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
+                               json_schema_extra=_REASON_SCHEMA,
+                               description="Free text shown in status and on the dashboard "
+                               "(no control characters except tab).")
+    ttl_s: float | None = Field(
+        default=None, gt=0, le=MAX_TTL_S, allow_inf_nan=False,
+        description="Lease in seconds: the hold disappears unless renewed. Null: no lease.",
+    )
+    drain: bool = Field(
+        default=False,
+        description="Answer only once every live replica process acknowledged that it has no "
+        "request of this adapter in flight (504 drain_timeout otherwise; the pause stays).",
+    )
+    timeout_s: float | None = Field(
+        default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S). Only "
+        "meaningful with drain=true.",
+    )
+
+    _v_holder = field_validator("holder")(_holder)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        return None if v is None else validate_reason(v)
+
+
+class RenewRequest(BaseModel):
+    """Body of ``POST /v1/pauses/{name}/renew``."""
+
+    model_config = _STRICT
+
+    ttl_s: float = Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False,
+                         description="New lease length, counted from now.")
+    holder: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH,
+                               json_schema_extra=_NAME_SCHEMA,
+                               description="Whose lease (default: the default holder).")
+    token: Token | None = Field(default=None,
+                                description="Fencing token from the pause; refused if stale.")
+
+    _v_holder = field_validator("holder")(_holder)
+
+
+class SkyRLLoraRequest(BaseModel):
+    """Body of ``/skyrl/v1/resume_lora_requests``."""
+
+    model_config = _STRICT
+
+    lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
+                           json_schema_extra=_NAME_SCHEMA,
+                           description="The LoRA adapter's name as vLLM serves it.")
+    holder: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH,
+                               json_schema_extra=_NAME_SCHEMA,
+                               description="Hold to release (default: `skyrl`).")
+
+    @field_validator("lora_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v, field="lora_name")
+
+    _v_holder = field_validator("holder")(_holder)
+
+
+class SkyRLAbortRequest(SkyRLLoraRequest):
+    """Body of ``/skyrl/v1/abort_lora_requests``."""
+
+    timeout_s: float | None = Field(
+        default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S).",
+    )
+
+
+class SkyRLWaitRequest(BaseModel):
+    """Body of ``/skyrl/v1/wait_lora_unpaused``."""
+
+    model_config = _STRICT
+
+    lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
+                           json_schema_extra=_NAME_SCHEMA)
+    timeout_s: float = Field(default=60.0, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+                             description="Give up (and answer paused=true) after this long.")
+
+    @field_validator("lora_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v, field="lora_name")
+
+
+# -- responses -------------------------------------------------------------------------------------
+class HoldOut(BaseModel):
+    holder: str
+    token: int = Field(description="Fencing token of this hold (the revision that created it).")
+    since: float = Field(description="Unix time (Redis clock) the hold was taken.")
+    reason: str | None = None
+    expires_at: float | None = Field(default=None, description="Lease end (unix time) or null.")
+
+
+class AdapterStateOut(BaseModel):
+    name: str
+    paused: bool
+    since: float
+    revision: int = Field(description="Revision of the last change of this adapter.")
+    pause_revision: int = Field(description="Revision that paused it (first hold).")
+    token: int = Field(description="The newest hold's fencing token.")
+    reason: str | None = None
+    expires_at: float | None = Field(
+        default=None, description="When the pause ends by itself (every hold is a lease).")
+    holders: dict[str, HoldOut]
+
+
+class SnapshotOut(BaseModel):
+    revision: int
+    epoch: str | None = None
+    server_time: float
+    paused: dict[str, AdapterStateOut]
+
+
+class AdapterStatusOut(BaseModel):
+    name: str
+    paused: bool = Field(description="This adapter itself is held paused.")
+    paused_by_global: bool = Field(description="`*` is paused (which pauses every adapter).")
+    revision: int
+    state: AdapterStateOut | None = None
+
+
+class DrainOut(BaseModel):
+    replicas: list[str] = Field(description="Live replica processes that acknowledged.")
+    aborted: list[str] = Field(description="Request ids the replicas aborted for this pause.")
+    count: int
+
+
+class GrantOut(BaseModel):
+    name: str
+    holder: str
+    token: int = Field(description="Fencing token: present it to resume and renew.")
+    revision: int
+    created: bool = Field(description="False when this holder already held the pause.")
+    state: AdapterStateOut
+    drain: DrainOut | None = Field(default=None, description="Present when drain=true.")
+
+
+class ResumeOut(BaseModel):
+    name: str
+    holder: str
+    released: bool = Field(description="A hold was released by this call.")
+    paused: bool = Field(description="Other holders keep the adapter paused.")
+    revision: int
+    state: AdapterStateOut | None = None
+
+
+class WaitOut(BaseModel):
+    paused: bool = Field(description="False: not paused (returned as soon as that was true). "
+                         "True: still paused when timeout_s expired.")
+    revision: int
+    waited_s: float
+
+
+class ReplicaOut(BaseModel):
+    """A replica process's registry record; fields beyond these are whatever it publishes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    live: bool
+    heartbeat_age_s: float
+    drains: dict[str, Any] = Field(description="adapter -> last drain acknowledgement "
+                                   "({replica, name, rev, aborted, ts}).")
+
+
+class ReplicasOut(BaseModel):
+    replicas: list[ReplicaOut]
+    live: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    in_sync: bool
+    revision: int
+    staleness_s: float
+    last_error: str | None = None
+
+
+class SkyRLAbortOut(BaseModel):
+    status: Literal["ok"]
+    aborted: list[str]
+    count: int
+    token: int = Field(description="Fencing token of the `skyrl` hold (extension).")
+
+
+class SkyRLResumeOut(BaseModel):
+    status: Literal["ok"]
+    released: bool = Field(description="A hold was released by this call (extension).")
+    paused: bool = Field(description="Other holders keep it paused (extension).")
+
+
+class SkyRLWaitOut(BaseModel):
+    paused: bool
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error the service answers has this shape."""
+
+    detail: str = Field(description="What went wrong, in one sentence.")
+    error: str = Field(description="Machine-readable code: invalid_input, unauthorized, "
+                       "forbidden, not_found, method_not_allowed, not_holder, stale_token, "
+                       "drain_timeout, redis_unavailable, internal.")
+    field: str | None = Field(default=None, description="The offending input, when one is.")
+    errors: list[ErrorItem] | None = Field(default=None, description="Every validation issue.")
+    holders: list[str] | None = Field(default=None, description="not_holder: who holds it.")
+    presented: int | None = Field(default=None, description="stale_token: the token sent.")
+    current: int | None = Field(default=None, description="stale_token: the hold's token.")
+    token: int | None = Field(default=None, description="drain_timeout: the pause's token "
+                              "(the pause IS in place).")
+    missing: list[str] | None = Field(default=None,
+                                      description="drain_timeout: replicas that did not ack.")

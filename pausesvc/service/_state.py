@@ -1,0 +1,155 @@
+"""What one running service owns: the client, the shared watcher, metrics; and the few
+operations several routes share (read-your-writes waits, collecting aborted request ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+
+from pausesvc._client import AsyncPauseClient
+from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
+from pausesvc._models import AdapterState, PauseEvent
+from pausesvc._registry import missing_acks
+from pausesvc._settings import Settings
+from pausesvc._watcher import PauseWatcher
+from pausesvc.service._metrics import Metrics
+
+__all__ = ["ServiceState", "collect_aborted", "until_disconnected"]
+
+logger = logging.getLogger("pausesvc.service")
+
+
+def collect_aborted(replicas: list[dict[str, Any]], name: str,
+                    token: int) -> tuple[list[str], list[str]]:
+    """(replica ids that acknowledged, request ids they aborted) for the pause at ``token``.
+
+    Reads the drain acknowledgements the replicas stored in their records (``drain:<name>``,
+    see ``lua/ack.lua``): ``{"replica", "name", "rev", "aborted": [ids], "ts"}``.
+    """
+    acked: list[str] = []
+    aborted: list[str] = []
+    for rec in replicas:
+        d = rec.get("drains", {}).get(name)
+        if not isinstance(d, dict):
+            continue
+        try:
+            rev = int(d.get("rev", 0))
+        except (TypeError, ValueError):
+            continue
+        if rev < token:
+            continue
+        acked.append(str(rec.get("id")))
+        ids = d.get("aborted") or []
+        if isinstance(ids, list):
+            aborted.extend(str(i) for i in ids)
+    return sorted(acked), aborted
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return when the client goes away (the body, if any, has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, *, heartbeat_s: float = 15.0,
+                 max_wait_s: float | None = None) -> None:
+        self.settings = settings
+        self.heartbeat_s = heartbeat_s
+        #: a single long-poll answers (paused=true) after at most this long; clients loop
+        self.max_wait_s = max_wait_s
+        self.metrics = Metrics()
+        self.client: AsyncPauseClient | None = None
+        self.watcher: PauseWatcher | None = None
+
+    async def start(self) -> None:
+        self.client = AsyncPauseClient(settings=self.settings)
+        self.watcher = await self.client.watcher()
+        self.watcher.add_listener(self._on_change)
+
+    async def aclose(self) -> None:
+        if self.watcher is not None:
+            self.watcher.remove_listener(self._on_change)
+        if self.client is not None:
+            await self.client.aclose()
+        self.client = None
+        self.watcher = None
+
+    @property
+    def c(self) -> AsyncPauseClient:
+        if self.client is None:
+            raise RuntimeError("service not started")
+        return self.client
+
+    @property
+    def w(self) -> PauseWatcher:
+        if self.watcher is None:
+            raise RuntimeError("service not started")
+        return self.watcher
+
+    def _on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
+        if ev is None:
+            return
+        self.metrics.changes.labels(ev.op).inc()
+        logger.info(
+            "%s %s -> %s", ev.op, name, "paused" if ev.paused else "not paused",
+            extra={"event": "change", "adapter": name, "op": ev.op, "holder": ev.holder,
+                   "revision": ev.revision, "paused": ev.paused,
+                   "holders": sorted(state.holders) if state else []},
+        )
+
+    async def redis_revision(self) -> tuple[int, str | None]:
+        """The namespace's current revision and epoch, read from Redis (one round trip)."""
+        k = self.c.keys
+        with translate_redis_errors():
+            pipe = self.c.redis.pipeline(transaction=False)
+            pipe.get(k.rev)
+            pipe.get(k.epoch)
+            rev, epoch = await pipe.execute()
+        return int(rev or 0), (str(epoch) if epoch is not None else None)
+
+    async def wait_unpaused(self, name: str, timeout: float) -> bool:
+        """True as soon as ``name`` is not paused, False if still paused after ``timeout``.
+
+        Linearizable with completed writes from ANY process: the view first catches up with
+        the revision Redis has now, so a pause that returned before this call is never missed.
+        If Redis is unreachable the view answers (fail closed: what it knew paused stays so).
+        """
+        deadline = time.monotonic() + timeout
+        w = self.w
+        try:
+            rev, epoch = await asyncio.wait_for(self.redis_revision(), timeout=max(timeout, 1.0))
+        except (RedisUnavailableError, TimeoutError):
+            rev, epoch = 0, None
+        if rev > w.revision and not await w.wait_revision(rev, epoch, timeout=timeout):
+            return not w.is_paused(name) and w.in_sync
+        return await w.wait_unpaused(name, max(0.0, deadline - time.monotonic()))
+
+    async def wait_or_disconnect(self, request: Request, name: str, timeout: float) -> bool:
+        if self.max_wait_s is not None:
+            timeout = min(timeout, self.max_wait_s)
+        waiter = asyncio.ensure_future(self.wait_unpaused(name, timeout))
+        gone = asyncio.ensure_future(until_disconnected(request))
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                return waiter.result()
+            return False  # the client left; nobody reads this answer
+        finally:
+            for t in (waiter, gone):
+                t.cancel()
+            await asyncio.gather(waiter, gone, return_exceptions=True)
+
+    async def drained_replicas(self, name: str, token: int) -> tuple[list[str], list[str]]:
+        replicas = await self.c.replicas()
+        still = missing_acks(replicas, name, token)
+        if still:  # raced with a replica that just registered: report what we have
+            logger.info("drain of %s: replicas registered after the barrier: %s", name, still,
+                        extra={"event": "drain_late_replicas", "adapter": name})
+        return collect_aborted(replicas, name, token)

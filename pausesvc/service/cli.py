@@ -1,0 +1,153 @@
+"""``pausesvc serve``: run the control service (and an embedded Redis when none is configured).
+
+This module imports only click at import time, so every other CLI command stays fast; it raises
+ImportError when the ``service`` extra is missing, which makes the core CLI register a stub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import signal
+import socket
+import sys
+from typing import Any
+
+import click
+
+for _mod in ("fastapi", "uvicorn", "prometheus_client"):
+    if importlib.util.find_spec(_mod) is None:  # pragma: no cover - depends on the install
+        raise ImportError(f"pausesvc serve needs {_mod}: pip install 'pausesvc[service]'")
+
+__all__ = ["serve"]
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"pausesvc: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET
+    with_brackets = host.strip("[]")
+    try:
+        if isinstance(ipaddress.ip_address(with_brackets), ipaddress.IPv6Address):
+            family = socket.AF_INET6
+    except ValueError:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0] if infos else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((with_brackets, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)  # connections queue from now on: the URLs printed next already work
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@click.command(epilog="Environment: every PAUSESVC_* setting (docs/settings.md); the API token "
+               "only from PAUSESVC_API_TOKEN.")
+@click.option("--host", default=None, help="Interface to listen on (PAUSESVC_HOST, default "
+              "127.0.0.1).")
+@click.option("--port", type=int, default=None, help="TCP port (PAUSESVC_PORT, default 8470; "
+              "0 = any free port).")
+@click.option("--redis-url", "serve_redis_url", default=None,
+              help="Redis to use (PAUSESVC_REDIS_URL). Unset: start an embedded redis-server.")
+@click.option("--log-level", default=None, help="debug, info, warning, error (PAUSESVC_LOG_LEVEL).")
+@click.option("--embedded-dir", type=click.Path(file_okay=False), default=None,
+              help="Embedded Redis only: keep its append-only file in this directory so the "
+              "pause state survives a restart (default: nothing is kept).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_url: str | None,
+          log_level: str | None, embedded_dir: str | None) -> None:
+    """Run the HTTP control service, the dashboard and /metrics."""
+    from pydantic import ValidationError
+
+    from pausesvc._embedded import EmbeddedRedis
+    from pausesvc._exceptions import PauseError
+    from pausesvc._redis import redact
+    from pausesvc._settings import Settings
+
+    base: Settings = ctx.obj.settings if ctx.obj is not None else Settings()
+    overrides: dict[str, Any] = {}
+    for key, value in (("host", host), ("port", port), ("redis_url", serve_redis_url),
+                       ("log_level", log_level)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = Settings.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(2, f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    if settings.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        _fail(2, f"invalid log_level: {settings.log_level!r}")
+
+    embedded: EmbeddedRedis | None = None
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        _fail(1, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    try:
+        if not settings.redis_url:
+            embedded = EmbeddedRedis(appendonly=embedded_dir is not None, dir=embedded_dir)
+            try:
+                embedded.start()
+            except PauseError as exc:
+                _fail(5, str(exc))
+            settings = settings.model_copy(update={"redis_url": embedded.url})
+            persisted = (f"append-only file in {embedded_dir}" if embedded_dir
+                         else "nothing is kept when it stops")
+            click.echo(f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
+                       f"({persisted}). Point replicas and the CLI at it:")
+            click.echo(f"    export PAUSESVC_REDIS_URL={embedded.url}")
+            if settings.namespace != "default":
+                click.echo(f"    export PAUSESVC_NAMESPACE={settings.namespace}")
+        else:
+            click.echo(f"pausesvc: using Redis {redact(settings.redis_url)} "
+                       f"(namespace {settings.namespace})")
+        bound_port = sock.getsockname()[1]
+        base_url = f"http://{_url_host(settings.host)}:{bound_port}"
+        click.echo(f"pausesvc: control service on {base_url}  (API docs: {base_url}/docs)")
+        click.echo(f"pausesvc: dashboard: {base_url}/")
+        if not settings.api_token:
+            click.echo("pausesvc: warning: PAUSESVC_API_TOKEN is not set: anyone who can reach "
+                       "this port can pause and resume adapters", err=True)
+        sys.stdout.flush()
+        _run(settings, sock)
+    finally:
+        sock.close()
+        if embedded is not None:
+            embedded.cleanup()
+
+
+def _run(settings: Any, sock: socket.socket) -> None:
+    import uvicorn
+
+    from pausesvc.service._app import create_app
+    from pausesvc.service._logging import logging_config
+
+    config = uvicorn.Config(
+        create_app(settings), log_config=logging_config(settings.log_level),
+        log_level=settings.log_level.lower(), ws="none", lifespan="on",
+        timeout_graceful_shutdown=3, access_log=False,
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down; make that a clean
+    # exit so the embedded Redis is stopped too (the default SIGTERM action would skip it)
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
