@@ -21,7 +21,7 @@ from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
-from pausesvc._redis import async_client, is_cluster
+from pausesvc._redis import async_client, is_cluster, retry_stale
 from pausesvc._scripts import read_script, registry_script, state_script
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
@@ -146,7 +146,8 @@ class AsyncPauseClient(BaseClient):
 
     async def _run(self, script: str, args: list[str]) -> Any:
         with translate_redis_errors():
-            res = await self._scripts[script](keys=self.keys.state_keys(), args=args)
+            res = await retry_stale(self.redis, lambda: self._scripts[script](
+                keys=self.keys.state_keys(), args=args))
             rev = int(res[2] if script == "pause" else res[1])
             if rev > self._last_write[0]:
                 self._last_write = (rev, None)
@@ -204,13 +205,15 @@ class AsyncPauseClient(BaseClient):
         """The state of ``name`` (None: not paused). ``*`` is not folded in."""
         validate_name(name)
         with translate_redis_errors():
-            res = await self._snapshot_script(keys=self._snapshot_keys(), args=[name])
+            res = await retry_stale(self.redis, lambda: self._snapshot_script(
+                keys=self._snapshot_keys(), args=[name]))
         return parse_snapshot_reply(res).paused.get(name)
 
     async def snapshot(self) -> Snapshot:
         """Every paused adapter and the revision, in one round trip."""
         with translate_redis_errors():
-            res = await self._snapshot_script(keys=self._snapshot_keys(), args=[""])
+            res = await retry_stale(self.redis, lambda: self._snapshot_script(
+                keys=self._snapshot_keys(), args=[""]))
         return parse_snapshot_reply(res)
 
     async def is_paused(self, name: str) -> bool:

@@ -7,7 +7,8 @@ follows Sentinel failovers (``rediss+sentinel://`` for TLS to the data nodes).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -17,7 +18,9 @@ from redis.sentinel import Sentinel
 
 from pausesvc._exceptions import InvalidInputError
 
-__all__ = ["async_client", "is_cluster", "redact", "sync_client"]
+__all__ = ["async_client", "is_cluster", "redact", "retry_stale", "sync_client"]
+
+T = TypeVar("T")
 
 _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
             "rediss+cluster")
@@ -164,3 +167,21 @@ async def ensure_initialized(client: Any) -> None:
     """An asyncio cluster client must learn the slot map before a pub/sub can route."""
     if is_cluster(client) and hasattr(client, "initialize"):
         await client.initialize()
+
+
+async def retry_stale(client: Any, call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()``; once more on a fresh connection if it failed on a pooled connection the
+    server had closed (a Redis restart or failover).
+
+    redis-py 8.1's asyncio client raises ``ConnectionError: Connection closed by server`` for
+    the first command on each such connection instead of retrying it (redis/redis-py#4252, a
+    regression from 8.0). Only for idempotent calls: every pausesvc script is.
+    """
+    try:
+        return await call()
+    except redis.ConnectionError:
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:
+            raise
+        await pool.disconnect(inuse_connections=False)  # drop every idle stale connection
+        return await call()

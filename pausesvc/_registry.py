@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
-from pausesvc._redis import ensure_initialized
+from pausesvc._redis import ensure_initialized, retry_stale
 
 if TYPE_CHECKING:
     from pausesvc._client import AsyncPauseClient
@@ -68,7 +68,8 @@ def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, floa
 async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
     k = client.keys
     with translate_redis_errors():
-        flat, now = await client._replicas_script(keys=[k.replicas], args=[])
+        flat, now = await retry_stale(client.redis,
+                                      lambda: client._replicas_script(keys=[k.replicas], args=[]))
         members = _pairs(flat)
         records = [await client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
     return _build(client, members, records, now, include_dead)
@@ -102,11 +103,17 @@ class AckWaiter:
     async def __aenter__(self) -> AckWaiter:
         with translate_redis_errors():
             await ensure_initialized(self.client.redis)
-            self._pubsub = self.client.redis.pubsub()
-            if self.client.sharded:
-                await self._pubsub.ssubscribe(self.client.keys.acks)
-            else:
-                await self._pubsub.subscribe(self.client.keys.acks)
+
+            async def subscribe() -> None:
+                if self._pubsub is not None:
+                    await self._pubsub.aclose()
+                self._pubsub = self.client.redis.pubsub()
+                if self.client.sharded:
+                    await self._pubsub.ssubscribe(self.client.keys.acks)
+                else:
+                    await self._pubsub.subscribe(self.client.keys.acks)
+
+            await retry_stale(self.client.redis, subscribe)
             async with asyncio.timeout(5.0):
                 while True:
                     msg = await self._get(1.0)

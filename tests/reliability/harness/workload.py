@@ -93,6 +93,7 @@ class Report:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "controller_errors": len(self.controller_errors),
             "leftovers": len(self.leftovers),
+            "first_problems": (self.leftovers + self.sample_errors + self.controller_errors)[:4],
             "violations": 0 if self.findings is None else (
                 len(self.findings.window) + len(self.findings.version)
                 + len(self.findings.swap_while_decoding) + len(self.findings.samples)),
@@ -133,6 +134,7 @@ class Workload:
         self.client: AsyncPauseClient | None = None
         self.http: httpx.AsyncClient | None = None
         self.paused_now: set[str] = set()
+        self.adapters_for_controller: list[str] | None = None
 
     async def __aenter__(self) -> Workload:
         self.client = AsyncPauseClient(self.fleet.redis_url, namespace=self.fleet.namespace,
@@ -171,7 +173,7 @@ class Workload:
                     during: Callable[[], Awaitable[None]] | None = None) -> Window | None:
         """One pause(drain) -> swap -> resume. Returns the window, or None if it did not drain."""
         assert self.client is not None
-        a = adapter or random.choice(self.adapters)
+        a = adapter or random.choice(self.adapters_for_controller or self.adapters)
         t0 = time.monotonic()
         try:
             grant = await self.client.pause(a, drain=True, timeout=self.settings.drain_timeout_s,
@@ -180,6 +182,12 @@ class Workload:
             self.report.drain_timeouts += 1
             self.report.controller_errors.append(str(exc))
             await self._resume(a, exc.token)
+            return None
+        except PauseError as exc:
+            # Redis went away mid-call: the pause may or may not be in place; a careful
+            # controller releases its hold (resume is announced even if nothing was held)
+            self.report.controller_errors.append(f"pause {a}: {type(exc).__name__}: {exc}")
+            await self._resume(a, None)
             return None
         t_ret = time.monotonic_ns()
         self.paused_now.add(a)
@@ -198,11 +206,11 @@ class Workload:
         self.report.cycles += 1
         return w
 
-    async def _resume(self, a: str, token: int | None) -> None:
+    async def _resume(self, a: str, token: int | None, holder: str | None = None) -> None:
         assert self.client is not None
         for attempt in range(100):
             try:
-                await self.client.resume(a, token=token)
+                await self.client.resume(a, token=token, holder=holder)
                 return
             except PauseError as exc:  # Redis away (failover, restart): keep trying
                 self.report.controller_errors.append(f"resume {a}: {type(exc).__name__}: {exc}")
