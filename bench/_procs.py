@@ -101,6 +101,25 @@ def floor_subscriber(idx: int, url: str, udp_port: int, channel: str) -> None:
         asyncio.run(main())
 
 
+async def start_uvicorn(app: Any) -> int:
+    """Serve ``app`` with uvicorn (one worker, h11) on a free port of 127.0.0.1; return the port.
+
+    The server runs until SIGTERM (uvicorn's own handler)."""
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (a bare
+    # socket.socket() gives proto 0, and Nagle + delayed ACK add 40 ms per keep-alive call)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    srv.bind((ADDR, 0))
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    _TASKS.add(asyncio.create_task(server.serve(sockets=[srv])))
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+        await asyncio.sleep(0.01)
+    return int(srv.getsockname()[1])
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
 def baseline_replica(idx: int, udp_port: int, delay: float = 0.0) -> None:
     async def main() -> None:
         usock, addr = _udp(), (ADDR, udp_port)
@@ -109,16 +128,8 @@ def baseline_replica(idx: int, udp_port: int, delay: float = 0.0) -> None:
             send_report(usock, addr, "b", idx, "1" if paused else "0", name)
 
         app = SkyRLReplica(fake_openai_app, on_change=on_change, delay=delay)
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (a bare
-        # socket.socket() gives proto 0, and Nagle + delayed ACK add 40 ms per keep-alive call)
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        srv.bind((ADDR, 0))
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[srv]))
-        while not server.started:  # uvicorn offers no event for this
-            await asyncio.sleep(0.01)  # noqa: ASYNC110
-        send_report(usock, addr, "b", idx, "ready", str(srv.getsockname()[1]))
-        await task
+        port = await start_uvicorn(app)
+        send_report(usock, addr, "b", idx, "ready", str(port))
+        await asyncio.gather(*_TASKS)
 
     asyncio.run(main())

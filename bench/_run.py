@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults")
 
 FULL: dict[str, Any] = {"rs": [1, 4, 16, 64], "trials": 30, "cpu_events": 20,
-                        "ws": [100, 1000, 10000], "wake_rs": [4, 16], "wake_trials": 7,
+                        "ws": [100, 1000, 10000], "wake_rs": [4, 16], "wake_trials": 5,
                         "gate_rounds": 5, "gate_seconds": 2.0, "gate_conc": 8,
                         "held": 10000, "fault_rs": [4, 16]}
 QUICK: dict[str, Any] = {"rs": [1, 4], "trials": 5, "cpu_events": 3,
-                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 2,
+                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 3,
                          "gate_rounds": 2, "gate_seconds": 0.5, "gate_conc": 4,
                          "held": 1000, "fault_rs": [4]}
 
@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                     help="regenerate docs/benchmarks.md and docs/img/bench-*.png "
                     "(default: on for a full run, off for --quick)")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="only regenerate the docs from a results file of an earlier run")
     args = ap.parse_args(argv)
+    if args.from_json is not None:
+        from bench._report import write_docs
+
+        write_docs(json.loads(args.from_json.read_text()), ROOT / "docs")
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("httpx", "pausesvc", "pausesvc_vllm", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -89,7 +89,18 @@ class FanoutController:
 
             coros = [one_r(c) for c in self._raw]
         try:
-            await asyncio.gather(*coros)
+            if self.kind == "raw":
+                # the lean client waits for every replica (a connection left mid-request must not
+                # be reused) and closes the ones that failed; then raises the first failure
+                results = await asyncio.gather(*coros, return_exceptions=True)
+                errors = [(c, r) for c, r in zip(self._raw, results, strict=True)
+                          if isinstance(r, BaseException)]
+                for c, _ in errors:
+                    await c.close()
+                if errors:
+                    raise errors[0][1]
+            else:
+                await asyncio.gather(*coros)
         except (httpx.HTTPError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise FanoutError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -1,0 +1,38 @@
+"""The benchmark's smoke run (``python -m bench --quick``) works and covers every scenario."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-docs", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=140,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "bench-quick.json").read_text())
+    for key in ("meta", "latency", "wakeup", "gate", "memory", "faults"):
+        assert key in data, key
+    assert {x["R"] for x in data["latency"]} == {1, 4}
+    for x in data["latency"]:
+        for design in ("pausesvc", "pausesvc-drain", "skyrl", "httpx-per-replica", "raw", "floor"):
+            assert x[design]["controller_pause_ms"]["n"] > 0
+            assert x[design]["propagation_pause_ms"]["median"] > 0
+    assert {w["design"] for w in data["wakeup"]["one_process"]} == {
+        "pausesvc-wait", "pausesvc-gate", "baseline-gate"}
+    assert {g["variant"] for g in data["gate"]["summary"]} == {"none", "pausesvc", "skyrl"}
+    assert data["memory"]["held"] and data["memory"]["connections"]
+    # a slow or dead replica never fails pausesvc's (non-drain) controller calls
+    for row in data["faults"]:
+        if row["design"] == "pausesvc":
+            assert row["outcome"] == "ok", row
