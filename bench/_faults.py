@@ -36,7 +36,8 @@ async def _timed(coro: Any) -> tuple[float, str]:
     return 1e3 * (time.monotonic() - t0), outcome
 
 
-async def _baseline(R: int, fault: str, col: Collector) -> list[dict[str, Any]]:
+async def _baseline(R: int, fault: str, col: Collector,
+                    clients: list[str]) -> list[dict[str, Any]]:
     delays = [2.0 if (fault == "slow" and i == 0) else 0.0 for i in range(R)]
     procs = start_procs(baseline_replica, [(i, col.port, delays[i]) for i in range(R)])
     rows = []
@@ -46,7 +47,7 @@ async def _baseline(R: int, fault: str, col: Collector) -> list[dict[str, Any]]:
         if fault == "dead":
             os.kill(procs[0].pid, signal.SIGKILL)
             procs[0].join(5)
-        for kind in CLIENTS:
+        for kind in clients:
             f = FanoutController(kind, ports, timeout=30.0)
             try:
                 for op in ("pause", "resume"):
@@ -99,7 +100,7 @@ async def run(url: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
         for R in cfg["fault_rs"]:
             for fault in ("slow", "dead"):
                 rows += await _pausesvc(url, R, fault, col)
-                rows += await _baseline(R, fault, col)
+                rows += await _baseline(R, fault, col, cfg.get("fault_clients", list(CLIENTS)))
                 log.info("faults R=%d %s done", R, fault)
     finally:
         col.close()

@@ -23,11 +23,12 @@ SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults")
 FULL: dict[str, Any] = {"rs": [1, 4, 16, 64], "trials": 30, "cpu_events": 20,
                         "ws": [100, 1000, 10000], "wake_rs": [4, 16], "wake_trials": 5,
                         "gate_rounds": 5, "gate_seconds": 2.0, "gate_conc": 8,
-                        "held": 10000, "fault_rs": [4, 16]}
-QUICK: dict[str, Any] = {"rs": [1, 4], "trials": 5, "cpu_events": 3,
-                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 3,
-                         "gate_rounds": 2, "gate_seconds": 0.5, "gate_conc": 4,
-                         "held": 1000, "fault_rs": [4]}
+                        "held": 10000, "fault_rs": [4, 16],
+                        "fault_clients": ["skyrl", "httpx-per-replica", "raw"]}
+QUICK: dict[str, Any] = {"rs": [1, 4], "trials": 4, "cpu_events": 2,
+                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 2,
+                         "gate_rounds": 2, "gate_seconds": 0.3, "gate_conc": 4,
+                         "held": 1000, "fault_rs": [4], "fault_clients": ["skyrl"]}
 
 
 async def _scenario(name: str, url: str, cfg: dict[str, Any]) -> Any:
