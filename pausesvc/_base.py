@@ -125,11 +125,14 @@ class BaseClient:
         return self.default_holder if holder is None else validate_holder(holder)
 
     def _pause_args(self, name: str, holder: str | None, reason: str | None,
-                    ttl: float | None) -> tuple[str, list[str]]:
+                    ttl: float | None, drain: bool = False) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
         ttl_ms = 0 if ttl is None else validate_ttl(ttl)
-        return h, [self.publish_command, name, h, validate_reason(reason), str(ttl_ms)]
+        if not isinstance(drain, bool):
+            raise InvalidInputError("drain must be a boolean", field="drain")
+        return h, [self.publish_command, name, h, validate_reason(reason), str(ttl_ms),
+                   "1" if drain else "0"]
 
     def _resume_args(self, name: str, holder: str | None, token: int | None,
                      force: bool) -> tuple[str, list[str]]:

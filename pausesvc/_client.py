@@ -21,7 +21,7 @@ from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
-from pausesvc._redis import async_client, is_cluster, retry_stale
+from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
 from pausesvc._scripts import read_script, registry_script, state_script
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
@@ -120,7 +120,7 @@ class AsyncPauseClient(BaseClient):
                 await release_watcher(self.url, self.namespace)
             self._watcher = None
         if self._owns_redis:
-            await self.redis.aclose()
+            await aclose_client(self.redis)
 
     async def __aenter__(self) -> AsyncPauseClient:
         return self
@@ -166,7 +166,7 @@ class AsyncPauseClient(BaseClient):
         With ``drain=True``, return only once every live replica process acknowledged that it
         has no request of ``name`` in flight (else :class:`DrainTimeoutError`; the pause stays).
         """
-        h, args = self._pause_args(name, holder, reason, ttl)
+        h, args = self._pause_args(name, holder, reason, ttl, drain)
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, await self._run("pause", args))

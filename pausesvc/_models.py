@@ -26,6 +26,7 @@ class Hold:
     since: float
     reason: str | None = None
     expires_at: float | None = None
+    drain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +35,7 @@ class Hold:
             "since": self.since,
             "reason": self.reason,
             "expires_at": self.expires_at,
+            "drain": self.drain,
         }
 
 
@@ -71,6 +73,11 @@ class AdapterState:
         return min(ends) if ends else None
 
     @property
+    def drain_requested(self) -> bool:
+        """True when some holder waits for replicas to acknowledge a drain of this pause."""
+        return any(h.drain for h in self.holders.values())
+
+    @property
     def reason(self) -> str | None:
         for h in sorted(self.holders.values(), key=lambda h: h.token):
             if h.reason:
@@ -100,6 +107,7 @@ class AdapterState:
                     since=_ms(h["since"]),
                     reason=h.get("reason") or None,
                     expires_at=_ms(h["expires"]) if h.get("expires") is not None else None,
+                    drain=bool(h.get("drain", False)),
                 )
         return cls(
             name=str(data["name"]),

@@ -22,7 +22,7 @@ from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import GLOBAL, validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
-from pausesvc._redis import is_cluster, sync_client
+from pausesvc._redis import close_client, is_cluster, sync_client
 from pausesvc._scripts import read_script, state_script
 from pausesvc._settings import Settings
 
@@ -71,7 +71,7 @@ class PauseClient(BaseClient):
             return
         self._closed = True
         if self._owns_redis:
-            self.redis.close()
+            close_client(self.redis)
 
     def __enter__(self) -> PauseClient:
         return self
@@ -111,7 +111,7 @@ class PauseClient(BaseClient):
     def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,
               ttl: float | None = None, drain: bool = False,
               timeout: float | None = None) -> Grant:
-        h, args = self._pause_args(name, holder, reason, ttl)
+        h, args = self._pause_args(name, holder, reason, ttl, drain)
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, self._run("pause", args))

@@ -1,10 +1,13 @@
 -- pause(name, holder, reason, ttl_ms): add a hold; the adapter is paused while any hold remains.
--- ARGV[2] name, ARGV[3] holder, ARGV[4] reason ('' for none), ARGV[5] ttl in ms ('0' for none)
+-- ARGV[2] name, ARGV[3] holder, ARGV[4] reason ('' for none), ARGV[5] ttl in ms ('0' for none),
+-- ARGV[6] '1' when the caller will wait for replicas to acknowledge a drain (the hold records
+-- "drain": true; replica processes acknowledge only pauses that ask for it)
 -- Returns {status, token, revision, state_json}; status 'created' or 'existing'.
 -- Guarantees: the token is the revision this hold was created at (a fencing token); pausing
 -- again with the same holder is idempotent (same token); a ttl or reason given again refreshes
 -- the lease / reason as one 'renew' change.
 local name, holder, reason, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local drain = ARGV[6] == '1'
 local st = reap(name, load(name))
 if st and st.holders[holder] then
   local hold = st.holders[holder]
@@ -16,6 +19,11 @@ if st and st.holders[holder] then
   end
   if reason ~= '' and reason ~= hold.reason then
     hold.reason = reason
+    changed = true
+  end
+  if drain then
+    -- a new drain request: announce it (a new revision) so every replica acknowledges again
+    hold.drain = true
     changed = true
   end
   if changed then
@@ -31,6 +39,7 @@ if not st then
   st = {name = name, since = NOW, pause_rev = rev, holders = {}}
 end
 local hold = {token = rev, since = NOW}
+if drain then hold.drain = true end
 if reason ~= '' then hold.reason = reason end
 if ttl > 0 then
   hold.expires = NOW + ttl

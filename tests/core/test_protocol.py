@@ -352,13 +352,15 @@ async def test_drain_waits_for_every_live_replica_and_names_the_missing(redis_ur
         assert g.token > token
         with pytest.raises(DrainTimeoutError):
             await c.pause("a", holder="t3", drain=True, timeout=0.2)
-        await c._ack("rep-1", "a", g.token + 1, [])
-        await c._ack("rep-2", "a", g.token + 1, [])
-        await c.pause("a", holder="t3", drain=True, timeout=2)
+        rev = (await c.get("a")).revision  # type: ignore[union-attr]
+        await c._ack("rep-1", "a", rev, [])
+        await c._ack("rep-2", "a", rev, [])
+        g3 = await c.pause("a", holder="t3", drain=True, timeout=2)
+        assert not g3.created and g3.state.drain_requested
         assert time.monotonic() - t0 < 5
         recs = await c.replicas()
         assert {r["id"] for r in recs} == {"rep-1", "rep-2"}
         assert all(r["live"] and r["heartbeat_age_s"] < 5 for r in recs)
         r1 = next(r for r in recs if r["id"] == "rep-1")
-        assert r1["url"] == "http://r1" and r1["drains"]["a"]["rev"] == g.token + 1
+        assert r1["url"] == "http://r1" and r1["drains"]["a"]["rev"] == rev
         beating.cancel()
