@@ -100,6 +100,16 @@ async def gate_micro(redis_url: str, n: int = 3000) -> dict[str, float]:
             "gate_cost_us_per_request": round(out["gated"] - out["direct"], 2)}
 
 
+async def wait_replicas(pc: AsyncPauseClient, n: int, *, polls: int = 150) -> None:
+    """Until ``n`` gate processes heartbeat into the registry (polled every 0.2 s: the registry
+    has no change notification), at most ``polls`` times."""
+    for _ in range(polls):
+        if len(await pc.replicas()) >= n:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"fewer than {n} gated replicas registered within {polls * 0.2:g}s")
+
+
 async def drain_run(http: httpx.AsyncClient, pc: AsyncPauseClient, urls: list[str],
                     max_tokens: int) -> dict[str, Any]:
     firsts: list[asyncio.Event] = []
@@ -144,7 +154,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         servers = [plain, *gated]
         try:
             for s in servers:
-                s.start()
+                await asyncio.to_thread(s.start)
             for s in servers:
                 await asyncio.to_thread(s.wait_healthy, 600)
             async with httpx.AsyncClient(timeout=600) as http, \
@@ -164,11 +174,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     "plain_median": round(p, 1), "gated_median": round(g, 1),
                     "overhead_pct": round((p - g) / p * 100, 2),
                 }
-                plain.stop()
+                await asyncio.to_thread(plain.stop)
                 result["gate_micro"] = await gate_micro(redis.url)
-                deadline = time.monotonic() + 30
-                while len(await pc.replicas()) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.2)
+                await wait_replicas(pc, 2)
                 runs = [await drain_run(http, pc, [s.url for s in gated], 480)
                         for _ in range(args.drain_runs)]
                 secs = [r["seconds"] for r in runs]
@@ -180,8 +188,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     "a_finish_reasons": sorted({f for r in runs for f in r["a_finish"]}),
                 }
         finally:
-            for s in servers:
-                s.stop()
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in servers))
     return result
 
 
