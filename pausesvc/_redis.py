@@ -18,7 +18,8 @@ from redis.sentinel import Sentinel
 
 from pausesvc._exceptions import InvalidInputError
 
-__all__ = ["async_client", "is_cluster", "redact", "retry_stale", "sync_client"]
+__all__ = ["aclose_client", "async_client", "close_client", "is_cluster", "redact", "retry_stale",
+           "sync_client"]
 
 T = TypeVar("T")
 
@@ -127,7 +128,9 @@ def async_client(url: str, **options: Any) -> Any:
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(service, ssl=ssl, **kw, **options)
+        client = sentinel.master_for(service, ssl=ssl, **kw, **options)
+        client._pausesvc_sentinels = sentinel.sentinels  # closed with it: see aclose_client
+        return client
     return aredis.Redis.from_url(url, **options)
 
 
@@ -150,9 +153,11 @@ def sync_client(url: str, **options: Any) -> Any:
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=options.get("socket_timeout", 5.0),
         )
-        return sentinel.master_for(  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(  # type: ignore[no-untyped-call]
             service, ssl=ssl, **kw, **options
         )
+        client._pausesvc_sentinels = sentinel.sentinels  # closed with it: see close_client
+        return client
     return redis.Redis.from_url(url, **options)
 
 
@@ -185,3 +190,18 @@ async def retry_stale(client: Any, call: Callable[[], Awaitable[T]]) -> T:
             raise
         await pool.disconnect(inuse_connections=False)  # drop every idle stale connection
         return await call()
+
+
+async def aclose_client(client: Any) -> None:
+    """Close a client from :func:`async_client`, with the connections to the sentinels that a
+    ``redis+sentinel://`` client opened (redis-py leaves those open when the client closes)."""
+    await client.aclose()
+    for sentinel in getattr(client, "_pausesvc_sentinels", ()):
+        await sentinel.aclose()
+
+
+def close_client(client: Any) -> None:
+    """:func:`aclose_client` for a client from :func:`sync_client`."""
+    client.close()
+    for sentinel in getattr(client, "_pausesvc_sentinels", ()):
+        sentinel.close()

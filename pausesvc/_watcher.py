@@ -27,7 +27,7 @@ from pausesvc._base import parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
 from pausesvc._keys import GLOBAL, Keys, validate_name
 from pausesvc._models import AdapterState, PauseEvent, Snapshot
-from pausesvc._redis import async_client, ensure_initialized, is_cluster
+from pausesvc._redis import aclose_client, async_client, ensure_initialized, is_cluster
 from pausesvc._scripts import read_script, state_script
 
 __all__ = ["Listener", "PauseWatcher", "WatcherStats"]
@@ -150,7 +150,7 @@ class PauseWatcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._owns_redis:
-            await self._redis.aclose()
+            await aclose_client(self._redis)
 
     async def __aenter__(self) -> PauseWatcher:
         await self.start()
