@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pausesvc import (
+    AsyncPauseClient,
     DrainTimeoutError,
+    Grant,
     InvalidInputError,
     NotHolderError,
     PauseError,
@@ -73,15 +75,24 @@ def _lora_name(data: dict[str, Any]) -> str:
 async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     assert rt.client is not None
-    grant = await rt.client.pause(name, holder=SKYRL_HOLDER, reason="skyrl abort_lora_requests")
+    # a hold that asks for a drain (every process aborts AND acknowledges it), but we wait for
+    # THIS process's drain only, as SkyRL's endpoint answers for its own replica
+    grant = await _pause_requesting_drain(rt.client, name, "skyrl abort_lora_requests")
     try:
-        aborted = await rt.wait_drained(name, grant.token, rt.settings.drain_timeout_s)
+        aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s)
     except TimeoutError:
         return 504, error_body(
             "drain_timeout",
             f"{name!r} is paused, but this replica did not drain it within "
             f"{rt.settings.drain_timeout_s:g}s", adapter=name)
     return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
+
+
+async def _pause_requesting_drain(client: AsyncPauseClient, name: str, reason: str) -> Grant:
+    """``client.pause(name, drain=True)`` without its wait for the whole fleet's acks: the hold
+    records the drain request (so every process acknowledges), the caller waits as it likes."""
+    holder, args = client._pause_args(name, SKYRL_HOLDER, reason, None, drain=True)
+    return client._parse_grant(name, holder, await client._run("pause", args))
 
 
 async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:

@@ -2,15 +2,21 @@
 
 One :class:`GateRuntime` per middleware instance (vLLM builds one per API-server process). It
 owns a reference to the process's shared :class:`~pausesvc.PauseWatcher`, a client for the
-registry writes, the heartbeat task and one drain task per paused adapter.
+registry writes, the heartbeat task and one drain task per adapter being drained. Every task
+it creates is tracked and cancelled (and awaited) by :meth:`GateRuntime.aclose`.
 
-Drain of adapter A at revision r (started by the watcher's listener, no fixed sleep):
+Drain of adapter A at revision r (started by the watcher's listener on EVERY pause of A, no
+fixed sleep):
 
 1. abort every engine request of A (by LoRA name, or derived from the base id of a request
    this process admitted for A);
-2. if no request of A that this process admitted is still in flight, acknowledge (A, r) in
-   Redis and stop; else wait until an admitted request finishes (or a short recheck: a request
-   admitted just before the pause may reach the engine only now) and go to 1.
+2. if no request of A that this process admitted is still in flight, stop; else wait until an
+   admitted request finishes (or a short recheck: a request admitted just before the pause may
+   reach the engine only now) and go to 1;
+3. only if the pause asks for it (``AdapterState.drain_requested``: a holder called
+   ``pause(..., drain=True)``), acknowledge (A, r) in Redis. Plain pauses cost no write. At most
+   ``ACK_CONCURRENCY`` acknowledgements are in flight at once (a process that starts while
+   1,000 adapters wait for acks must not open 1,000 connections).
 
 A request counts as in flight from the instant the gate admits it (synchronously, right after
 the check that A is not paused) until the app has returned from it.
@@ -42,6 +48,10 @@ logger = logging.getLogger("pausesvc_vllm")
 #: pause may reach the engine after the first abort pass).
 DRAIN_RECHECK_S = 0.02
 ACK_RETRY_MAX_S = 1.0
+#: Acknowledgements written concurrently by one process (bounds its Redis connections).
+ACK_CONCURRENCY = 4
+#: How long :meth:`GateRuntime.aclose` waits for its cancelled tasks and the registry exit.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class Admission:
@@ -79,7 +89,10 @@ class GateRuntime:
         self._in_flight: dict[str, set[Admission]] = {}
         self._changed: asyncio.Event | None = None
         self._wanted: dict[str, int] = {}
-        self._acked: dict[str, int] = {}
+        self._ack_wanted: dict[str, bool] = {}
+        self._drained: dict[str, int] = {}
+        self._ack_slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._results: dict[str, tuple[int, list[str]]] = {}
         self._drain_waiters: dict[str, list[tuple[int, asyncio.Future[list[str]]]]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -119,6 +132,7 @@ class GateRuntime:
             assert url is not None  # checked by the middleware's constructor
             self._loop = asyncio.get_running_loop()
             self._changed = asyncio.Event()
+            self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
             self.client = AsyncPauseClient(url, settings=self.settings, holder="skyrl")
             watcher = await _shared_watcher(url, self.settings.namespace, settings=self.settings)
             watcher.add_listener(self._on_change)
@@ -127,8 +141,7 @@ class GateRuntime:
             # watcher synced it already): drain it now
             for name in watcher.paused_names():
                 self._on_change(name, watcher.state(name), None)
-            self._heartbeat = asyncio.create_task(self._heartbeat_loop(),
-                                                  name="pausesvc-gate-heartbeat")
+            self._heartbeat = self._spawn(self._heartbeat_loop(), "pausesvc-gate-heartbeat")
             logger.info("pausesvc gate started: replica %s, namespace %r",
                         self.replica_id, self.settings.namespace)
 
@@ -137,12 +150,14 @@ class GateRuntime:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._heartbeat, *self._drains.values()) if t is not None]
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            for t in stuck:
+                logger.error("pausesvc gate: task %s did not stop within %gs of its cancellation",
+                             t.get_name(), CLOSE_TIMEOUT_S)
         for waiters in self._drain_waiters.values():
             for _, fut in waiters:
                 if not fut.done():
@@ -154,11 +169,19 @@ class GateRuntime:
                 await release_watcher(self.settings.redis_url, self.settings.namespace)
         if self.client is not None:
             try:
-                await asyncio.shield(self.client._deregister(self.replica_id))
-            except Exception as exc:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await asyncio.shield(self.client._deregister(self.replica_id))
+            except (Exception, TimeoutError) as exc:
                 logger.warning("pausesvc gate: could not leave the replica registry: %s", exc)
             await self.client.aclose()
         logger.info("pausesvc gate stopped: replica %s", self.replica_id)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        """A tracked task: cancelled and awaited by :meth:`aclose`, never fire-and-forget."""
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- admission -------------------------------------------------------------------------------
     def admissible(self, name: str) -> bool:
@@ -197,17 +220,17 @@ class GateRuntime:
         if state is None or self._closed:
             return
         rev = state.revision
-        if rev <= self._acked.get(name, 0) or rev <= self._wanted.get(name, 0):
+        if rev <= self._drained.get(name, 0) or rev <= self._wanted.get(name, 0):
             return
         self._wanted[name] = rev
+        self._ack_wanted[name] = state.drain_requested
         if name not in self._drains:
-            self._drains[name] = asyncio.create_task(self._drain(name),
-                                                     name=f"pausesvc-drain-{name}")
+            self._drains[name] = self._spawn(self._drain(name), f"pausesvc-drain-{name}")
 
     async def _drain(self, name: str) -> None:
         try:
             while True:
-                rev = self._wanted[name]
+                rev, ack = self._wanted[name], self._ack_wanted.get(name, False)
                 t0 = time.monotonic()
                 aborted = await self._drain_once(name)
                 if aborted is None:
@@ -215,18 +238,19 @@ class GateRuntime:
                     self._wanted.pop(name, None)
                     return
                 elapsed = time.monotonic() - t0
-                if not await self._ack(name, rev, aborted):
+                if ack and not await self._ack(name, rev, aborted):
                     self._wanted.pop(name, None)
                     return
                 self.stats.record_drain(elapsed)
-                logger.info("pausesvc gate: drained %r at revision %d in %.3fs (%d aborted)",
-                            name, rev, elapsed, len(aborted),
+                logger.info("pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
+                            name, rev, elapsed, len(aborted), ", acknowledged" if ack else "",
                             extra={"event": "drained", "adapter": name, "revision": rev})
-                self._acked[name] = rev
+                self._drained[name] = rev
                 self._results[name] = (rev, aborted)
                 self._resolve(name)
                 if self._wanted.get(name, 0) <= rev:
                     self._wanted.pop(name, None)
+                    self._ack_wanted.pop(name, None)
                     return
         except asyncio.CancelledError:
             raise
@@ -275,10 +299,12 @@ class GateRuntime:
     async def _ack(self, name: str, rev: int, aborted: list[str]) -> bool:
         """Write the acknowledgement; retry while Redis is away. False: no longer wanted."""
         assert self.client is not None and self.watcher is not None
+        assert self._ack_slots is not None
         delay = 0.05
         while True:
             try:
-                await self.client._ack(self.replica_id, name, rev, aborted)
+                async with self._ack_slots:
+                    await self.client._ack(self.replica_id, name, rev, aborted)
                 return True
             except Exception as exc:
                 self.stats.ack_errors += 1
