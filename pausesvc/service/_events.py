@@ -74,16 +74,20 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
     first = _snapshot(s)
     s.metrics.sse_clients.inc()
     s.metrics.sse_open.inc()
+    closing = asyncio.ensure_future(s.closing.wait())  # the server is stopping: end cleanly
     try:
         yield b"retry: 2000\n\n"
         yield _frame("snapshot", first["revision"], first)
-        while True:
-            try:
-                async with asyncio.timeout(s.heartbeat_s):
-                    ev = await queue.get()
-            except TimeoutError:
-                yield b": keepalive\n\n"
+        while not closing.done():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, closing}, timeout=s.heartbeat_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()  # an item that raced in stays queued (asyncio.Queue semantics)
+                if not closing.done():
+                    yield b": keepalive\n\n"
                 continue
+            ev = getter.result()
             if overflow:
                 overflow = False
                 while not queue.empty():
@@ -93,6 +97,7 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
                 continue
             yield _frame("change", ev.revision, ev.to_dict())
     finally:
+        closing.cancel()
         w.remove_listener(listener)
         s.metrics.sse_open.dec()
 

@@ -67,8 +67,17 @@ class ServiceState:
         self.metrics = Metrics()
         self.client: AsyncPauseClient | None = None
         self.watcher: PauseWatcher | None = None
+        self.closing = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def begin_shutdown(self) -> None:
+        """Thread- and signal-safe: end event streams and long-polls now (the server is
+        stopping and waits for open connections before it shuts the app down)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.closing.set)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.client = AsyncPauseClient(settings=self.settings)
         self.watcher = await self.client.watcher()
         self.watcher.add_listener(self._on_change)
@@ -136,15 +145,16 @@ class ServiceState:
             timeout = min(timeout, self.max_wait_s)
         waiter = asyncio.ensure_future(self.wait_unpaused(name, timeout))
         gone = asyncio.ensure_future(until_disconnected(request))
+        closing = asyncio.ensure_future(self.closing.wait())
         try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, gone, closing}, return_when=asyncio.FIRST_COMPLETED)
             if waiter.done():
                 return waiter.result()
-            return False  # the client left; nobody reads this answer
+            return False  # client left (nobody reads this) or shutdown: "still paused", loop
         finally:
-            for t in (waiter, gone):
+            for t in (waiter, gone, closing):
                 t.cancel()
-            await asyncio.gather(waiter, gone, return_exceptions=True)
+            await asyncio.gather(waiter, gone, closing, return_exceptions=True)
 
     async def drained_replicas(self, name: str, token: int) -> tuple[list[str], list[str]]:
         replicas = await self.c.replicas()

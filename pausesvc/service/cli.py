@@ -135,8 +135,15 @@ def _run(settings: Any, sock: socket.socket) -> None:
     from pausesvc.service._app import create_app
     from pausesvc.service._logging import logging_config
 
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.svc.begin_shutdown()  # end event streams and long-polls at once
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(
-        create_app(settings), log_config=logging_config(settings.log_level),
+        app, log_config=logging_config(settings.log_level),
         log_level=settings.log_level.lower(), ws="none", lifespan="on",
         timeout_graceful_shutdown=3, access_log=False,
     )
@@ -147,7 +154,7 @@ def _run(settings: Any, sock: socket.socket) -> None:
 
     previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -49,8 +49,9 @@ def run_server(settings: Settings, *, wait_ready: bool = True, **app_kw: Any) ->
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, **app_kw), log_level="warning", ws="none",
-                            lifespan="on", timeout_graceful_shutdown=2)
+    app = create_app(settings, **app_kw)
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on",
+                            timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -68,6 +69,7 @@ def run_server(settings: Settings, *, wait_ready: bool = True, **app_kw: Any) ->
     try:
         yield url
     finally:
+        app.state.svc.begin_shutdown()  # as `pausesvc serve` does on SIGTERM/SIGINT
         server.should_exit = True
         thread.join(15)
         sock.close()

@@ -128,6 +128,9 @@ def test_screenshot_for_the_docs(browser: Any, live: Live) -> None:
         c.delete("/v1/pauses/lora-c", params={"holder": "trainer-3"})
         _wait_row(page, "lora-a", True, 3.0)
         page.wait_for_selector('#replicas tr[data-replica="vllm-1:pid-4243"]', timeout=5_000)
+        page.wait_for_function(
+            "document.getElementById('replicas').innerText.includes('(1 aborted)')",
+            timeout=5_000)
         page.wait_for_timeout(300)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -47,6 +47,14 @@ def test_serve_starts_embedded_redis_and_prints_the_urls() -> None:
                              env={**env, "PAUSESVC_REDIS_URL": redis_url},
                              capture_output=True, text=True, timeout=30)
         assert '"lora-a"' in out.stdout, out.stderr
+        # an open event stream does not hold the shutdown up: it ends cleanly
+        with httpx.stream("GET", f"{base}/v1/events", timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "retry: 2000"
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = list(lines)  # the server closes the stream
+            assert time.monotonic() - t0 < 2.5 and any("snapshot" in x for x in rest)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
