@@ -100,6 +100,7 @@ class PauseWatcher:
 
         self._paused: dict[str, AdapterState] = {}
         self._orphans: dict[str, AdapterState] = {}
+        self._orphaned_at: dict[str, tuple[str | None, int]] = {}
         self._rev = 0
         self._epoch: str | None = None
         self._clock_offset = 0.0
@@ -383,6 +384,14 @@ class PauseWatcher:
             res = await self._snapshot_script(keys=[k.paused, k.rev, k.epoch], args=[""])
         return parse_snapshot_reply(res)
 
+    async def _tombstones(self, names: list[str]) -> dict[str, int]:
+        """Revision of the last resume of each name that has one (``resumed`` hash)."""
+        if not names:
+            return {}
+        with translate_redis_errors():
+            values = await self._redis.hmget(self.keys.resumed, names)
+        return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
+
     async def _resync(self, reason: str) -> None:
         t0 = time.time()
         snap = await self.read_snapshot()
@@ -402,7 +411,25 @@ class PauseWatcher:
                 extra={"event": "data_loss", "namespace": self.keys.namespace},
             )
             if self.on_data_loss == "hold":
-                self._orphans.update(missing)
+                tombs = await self._tombstones(list(missing))
+                for n, st in missing.items():
+                    t = tombs.get(n)
+                    if t is not None and (snap.epoch != self._epoch or t > st.revision):
+                        logger.warning("pausesvc: %r was resumed again after the data loss "
+                                       "(revision %d): not held", n, t)
+                        continue  # a controller already re-asserted it; we missed the event
+                    self._orphans[n] = st
+                    self._orphaned_at[n] = (snap.epoch, snap.revision)
+        elif self._orphans:
+            # a re-assertion whose event this process missed (it was disconnected) still left a
+            # tombstone in Redis: release the orphans resumed since they were orphaned
+            tombs = await self._tombstones(list(self._orphans))
+            for n, t in tombs.items():
+                epoch, at = self._orphaned_at.get(n, (None, 0))
+                if epoch != snap.epoch or t > at:
+                    logger.warning("pausesvc: orphaned pause of %r released: resumed at "
+                                   "revision %d", n, t)
+                    self.release_orphan(n)
         self._clock_offset = snap.server_time - (t0 + t1) / 2
         self._rev = snap.revision
         self._epoch = snap.epoch
@@ -438,6 +465,7 @@ class PauseWatcher:
         if ev is not None and ev.op != "resync" and name in self._orphans:
             # a controller re-asserted this adapter after the data loss: Redis is the truth again
             del self._orphans[name]
+            self._orphaned_at.pop(name, None)
             logger.warning("pausesvc: orphaned pause of %r released by a new change (rev %d)",
                            name, ev.revision)
         if not self.is_paused(name):
@@ -467,6 +495,7 @@ class PauseWatcher:
         """Operator confirmation: stop holding an adapter orphaned by a data loss."""
         if self._orphans.pop(name, None) is None:
             return False
+        self._orphaned_at.pop(name, None)
         if not self.is_paused(name):
             self._wake(name)
         if name == GLOBAL:

@@ -5,12 +5,16 @@
 -- KEYS[3] leases  ZSET   "<name> <holder>" -> lease expiry (ms, Redis clock)
 -- KEYS[4] events  CHANNEL
 -- KEYS[5] epoch   STRING id of this incarnation of the namespace
+-- KEYS[6] resumed HASH   adapter name -> revision of its last resume (a tombstone: it tells a
+--                        watcher that held the adapter across a data loss that a controller
+--                        has resumed it since, even if the watcher missed that event)
 -- ARGV[1] the publish command: PUBLISH, or SPUBLISH on Redis Cluster
 --
 -- Guarantees (the script runs atomically): every change INCRs the revision exactly once and
 -- publishes exactly one event carrying that revision, so a subscriber that sees revision n+2
 -- after n knows it missed one. Time comes from the Redis server (TIME), never from a client.
 local K_PAUSED, K_REV, K_LEASES, K_CHANNEL, K_EPOCH = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_RESUMED = KEYS[6]
 local PUBCMD = ARGV[1]
 local T = redis.call('TIME')
 local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
@@ -65,6 +69,7 @@ local function reap(name, st)
     local rev = bump()
     if next(st.holders) == nil then
       redis.call('HDEL', K_PAUSED, name)
+      redis.call('HSET', K_RESUMED, name, rev)
       publish(name, 'expire', h, nil, rev)
       return nil
     end

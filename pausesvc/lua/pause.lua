@@ -37,6 +37,7 @@ end
 local rev = bump()
 if not st then
   st = {name = name, since = NOW, pause_rev = rev, holders = {}}
+  redis.call('HDEL', K_RESUMED, name)
 end
 local hold = {token = rev, since = NOW}
 if drain then hold.drain = true end

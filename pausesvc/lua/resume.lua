@@ -19,11 +19,13 @@ if force == '1' then
     status = 'released'
   end
   local rev = bump()
+  redis.call('HSET', K_RESUMED, name, rev)
   publish(name, 'force', holder, nil, rev)
   return {status, rev, '', 0}
 end
 if not st then
   local rev = bump()
+  redis.call('HSET', K_RESUMED, name, rev)
   publish(name, 'resume', holder, nil, rev)
   return {'not_paused', rev, '', 0}
 end
@@ -39,6 +41,7 @@ redis.call('ZREM', K_LEASES, lease_member(name, holder))
 local rev = bump()
 if next(st.holders) == nil then
   redis.call('HDEL', K_PAUSED, name)
+  redis.call('HSET', K_RESUMED, name, rev)
   publish(name, 'resume', holder, nil, rev)
   return {'released', rev, '', hold.token}
 end

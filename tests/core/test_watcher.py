@@ -242,3 +242,25 @@ async def test_start_fails_clearly_when_redis_is_down(namespace: str) -> None:
     assert await w.wait_unpaused("a", timeout=0.2) is False
     await w.aclose()
     await w.aclose()
+
+
+async def test_orphan_released_by_a_resume_the_watcher_missed(fresh_redis: EmbeddedRedis,
+                                                              namespace: str,
+                                                              ) -> None:
+    """After a data loss the watcher holds 'a'; a controller's resume lands while the watcher's
+    subscription is down: the tombstone in Redis releases the orphan at the next resync."""
+    url = fresh_redis.url
+    async with PauseWatcher(url, namespace=namespace, max_backoff=0.2) as w:
+        with PauseClient(url, namespace=namespace) as c:
+            c.pause("a")
+        await _eventually(lambda: w.is_paused("a"))
+        fresh_redis.stop(kill=True)
+        fresh_redis.start()
+        await _eventually(lambda: w.in_sync and "a" in w.orphans, timeout=10)
+        r = redis.Redis.from_url(url)
+        r.client_kill_filter(_type="pubsub")  # the resume's event will be missed
+        with PauseClient(url, namespace=namespace) as c:
+            c.resume("a")
+        r.close()
+        assert await w.wait_unpaused("a", timeout=10) is True
+        assert not w.orphans

@@ -240,10 +240,6 @@ async def test_drain_after_data_loss_of_an_adapter_drained_before(
         srv.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: a resume that reaches the restarted (empty) Redis before a watcher has resynced "
-    "is lost to that watcher: its data-loss resync then orphans the adapter for good "
-    "(pausesvc/_watcher.py _resync; no record of the re-assertion survives in Redis)"))
 @pytest.mark.timeout(60)
 async def test_resume_racing_the_resync_after_data_loss(workdir: Path, ns: str) -> None:
     srv = EmbeddedRedis(dir=str(workdir))
