@@ -193,7 +193,7 @@ async def test_replica_started_mid_pause(redis_srv: EmbeddedRedis, ns: str,
         wl.adapters_for_controller = ["a1", "a2", "a3"]
         rep = await wl.run(15, samplers=2, streamers=2, waiters=10, fault=fault)
     figures(**m, **rep.figures())
-    assert m["r3_held_while_paused"] == 1
+    assert m["r3_held_while_paused"] >= 1  # ours, plus any sampler the balancer sent to r3
     rep.assert_green()
 
 

@@ -73,9 +73,9 @@ async def _restart_scenario(srv: EmbeddedRedis, aof: bool, ns: str,
             "replicas in sync again and still holding a0"), 3)
         views = [await _status(r) for r in fleet.live]
         measured["orphans"] = sorted({o for v in views for o in v["orphans"]})
-        # A controller's resume that reached the new Redis BEFORE a replica resynced is lost to
-        # that replica (see test_resume_racing_the_resync_after_data_loss): the operator
-        # re-asserts every orphan but a0 once the fleet is in sync again.
+        # Any other orphan is a pause of the controller loop caught by the kill; its own resume
+        # re-asserts it (test_resume_racing_the_resync_after_data_loss: even when that resume
+        # reached the new Redis before a replica resynced). An operator's resume is harmless.
         for o in set(measured["orphans"]) - {"a0"}:
             await wl._resume(o, None, holder="operator")
         snap = await wl.client.snapshot()
