@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -20,6 +21,15 @@ import pytest
 
 from pausesvc import EmbeddedRedis
 from reliability.harness.fleet import Fleet
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# `timeout` and CI runners stop pytest with SIGTERM: turn it into KeyboardInterrupt so the
+# fixtures' finalizers still stop every redis-server and replica this suite started
+signal.signal(signal.SIGTERM, _interrupt)
 
 FULL = os.environ.get("PAUSESVC_RELIABILITY_FULL") == "1"
 full_only = pytest.mark.skipif(not FULL, reason="minutes long: set PAUSESVC_RELIABILITY_FULL=1")

@@ -2,7 +2,13 @@
 the gates) and waiters pile up. Zero lost wake-ups, zero leaked held requests, flat memory,
 a constant number of Redis connections.
 
-Default run: 500 cycles, 100 held requests, 200 waiters. ``PAUSESVC_RELIABILITY_FULL=1``:
+Ten adapters are *pinned* (paused by holder "pin" for the whole run; their cycles pause and
+release a second holder, so they stay paused): 90% of the held requests and waiters sit on
+them all along, and none may get through before the end. The ten *cycling* adapters are
+paused by "cyc" and released briefly by every cycle: their requests and waiters wake, finish
+and come back.
+
+Default run: 500 cycles, 200 held requests, 200 waiters. ``PAUSESVC_RELIABILITY_FULL=1``:
 10,000 cycles, 1,000 held requests, 1,000 waiters."""
 
 from __future__ import annotations
@@ -25,8 +31,14 @@ from reliability.harness.workload import LBTransport, fast_settings
 
 pytestmark = pytest.mark.reliability
 
-CYCLES, HELD, WAITERS = (10_000, 1_000, 1_000) if FULL else (500, 100, 200)
+CYCLES, HELD, WAITERS = (10_000, 1_000, 1_000) if FULL else (500, 200, 200)
 ADAPTERS = [f"s{i}" for i in range(20)]
+PINNED, CYCLING = ADAPTERS[:10], ADAPTERS[10:]
+
+
+def _adapter(i: int) -> str:
+    """90% of the held requests and waiters on pinned adapters, 10% on cycling ones."""
+    return CYCLING[i % 10] if i % 10 == 0 else PINNED[i % 10]
 
 
 @pytest.mark.timeout(3600 if FULL else 170)
@@ -41,7 +53,8 @@ async def test_soak_cycles_with_held_requests_and_waiters(
     repaused = {a: asyncio.Condition() for a in ADAPTERS}
     stop = asyncio.Event()
     done = {"cycles": 0, "completions": 0, "wakes": 0, "wait_false": 0, "errors": 0,
-            "statuses": {}}
+            "statuses": {}, "pinned_leaks": 0}
+    releasing = asyncio.Event()  # set once the final release of the pinned adapters starts
     samples: list[dict[str, Any]] = []
 
     async with AsyncPauseClient(redis_srv.url, namespace=ns, settings=fast_settings(),
@@ -49,31 +62,37 @@ async def test_soak_cycles_with_held_requests_and_waiters(
             httpx.AsyncClient(transport=LBTransport(fleet), base_url="http://fleet",
                               timeout=httpx.Timeout(120, connect=10)) as http:
         await (await c.watcher()).wait_synced(10)
+        for a in PINNED:
+            await c.pause(a, holder="pin")
         for a in ADAPTERS:
-            await c.pause(a)
+            await c.pause(a, holder="cyc")
             paused_ev[a].set()
 
         async def held_request(i: int) -> None:
-            a = ADAPTERS[i % len(ADAPTERS)]
+            a = _adapter(i)
             while not stop.is_set():
                 try:
                     r = await http.post("/v1/completions",
                                         json={"model": a, "prompt": [1], "max_tokens": 1})
                     done["statuses"][r.status_code] = done["statuses"].get(r.status_code, 0) + 1
                     done["completions"] += 1
+                    if a in PINNED and not releasing.is_set():
+                        done["pinned_leaks"] += 1
                 except httpx.HTTPError:
                     done["errors"] += 1
                     await asyncio.sleep(0.05)
 
         async def waiter(i: int) -> None:
-            a = ADAPTERS[i % len(ADAPTERS)]
+            a = _adapter(i)
             while not stop.is_set():
                 await paused_ev[a].wait()
                 if stop.is_set():
                     return
                 g = gen[a]
-                if await c.wait_unpaused(a, timeout=60):
+                if await c.wait_unpaused(a, timeout=None if a in PINNED else 60):
                     done["wakes"] += 1
+                    if a in PINNED and not releasing.is_set():
+                        done["pinned_leaks"] += 1
                 else:
                     done["wait_false"] += 1
                 async with repaused[a]:  # woke: wait for the next pause
@@ -91,9 +110,9 @@ async def test_soak_cycles_with_held_requests_and_waiters(
             for _ in range(n):
                 a = random.choice(mine)
                 paused_ev[a].clear()
-                await c.resume(a)
+                await c.resume(a, holder="cyc")
                 await asyncio.sleep(random.uniform(0.005, 0.02))
-                await c.pause(a)
+                await c.pause(a, holder="cyc")
                 paused_ev[a].set()
                 gen[a] += 1
                 async with repaused[a]:
@@ -122,9 +141,10 @@ async def test_soak_cycles_with_held_requests_and_waiters(
         sample()
         # the end: everything resumed and stays resumed -> every held request and waiter goes on
         stop.set()
+        releasing.set()
         t_end = time.monotonic()
         for a in ADAPTERS:
-            await c.resume(a)
+            await c.resume(a, force=True)
             paused_ev[a].set()  # let waiters see stop
             async with repaused[a]:
                 repaused[a].notify_all()
@@ -147,12 +167,13 @@ async def test_soak_cycles_with_held_requests_and_waiters(
             replica_rss_mb=[[round(k / 1024, 1) for k in s["rss_kb"]] for s in samples],
             redis_clients=[s["redis_clients"] for s in samples],
             redis_used_memory=[s["redis_used_memory"] for s in samples],
-            rss_growth_mb=round(rss_growth_kb / 1024, 1),
+            rss_growth_mb=round(rss_growth_kb / 1024, 1), pinned_leaks=done["pinned_leaks"],
             gates_held=[g["held_total"] for g in gates],
             gates_in_flight=[g["in_flight"] for g in gates])
     assert done["cycles"] == CYCLES // 4 * 4
     assert not pending, f"{len(pending)} held requests / waiters never finished (lost wake-ups)"
     assert done["wait_false"] == 0
+    assert done["pinned_leaks"] == 0, "a held request or waiter of a paused adapter got through"
     assert all(g["held_total"] == 0 and not g["in_flight"] for g in gates)
     assert set(done["statuses"]) == {200}, done["statuses"]
     assert rss_growth_kb < 30 * 1024, samples
