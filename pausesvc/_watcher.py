@@ -313,8 +313,17 @@ class PauseWatcher:
 
     async def _get_message(self, pubsub: Any, timeout: float) -> Any:
         if self._sharded:
-            return await pubsub.get_sharded_message(timeout=timeout)
-        return await pubsub.get_message(timeout=timeout)
+            msg = await pubsub.get_sharded_message(timeout=timeout)
+        else:
+            msg = await pubsub.get_message(timeout=timeout)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py turns a cancellation that lands as its read times out into "no message"
+            # (its TimeoutError handler): honour it, or aclose() (and asyncio.run's shutdown)
+            # waits for this task forever
+            raise asyncio.CancelledError
+        return msg
+
 
     async def _subscribe(self, pubsub: Any) -> None:
         if self._sharded:
