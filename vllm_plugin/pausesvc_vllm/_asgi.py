@@ -141,22 +141,28 @@ async def read_body(receive: Receive, scope: Scope, *, max_bytes: int, timeout: 
             return b"".join(chunks)
 
 
-def replaying_receive(body: bytes, receive: Receive, pending: list[Message] | None = None) -> Receive:
+def replaying_receive(body: bytes, receive: Receive, pending: list[Message] | None = None,
+                      next_message: asyncio.Future[Message] | None = None) -> Receive:
     """Hand ``body`` over once (then any ``pending`` messages already taken from the real
-    ``receive``), then delegate every later call to the real ``receive``.
+    ``receive``, then the result of ``next_message``, a ``receive()`` already running), then
+    delegate every later call to the real ``receive``.
 
     So a client disconnect still reaches the app (vLLM cancels the request on it), and no
     synthetic ``http.disconnect`` is ever made up here.
     """
     sent = False
+    running = next_message
 
     async def wrapped() -> Message:
-        nonlocal sent
+        nonlocal sent, running
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         if pending:
             return pending.pop(0)
+        if running is not None:
+            fut, running = running, None
+            return await fut
         return await receive()
 
     return wrapped

@@ -13,12 +13,9 @@ deadline, or at once with the ``reject`` policy); a client that leaves while hel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import time
 import uuid
-from typing import Any
 
 from pausesvc import GLOBAL, InvalidInputError, Settings, validate_name
 from pausesvc_vllm._asgi import (
@@ -134,9 +131,9 @@ class PauseGateMiddleware:
         except InvalidInputError:
             name = GLOBAL
 
-        pending: list[Message] = []
+        held = _Held()
         if not rt.admissible(name):
-            outcome = await self._hold(name, adapter, receive, pending)
+            outcome = await self._hold(name, adapter, receive, held)
             if outcome == "gone":
                 rt.stats.dropped += 1
                 logger.info("pausesvc gate: client left while held for %r", adapter)
@@ -153,61 +150,78 @@ class PauseGateMiddleware:
         base, scope = _ensure_request_id(scope, data)
         admission = rt.admit(adapter, base)
         try:
-            await self.app(scope, replaying_receive(body, receive, pending), send)
+            await self.app(scope, replaying_receive(body, receive, held.pending, held.recv), send)
         finally:
             rt.finish(admission)
+            if held.recv is not None:
+                held.recv.cancel()  # the app is done: nobody reads what the client sends now
 
     async def _hold(self, name: str, adapter: str, receive: Receive,
-                    pending: list[Message]) -> str:
-        """Wait until ``name`` may go on. Returns 'ok', 'timeout', 'reject' or 'gone'."""
+                    held: _Held) -> str:
+        """Wait until ``name`` may go on. Returns 'ok', 'timeout', 'reject' or 'gone'.
+
+        One task per held request (``receive()``, to see the client leave) and one future from
+        the runtime, resolved for every request held on ``name`` at once; the deadline is a
+        timer handle. Messages ``receive()`` returned meanwhile (and a still-running
+        ``receive()``) are kept in ``held`` for the app: nothing is dropped or cancelled.
+        """
         rt, s = self.runtime, self.settings
         watcher = rt.watcher
         assert watcher is not None
         if s.gate_policy == "reject" and watcher.synced_once:
             return "reject"
-        deadline = time.monotonic() + s.gate_hold_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.gate_hold_timeout_s
         rt.stats.holds += 1
         rt.stats.held[adapter] += 1
-        recv: asyncio.Future[Message] | None = None
-        wait: asyncio.Future[bool] | None = None
-        fut: asyncio.Future[Any] | None
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = loop.call_at(deadline, wake)
         try:
             while True:
                 if rt.admissible(name):
                     return "ok"
                 if s.gate_policy == "reject" and watcher.synced_once:
                     return "reject"  # held only until the first sync told us
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if loop.time() >= deadline:
                     return "timeout"
+                recv = held.recv
                 if recv is None:
-                    recv = asyncio.ensure_future(receive())
-                if s.gate_policy == "reject":  # only waiting for the first sync
-                    wait = asyncio.ensure_future(watcher.wait_synced(remaining))
-                else:
-                    wait = asyncio.ensure_future(watcher.wait_unpaused(name, remaining))
-                both: set[asyncio.Future[Any]] = {recv, wait}
-                done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-                if recv in done:
+                    recv = held.recv = asyncio.ensure_future(receive())
+                    recv.add_done_callback(wake)
+                elif recv.done():
+                    held.recv = None
                     message = recv.result()
-                    recv = None
                     if message["type"] == "http.disconnect":
                         return "gone"
-                    pending.append(message)  # not ours to drop: the app gets it after the body
-                if not wait.done():
-                    wait.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await wait
-                wait = None
+                    held.pending.append(message)  # not ours to drop: the app gets it
+                    continue
+                if s.gate_policy == "reject":  # only waiting for the first sync
+                    synced = asyncio.ensure_future(watcher.wait_synced())
+                    synced.add_done_callback(wake)
+                    try:
+                        await woken
+                    finally:
+                        synced.cancel()
+                else:
+                    release = rt.hold(name)
+                    release.add_done_callback(wake)
+                    try:
+                        await woken
+                    finally:
+                        rt.unhold(name, release)
+                woken = loop.create_future()
         finally:
+            timer.cancel()
+            if held.recv is not None:
+                held.recv.remove_done_callback(wake)
             rt.stats.held[adapter] -= 1
             if rt.stats.held[adapter] <= 0:
                 del rt.stats.held[adapter]
-            for fut in (recv, wait):
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await fut
 
     async def _paused_response(self, send: Send, adapter: str, outcome: str) -> None:
         s = self.settings
@@ -222,6 +236,16 @@ class PauseGateMiddleware:
                        retry_after_s=s.gate_retry_after_s),
             headers=[(b"retry-after", str(s.gate_retry_after_s).encode())],
         )
+
+
+class _Held:
+    """What a held request took from ``receive()`` while it waited, for the app."""
+
+    __slots__ = ("pending", "recv")
+
+    def __init__(self) -> None:
+        self.pending: list[Message] = []
+        self.recv: asyncio.Future[Message] | None = None
 
 
 def _ensure_request_id(scope: Scope, data: dict[str, object]) -> tuple[str, Scope]:

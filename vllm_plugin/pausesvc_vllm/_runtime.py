@@ -93,6 +93,10 @@ class GateRuntime:
         self._drained: dict[str, int] = {}
         self._ack_slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # held requests: per name, the futures to resolve when it may go on, and ONE task per
+        # name waiting for that (not one per request: 10,000 held requests wake in one pass)
+        self._held: dict[str, set[asyncio.Future[None]]] = {}
+        self._releasers: dict[str, asyncio.Task[None]] = {}
         self._results: dict[str, tuple[int, list[str]]] = {}
         self._drain_waiters: dict[str, list[tuple[int, asyncio.Future[list[str]]]]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -208,6 +212,50 @@ class GateRuntime:
             del self.stats.in_flight[adm.adapter]
         if self._changed is not None:
             self._changed.set()
+
+    # -- held requests ---------------------------------------------------------------------------
+    def hold(self, name: str) -> asyncio.Future[None]:
+        """A future resolved when this process learns that ``name`` may go on (not paused and
+        synced). Pass it to :meth:`unhold` when done with it, resolved or not."""
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        group = self._held.get(name)
+        if group is None:
+            group = self._held[name] = set()
+            if not self._closed:
+                self._releasers[name] = self._spawn(self._release(name),
+                                                    f"pausesvc-release-{name}")
+        group.add(fut)
+        return fut
+
+    def unhold(self, name: str, fut: asyncio.Future[None]) -> None:
+        group = self._held.get(name)
+        if group is None:
+            return
+        group.discard(fut)
+        if not group:  # nobody held for it any more: stop waiting
+            del self._held[name]
+            task = self._releasers.pop(name, None)
+            if task is not None:
+                task.cancel()
+
+    async def _release(self, name: str) -> None:
+        """Resolve the futures held for ``name`` once it is not paused. Waits without a
+        deadline: cancelled when no request is held for ``name`` any more, or at shutdown."""
+        watcher = self.watcher
+        assert watcher is not None
+        try:
+            while True:
+                await watcher.wait_unpaused(name)
+                if self.admissible(name):
+                    break
+            group = self._held.pop(name, ())
+            for fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+        finally:
+            if self._releasers.get(name) is asyncio.current_task():
+                del self._releasers[name]
 
     def in_flight(self, name: str) -> list[Admission]:
         if name == GLOBAL:
