@@ -1,5 +1,6 @@
-"""The watcher's subscription task stops when cancelled, even if redis-py swallows the
-cancellation (it reports "no message" when a cancel lands as its read times out)."""
+"""The watcher: its subscription task stops when cancelled, even if redis-py swallows the
+cancellation (it reports "no message" when a cancel lands as its read times out); the
+O(1) ``any_paused`` a gate's fast path reads."""
 
 from __future__ import annotations
 
@@ -30,3 +31,17 @@ async def test_a_swallowed_cancellation_still_stops_the_read() -> None:
         assert task in done and task.cancelled()
     finally:
         await w.aclose()
+
+
+async def test_any_paused_follows_the_view(redis_url: str, namespace: str) -> None:
+    from pausesvc import AsyncPauseClient
+
+    async with PauseWatcher(redis_url, namespace=namespace) as w, \
+            AsyncPauseClient(redis_url, namespace=namespace, holder="t") as c:
+        assert not w.any_paused
+        grant = await c.pause("lora-a")
+        assert await w.wait_revision(grant.revision, timeout=5)
+        assert w.any_paused
+        res = await c.resume("lora-a")
+        assert await w.wait_revision(res.revision, timeout=5)
+        assert not w.any_paused

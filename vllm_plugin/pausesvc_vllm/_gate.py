@@ -4,8 +4,10 @@
 
 For a POST to a generation path it reads the body (capped, with a deadline), takes the adapter
 from the body's top-level ``"model"``, and asks the process's :class:`~pausesvc.PauseWatcher`
-(memory only). Not paused: the request is admitted (recorded as in flight) and the buffered body
-is handed to vLLM once; every later ``receive()`` goes to the real one and every response message
+(memory only). When nothing at all is paused (the usual case) the body is not parsed: the
+request is admitted with its body and the adapter is parsed from it only if a drain asks. Not
+paused: the request is admitted (recorded as in flight) and the buffered body is handed to vLLM
+once; every later ``receive()`` goes to the real one and every response message
 goes straight to the real ``send``. Paused: held until resume (or 503 ``adapter_paused`` at the
 deadline, or at once with the ``reject`` policy); a client that leaves while held is dropped.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
+from typing import Any
 
 from pausesvc import GLOBAL, InvalidInputError, Settings, validate_name
 from pausesvc_vllm._asgi import (
@@ -40,6 +42,8 @@ __all__ = ["PauseGateMiddleware"]
 logger = logging.getLogger("pausesvc_vllm")
 
 _REQUEST_ID = b"x-request-id"
+_CONTENT_LENGTH = b"content-length"
+_ROUTE_CACHE = 1024
 
 
 class PauseGateMiddleware:
@@ -59,6 +63,7 @@ class PauseGateMiddleware:
             )
         self.matches = PathMatcher([*self.settings.gate_paths, *self.settings.gate_extra_paths])
         self.runtime = GateRuntime(self.settings)
+        self._routes: dict[tuple[str, str], tuple[str | None, bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -68,16 +73,31 @@ class PauseGateMiddleware:
         if kind != "http":
             await self.app(scope, receive, send)
             return
-        self.runtime.bind(scope)
-        path = route_path(scope)
-        if path.startswith(OWN_PREFIXES):
-            await self.runtime.start()
-            if await handle_own(self.runtime, path, scope, receive, send):
+        rt = self.runtime
+        if rt.url is None or rt.app is None:
+            rt.bind(scope)
+        key = (scope.get("path", ""), scope.get("root_path", ""))
+        route = self._routes.get(key)
+        if route is None:
+            route = self._route(scope, key)
+        own, gated = route
+        if own is not None:
+            await rt.start()
+            if await handle_own(rt, own, scope, receive, send):
                 return
-        if scope.get("method") != "POST" or not self.matches(scope):
+        if not gated or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         await self._gate(scope, receive, send)
+
+    def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool]:
+        """(our own path, normalized, or None; is it a gated path?), cached per raw path."""
+        path = route_path(scope)
+        route = (path if path.startswith(OWN_PREFIXES) else None, self.matches(scope))
+        if len(self._routes) >= _ROUTE_CACHE:  # a client sending endless distinct paths
+            self._routes.clear()
+        self._routes[key] = route
+        return route
 
     # -- lifespan: start with the server, leave the registry on shutdown ------------------------
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,10 +122,25 @@ class PauseGateMiddleware:
     # -- the gate ----------------------------------------------------------------------------------
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt, s = self.runtime, self.settings
-        await rt.start()
+        if rt.watcher is None:
+            await rt.start()
+        watcher = rt.watcher
+        assert watcher is not None
+        declared: int | None = None
+        rid: bytes | None = None
+        headers = scope.get("headers") or ()
+        for k, v in headers:
+            k = k.lower()
+            if k == _CONTENT_LENGTH:
+                try:
+                    declared = int(v)
+                except ValueError:
+                    declared = None
+            elif k == _REQUEST_ID:
+                rid = v
         try:
             body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes,
-                                   timeout=s.gate_body_timeout_s)
+                                   timeout=s.gate_body_timeout_s, declared=declared)
         except BodyError as exc:
             if exc.status == 413:
                 rt.stats.too_large += 1
@@ -114,46 +149,62 @@ class PauseGateMiddleware:
             if exc.status:
                 await send_json(send, exc.status, error_body(exc.code, exc.message))
             return
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        if not isinstance(data, dict):
-            # vLLM's own validation answers it (no engine request can come of it)
-            await self.app(scope, replaying_receive(body, receive), send)
-            return
 
-        model = data.get("model")
-        adapter = model if isinstance(model, str) else ""
-        # what to check: the adapter, or only `*` for a request naming no (or no valid) model
-        try:
-            name = validate_name(adapter) if adapter else GLOBAL
-        except InvalidInputError:
-            name = GLOBAL
-
-        held = _Held()
-        if not rt.admissible(name):
-            outcome = await self._hold(name, adapter, receive, held)
-            if outcome == "gone":
-                rt.stats.dropped += 1
-                logger.info("pausesvc gate: client left while held for %r", adapter)
+        held: _Held | None = None
+        data: dict[str, Any] | None = None
+        if rt.admissible(GLOBAL) and not watcher.any_paused:
+            # the fast path: nothing is paused, so the adapter does not matter now; the body is
+            # parsed only if a drain (or a status) asks which adapter it was for, or if it may
+            # carry a request_id to use as the request's id
+            adapter: str | None = None
+            lazy: bytes | None = body
+            if rid is None and b'"request_id"' in body:
+                data = _as_object(body)
+        else:
+            lazy = None
+            data = _as_object(body)
+            if data is None:
+                # vLLM's own validation answers it (no engine request can come of it)
+                await self.app(scope, replaying_receive(body, receive), send)
                 return
-            if outcome != "ok":
-                rt.stats.rejections += 1
-                if outcome == "timeout":
-                    rt.stats.hold_timeouts += 1
-                await self._paused_response(send, adapter or name, outcome)
-                return
-            rt.stats.released += 1
+            model = data.get("model")
+            adapter = model if isinstance(model, str) else ""
+            # what to check: the adapter, or only `*` for a request naming no valid model
+            try:
+                name = validate_name(adapter) if adapter else GLOBAL
+            except InvalidInputError:
+                name = GLOBAL
+            if not rt.admissible(name):
+                held = _Held()
+                outcome = await self._hold(name, adapter, receive, held)
+                if outcome == "gone":
+                    rt.stats.dropped += 1
+                    logger.info("pausesvc gate: client left while held for %r", adapter)
+                    return
+                if outcome != "ok":
+                    rt.stats.rejections += 1
+                    if outcome == "timeout":
+                        rt.stats.hold_timeouts += 1
+                    await self._paused_response(send, adapter or name, outcome)
+                    return
+                rt.stats.released += 1
 
         # admitted: from here to the app call there is no await (a pause landing now sees it)
-        base, scope = _ensure_request_id(scope, data)
-        admission = rt.admit(adapter, base)
+        if rid is None:
+            given = data.get("request_id") if data is not None else None
+            rid = (given.encode("latin-1", "replace") if isinstance(given, str) and given
+                   else rt.next_request_id())
+            scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
+        admission = rt.admit(adapter, rid.decode("latin-1"), lazy)
         try:
-            await self.app(scope, replaying_receive(body, receive, held.pending, held.recv), send)
+            if held is None:
+                await self.app(scope, replaying_receive(body, receive), send)
+            else:
+                await self.app(scope, replaying_receive(body, receive, held.pending, held.recv),
+                               send)
         finally:
             rt.finish(admission)
-            if held.recv is not None:
+            if held is not None and held.recv is not None:
                 held.recv.cancel()  # the app is done: nobody reads what the client sends now
 
     async def _hold(self, name: str, adapter: str, receive: Receive,
@@ -174,10 +225,12 @@ class PauseGateMiddleware:
         deadline = loop.time() + s.gate_hold_timeout_s
         rt.stats.holds += 1
         rt.stats.held[adapter] += 1
-        woken: asyncio.Future[None] = loop.create_future()
+        # the future this request waits on: resolved by the runtime on resume, by the client's
+        # next message, or by the deadline timer - whichever comes first
+        woken: asyncio.Future[None] | None = None
 
         def wake(_: object = None) -> None:
-            if not woken.done():
+            if woken is not None and not woken.done():
                 woken.set_result(None)
 
         timer = loop.call_at(deadline, wake)
@@ -190,10 +243,7 @@ class PauseGateMiddleware:
                 if loop.time() >= deadline:
                     return "timeout"
                 recv = held.recv
-                if recv is None:
-                    recv = held.recv = asyncio.ensure_future(receive())
-                    recv.add_done_callback(wake)
-                elif recv.done():
+                if recv is not None and recv.done():
                     held.recv = None
                     message = recv.result()
                     if message["type"] == "http.disconnect":
@@ -201,20 +251,22 @@ class PauseGateMiddleware:
                     held.pending.append(message)  # not ours to drop: the app gets it
                     continue
                 if s.gate_policy == "reject":  # only waiting for the first sync
+                    woken = loop.create_future()
                     synced = asyncio.ensure_future(watcher.wait_synced())
                     synced.add_done_callback(wake)
-                    try:
-                        await woken
-                    finally:
-                        synced.cancel()
                 else:
-                    release = rt.hold(name)
-                    release.add_done_callback(wake)
-                    try:
-                        await woken
-                    finally:
-                        rt.unhold(name, release)
-                woken = loop.create_future()
+                    synced = None
+                    woken = rt.hold(name)
+                if recv is None:
+                    recv = held.recv = asyncio.ensure_future(receive())
+                    recv.add_done_callback(wake)
+                try:
+                    await woken
+                finally:
+                    if synced is not None:
+                        synced.cancel()
+                    else:
+                        rt.unhold(name, woken)
         finally:
             timer.cancel()
             if held.recv is not None:
@@ -248,15 +300,10 @@ class _Held:
         self.recv: asyncio.Future[Message] | None = None
 
 
-def _ensure_request_id(scope: Scope, data: dict[str, object]) -> tuple[str, Scope]:
-    """The base id vLLM will derive the request's external ids from; adds ``X-Request-Id``
-    when the client sent none (the body's ``request_id``, else a fresh one)."""
-    headers = list(scope.get("headers", ()))
-    for k, v in headers:
-        if k.lower() == _REQUEST_ID:
-            return v.decode("latin-1"), scope
-    rid = data.get("request_id")
-    raw = (rid if isinstance(rid, str) and rid else uuid.uuid4().hex).encode("latin-1", "replace")
-    scope = dict(scope)
-    scope["headers"] = [*headers, (_REQUEST_ID, raw)]
-    return raw.decode("latin-1"), scope
+def _as_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None (unparseable or not an object)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

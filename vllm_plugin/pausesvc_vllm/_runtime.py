@@ -32,6 +32,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Settings
@@ -55,14 +56,42 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class Admission:
-    """One request the gate let through (``adapter`` is the body's model, '' when none)."""
+    """One request the gate let through.
 
-    __slots__ = ("adapter", "base", "since")
+    ``adapter`` is the body's model ('' when none, None for a body that is not a JSON object:
+    no engine request comes of it). When nothing was paused at admission the gate did not parse
+    the body: ``body`` is kept (the app holds it for the request anyway) and parsed the first
+    time a drain or a status asks (:meth:`resolve`), off the request path.
+    """
 
-    def __init__(self, adapter: str, base: str) -> None:
-        self.adapter = adapter
+    __slots__ = ("_adapter", "base", "body", "since")
+
+    def __init__(self, adapter: str | None, base: str, body: bytes | None = None) -> None:
+        self._adapter = adapter
         self.base = base
+        self.body = body
         self.since = time.monotonic()
+
+    @property
+    def adapter(self) -> str | None:
+        body = self.body
+        if body is not None:
+            self.body = None
+            self._adapter = adapter_of(body)
+        return self._adapter
+
+
+def adapter_of(body: bytes) -> str | None:
+    """The body's top-level ``"model"`` ('' when absent or not a string); None when the body
+    is not a JSON object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    model = data.get("model")
+    return model if isinstance(model, str) else ""
 
 
 def _version() -> str:
@@ -81,12 +110,15 @@ class GateRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = GateStats()
+        self.stats.in_flight_source = self._count_in_flight
+        self._rid_prefix = uuid.uuid4().hex[:20]
+        self._rid_next = 0
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.app: Any = None
         self.url: str | None = settings.replica_url
         self.watcher: PauseWatcher | None = None
         self.client: AsyncPauseClient | None = None
-        self._in_flight: dict[str, set[Admission]] = {}
+        self._admitted: set[Admission] = set()
         self._changed: asyncio.Event | None = None
         self._wanted: dict[str, int] = {}
         self._ack_wanted: dict[str, bool] = {}
@@ -193,25 +225,25 @@ class GateRuntime:
         w = self.watcher
         return w is not None and w.synced_once and not w.is_paused(name)
 
-    def admit(self, adapter: str, base: str) -> Admission:
-        """Record an admitted request. Call with no ``await`` after the ``admissible`` check."""
-        adm = Admission(adapter, base)
-        self._in_flight.setdefault(adapter, set()).add(adm)
-        self.stats.in_flight[adapter] += 1
+    def admit(self, adapter: str | None, base: str, body: bytes | None = None) -> Admission:
+        """Record an admitted request. Call with no ``await`` after the ``admissible`` check.
+        ``body`` instead of ``adapter``: the adapter is parsed from it when first needed."""
+        adm = Admission(adapter, base, body)
+        self._admitted.add(adm)
         return adm
 
     def finish(self, adm: Admission) -> None:
-        group = self._in_flight.get(adm.adapter)
-        if group is None or adm not in group:
-            return
-        group.discard(adm)
-        if not group:
-            del self._in_flight[adm.adapter]
-        self.stats.in_flight[adm.adapter] -= 1
-        if self.stats.in_flight[adm.adapter] <= 0:
-            del self.stats.in_flight[adm.adapter]
-        if self._changed is not None:
+        self._admitted.discard(adm)
+        if self._drains and self._changed is not None:
             self._changed.set()
+
+    def next_request_id(self) -> bytes:
+        """A request id unique in this process and across processes (32 hex digits)."""
+        self._rid_next += 1
+        return f"{self._rid_prefix}{self._rid_next:012x}".encode()
+
+    def _count_in_flight(self) -> Counter[str]:
+        return Counter(a for a in (adm.adapter for adm in list(self._admitted)) if a is not None)
 
     # -- held requests ---------------------------------------------------------------------------
     def hold(self, name: str) -> asyncio.Future[None]:
@@ -258,9 +290,10 @@ class GateRuntime:
                 del self._releasers[name]
 
     def in_flight(self, name: str) -> list[Admission]:
+        admitted = list(self._admitted)
         if name == GLOBAL:
-            return [a for group in self._in_flight.values() for a in group]
-        return list(self._in_flight.get(name, ()))
+            return [a for a in admitted if a.adapter is not None]
+        return [a for a in admitted if a.adapter == name]
 
     # -- drains ------------------------------------------------------------------------------------
     def _on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:

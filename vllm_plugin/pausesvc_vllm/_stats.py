@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["GateStats", "render_prometheus"]
@@ -13,7 +14,9 @@ class GateStats:
 
     def __init__(self) -> None:
         self.held: Counter[str] = Counter()  # gauge: requests held right now, per adapter
-        self.in_flight: Counter[str] = Counter()  # gauge: admitted and not finished, per adapter
+        #: gauge source: admitted and not finished, per adapter (computed when read: the
+        #: gate learns a request's adapter only when something asks, see GateRuntime.admit)
+        self.in_flight_source: Callable[[], Counter[str]] = Counter
         self.holds = 0  # requests that had to wait
         self.released = 0  # held requests that went on after a resume
         self.rejections = 0  # answered 503 (policy reject or hold deadline)
@@ -27,6 +30,10 @@ class GateStats:
         self.last_drain_s: float | None = None
         self.ack_errors = 0
         self.heartbeat_errors = 0
+
+    @property
+    def in_flight(self) -> Counter[str]:
+        return self.in_flight_source()
 
     def record_drain(self, seconds: float) -> None:
         self.drains += 1
