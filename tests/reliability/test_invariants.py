@@ -46,7 +46,11 @@ async def test_checker_catches_a_controller_that_does_not_drain(
         (await http.post(r.url + "/fake/config", json={"abort_delay_s": 0.5})).raise_for_status()
         task = asyncio.create_task(http.post(r.url + "/v1/completions", json={
             "model": "a0", "prompt": [1], "max_tokens": 100}))
-        await asyncio.sleep(0.2)
+        for _ in range(500):  # decoding (not merely sent) before the pause lands
+            if "a0" in (await http.get(r.url + "/fake/state")).json()["live"]:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         g = await c.pause("a0")  # no drain=True
         t_ret = time.monotonic_ns()
         swapped = await wl.swap("a0", 1)

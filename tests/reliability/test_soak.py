@@ -78,8 +78,10 @@ async def test_soak_cycles_with_held_requests_and_waiters(
                     done["completions"] += 1
                     if a in PINNED and not releasing.is_set():
                         done["pinned_leaks"] += 1
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     done["errors"] += 1
+                    kinds = done.setdefault("error_kinds", {})
+                    kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
                     await asyncio.sleep(0.05)
 
         async def waiter(i: int) -> None:
@@ -162,7 +164,8 @@ async def test_soak_cycles_with_held_requests_and_waiters(
     figures(cycles=done["cycles"], adapters=len(ADAPTERS), held_requests=HELD, waiters=WAITERS,
             cycle_rate_per_s=round(done["cycles"] / elapsed, 1), completions=done["completions"],
             wakes=done["wakes"], wait_timeouts=done["wait_false"],
-            transport_errors=done["errors"], statuses=done["statuses"],
+            transport_errors=done["errors"], error_kinds=done.get("error_kinds", {}),
+            statuses=done["statuses"],
             left_pending=len(pending), settle_s=round(settle, 2),
             replica_rss_mb=[[round(k / 1024, 1) for k in s["rss_kb"]] for s in samples],
             redis_clients=[s["redis_clients"] for s in samples],
