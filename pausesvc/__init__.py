@@ -12,6 +12,7 @@ from pausesvc._exceptions import (
     PauseError,
     PauseTimeoutError,
     RedisUnavailableError,
+    ReplicationTimeoutError,
     StaleTokenError,
 )
 from pausesvc._keys import GLOBAL, Keys, validate_name
@@ -42,6 +43,7 @@ __all__ = [
     "PauseTimeoutError",
     "PauseWatcher",
     "RedisUnavailableError",
+    "ReplicationTimeoutError",
     "ResumeResult",
     "Settings",
     "Snapshot",

@@ -11,7 +11,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pausesvc._exceptions import InvalidInputError, NotHolderError, StaleTokenError
+from pausesvc._exceptions import (
+    InvalidInputError,
+    NotHolderError,
+    ReplicationTimeoutError,
+    StaleTokenError,
+)
 from pausesvc._keys import Keys, validate_holder, validate_name
 from pausesvc._models import AdapterState, Grant, ResumeResult, Snapshot
 
@@ -119,6 +124,14 @@ class BaseClient:
     @property
     def publish_command(self) -> str:
         return "SPUBLISH" if self.sharded else "PUBLISH"
+
+    def _check_replication(self, acked: Any) -> None:
+        if int(acked) < self.replication_wait:
+            raise ReplicationTimeoutError(
+                f"the change is written, but only {int(acked)} of {self.replication_wait} Redis "
+                f"replica(s) confirmed it within {self.replication_wait_timeout_ms} ms (WAIT)",
+                acked=int(acked), wanted=self.replication_wait,
+            )
 
     # -- arguments -------------------------------------------------------------------------------
     def _holder(self, holder: str | None) -> str:

@@ -152,9 +152,11 @@ class AsyncPauseClient(BaseClient):
             if rev > self._last_write[0]:
                 self._last_write = (rev, None)
             if self.replication_wait:
-                await self.redis.execute_command(
+                acked = await self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
                 )
+        if self.replication_wait:
+            self._check_replication(acked)
         return res
 
     # -- changes -----------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
     │   └── NotHolderError           the holder holds no pause of that adapter
     ├── RedisUnavailableError        Redis cannot be reached / the connection was lost
     ├── PauseTimeoutError (also a TimeoutError)
-    │   └── DrainTimeoutError        some live replica processes did not acknowledge a drain
+    │   ├── DrainTimeoutError        some live replica processes did not acknowledge a drain
+    │   └── ReplicationTimeoutError  the change is written, but fewer Redis replicas than
+    │                                `replication_wait` confirmed it (WAIT)
     └── DataLossError                the namespace revision went backwards (Redis lost its data)
 
 redis-py exceptions are translated in exactly one place: :func:`translate_redis_errors`.
@@ -31,6 +33,7 @@ __all__ = [
     "PauseError",
     "PauseTimeoutError",
     "RedisUnavailableError",
+    "ReplicationTimeoutError",
     "StaleTokenError",
     "translate_redis_errors",
 ]
@@ -91,6 +94,18 @@ class DrainTimeoutError(PauseTimeoutError):
         super().__init__(message)
         self.token = token
         self.missing = list(missing)
+
+
+class ReplicationTimeoutError(PauseTimeoutError):
+    """The change is written on the primary, but WAIT saw fewer replicas than required.
+
+    A failover now could lose it. Changes are idempotent: retry, or check ``status``.
+    """
+
+    def __init__(self, message: str, *, acked: int, wanted: int) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.wanted = wanted
 
 
 class DataLossError(PauseError):

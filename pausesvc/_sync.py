@@ -83,9 +83,11 @@ class PauseClient(BaseClient):
         with translate_redis_errors():
             res = self._scripts[script](keys=self.keys.state_keys(), args=args)
             if self.replication_wait:
-                self.redis.execute_command(
+                acked = self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
                 )
+        if self.replication_wait:
+            self._check_replication(acked)
         return res
 
     def _get_message(self, pubsub: Any, timeout: float) -> Any:

@@ -364,3 +364,15 @@ async def test_drain_waits_for_every_live_replica_and_names_the_missing(redis_ur
         r1 = next(r for r in recs if r["id"] == "rep-1")
         assert r1["url"] == "http://r1" and r1["drains"]["a"]["rev"] == rev
         beating.cancel()
+
+
+def test_replication_wait_without_replicas_reports_a_timeout(redis_url: str,
+                                                             namespace: str) -> None:
+    from pausesvc import ReplicationTimeoutError, Settings
+
+    s = Settings(replication_wait=1, replication_wait_timeout_ms=50)
+    with PauseClient(redis_url, namespace=namespace, settings=s) as c:
+        with pytest.raises(ReplicationTimeoutError) as ei:
+            c.pause("a")
+        assert ei.value.acked == 0 and ei.value.wanted == 1
+        assert c.is_paused("a")  # written on the primary: the error says so

@@ -17,7 +17,8 @@ def test_exported_members() -> None:
         "GLOBAL", "AdapterState", "AsyncPauseClient", "ConflictError", "DataLossError",
         "DrainTimeoutError", "EmbeddedRedis", "Grant", "Hold", "InvalidInputError",
         "InvalidNameError", "Keys", "NotHolderError", "PauseClient", "PauseError", "PauseEvent",
-        "PauseTimeoutError", "PauseWatcher", "RedisUnavailableError", "ResumeResult",
+        "PauseTimeoutError", "PauseWatcher", "RedisUnavailableError", "ReplicationTimeoutError",
+        "ResumeResult",
         "Settings", "Snapshot", "StaleTokenError", "shared_watcher", "validate_name",
     }
     for name in exported:
