@@ -215,11 +215,6 @@ async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, 
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugin bug: GateRuntime._on_change (vllm_plugin/pausesvc_vllm/_runtime.py:304, "
-    "`rev <= self._drained.get(name, 0)`) compares "
-    "revisions across a data loss; a pause at a lower revision of the new Redis incarnation is "
-    "ignored, so the replica never acknowledges it and pause(drain=True) times out"))
 @pytest.mark.timeout(60)
 async def test_drain_after_data_loss_of_an_adapter_drained_before(
         workdir: Path, ns: str, make_fleet: Callable[..., Any]) -> None:

@@ -125,6 +125,7 @@ class GateRuntime:
         self._drained: dict[str, int] = {}
         self._ack_slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._epoch: str | None = None
         # held requests: per name, the futures to resolve when it may go on, and ONE task per
         # name waiting for that (not one per request: 10,000 held requests wake in one pass)
         self._held: dict[str, set[asyncio.Future[None]]] = {}
@@ -298,7 +299,14 @@ class GateRuntime:
     # -- drains ------------------------------------------------------------------------------------
     def _on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
         """Watcher listener (sync, on the loop): a pause of ``name`` was learned or confirmed."""
-        if state is None or self._closed:
+        if self._closed:
+            return
+        epoch = self.watcher.epoch if self.watcher is not None else None
+        if epoch != self._epoch:
+            if self._epoch is not None and epoch is not None:
+                self._forget_revisions()  # Redis lost its data: revisions start again at 1
+            self._epoch = epoch
+        if state is None:
             return
         rev = state.revision
         if rev <= self._drained.get(name, 0) or rev <= self._wanted.get(name, 0):
@@ -307,6 +315,19 @@ class GateRuntime:
         self._ack_wanted[name] = state.drain_requested
         if name not in self._drains:
             self._drains[name] = self._spawn(self._drain(name), f"pausesvc-drain-{name}")
+
+    def _forget_revisions(self) -> None:
+        """Revisions of another Redis incarnation mean nothing now: drop what was drained and
+        stop the drains under way (the new incarnation's pauses start their own)."""
+        logger.warning("pausesvc gate: the pause state's epoch changed (Redis lost its data); "
+                       "forgetting %d drained revision(s)", len(self._drained))
+        for task in self._drains.values():
+            task.cancel()
+        self._drains.clear()
+        self._drained.clear()
+        self._results.clear()
+        self._wanted.clear()
+        self._ack_wanted.clear()
 
     async def _drain(self, name: str) -> None:
         try:
@@ -339,7 +360,8 @@ class GateRuntime:
             logger.exception("pausesvc gate: drain of %r failed", name)
             self._wanted.pop(name, None)
         finally:
-            self._drains.pop(name, None)
+            if self._drains.get(name) is asyncio.current_task():
+                del self._drains[name]
 
     async def _drain_once(self, name: str) -> list[str] | None:
         """Abort until nothing of ``name`` this process admitted is in flight.
