@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -66,7 +67,7 @@ class VllmServer:
         self.extra_args = list(extra_args)
         self.log_path = Path(log_path) if log_path else Path(f"/tmp/vllm-server-{port}.log")
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
 
     # -- command line / environment ----------------------------------------------------
     @property
@@ -188,7 +189,7 @@ class VllmServer:
         log = self._log_file
         self._log_file = None
         if log is not None:
-            log.close()  # type: ignore[attr-defined]
+            log.close()
         return code
 
     def restart(self, timeout: float = 240) -> float:
