@@ -376,3 +376,32 @@ def test_replication_wait_without_replicas_reports_a_timeout(redis_url: str,
             c.pause("a")
         assert ei.value.acked == 0 and ei.value.wanted == 1
         assert c.is_paused("a")  # written on the primary: the error says so
+
+
+def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A `pausesvc serve` killed with SIGKILL must not leave its embedded redis-server behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pausesvc import EmbeddedRedis; r = EmbeddedRedis().start(); "
+            "print(r.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(child, 0)
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break  # exited, waiting for init to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        assert time.monotonic() < deadline, "embedded redis-server outlived its parent"
+        time.sleep(0.05)
