@@ -98,7 +98,11 @@ def fleet(tiny: Path, e2e_redis: EmbeddedRedis,
     }
     loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
     servers = [
-        VllmServer(PY, tiny / "model", loras, port=free_port(), env_extra=env,
+        VllmServer(PY, tiny / "model", loras, port=free_port(),
+                   # one core each: two CPU engines binding their OpenMP threads to the same
+                   # cores starve one of them (one server finished 480 tokens before the
+                   # other produced 3)
+                   env_extra={**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))},
                    middleware=["_passthrough_mw.Passthrough", GATE],  # the last is outermost
                    log_path=logs / f"vllm-{i}.log")
         for i in range(2)
@@ -208,7 +212,10 @@ async def test_pause_with_drain_aborts_a_and_spares_b(fleet: Fleet, pc: AsyncPau
     async with asyncio.timeout(60):
         for s in streams:
             await s.first.wait()
-    assert not any(s.task.done() for s in streams), "precondition: every stream still running"
+    assert not any(s.task.done() for s in streams), (
+        "precondition: every stream still running",
+        [(s.model, s.url, s.status, s.finish, len(s.tokens), s.task.done() and s.task.exception())
+         for s in streams])
     t0 = time.monotonic()
     grant = await pc.pause("lora-a", drain=True, timeout=60)
     drained_at = time.monotonic()
@@ -338,12 +345,16 @@ async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient,
                                http: httpx.AsyncClient) -> None:
     u0, u1 = fleet.urls
     await until(lambda: _live(pc, 2), timeout=20)
-    streams = [Stream(http, u, "lora-a") for u in fleet.urls]
-    async with asyncio.timeout(60):
-        for s in streams:
-            await s.first.wait()
     r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a"})
     assert r.json() == {"paused": False}
+    for _attempt in range(3):  # both streams must still be running when the abort lands
+        streams = [Stream(http, u, "lora-a") for u in fleet.urls]
+        async with asyncio.timeout(60):
+            for s in streams:
+                await s.first.wait()
+        if not any(s.task.done() for s in streams):
+            break
+        await asyncio.gather(*(s.task for s in streams))
     r = await http.post(u0 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
     assert r.status_code == 200, r.text
     data = r.json()
