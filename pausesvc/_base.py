@@ -6,6 +6,7 @@ No I/O happens in this module (the httpx ``BaseClient`` pattern).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from pausesvc._exceptions import (
 )
 from pausesvc._keys import Keys, validate_holder, validate_name
 from pausesvc._models import AdapterState, Grant, ResumeResult, Snapshot
+
+logger = logging.getLogger("pausesvc.client")
 
 __all__ = ["BaseClient", "parse_snapshot", "parse_snapshot_reply", "validate_timeout"]
 
@@ -117,6 +120,8 @@ class BaseClient:
         self.sharded = sharded
         self.replication_wait = replication_wait
         self.replication_wait_timeout_ms = replication_wait_timeout_ms
+        self.strict_replication = False
+        self.replication_shortfalls = 0
 
     def _snapshot_keys(self) -> list[str]:
         return [self.keys.paused, self.keys.rev, self.keys.epoch]
@@ -126,12 +131,21 @@ class BaseClient:
         return "SPUBLISH" if self.sharded else "PUBLISH"
 
     def _check_replication(self, acked: Any) -> None:
-        if int(acked) < self.replication_wait:
-            raise ReplicationTimeoutError(
-                f"the change is written, but only {int(acked)} of {self.replication_wait} Redis "
-                f"replica(s) confirmed it within {self.replication_wait_timeout_ms} ms (WAIT)",
-                acked=int(acked), wanted=self.replication_wait,
-            )
+        """WAIT saw fewer replicas than ``replication_wait``: the change is applied on the
+        primary (and stays applied: raising would make an idempotent retry loop forever while
+        no replica is attached, e.g. right after a failover), but a failover now could lose it.
+        Logged as a warning and counted in ``replication_shortfalls``; with
+        ``strict_replication`` it raises :class:`ReplicationTimeoutError` instead."""
+        if int(acked) >= self.replication_wait:
+            return
+        self.replication_shortfalls += 1
+        message = (f"the change is written, but only {int(acked)} of {self.replication_wait} "
+                   f"Redis replica(s) confirmed it within {self.replication_wait_timeout_ms} ms "
+                   "(WAIT): a failover now could lose it")
+        if self.strict_replication:
+            raise ReplicationTimeoutError(message, acked=int(acked), wanted=self.replication_wait)
+        logger.warning("pausesvc: %s", message,
+                       extra={"event": "replication_shortfall", "namespace": self.namespace})
 
     # -- arguments -------------------------------------------------------------------------------
     def _holder(self, holder: str | None) -> str:

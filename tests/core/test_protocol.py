@@ -372,10 +372,13 @@ def test_replication_wait_without_replicas_reports_a_timeout(redis_url: str,
 
     s = Settings(replication_wait=1, replication_wait_timeout_ms=50)
     with PauseClient(redis_url, namespace=namespace, settings=s) as c:
+        c.pause("a")  # applied on the primary; the shortfall is logged and counted
+        assert c.replication_shortfalls == 1 and c.is_paused("a")
+        c.strict_replication = True
         with pytest.raises(ReplicationTimeoutError) as ei:
-            c.pause("a")
+            c.resume("a")
         assert ei.value.acked == 0 and ei.value.wanted == 1
-        assert c.is_paused("a")  # written on the primary: the error says so
+        assert not c.is_paused("a")  # written on the primary: the error says so
 
 
 def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[no-untyped-def]
