@@ -108,6 +108,19 @@ def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
     )
 
 
+def _refuse(status: str, name: str, holder: str, token: int | None, state: AdapterState | None,
+            current: int, not_holder: str) -> None:
+    """Raise what a script's 'not_holder' / 'stale' answer means (nothing was changed)."""
+    if status == "not_holder":
+        raise NotHolderError(f"{holder!r} {not_holder}",
+                             holders=sorted(state.holders) if state else [])
+    if status == "stale":
+        raise StaleTokenError(
+            f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
+            presented=token or 0, current=current,
+        )
+
+
 class BaseClient:
     """Configuration and the pure parts of every operation."""
 
@@ -188,17 +201,9 @@ class BaseClient:
     def _parse_resume(name: str, holder: str, token: int | None, res: Sequence[Any]) -> ResumeResult:
         status, rev, state_raw, current = _s(res[0]), int(res[1]), _s(res[2]), int(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
-        if status == "not_holder":
-            holders = sorted(state.holders) if state else []
-            raise NotHolderError(
-                f"{holder!r} holds no pause of {name!r} (held by: {', '.join(holders) or 'nobody'})",
-                holders=holders,
-            )
-        if status == "stale":
-            raise StaleTokenError(
-                f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
-                presented=token or 0, current=current,
-            )
+        _refuse(status, name, holder, token, state, current,
+                f"holds no pause of {name!r} (held by: "
+                f"{', '.join(sorted(state.holders)) if state else 'nobody'})")
         return ResumeResult(name=name, holder=holder, released=status.startswith("released"),
                             paused=state is not None, revision=rev, state=state)
 
@@ -206,17 +211,8 @@ class BaseClient:
     def _parse_renew(name: str, holder: str, token: int | None, res: Sequence[Any]) -> AdapterState:
         status, state_raw, current = _s(res[0]), _s(res[2]), int(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
-        if status == "not_holder":
-            holders = sorted(state.holders) if state else []
-            raise NotHolderError(
-                f"{holder!r} holds no live pause of {name!r} (expired or released)",
-                holders=holders,
-            )
-        if status == "stale":
-            raise StaleTokenError(
-                f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
-                presented=token or 0, current=current,
-            )
+        _refuse(status, name, holder, token, state, current,
+                f"holds no live pause of {name!r} (expired or released)")
         assert state is not None  # 'renewed' always carries the state
         return state
 

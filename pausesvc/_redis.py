@@ -7,6 +7,8 @@ follows Sentinel failovers (``rediss+sentinel://`` for TLS to the data nodes).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -205,3 +207,52 @@ def close_client(client: Any) -> None:
     client.close()
     for sentinel in getattr(client, "_pausesvc_sentinels", ()):
         sentinel.close()
+
+
+_CONFIRMATIONS = ("subscribe", "ssubscribe")
+
+
+async def next_message(pubsub: Any, sharded: bool, timeout: float) -> Any:
+    """The next pub/sub message within ``timeout`` (None if none), from a plain or sharded
+    subscription."""
+    if sharded:
+        return await pubsub.get_sharded_message(timeout=timeout)
+    return await pubsub.get_message(timeout=timeout)
+
+
+def next_message_sync(pubsub: Any, sharded: bool, timeout: float) -> Any:
+    """Blocking :func:`next_message`."""
+    if sharded:
+        return pubsub.get_sharded_message(timeout=timeout)
+    return pubsub.get_message(timeout=timeout)
+
+
+async def subscribe_confirmed(pubsub: Any, channel: str, sharded: bool,
+                              timeout: float = 5.0) -> None:
+    """(S)SUBSCRIBE and return once Redis confirmed it: only then may the key be read
+    (reading first loses what changes in between). Messages before the confirmation are
+    dropped: the read that follows covers them. Raises TimeoutError."""
+    if sharded:
+        await pubsub.ssubscribe(channel)
+    else:
+        await pubsub.subscribe(channel)
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await next_message(pubsub, sharded, 1.0)
+            if msg is not None and msg["type"] in _CONFIRMATIONS:
+                return
+
+
+def subscribe_confirmed_sync(pubsub: Any, channel: str, sharded: bool,
+                             timeout: float = 5.0) -> None:
+    """Blocking :func:`subscribe_confirmed`."""
+    if sharded:
+        pubsub.ssubscribe(channel)
+    else:
+        pubsub.subscribe(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = next_message_sync(pubsub, sharded, 1.0)
+        if msg is not None and msg["type"] in _CONFIRMATIONS:
+            return
+    raise TimeoutError(f"no subscribe confirmation from Redis within {timeout:g} s")

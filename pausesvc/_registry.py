@@ -10,13 +10,18 @@ A drained pause waits like a watcher does: SUBSCRIBE to ``acks`` first, then rea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
-from pausesvc._redis import ensure_initialized, retry_stale
+from pausesvc._redis import (
+    ensure_initialized,
+    next_message,
+    next_message_sync,
+    retry_stale,
+    subscribe_confirmed,
+)
 
 if TYPE_CHECKING:
     from pausesvc._client import AsyncPauseClient
@@ -108,23 +113,14 @@ class AckWaiter:
                 if self._pubsub is not None:
                     await self._pubsub.aclose()
                 self._pubsub = self.client.redis.pubsub()
-                if self.client.sharded:
-                    await self._pubsub.ssubscribe(self.client.keys.acks)
-                else:
-                    await self._pubsub.subscribe(self.client.keys.acks)
+                await subscribe_confirmed(self._pubsub, self.client.keys.acks,
+                                          self.client.sharded)
 
             await retry_stale(self.client.redis, subscribe)
-            async with asyncio.timeout(5.0):
-                while True:
-                    msg = await self._get(1.0)
-                    if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
-                        break
         return self
 
     async def _get(self, timeout: float) -> Any:
-        if self.client.sharded:
-            return await self._pubsub.get_sharded_message(timeout=timeout)
-        return await self._pubsub.get_message(timeout=timeout)
+        return await next_message(self._pubsub, self.client.sharded, timeout)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._pubsub is not None:
@@ -167,8 +163,6 @@ def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, token: int,
         with translate_redis_errors():
             end = time.monotonic() + min(RECHECK_S, remaining)
             while time.monotonic() < end:
-                wait = max(0.0, end - time.monotonic())
-                msg = (pubsub.get_sharded_message(timeout=wait) if client.sharded
-                       else pubsub.get_message(timeout=wait))
+                msg = next_message_sync(pubsub, client.sharded, max(0.0, end - time.monotonic()))
                 if msg is not None and msg["type"] in ("message", "smessage"):
                     break

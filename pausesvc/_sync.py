@@ -22,7 +22,13 @@ from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
 from pausesvc._keys import GLOBAL, validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
-from pausesvc._redis import close_client, is_cluster, sync_client
+from pausesvc._redis import (
+    close_client,
+    is_cluster,
+    next_message_sync,
+    subscribe_confirmed_sync,
+    sync_client,
+)
 from pausesvc._scripts import read_script, state_script
 from pausesvc._settings import Settings
 
@@ -91,23 +97,16 @@ class PauseClient(BaseClient):
         return res
 
     def _get_message(self, pubsub: Any, timeout: float) -> Any:
-        if self.sharded:
-            return pubsub.get_sharded_message(timeout=timeout)
-        return pubsub.get_message(timeout=timeout)
+        return next_message_sync(pubsub, self.sharded, timeout)
 
     def _subscribe(self, channel: str) -> Any:
         pubsub = self.redis.pubsub()
-        if self.sharded:
-            pubsub.ssubscribe(channel)
-        else:
-            pubsub.subscribe(channel)
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            msg = self._get_message(pubsub, 1.0)
-            if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
-                return pubsub
-        pubsub.close()
-        raise TimeoutError("no subscribe confirmation from Redis within 5 s")
+        try:
+            subscribe_confirmed_sync(pubsub, channel, self.sharded)
+        except BaseException:
+            pubsub.close()
+            raise
+        return pubsub
 
     # -- changes -----------------------------------------------------------------------------------
     def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,

@@ -27,7 +27,14 @@ from pausesvc._base import parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
 from pausesvc._keys import GLOBAL, Keys, validate_name
 from pausesvc._models import AdapterState, PauseEvent, Snapshot
-from pausesvc._redis import aclose_client, async_client, ensure_initialized, is_cluster
+from pausesvc._redis import (
+    aclose_client,
+    async_client,
+    ensure_initialized,
+    is_cluster,
+    next_message,
+    subscribe_confirmed,
+)
 from pausesvc._scripts import read_script, state_script
 
 __all__ = ["Listener", "PauseWatcher", "WatcherStats"]
@@ -317,10 +324,7 @@ class PauseWatcher:
         self.last_error = f"{type(exc).__name__}: {exc}"
 
     async def _get_message(self, pubsub: Any, timeout: float) -> Any:
-        if self._sharded:
-            msg = await pubsub.get_sharded_message(timeout=timeout)
-        else:
-            msg = await pubsub.get_message(timeout=timeout)
+        msg = await next_message(pubsub, self._sharded, timeout)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # redis-py turns a cancellation that lands as its read times out into "no message"
@@ -329,19 +333,8 @@ class PauseWatcher:
             raise asyncio.CancelledError
         return msg
 
-
     async def _subscribe(self, pubsub: Any) -> None:
-        if self._sharded:
-            await pubsub.ssubscribe(self.keys.events)
-        else:
-            await pubsub.subscribe(self.keys.events)
-        async with asyncio.timeout(5.0):
-            while True:
-                msg = await self._get_message(pubsub, 1.0)
-                if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
-                    return
-                if msg is not None and msg["type"] in ("message", "smessage"):
-                    continue  # published before our snapshot: the snapshot will include it
+        await subscribe_confirmed(pubsub, self.keys.events, self._sharded)
 
     async def _listen(self, pubsub: Any) -> None:
         next_resync = time.monotonic() + self.resync_interval
