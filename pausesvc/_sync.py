@@ -211,7 +211,7 @@ class PauseClient(BaseClient):
             pubsub = self._subscribe(self.keys.events)
             try:
                 snap = self.snapshot()
-                rev, view = snap.revision, dict(snap.paused)
+                rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
                 while True:
                     msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
                     if msg is None:
@@ -226,21 +226,22 @@ class PauseClient(BaseClient):
                             ev = PauseEvent.from_json(msg["data"])
                         except (ValueError, KeyError, TypeError):
                             ev = None
-                    if ev is not None and ev.revision == rev + 1:
-                        rev = ev.revision
+                    if ev is not None and ev.revision == rev + 1 and epoch in (None, ev.epoch):
+                        rev, epoch = ev.revision, ev.epoch
                         if ev.state is None:
                             view.pop(ev.name, None)
                         else:
                             view[ev.name] = ev.state
                         yield ev
-                    elif ev is None or ev.revision > rev + 1 or ev.revision < rev - 1_000_000:
+                    elif ev is None or ev.revision > rev + 1 or ev.epoch != epoch:
+                        # a gap, a reconnect, or another incarnation of the namespace (data loss)
                         snap = self.snapshot()
                         for n in sorted(set(view) | set(snap.paused)):
                             if view.get(n) != snap.paused.get(n):
                                 st = snap.paused.get(n)
                                 yield PauseEvent(snap.revision, snap.epoch, n, "resync",
                                                  st is not None, None, st, snap.server_time)
-                        rev, view = snap.revision, dict(snap.paused)
+                        rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
             finally:
                 pubsub.close()
 

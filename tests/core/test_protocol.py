@@ -408,3 +408,37 @@ def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[
             break
         assert time.monotonic() < deadline, "embedded redis-server outlived its parent"
         time.sleep(0.05)
+
+
+def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Redis,
+                                        namespace: str) -> None:
+    """Revisions restart after Redis loses its data: the iterator resyncs instead of dropping
+    every later event as 'old'."""
+    import threading
+
+    client.pause("a")
+    client.pause("b")
+    got: list[tuple[str, str, bool]] = []
+
+    def consume() -> None:
+        for ev in client.events(timeout=3):
+            got.append((ev.op, ev.name, ev.paused))
+            if any(n == "c" and p for _, n, p in got):
+                return
+
+    t = threading.Thread(target=consume)
+    t.start()
+    channel = client.keys.events
+    deadline = time.monotonic() + 10
+    while raw_redis.pubsub_numsub(channel)[0][1] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+    for key in raw_redis.keys(f"pausesvc:{{{namespace}}}:*"):
+        raw_redis.delete(key)  # the namespace's data is gone: revisions start again at 1
+    with PauseClient(client.url, namespace=namespace) as other:
+        other.pause("c")
+        other.pause("c", holder="h2")
+    t.join(10)
+    assert any(n == "c" and p for _, n, p in got), got  # learned after the loss
+    assert ("resync", "a", False) in got and ("resync", "b", False) in got, got
