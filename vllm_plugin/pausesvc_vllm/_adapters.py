@@ -1,0 +1,225 @@
+"""Which adapter a request may run on, read from every place vLLM 0.32 reads it.
+
+- the body's top-level ``"model"``: a JSON object (any content type), or the ``model`` field of a
+  ``multipart/form-data`` or ``application/x-www-form-urlencoded`` body (``/v1/audio/*``);
+- the SageMaker header ``X-Amzn-SageMaker-Adapter-Identifier``: on ``/invocations`` vLLM writes it
+  into ``body["model"]`` (replacing what was there, ``null`` when the header is absent). The gate
+  does not rely on that precedence: a request with the header may run on the header's adapter OR
+  the body's model, and is held while either is paused (and drained by a pause of either);
+- no model (absent, ``null``, ``""``, or an empty body) is the base model, and so is every name of
+  the base model (:class:`BaseNames`: vLLM's ``--served-model-name`` values and the model path,
+  plus ``base_model_names``): a pause of any of them holds and drains all of them.
+
+A body the gate cannot read a model from (not JSON, a JSON value that is not an object, a
+``model`` that is not a string, a form without a boundary) *could be for any adapter*: it is held
+while anything at all is paused, and every drain waits for it (fail closed). vLLM answers most of
+them 400 anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from pausesvc import GLOBAL, InvalidInputError, validate_name
+
+__all__ = ["SAGEMAKER_ADAPTER_HEADER", "BaseNames", "Target", "body_model"]
+
+#: vLLM 0.32's ``/invocations`` (model_hosting_container_standards ``inject_adapter_id``).
+SAGEMAKER_ADAPTER_HEADER = b"x-amzn-sagemaker-adapter-identifier"
+
+_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
+_FORM_MODEL = re.compile(rb'(?:^|;)\s*name="?model"?\s*(?:;|$)', re.IGNORECASE)
+
+
+def _valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except InvalidInputError:
+        return False
+    return True
+
+
+class BaseNames:
+    """Every name of the base model. They are one name for the gate: a request naming none of
+    them (or no model) is a base-model request, and a pause of any of them pauses all.
+
+    Learned from the vLLM app at start (``app.state.openai_serving_models.base_model_paths``:
+    each served name and the model path; else ``app.state.args``), plus ``configured``
+    (``PAUSESVC_BASE_MODEL_NAMES``, which also works without vLLM).
+    """
+
+    __slots__ = ("canonical", "learned", "names")
+
+    def __init__(self, configured: Iterable[str] = ()) -> None:
+        self.names: frozenset[str] = frozenset()
+        self.canonical = ""
+        self.learned = False
+        self._add(list(configured))
+
+    def _add(self, names: list[str]) -> None:
+        names = [n for n in names if isinstance(n, str) and n and _valid(n)]
+        if names and not self.canonical:
+            self.canonical = names[0]
+        self.names = self.names | frozenset(names)
+
+    def learn(self, app: Any) -> bool:
+        """Read the served names from a vLLM app; True once they are known (then cached)."""
+        if self.learned:
+            return True
+        state = getattr(app, "state", None)
+        found: list[Any] = []
+        models = getattr(state, "openai_serving_models", None) if state is not None else None
+        for path in getattr(models, "base_model_paths", None) or ():
+            found += [getattr(path, "name", None), getattr(path, "model_path", None)]
+        args = getattr(state, "args", None) if state is not None else None
+        if args is not None:
+            served = getattr(args, "served_model_name", None)
+            found += list(served) if isinstance(served, list | tuple) else [served]
+            found.append(getattr(args, "model", None))
+        names = [n for n in found if isinstance(n, str) and n]
+        if not names:
+            return False
+        canonical = self.canonical
+        self.canonical = ""
+        self._add(names)  # the first served name becomes the canonical one
+        if not self.canonical:
+            self.canonical = canonical
+        self.learned = True
+        return True
+
+    def is_base(self, name: str) -> bool:
+        return not name or name in self.names
+
+    def canonical_of(self, name: str) -> str:
+        return self.canonical if self.is_base(name) else name
+
+    def check(self) -> list[str]:
+        """The pause names that hold a base-model request (``*`` is checked by each)."""
+        return sorted(self.names) or [GLOBAL]
+
+
+def body_model(body: bytes, content_type: bytes | None = None) -> str | None:
+    """The model a body names: a name, ``""`` for none (the base model), None when it cannot
+    be told (not JSON, not an object, a non-string model, a malformed form)."""
+    ctype = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if ctype == b"multipart/form-data":
+        return _multipart_model(body, content_type or b"")
+    if ctype == b"application/x-www-form-urlencoded":
+        try:
+            values = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return values.get("model", [""])[0]
+    if not body.strip():
+        return ""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    model = data.get("model")
+    if model is None:
+        return ""
+    return model if isinstance(model, str) else None
+
+
+def _multipart_model(body: bytes, content_type: bytes) -> str | None:
+    m = _BOUNDARY.search(content_type)
+    if m is None:
+        return None
+    delimiter = b"--" + m.group(1)
+    if delimiter not in body:
+        return None
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        for line in head.split(b"\r\n"):
+            name, _, rest = line.partition(b":")
+            if name.strip().lower() == b"content-disposition" and _FORM_MODEL.search(rest):
+                if value.endswith(b"\r\n"):
+                    value = value[:-2]
+                try:
+                    return value.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    return None
+    return ""
+
+
+class Target:
+    """The adapter(s) one request may run on: ``names`` (``""`` is the base model), or None
+    when it cannot be told. Parsed from the body on first use when ``lazy`` (the gate's fast
+    path, when nothing is paused: only a drain or a status asks)."""
+
+    __slots__ = ("_body", "_ctype", "_names", "_parsed", "base", "header")
+
+    def __init__(
+        self,
+        base: BaseNames,
+        *,
+        body: bytes | None = None,
+        content_type: bytes | None = None,
+        header: str | None = None,
+        names: tuple[str, ...] | None = None,
+        lazy: bool = False,
+    ) -> None:
+        self.base = base
+        self.header = header or None
+        self._body = body
+        self._ctype = content_type
+        self._names = names
+        self._parsed = body is None
+        if not lazy and body is not None:
+            self._parse()
+
+    def _parse(self) -> None:
+        body, self._body, self._parsed = self._body, None, True
+        model = body_model(body, self._ctype) if body is not None else ""
+        if model is None:
+            self._names = None
+            return
+        names = [self.header] if self.header else []
+        if model not in names:
+            names.append(model)
+        self._names = tuple(names)
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        if not self._parsed:
+            self._parse()
+        return self._names
+
+    @property
+    def display(self) -> str | None:
+        """The name to count it under: the first name (the base model by its canonical name),
+        None when it cannot be told."""
+        names = self.names
+        return None if names is None else self.base.canonical_of(names[0])
+
+    def matches(self, name: str) -> bool:
+        """Is this request of ``name`` (a paused name: an adapter, a base-model name or ``*``)?"""
+        names = self.names
+        if name == GLOBAL or names is None:
+            return True
+        base = self.base
+        return any(n == name or (base.is_base(n) and base.is_base(name)) for n in names)
+
+    def check(self) -> list[str] | None:
+        """The pause names to check before admitting it; None: anything paused holds it."""
+        names = self.names
+        if names is None:
+            return None
+        out: list[str] = []
+        for n in names:
+            if self.base.is_base(n):
+                out += self.base.check()
+            else:
+                out.append(n if _valid(n) else GLOBAL)
+        return out
