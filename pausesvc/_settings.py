@@ -93,3 +93,17 @@ class Settings(BaseSettings):
     @classmethod
     def _holder(cls, v: str) -> str:
         return validate_holder(v)
+
+    # --- the embedded Redis of `pausesvc serve` (no redis_url; docs/operations.md) ---------------
+    # (kept at the end of the class on purpose: other blocks are edited concurrently)
+    data_dir: str | None = Field(
+        default=None,
+        description="`pausesvc serve` without redis_url: the directory where its embedded Redis "
+        "keeps its append-only file (fsync every second) and a lock (one server per directory). "
+        "Unset: $XDG_DATA_HOME/pausesvc/redis, else ~/.local/share/pausesvc/redis.",
+    )
+    ephemeral: bool = Field(
+        default=False,
+        description="`pausesvc serve` without redis_url: an embedded Redis that keeps nothing "
+        "(a temporary directory, removed when it stops); pauses do not survive a restart.",
+    )

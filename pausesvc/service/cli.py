@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from pausesvc._embedded import DataDirLock, EmbeddedRedis
+    from pausesvc._settings import Settings
 
 for _mod in ("fastapi", "uvicorn", "prometheus_client"):
     if importlib.util.find_spec(_mod) is None:  # pragma: no cover - depends on the install
@@ -63,24 +68,30 @@ def _url_host(host: str) -> str:
 @click.option("--redis-url", "serve_redis_url", default=None,
               help="Redis to use (PAUSESVC_REDIS_URL). Unset: start an embedded redis-server.")
 @click.option("--log-level", default=None, help="debug, info, warning, error (PAUSESVC_LOG_LEVEL).")
-@click.option("--embedded-dir", type=click.Path(file_okay=False), default=None,
-              help="Embedded Redis only: keep its append-only file in this directory so the "
-              "pause state survives a restart (default: nothing is kept).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Embedded Redis only: keep its append-only file here (PAUSESVC_DATA_DIR, "
+              "default $XDG_DATA_HOME/pausesvc/redis or ~/.local/share/pausesvc/redis).")
+@click.option("--embedded-dir", "data_dir_alias", type=click.Path(file_okay=False), default=None,
+              hidden=True, help="Old name of --data-dir.")
+@click.option("--ephemeral/--persistent", default=None,
+              help="Embedded Redis only: keep nothing when it stops (PAUSESVC_EPHEMERAL; "
+              "default: persistent).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_url: str | None,
-          log_level: str | None, embedded_dir: str | None) -> None:
+          log_level: str | None, data_dir: str | None, data_dir_alias: str | None,
+          ephemeral: bool | None) -> None:
     """Run the HTTP control service, the dashboard and /metrics."""
     from pydantic import ValidationError
 
-    from pausesvc._embedded import EmbeddedRedis
-    from pausesvc._exceptions import PauseError
     from pausesvc._redis import redact
     from pausesvc._settings import Settings
 
     base: Settings = ctx.obj.settings if ctx.obj is not None else Settings()
     overrides: dict[str, Any] = {}
+    data_dir = data_dir or data_dir_alias
     for key, value in (("host", host), ("port", port), ("redis_url", serve_redis_url),
-                       ("log_level", log_level)):
+                       ("log_level", log_level), ("data_dir", data_dir),
+                       ("ephemeral", ephemeral)):
         if value is not None:
             overrides[key] = value
     try:
@@ -90,24 +101,24 @@ def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_ur
         _fail(2, f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
     if settings.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         _fail(2, f"invalid log_level: {settings.log_level!r}")
+    if settings.ephemeral and data_dir:
+        _fail(2, "invalid data_dir: --data-dir and --ephemeral exclude each other")
+    if settings.redis_url and (data_dir or ephemeral is not None):
+        _fail(2, "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
+              "(no --redis-url / PAUSESVC_REDIS_URL)")
 
     embedded: EmbeddedRedis | None = None
+    lock: DataDirLock | None = None
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
         _fail(1, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     try:
         if not settings.redis_url:
-            embedded = EmbeddedRedis(appendonly=embedded_dir is not None, dir=embedded_dir)
-            try:
-                embedded.start()
-            except PauseError as exc:
-                _fail(5, str(exc))
+            embedded, lock, kept = _start_embedded(settings)
             settings = settings.model_copy(update={"redis_url": embedded.url})
-            persisted = (f"append-only file in {embedded_dir}" if embedded_dir
-                         else "nothing is kept when it stops")
             click.echo(f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
-                       f"({persisted}). Point replicas and the CLI at it:")
+                       f"({kept}). Point replicas and the CLI at it:")
             click.echo(f"    export PAUSESVC_REDIS_URL={embedded.url}")
             if settings.namespace != "default":
                 click.echo(f"    export PAUSESVC_NAMESPACE={settings.namespace}")
@@ -127,6 +138,58 @@ def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_ur
         sock.close()
         if embedded is not None:
             embedded.cleanup()
+        if lock is not None:
+            lock.release()
+
+
+def _start_embedded(settings: Settings) -> tuple[EmbeddedRedis, DataDirLock | None, str]:
+    """Start the embedded Redis: ephemeral, or AOF in the locked data directory, on the port it
+    had last time when that is free (the URL replicas and the CLI were given stays valid).
+    Returns the server, the lock (None when ephemeral) and a phrase saying what is kept."""
+    from pausesvc._embedded import (
+        DataDirLock,
+        EmbeddedRedis,
+        default_data_dir,
+        free_port,
+        port_is_free,
+    )
+    from pausesvc._exceptions import PauseError
+
+    if settings.ephemeral:
+        embedded = EmbeddedRedis()
+        try:
+            embedded.start()
+        except PauseError as exc:
+            _fail(5, str(exc))
+        return embedded, None, "--ephemeral: nothing is kept when it stops"
+    directory = os.path.abspath(os.path.expanduser(settings.data_dir or default_data_dir()))
+    lock = DataDirLock(directory)
+    try:
+        lock.acquire()
+    except PauseError as exc:
+        _fail(1, str(exc))
+    previous = lock.previous_port()
+    port = previous if previous is not None and port_is_free(previous) else None
+    # appendfsync everysec: Redis write()s the AOF before it answers, so a pause survives any
+    # death of the processes (SIGKILL included); only an OS crash can lose its last second
+    embedded = EmbeddedRedis(port=port, appendonly=True, appendfsync="everysec",
+                             dir=directory, pass_fds=(lock.fileno(),))
+    try:
+        try:
+            embedded.start(timeout=60)  # a long AOF takes a moment to load
+        except PauseError:
+            if port is None or port_is_free(port):
+                raise
+            embedded.port = free_port()  # taken between the check and the start
+            embedded.start(timeout=60)
+    except PauseError as exc:
+        lock.release()
+        _fail(5, f"{exc} (data directory {directory}; --ephemeral starts without it)")
+    lock.record(url=embedded.url, port=embedded.port, redis_pid=embedded.pid)
+    kept = f"its state is kept in {directory}"
+    if previous is not None and previous != embedded.port:
+        kept += f"; port {previous} of the last run is taken, so the URL changed"
+    return embedded, lock, kept
 
 
 def _run(settings: Any, sock: socket.socket) -> None:

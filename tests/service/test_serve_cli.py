@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -28,8 +29,9 @@ def _line(proc: subprocess.Popen[str], pattern: str, timeout: float = 15.0) -> r
     raise AssertionError(f"{pattern!r} not printed; got {seen}")
 
 
-def test_serve_starts_embedded_redis_and_prints_the_urls() -> None:
+def test_serve_starts_embedded_redis_and_prints_the_urls(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")}
+    env["XDG_DATA_HOME"] = str(tmp_path)  # its state goes here, not into the user's own
     proc = subprocess.Popen([sys.executable, "-m", "pausesvc.cli", "serve", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -67,7 +69,8 @@ def test_serve_starts_embedded_redis_and_prints_the_urls() -> None:
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_serve_rejects_bad_flags() -> None:
+def test_serve_rejects_bad_flags(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "pausesvc.cli", "serve", "--port", "99999"],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "XDG_DATA_HOME": str(tmp_path)})
     assert r.returncode == 2 and "port" in r.stderr and "Traceback" not in r.stderr
