@@ -228,8 +228,8 @@ class DataDirLock:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise PauseError(f"cannot use data directory {self.dir}: "
-                             f"{exc.strerror or exc}") from exc
+            raise PauseError(f"cannot use data directory {self.dir}: {exc.strerror or exc} "
+                             "(choose another with --data-dir DIR, or --ephemeral)") from exc
         deadline = time.monotonic() + wait_for_dead_holder
         while True:
             try:
