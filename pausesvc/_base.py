@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,10 +56,20 @@ def validate_ttl(value: object, *, field: str = "ttl") -> int:
     return max(1, round(v * 1000))
 
 
-def validate_token(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError(f"token must be a positive integer, got {value!r}", field="token")
-    return value
+_TOKEN = re.compile(r"[1-9][0-9]{0,18}(-[0-9A-Za-z]{1,64})?")
+
+
+def validate_token(value: object) -> str:
+    """A fencing token as ``pause`` returned it (``"<revision>-<nonce>"``), as a string.
+
+    A bare positive integer is accepted too (holds written before tokens carried a nonce); it
+    never matches a hold that has one."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and _TOKEN.fullmatch(value.strip()):
+        return value.strip()
+    raise InvalidInputError(f"token must be a fencing token as pause returned it "
+                            f"(like '57-3f9a1c2b7d4e'), got {value!r}", field="token")
 
 
 def validate_reason(value: object) -> str:
@@ -96,8 +108,11 @@ def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
     """
     now = int(server_time[0]) + int(server_time[1]) / 1e6
     paused: dict[str, AdapterState] = {}
+    expired = 0
     for name, value in raw.items():
-        state = AdapterState.from_json(value).without_expired(now)
+        full = AdapterState.from_json(value)
+        state = full.without_expired(now)
+        expired += len(full.holders) - (len(state.holders) if state is not None else 0)
         if state is not None:
             paused[_s(name)] = state
     return Snapshot(
@@ -105,11 +120,12 @@ def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
         epoch=_s(epoch) if epoch is not None else None,
         server_time=now,
         paused=paused,
+        expired=expired,
     )
 
 
-def _refuse(status: str, name: str, holder: str, token: int | None, state: AdapterState | None,
-            current: int, not_holder: str) -> None:
+def _refuse(status: str, name: str, holder: str, token: str | None, state: AdapterState | None,
+            current: str, not_holder: str) -> None:
     """Raise what a script's 'not_holder' / 'stale' answer means (nothing was changed)."""
     if status == "not_holder":
         raise NotHolderError(f"{holder!r} {not_holder}",
@@ -117,7 +133,7 @@ def _refuse(status: str, name: str, holder: str, token: int | None, state: Adapt
     if status == "stale":
         raise StaleTokenError(
             f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
-            presented=token or 0, current=current,
+            presented=token or "", current=current,
         )
 
 
@@ -172,44 +188,50 @@ class BaseClient:
         if not isinstance(drain, bool):
             raise InvalidInputError("drain must be a boolean", field="drain")
         return h, [self.publish_command, name, h, validate_reason(reason), str(ttl_ms),
-                   "1" if drain else "0"]
+                   "1" if drain else "0", secrets.token_hex(6)]
 
-    def _resume_args(self, name: str, holder: str | None, token: int | None,
+    def _resume_args(self, name: str, holder: str | None, token: str | int | None,
                      force: bool) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
-        tok = "" if token is None else str(validate_token(token))
+        tok = "" if token is None else validate_token(token)
         if not isinstance(force, bool):
             raise InvalidInputError("force must be a boolean", field="force")
         return h, [self.publish_command, name, h, tok, "1" if force else "0"]
 
     def _renew_args(self, name: str, holder: str | None, ttl: float,
-                    token: int | None) -> tuple[str, list[str]]:
+                    token: str | int | None) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
-        tok = "" if token is None else str(validate_token(token))
+        tok = "" if token is None else validate_token(token)
         return h, [self.publish_command, name, h, str(validate_ttl(ttl)), tok]
 
     # -- results ----------------------------------------------------------------------------------
     @staticmethod
     def _parse_grant(name: str, holder: str, res: Sequence[Any]) -> Grant:
-        status, token, rev, state = _s(res[0]), int(res[1]), int(res[2]), _s(res[3])
+        status, token, rev, state = _s(res[0]), _s(res[1]), int(res[2]), _s(res[3])
         return Grant(name=name, holder=holder, token=token, revision=rev,
-                     created=status == "created", state=AdapterState.from_json(state))
+                     created=status == "created", state=AdapterState.from_json(state),
+                     epoch=_s(res[4]) if len(res) > 4 and res[4] else None)
 
     @staticmethod
-    def _parse_resume(name: str, holder: str, token: int | None, res: Sequence[Any]) -> ResumeResult:
-        status, rev, state_raw, current = _s(res[0]), int(res[1]), _s(res[2]), int(res[3])
+    def _parse_resume(name: str, holder: str, token: str | int | None,
+                      res: Sequence[Any]) -> ResumeResult:
+        token = None if token is None else str(token)
+        status, rev, state_raw, current = _s(res[0]), int(res[1]), _s(res[2]), _s(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
         _refuse(status, name, holder, token, state, current,
                 f"holds no pause of {name!r} (held by: "
                 f"{', '.join(sorted(state.holders)) if state else 'nobody'})")
         return ResumeResult(name=name, holder=holder, released=status.startswith("released"),
-                            paused=state is not None, revision=rev, state=state)
+                            paused=state is not None, revision=rev, state=state,
+                            epoch=_s(res[4]) if len(res) > 4 and res[4] else None)
 
     @staticmethod
-    def _parse_renew(name: str, holder: str, token: int | None, res: Sequence[Any]) -> AdapterState:
-        status, state_raw, current = _s(res[0]), _s(res[2]), int(res[3])
+    def _parse_renew(name: str, holder: str, token: str | int | None,
+                     res: Sequence[Any]) -> AdapterState:
+        token = None if token is None else str(token)
+        status, state_raw, current = _s(res[0]), _s(res[2]), _s(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
         _refuse(status, name, holder, token, state, current,
                 f"holds no live pause of {name!r} (expired or released)")

@@ -51,6 +51,8 @@ async def shared_watcher(url: str, namespace: str = "default", *,
             url, namespace=namespace, resync_interval=s.resync_interval_s,
             health_check_interval=s.health_check_interval_s,
             max_backoff=s.reconnect_max_backoff_s, on_data_loss=s.on_data_loss,
+            sharded={"on": True, "off": False}.get(s.sharded_pubsub),
+            fence_bound=s.fence_bound_s, command_timeout=s.command_timeout_s,
         )
         entry = per_loop[(url, namespace)] = [watcher, 0]
         await watcher.start(wait=False)
@@ -85,7 +87,9 @@ class AsyncPauseClient(BaseClient):
         if redis is None:
             assert url is not None
             redis = async_client(url, health_check_interval=s.health_check_interval_s,
-                                 socket_connect_timeout=5.0)
+                                 socket_connect_timeout=5.0,
+                                 socket_timeout=max(s.command_timeout_s,
+                                                    s.replication_wait_timeout_ms / 1000 + 1))
             self._owns_redis = True
         else:
             self._owns_redis = False
@@ -139,7 +143,8 @@ class AsyncPauseClient(BaseClient):
             else:
                 self._watcher = PauseWatcher(self.redis, namespace=self.namespace,
                                              sharded=self.sharded,
-                                             on_data_loss=self.settings.on_data_loss)
+                                             on_data_loss=self.settings.on_data_loss,
+                                             fence_bound=self.settings.fence_bound_s)
                 self._own_watcher = True
                 await self._watcher.start(wait=False)
         return self._watcher
@@ -176,10 +181,10 @@ class AsyncPauseClient(BaseClient):
 
         async with AckWaiter(self, name) as acks:
             grant = self._parse_grant(name, h, await self._run("pause", args))
-            await acks.wait(grant.token, t if t is not None else self.settings.drain_timeout_s)
+            await acks.wait(grant, t if t is not None else self.settings.drain_timeout_s)
         return grant
 
-    async def resume(self, name: str, *, holder: str | None = None, token: int | None = None,
+    async def resume(self, name: str, *, holder: str | None = None, token: str | int | None = None,
                      force: bool = False) -> ResumeResult:
         """Release ``holder``'s hold (all holds with ``force``).
 
@@ -190,7 +195,7 @@ class AsyncPauseClient(BaseClient):
         return self._parse_resume(name, h, token, await self._run("resume", args))
 
     async def renew(self, name: str, holder: str | None, ttl: float, *,
-                    token: int | None = None) -> AdapterState:
+                    token: str | int | None = None) -> AdapterState:
         """Extend ``holder``'s lease on ``name`` to ``ttl`` seconds from now."""
         h, args = self._renew_args(name, holder, ttl, token)
         return self._parse_renew(name, h, token, await self._run("renew", args))
@@ -307,8 +312,10 @@ class AsyncPauseClient(BaseClient):
                 keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks], args=args
             )
 
-    async def _ack(self, replica_id: str, name: str, revision: int, aborted: list[str]) -> None:
+    async def _ack(self, replica_id: str, name: str, revision: int, aborted: list[str], *,
+                   epoch: str | None = None, tokens: list[str] | None = None) -> None:
         record = json.dumps({"replica": replica_id, "name": name, "rev": revision,
+                             "epoch": epoch, "tokens": tokens,
                              "aborted": aborted, "ts": time.time()})
         with translate_redis_errors():
             await self._ack_script(

@@ -7,6 +7,7 @@
     │   ├── StaleTokenError          a resume/renew presented a token that is not the hold's
     │   └── NotHolderError           the holder holds no pause of that adapter
     ├── RedisUnavailableError        Redis cannot be reached / the connection was lost
+    │   └── RedisPermissionError     Redis refused the command for this user (ACL)
     ├── PauseTimeoutError (also a TimeoutError)
     │   ├── DrainTimeoutError        some live replica processes did not acknowledge a drain
     │   └── ReplicationTimeoutError  the change is written, but fewer Redis replicas than
@@ -32,6 +33,7 @@ __all__ = [
     "NotHolderError",
     "PauseError",
     "PauseTimeoutError",
+    "RedisPermissionError",
     "RedisUnavailableError",
     "ReplicationTimeoutError",
     "StaleTokenError",
@@ -62,7 +64,7 @@ class ConflictError(PauseError):
 class StaleTokenError(ConflictError):
     """A fencing token does not match the holder's current pause."""
 
-    def __init__(self, message: str, *, presented: int, current: int) -> None:
+    def __init__(self, message: str, *, presented: str, current: str) -> None:
         super().__init__(message)
         self.presented = presented
         self.current = current
@@ -80,6 +82,11 @@ class RedisUnavailableError(PauseError):
     """Redis could not be reached, or the connection broke mid-call."""
 
 
+class RedisPermissionError(RedisUnavailableError):
+    """Redis refused the command for this connection's user (ACL ``NOPERM``): a configuration
+    matter, not an outage (a least-privilege replica user cannot pause, for one)."""
+
+
 class PauseTimeoutError(PauseError, TimeoutError):
     """An operation did not complete before its deadline."""
 
@@ -90,7 +97,7 @@ class DrainTimeoutError(PauseTimeoutError):
     The pause itself is in place (and held): only the acknowledgement is missing.
     """
 
-    def __init__(self, message: str, *, token: int, missing: Sequence[str]) -> None:
+    def __init__(self, message: str, *, token: str, missing: Sequence[str]) -> None:
         super().__init__(message)
         self.token = token
         self.missing = list(missing)
@@ -124,7 +131,7 @@ def translate_redis_errors() -> Iterator[None]:
     except rexc.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
         raise RedisUnavailableError(f"Redis authentication failed: {exc}") from exc
     except rexc.NoPermissionError as exc:
-        raise RedisUnavailableError(f"Redis refused the command (ACL): {exc}") from exc
+        raise RedisPermissionError(f"Redis refused the command (ACL): {exc}") from exc
     except rexc.ReadOnlyError as exc:
         raise RedisUnavailableError(f"Redis is read-only (a replica?): {exc}") from exc
     except rexc.ResponseError as exc:

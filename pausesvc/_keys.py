@@ -7,7 +7,7 @@ multi-key script runs on Redis Cluster (one slot per namespace).
     pausesvc:{ns}:epoch       STRING  id of this incarnation of the namespace (set with the first rev)
     pausesvc:{ns}:paused      HASH    adapter name -> JSON state (holders, since, rev)
     pausesvc:{ns}:leases      ZSET    "<name> <holder>" -> lease expiry (ms, Redis clock)
-    pausesvc:{ns}:resumed     HASH    adapter name -> revision of its last resume (tombstone)
+    pausesvc:{ns}:tombstones  ZSET    adapter name -> revision of its last resume (newest 10,000)
     pausesvc:{ns}:events      CHANNEL one JSON event per revision
     pausesvc:{ns}:replicas    ZSET    replica process id -> last heartbeat (ms, Redis clock)
     pausesvc:{ns}:replica:<id> HASH   that process's record (url, pid, version, drains...)
@@ -97,8 +97,8 @@ class Keys:
         return f"{self.tag}:leases"
 
     @property
-    def resumed(self) -> str:
-        return f"{self.tag}:resumed"
+    def tombstones(self) -> str:
+        return f"{self.tag}:tombstones"
 
     @property
     def events(self) -> str:
@@ -117,4 +117,4 @@ class Keys:
 
     def state_keys(self) -> list[str]:
         """KEYS of every state-changing script, in the order the scripts expect."""
-        return [self.paused, self.rev, self.leases, self.events, self.epoch, self.resumed]
+        return [self.paused, self.rev, self.leases, self.events, self.epoch, self.tombstones]

@@ -10,11 +10,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot"]
+__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot",
+           "token_revision"]
 
 
 def _ms(value: Any) -> float:
     return float(value) / 1000.0
+
+
+def token_revision(token: str) -> int:
+    """The revision a fencing token was issued at (tokens are ``"<revision>-<nonce>"``)."""
+    head = token.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _token(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a hold written before tokens carried a nonce
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +35,7 @@ class Hold:
     """One holder's claim on a pause."""
 
     holder: str
-    token: int
+    token: str
     since: float
     reason: str | None = None
     expires_at: float | None = None
@@ -54,9 +67,14 @@ class AdapterState:
         return bool(self.holders)
 
     @property
-    def token(self) -> int:
+    def token(self) -> str:
         """The newest hold's fencing token."""
-        return max(h.token for h in self.holders.values())
+        return max(self.holders.values(), key=lambda h: token_revision(h.token)).token
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        """Every hold's token: what identifies this pause across incarnations."""
+        return frozenset(h.token for h in self.holders.values())
 
     @property
     def expires_at(self) -> float | None:
@@ -79,7 +97,7 @@ class AdapterState:
 
     @property
     def reason(self) -> str | None:
-        for h in sorted(self.holders.values(), key=lambda h: h.token):
+        for h in sorted(self.holders.values(), key=lambda h: token_revision(h.token)):
             if h.reason:
                 return h.reason
         return None
@@ -103,7 +121,7 @@ class AdapterState:
             for holder, h in raw_holders.items():
                 holders[holder] = Hold(
                     holder=holder,
-                    token=int(h["token"]),
+                    token=_token(h["token"]),
                     since=_ms(h["since"]),
                     reason=h.get("reason") or None,
                     expires_at=_ms(h["expires"]) if h.get("expires") is not None else None,
@@ -141,10 +159,11 @@ class Grant:
 
     name: str
     holder: str
-    token: int
+    token: str
     revision: int
     created: bool
     state: AdapterState
+    epoch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +171,7 @@ class Grant:
             "holder": self.holder,
             "token": self.token,
             "revision": self.revision,
+            "epoch": self.epoch,
             "created": self.created,
             "state": self.state.to_dict(),
         }
@@ -167,6 +187,7 @@ class ResumeResult:
     paused: bool
     revision: int
     state: AdapterState | None = None
+    epoch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -175,6 +196,7 @@ class ResumeResult:
             "released": self.released,
             "paused": self.paused,
             "revision": self.revision,
+            "epoch": self.epoch,
             "state": self.state.to_dict() if self.state else None,
         }
 
@@ -187,6 +209,8 @@ class Snapshot:
     epoch: str | None
     server_time: float
     paused: dict[str, AdapterState] = field(default_factory=dict)
+    #: Expired holds still stored (not yet reaped); readers already ignore them.
+    expired: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
+from pausesvc._models import Grant, token_revision
 from pausesvc._redis import (
     ensure_initialized,
     next_message,
@@ -40,18 +41,41 @@ def _pairs(flat: list[Any]) -> list[tuple[Any, float]]:
     return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
-def missing_acks(replicas: list[dict[str, Any]], name: str, token: int) -> list[str]:
-    """Live replica ids that have not acknowledged draining ``name`` at ``token`` or later."""
+def covers(d: object, name: str, key: str, grant: Grant) -> bool:
+    """Does the drain record ``d`` (of ``key``: ``name`` or ``*``) acknowledge ``grant``?
+
+    Its revision must be the hold's (its token's) or later, in the grant's epoch; and because a failover to a
+    lagging replica repeats revisions in the same epoch, it must name the grant's token (a drain
+    of ``name`` itself), or (a drain of ``*``) have been written after the hold was made
+    (Redis clock). Records from before tokens existed carry neither and count by revision."""
+    if not isinstance(d, dict):
+        return False
+    try:
+        rev = int(d.get("rev", 0))
+    except (TypeError, ValueError):
+        return False
+    if rev < token_revision(grant.token):  # the pause has held since then: nothing came in
+        return False
+    epoch = d.get("epoch")
+    if epoch is not None and grant.epoch is not None and epoch != grant.epoch:
+        return False
+    if key == name:
+        tokens = d.get("tokens")
+        return tokens is None or grant.token in tokens
+    hold = grant.state.holders.get(grant.holder)
+    at = d.get("at")
+    return at is None or hold is None or float(at) / 1000.0 >= hold.since
+
+
+def missing_acks(replicas: list[dict[str, Any]], name: str, grant: Grant) -> list[str]:
+    """Live replica ids that have not acknowledged draining ``name`` for ``grant``."""
     out = []
     for rec in replicas:
         if not rec.get("live"):
             continue
         drains = rec.get("drains", {})
-        ok = False
-        for key in (name, "*"):
-            d = drains.get(key)
-            if isinstance(d, dict) and int(d.get("rev", 0)) >= token and (key == name or name != "*"):
-                ok = True
+        ok = covers(drains.get(name), name, name, grant) or (
+            name != "*" and covers(drains.get("*"), name, "*", grant))
         if not ok:
             out.append(str(rec["id"]))
     return sorted(out)
@@ -64,7 +88,15 @@ def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, floa
     out = []
     for (rid, score), raw in zip(members, records, strict=True):
         rec = client._replica_record(raw, score, now_ms, _decode(rid))
-        rec["live"] = (now_ms - score) <= timeout_ms and bool(raw)
+        # a replica that fences later than our timeout assumes (its own fence_bound_s) stays
+        # live until it has surely fenced itself: the barrier never drops an unfenced replica
+        limit = timeout_ms
+        try:
+            fence = float(rec.get("fence_bound_s", 0) or 0)
+        except (TypeError, ValueError):
+            fence = 0.0
+        limit = max(limit, (fence + client.settings.fence_margin_s) * 1000)
+        rec["live"] = (now_ms - score) <= limit and bool(raw)
         if rec["live"] or include_dead:
             out.append(rec)
     return out
@@ -89,7 +121,7 @@ def list_replicas_sync(client: PauseClient, *, include_dead: bool = False) -> li
     return _build(client, members, records, now, include_dead)
 
 
-def _timeout_error(name: str, token: int, missing: list[str], timeout: float) -> DrainTimeoutError:
+def _timeout_error(name: str, token: str, missing: list[str], timeout: float) -> DrainTimeoutError:
     return DrainTimeoutError(
         f"pause of {name!r} (token {token}) is in place, but {len(missing)} live replica "
         f"process(es) did not acknowledge the drain within {timeout:g}s: {', '.join(missing)}",
@@ -126,16 +158,16 @@ class AckWaiter:
         if self._pubsub is not None:
             await self._pubsub.aclose()
 
-    async def wait(self, token: int, timeout: float) -> list[dict[str, Any]]:
+    async def wait(self, grant: Grant, timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             replicas = await list_replicas(self.client)
-            missing = missing_acks(replicas, self.name, token)
+            missing = missing_acks(replicas, self.name, grant)
             if not missing:
                 return replicas
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _timeout_error(self.name, token, missing, timeout)
+                raise _timeout_error(self.name, grant.token, missing, timeout)
             with translate_redis_errors():
                 end = time.monotonic() + min(RECHECK_S, remaining)
                 while time.monotonic() < end:
@@ -149,17 +181,17 @@ class AckWaiter:
                             break
 
 
-def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, token: int,
+def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, grant: Grant,
                       timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         replicas = list_replicas_sync(client)
-        missing = missing_acks(replicas, name, token)
+        missing = missing_acks(replicas, name, grant)
         if not missing:
             return replicas
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _timeout_error(name, token, missing, timeout)
+            raise _timeout_error(name, grant.token, missing, timeout)
         with translate_redis_errors():
             end = time.monotonic() + min(RECHECK_S, remaining)
             while time.monotonic() < end:

@@ -122,19 +122,19 @@ class PauseClient(BaseClient):
             pubsub = self._subscribe(self.keys.acks)
         try:
             grant = self._parse_grant(name, h, self._run("pause", args))
-            wait_drained_sync(self, pubsub, name, grant.token,
+            wait_drained_sync(self, pubsub, name, grant,
                               t if t is not None else self.settings.drain_timeout_s)
         finally:
             pubsub.close()
         return grant
 
-    def resume(self, name: str, *, holder: str | None = None, token: int | None = None,
+    def resume(self, name: str, *, holder: str | None = None, token: str | int | None = None,
                force: bool = False) -> ResumeResult:
         h, args = self._resume_args(name, holder, token, force)
         return self._parse_resume(name, h, token, self._run("resume", args))
 
     def renew(self, name: str, holder: str | None, ttl: float, *,
-              token: int | None = None) -> AdapterState:
+              token: str | int | None = None) -> AdapterState:
         h, args = self._renew_args(name, holder, ttl, token)
         return self._parse_renew(name, h, token, self._run("renew", args))
 

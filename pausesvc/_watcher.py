@@ -6,11 +6,25 @@ that goes backwards triggers a fresh snapshot; a slow periodic resync is the saf
 
 While Redis is unreachable the view is *fail closed*: adapters known to be paused stay paused
 (leases are not expired locally either: a renew may have happened that we cannot see).
+
+Proof of sync: the view PINGs Redis on its subscription every ``health_check_interval / 2``;
+each PONG (and each snapshot read) proves that the view was complete when the PING was sent.
+:attr:`PauseWatcher.proof_age` is the age of the newest proof (monotonic clock). A subscription
+whose PONG is older than ``health_check_interval`` is treated as dead (packets dropped with
+TCP still open) and reconnected; a gate fences itself when the proof is older than its fence
+bound. Lease expiry and server time are computed against the monotonic clock, so a wall-clock
+step moves neither.
+
+Data loss: an adapter the view holds that is absent from a snapshot is released only when the
+``tombstones`` key shows a resume at or after its state's revision (same epoch) or any resume
+in a new epoch; otherwise it is an *orphan* (policy ``hold``), whether or not the revision went
+backwards (a failover to a lagging replica keeps the epoch and catches the revision up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -45,7 +59,13 @@ logger = logging.getLogger("pausesvc.watcher")
 #: every time the view of an adapter is set - including re-confirmations by a resync.
 Listener = Callable[[str, AdapterState | None, PauseEvent | None], None]
 
-_NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavailableError)
+_NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavailableError,
+                   TimeoutError)
+_PUBSUB_TYPES = frozenset({"message", "smessage", "pmessage", "subscribe", "ssubscribe",
+                           "psubscribe", "unsubscribe", "sunsubscribe", "punsubscribe"})
+#: An event at or below the view's revision this long after a resync is not a late duplicate:
+#: the revision went back in the same epoch (a failover to a lagging replica). Resync.
+_BEHIND_GRACE_S = 1.0
 
 
 class WatcherStats:
@@ -81,15 +101,21 @@ class PauseWatcher:
         on_data_loss: Literal["hold", "release"] = "hold",
         sharded: bool | None = None,
         reap_leases: bool = True,
+        fence_bound: float = 3.0,
+        command_timeout: float | None = None,
     ) -> None:
         self.keys = Keys(namespace)
+        self.health_check_interval = health_check_interval
+        self.fence_bound = fence_bound
         if isinstance(redis, str):
             # Our own client, with redis-py's retries off: failures surface here, where the
             # reconnect loop marks the view stale and backs off with jitter.
             self._redis = async_client(
                 redis,
-                health_check_interval=health_check_interval,
+                # no redis-py health checks: the view PINGs its subscription itself, and a
+                # PONG of theirs would be taken for one of ours
                 socket_connect_timeout=2.0,
+                socket_timeout=command_timeout or max(1.0, health_check_interval),
                 socket_keepalive=True,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -110,7 +136,13 @@ class PauseWatcher:
         self._orphaned_at: dict[str, tuple[str | None, int]] = {}
         self._rev = 0
         self._epoch: str | None = None
-        self._clock_offset = 0.0
+        self._gone_epochs: set[str] = set()
+        # server time = time.monotonic() + offset: mid is the best estimate, low never runs
+        # ahead of Redis's clock (TIME was read at or before the reply arrived)
+        self._mono_offset = time.time() - time.monotonic()
+        self._mono_offset_low = self._mono_offset
+        self._proof: float | None = None
+        self._pings: collections.deque[float] = collections.deque()
         self._in_sync = False
         self._ever_synced = asyncio.Event()
         self._out_of_sync_since: float | None = time.monotonic()
@@ -205,7 +237,18 @@ class PauseWatcher:
 
     @property
     def in_sync(self) -> bool:
-        return self._in_sync
+        """In sync with Redis, and proven so within the fence bound."""
+        return self._in_sync and self.proof_age <= self.fence_bound
+
+    @property
+    def proof_age(self) -> float:
+        """Seconds since the newest proof that this view was complete (a PONG or a snapshot
+        read, dated when it was sent); ``inf`` before the first."""
+        return float("inf") if self._proof is None else time.monotonic() - self._proof
+
+    def _prove(self, sent: float) -> None:
+        if self._proof is None or sent > self._proof:
+            self._proof = sent
 
     @property
     def synced_once(self) -> bool:
@@ -223,8 +266,13 @@ class PauseWatcher:
         return None if self._last_sync is None else time.monotonic() - self._last_sync
 
     def server_time(self) -> float:
-        """The Redis server's clock as estimated from the last snapshot."""
-        return time.time() + self._clock_offset
+        """The Redis server's clock as estimated from the last snapshot (monotonic-based)."""
+        return time.monotonic() + self._mono_offset
+
+    def server_time_floor(self) -> float:
+        """A lower bound of the Redis server's clock: what lease expiry is judged against, so
+        an adapter never looks resumed here before Redis's own readers see it resumed."""
+        return time.monotonic() + self._mono_offset_low
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -241,13 +289,23 @@ class PauseWatcher:
             return False
         return True
 
+    def reached(self, revision: int, epoch: str | None = None) -> bool:
+        """Has this view applied ``revision`` of ``epoch`` - or is that write gone (its epoch
+        was lost, or the view is in another one), so that waiting for it is pointless?"""
+        if epoch is not None:
+            if epoch in self._gone_epochs:
+                return True
+            if self._epoch is not None and self._epoch != epoch:
+                return True
+        return self._ever_synced.is_set() and self._rev >= revision
+
     async def wait_revision(self, revision: int, epoch: str | None = None,
                             timeout: float | None = None) -> bool:
         """Wait until this view has applied ``revision`` (read-your-writes for a writer in
-        this process). Returns at once if ``epoch`` differs from the view's (data loss)."""
+        this process). Returns at once if ``epoch`` is not the view's any more (data loss)."""
         try:
             async with asyncio.timeout(timeout):
-                while self._rev < revision and (epoch is None or self._epoch in (None, epoch)):
+                while not self.reached(revision, epoch):
                     if self._rev_event is None:
                         self._rev_event = asyncio.Event()
                     await self._rev_event.wait()
@@ -292,6 +350,7 @@ class PauseWatcher:
             try:
                 await ensure_initialized(self._redis)
                 pubsub = self._redis.pubsub()
+                self._pings.clear()
                 await self._subscribe(pubsub)
                 await self._resync("subscribe")
                 attempt = 0
@@ -336,10 +395,33 @@ class PauseWatcher:
     async def _subscribe(self, pubsub: Any) -> None:
         await subscribe_confirmed(pubsub, self.keys.events, self._sharded)
 
+    async def _ping(self, pubsub: Any) -> None:
+        """PING on the subscription; replies come back in order, so each PONG proves the
+        oldest PING still unanswered (see :meth:`_pong`)."""
+        sent = time.monotonic()
+        self._pings.append(sent)
+        if len(self._pings) > 64:  # a PONG never comes on a dead link: bounded either way
+            self._pings.popleft()
+        await pubsub.ping()
+
+    def _pong(self) -> None:
+        if self._pings:
+            self._prove(self._pings.popleft())
+
     async def _listen(self, pubsub: Any) -> None:
         next_resync = time.monotonic() + self.resync_interval
+        period = self.health_check_interval / 2
+        next_ping = time.monotonic()
         while True:
-            wait = max(0.0, min(1.0, next_resync - time.monotonic()))
+            now = time.monotonic()
+            if self._proof is not None and now - self._proof > self.health_check_interval:
+                # no PONG for a whole interval: the link is dead although TCP may look open
+                raise TimeoutError(f"no PONG from Redis for {now - self._proof:.2f}s "
+                                   f"(health_check_interval {self.health_check_interval:g}s)")
+            if now >= next_ping:
+                await self._ping(pubsub)
+                next_ping = now + period
+            wait = max(0.0, min(period, next_resync - now, next_ping - now))
             msg = await self._get_message(pubsub, wait)
             if msg is None:
                 if time.monotonic() >= next_resync:
@@ -347,6 +429,11 @@ class PauseWatcher:
                     next_resync = time.monotonic() + self.resync_interval
                 continue
             kind = msg["type"]
+            if kind not in _PUBSUB_TYPES:
+                # a PONG: redis-py (decode_responses) hands it over as {'type': 'P', ...} -
+                # the reply string split into fields - or, in some versions, as 'pong'
+                self._pong()
+                continue
             if kind in ("subscribe", "ssubscribe"):
                 # redis-py reconnected and resubscribed by itself: we may have missed anything
                 self.stats.reconnects += 1
@@ -368,7 +455,12 @@ class PauseWatcher:
         if self._epoch is not None and ev.epoch != self._epoch:
             return "epoch-changed"
         if ev.revision <= self._rev:
-            return None if self._epoch is not None else "epoch-unknown"
+            if self._epoch is None:
+                return "epoch-unknown"
+            last = self._last_sync
+            if last is not None and time.monotonic() - last > _BEHIND_GRACE_S:
+                return "revision-behind"
+            return None
         if ev.revision != self._rev + 1:
             self.stats.gaps += 1
             return "gap"
@@ -379,7 +471,7 @@ class PauseWatcher:
         self.stats.event_lag_s = max(0.0, self.server_time() - ev.ts) if ev.ts else 0.0
         state = ev.state
         if state is not None:
-            state = state.without_expired(self.server_time())
+            state = state.without_expired(self.server_time_floor())
         self._set(ev.name, state, ev)
         self._schedule_expiry()
         self._advanced()
@@ -392,52 +484,64 @@ class PauseWatcher:
         return parse_snapshot_reply(res)
 
     async def _tombstones(self, names: list[str]) -> dict[str, int]:
-        """Revision of the last resume of each name that has one (``resumed`` hash)."""
+        """Revision of the last resume of each name that has one (``tombstones`` zset)."""
         if not names:
             return {}
         with translate_redis_errors():
-            values = await self._redis.hmget(self.keys.resumed, names)
+            values = await self._redis.zmscore(self.keys.tombstones, names)
         return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
 
     async def _resync(self, reason: str) -> None:
-        t0 = time.time()
+        t0 = time.monotonic()
         snap = await self.read_snapshot()
-        t1 = time.time()
+        t1 = time.monotonic()
+        self._prove(t0)
         self.stats.resyncs += 1
-        lost = self._epoch is not None and (
-            snap.epoch != self._epoch or snap.revision < self._rev
-        )
+        new_epoch = snap.epoch != self._epoch
+        backwards = self._epoch is not None and (new_epoch or snap.revision < self._rev)
+        # adapters the view holds that Redis no longer knows: released only on proof (a
+        # tombstone at or after the state's revision, or any tombstone in a new epoch)
+        missing = {n: st for n, st in self._paused.items() if n not in snap.paused}
+        orphaned: dict[str, AdapterState] = {}
+        if missing and self._epoch is not None:
+            tombs = await self._tombstones(list(missing))
+            for n, st in missing.items():
+                t = tombs.get(n)
+                if t is not None and ((new_epoch and snap.epoch is not None)
+                                      or t >= st.revision):
+                    continue  # resumed: an event we missed (gap, reconnect) or a re-assertion
+                if st.without_expired(snap.server_time) is None:
+                    continue  # its lease ran out anyway
+                orphaned[n] = st
+        lost = backwards or bool(orphaned)
         if lost:
             self.stats.data_losses += 1
-            missing = {n: s for n, s in self._paused.items() if n not in snap.paused}
+            if new_epoch and self._epoch is not None:
+                self._gone_epochs.add(self._epoch)
             logger.error(
-                "pausesvc: revision went backwards (%s@%s -> %s@%s): Redis lost data; policy=%s, "
-                "%d adapter(s) this process knew paused are gone from Redis: %s",
-                self._epoch, self._rev, snap.epoch, snap.revision, self.on_data_loss,
-                len(missing), ", ".join(sorted(missing)) or "-",
+                "pausesvc: Redis lost data (%s@%s -> %s@%s%s); policy=%s, %d adapter(s) this "
+                "process knew paused are gone from Redis without a resume: %s",
+                self._epoch, self._rev, snap.epoch, snap.revision,
+                "" if backwards else ", same epoch: a failover to a lagging replica?",
+                self.on_data_loss, len(orphaned), ", ".join(sorted(orphaned)) or "-",
                 extra={"event": "data_loss", "namespace": self.keys.namespace},
             )
             if self.on_data_loss == "hold":
-                tombs = await self._tombstones(list(missing))
-                for n, st in missing.items():
-                    t = tombs.get(n)
-                    if t is not None and (snap.epoch != self._epoch or t > st.revision):
-                        logger.warning("pausesvc: %r was resumed again after the data loss "
-                                       "(revision %d): not held", n, t)
-                        continue  # a controller already re-asserted it; we missed the event
+                for n, st in orphaned.items():
                     self._orphans[n] = st
                     self._orphaned_at[n] = (snap.epoch, snap.revision)
-        elif self._orphans:
+        if self._orphans:
             # a re-assertion whose event this process missed (it was disconnected) still left a
             # tombstone in Redis: release the orphans resumed since they were orphaned
-            tombs = await self._tombstones(list(self._orphans))
+            tombs = await self._tombstones([n for n in self._orphans if n not in orphaned])
             for n, t in tombs.items():
                 epoch, at = self._orphaned_at.get(n, (None, 0))
                 if epoch != snap.epoch or t > at:
                     logger.warning("pausesvc: orphaned pause of %r released: resumed at "
                                    "revision %d", n, t)
                     self.release_orphan(n)
-        self._clock_offset = snap.server_time - (t0 + t1) / 2
+        self._mono_offset = snap.server_time - (t0 + t1) / 2
+        self._mono_offset_low = snap.server_time - t1
         self._rev = snap.revision
         self._epoch = snap.epoch
         changed = reason not in ("subscribe", "periodic") or lost
@@ -460,6 +564,10 @@ class PauseWatcher:
         self._last_sync = time.monotonic()
         self._ever_synced.set()
         self._schedule_expiry()
+        if snap.expired and self.reap_leases and (self._reap_task is None
+                                                  or self._reap_task.done()):
+            # expired holds nobody reaped (no watcher was in sync at expiry): reap them now
+            self._reap_task = asyncio.create_task(self._reap())
         self._wake_all()
         self._advanced()
 
@@ -516,18 +624,33 @@ class PauseWatcher:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
-        ends = [s.next_expiry for s in self._paused.values() if s.next_expiry is not None]
+        ends = [s.next_expiry for s in (*self._paused.values(), *self._orphans.values())
+                if s.next_expiry is not None]
         if not ends:
             return
-        delay = max(0.0, min(ends) - self.server_time())
+        delay = max(0.0, min(ends) - self.server_time_floor())
         loop = asyncio.get_running_loop()
         self._expiry_timer = loop.call_later(delay + 0.001, self._expire_local)
 
     def _expire_local(self) -> None:
         self._expiry_timer = None
-        if not self._in_sync:
-            return  # fail closed: a renew we cannot see may have happened; resync re-arms
-        now = self.server_time()
+        if not self.in_sync:
+            # fail closed: a renew we cannot see may have happened; a resync re-arms. Checked
+            # again shortly: the proof may be only a little late
+            if self._in_sync:
+                loop = asyncio.get_running_loop()
+                self._expiry_timer = loop.call_later(0.1, self._expire_local)
+            return
+        now = self.server_time_floor()
+        for name, st in list(self._orphans.items()):
+            # an orphan's lease: nobody can renew a hold Redis lost (renew answers
+            # not_holder), so it ends when it would have ended (decided in docs/semantics.md)
+            left = st.without_expired(now)
+            if left is None:
+                logger.warning("pausesvc: orphaned pause of %r released: its lease ran out", name)
+                self.release_orphan(name)
+            elif left is not st:
+                self._orphans[name] = left
         for name, st in list(self._paused.items()):
             nxt = st.next_expiry
             if nxt is not None and nxt <= now:

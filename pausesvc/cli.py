@@ -162,12 +162,12 @@ def pause(obj: Ctx, name: str, holder: str | None, reason: str | None, ttl: floa
 @cli.command(epilog=EPILOG)
 @click.argument("name")
 @click.option("--holder", default=None, help="Release this holder's hold.")
-@click.option("--token", type=int, default=None, help="Fencing token from `pause`.")
+@click.option("--token", default=None, help="Fencing token from `pause`.")
 @click.option("--force", is_flag=True, help="Release every hold.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def resume(obj: Ctx, name: str, holder: str | None, token: int | None, force: bool,
+def resume(obj: Ctx, name: str, holder: str | None, token: str | None, force: bool,
            as_json: bool) -> None:
     """Release a hold on NAME; NAME resumes when no hold remains."""
     with obj.client() as c:
@@ -184,11 +184,11 @@ def resume(obj: Ctx, name: str, holder: str | None, token: int | None, force: bo
 @click.argument("name")
 @click.option("--ttl", type=float, required=True, help="New lease length in seconds.")
 @click.option("--holder", default=None)
-@click.option("--token", type=int, default=None)
+@click.option("--token", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: int | None,
+def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: str | None,
           as_json: bool) -> None:
     """Extend a hold's lease on NAME to TTL seconds from now."""
     with obj.client() as c:

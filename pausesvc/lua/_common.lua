@@ -5,9 +5,11 @@
 -- KEYS[3] leases  ZSET   "<name> <holder>" -> lease expiry (ms, Redis clock)
 -- KEYS[4] events  CHANNEL
 -- KEYS[5] epoch   STRING id of this incarnation of the namespace
--- KEYS[6] resumed HASH   adapter name -> revision of its last resume (a tombstone: it tells a
---                        watcher that held the adapter across a data loss that a controller
---                        has resumed it since, even if the watcher missed that event)
+-- KEYS[6] tombstones ZSET adapter name -> revision of its last resume (a tombstone: it tells a
+--                        watcher that held the adapter across a data loss or a failover that a
+--                        controller has resumed it since, even if the watcher missed that event).
+--                        Bounded: only the newest MAX_TOMBSTONES names are kept; a pruned
+--                        tombstone can only keep an orphan held longer (the safe direction).
 -- ARGV[1] the publish command: PUBLISH, or SPUBLISH on Redis Cluster
 --
 -- Guarantees (the script runs atomically): every change INCRs the revision exactly once and
@@ -43,6 +45,22 @@ local function save(name, st)
   redis.call('HSET', K_PAUSED, name, cjson.encode(st))
 end
 
+local MAX_TOMBSTONES = 10000
+
+-- Record that `name` was resumed (released by every holder) at revision `rev`.
+local function tombstone(name, rev)
+  redis.call('ZADD', K_RESUMED, rev, name)
+  if redis.call('ZCARD', K_RESUMED) > MAX_TOMBSTONES then
+    redis.call('ZREMRANGEBYRANK', K_RESUMED, 0, -(MAX_TOMBSTONES + 1))
+  end
+end
+
+-- Tokens are compared as strings: "<rev>-<nonce>" (holds made before nonces were added
+-- stored a bare number, which compares equal to its decimal string).
+local function same_token(a, b)
+  return tostring(a) == tostring(b)
+end
+
 local function lease_member(name, holder)
   return name .. ' ' .. holder
 end
@@ -69,7 +87,7 @@ local function reap(name, st)
     local rev = bump()
     if next(st.holders) == nil then
       redis.call('HDEL', K_PAUSED, name)
-      redis.call('HSET', K_RESUMED, name, rev)
+      tombstone(name, rev)
       publish(name, 'expire', h, nil, rev)
       return nil
     end

@@ -1,6 +1,6 @@
 -- resume(name, holder, token, force): release one hold (or, forced, all of them).
 -- ARGV[2] name, ARGV[3] holder, ARGV[4] token ('' for none), ARGV[5] '1' to force
--- Returns {status, revision, state_json, current_token}; status is one of
+-- Returns {status, revision, state_json, current_token, epoch}; status is one of
 --   'released'          the last hold went: the adapter is not paused any more
 --   'released_partial'  this hold went, others keep the adapter paused
 --   'not_paused'        nothing held it (still announced, see below)
@@ -19,33 +19,33 @@ if force == '1' then
     status = 'released'
   end
   local rev = bump()
-  redis.call('HSET', K_RESUMED, name, rev)
+  tombstone(name, rev)
   publish(name, 'force', holder, nil, rev)
-  return {status, rev, '', 0}
+  return {status, rev, '', '', epoch()}
 end
 if not st then
   local rev = bump()
-  redis.call('HSET', K_RESUMED, name, rev)
+  tombstone(name, rev)
   publish(name, 'resume', holder, nil, rev)
-  return {'not_paused', rev, '', 0}
+  return {'not_paused', rev, '', '', epoch()}
 end
 local hold = st.holders[holder]
 if not hold then
-  return {'not_holder', st.rev, cjson.encode(st), 0}
+  return {'not_holder', st.rev, cjson.encode(st), '', epoch()}
 end
-if token ~= '' and tonumber(token) ~= tonumber(hold.token) then
-  return {'stale', st.rev, cjson.encode(st), hold.token}
+if token ~= '' and not same_token(token, hold.token) then
+  return {'stale', st.rev, cjson.encode(st), tostring(hold.token), epoch()}
 end
 st.holders[holder] = nil
 redis.call('ZREM', K_LEASES, lease_member(name, holder))
 local rev = bump()
 if next(st.holders) == nil then
   redis.call('HDEL', K_PAUSED, name)
-  redis.call('HSET', K_RESUMED, name, rev)
+  tombstone(name, rev)
   publish(name, 'resume', holder, nil, rev)
-  return {'released', rev, '', hold.token}
+  return {'released', rev, '', tostring(hold.token), epoch()}
 end
 st.rev = rev
 save(name, st)
 publish(name, 'release', holder, st, rev)
-return {'released_partial', rev, cjson.encode(st), hold.token}
+return {'released_partial', rev, cjson.encode(st), tostring(hold.token), epoch()}

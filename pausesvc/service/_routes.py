@@ -14,9 +14,9 @@ from pausesvc.service._auth import require_read, require_write
 from pausesvc.service._errors import responses
 from pausesvc.service._paths import adapter_name, adapter_name_exact
 from pausesvc.service._schemas import (
-    MAX_TOKEN,
     MAX_WAIT_S,
     NAME_SCHEMA,
+    TOKEN_PATTERN,
     AdapterStateOut,
     AdapterStatusOut,
     GrantOut,
@@ -113,7 +113,7 @@ async def pause(s: Svc, name: ExactName,
     out = grant.to_dict()
     if b.drain:
         s.metrics.drain.observe(time.monotonic() - t0)
-        acked, aborted = await s.drained_replicas(name, grant.token)
+        acked, aborted = await s.drained_replicas(name, grant)
         s.metrics.aborted.inc(len(aborted))
         out["drain"] = {"replicas": acked, "aborted": aborted, "count": len(aborted)}
     logger.info("pause %s", name, extra={
@@ -129,7 +129,7 @@ async def resume(
     s: Svc, name: ExactName,
     holder: Annotated[str | None, Query(min_length=1, max_length=256, json_schema_extra=NAME_SCHEMA,
                                         description="Whose hold (default holder if absent).")] = None,
-    token: Annotated[int | None, Query(gt=0, le=MAX_TOKEN,
+    token: Annotated[str | None, Query(pattern=TOKEN_PATTERN, max_length=84,
                                        description="Fencing token; refused if stale.")] = None,
     force: Annotated[bool, Query(description="Release every hold.")] = False,
 ) -> dict[str, Any]:

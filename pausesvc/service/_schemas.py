@@ -17,8 +17,8 @@ from pausesvc._keys import MAX_NAME_LENGTH, validate_holder, validate_name
 
 #: Longest wait a single long-poll or drain may ask for (seconds).
 MAX_WAIT_S = 3600.0
-#: Fencing tokens are revisions; Lua numbers are doubles, so larger integers cannot match.
-MAX_TOKEN = 2**53
+#: Fencing tokens are "<revision>-<nonce>"; a bare revision (a hold from before nonces) too.
+TOKEN_PATTERN = r"^[1-9][0-9]{0,18}(-[0-9A-Za-z]{1,64})?$"
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -33,15 +33,17 @@ _NAME_SCHEMA = NAME_SCHEMA
 _REASON_SCHEMA: JsonDict = {"pattern": REASON_PATTERN}
 
 
-def _integral(v: object) -> object:
-    """JSON Schema's integer includes ``5.0``; strings and booleans are still refused."""
+def _token_text(v: object) -> object:
+    """A token is a string; a bare integer (a hold from before nonces) is accepted as one."""
     if isinstance(v, float) and v.is_integer():
-        return int(v)
+        v = int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
     return v
 
 
-#: A fencing token: a positive integer; integral JSON numbers such as ``5.0`` are accepted.
-Token = Annotated[int, Field(gt=0, le=MAX_TOKEN), BeforeValidator(_integral)]
+#: A fencing token, opaque: as ``pause`` returned it (``"57-3f9a1c2b7d4e"``).
+Token = Annotated[str, Field(pattern=TOKEN_PATTERN, max_length=84), BeforeValidator(_token_text)]
 
 
 def _holder(v: str | None) -> str | None:
@@ -150,7 +152,7 @@ class SkyRLWaitRequest(BaseModel):
 # -- responses -------------------------------------------------------------------------------------
 class HoldOut(BaseModel):
     holder: str
-    token: int = Field(description="Fencing token of this hold (the revision that created it).")
+    token: str = Field(description="Fencing token of this hold (opaque: '<revision>-<nonce>').")
     since: float = Field(description="Unix time (Redis clock) the hold was taken.")
     reason: str | None = None
     expires_at: float | None = Field(default=None, description="Lease end (unix time) or null.")
@@ -162,7 +164,7 @@ class AdapterStateOut(BaseModel):
     since: float
     revision: int = Field(description="Revision of the last change of this adapter.")
     pause_revision: int = Field(description="Revision that paused it (first hold).")
-    token: int = Field(description="The newest hold's fencing token.")
+    token: str = Field(description="The newest hold's fencing token.")
     reason: str | None = None
     expires_at: float | None = Field(
         default=None, description="When the pause ends by itself (every hold is a lease).")
@@ -193,7 +195,7 @@ class DrainOut(BaseModel):
 class GrantOut(BaseModel):
     name: str
     holder: str
-    token: int = Field(description="Fencing token: present it to resume and renew.")
+    token: str = Field(description="Fencing token: present it to resume and renew (opaque).")
     revision: int
     created: bool = Field(description="False when this holder already held the pause.")
     state: AdapterStateOut
@@ -250,7 +252,7 @@ class SkyRLAbortOut(BaseModel):
     status: Literal["ok"]
     aborted: list[str]
     count: int
-    token: int = Field(description="Fencing token of the `skyrl` hold (extension).")
+    token: str = Field(description="Fencing token of the `skyrl` hold (extension).")
 
 
 class SkyRLResumeOut(BaseModel):
@@ -279,9 +281,9 @@ class ErrorOut(BaseModel):
     field: str | None = Field(default=None, description="The offending input, when one is.")
     errors: list[ErrorItem] | None = Field(default=None, description="Every validation issue.")
     holders: list[str] | None = Field(default=None, description="not_holder: who holds it.")
-    presented: int | None = Field(default=None, description="stale_token: the token sent.")
-    current: int | None = Field(default=None, description="stale_token: the hold's token.")
-    token: int | None = Field(default=None, description="drain_timeout: the pause's token "
+    presented: str | None = Field(default=None, description="stale_token: the token sent.")
+    current: str | None = Field(default=None, description="stale_token: the hold's token.")
+    token: str | None = Field(default=None, description="drain_timeout: the pause's token "
                               "(the pause IS in place).")
     missing: list[str] | None = Field(default=None,
                                       description="drain_timeout: replicas that did not ack.")

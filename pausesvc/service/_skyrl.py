@@ -66,7 +66,7 @@ async def abort_lora_requests(body: SkyRLAbortRequest, s: Svc) -> dict[str, Any]
     s.metrics.drain.observe(time.monotonic() - t0)
     aborted: list[str] = []
     if grant.created:  # an existing hold: nothing new was aborted (the gates held new requests)
-        _, aborted = await s.drained_replicas(body.lora_name, grant.token)
+        _, aborted = await s.drained_replicas(body.lora_name, grant)
     s.metrics.aborted.inc(len(aborted))
     logger.info("skyrl abort %s", body.lora_name, extra={
         "event": "api_pause", "adapter": body.lora_name, "holder": holder, "token": grant.token,

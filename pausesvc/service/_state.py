@@ -12,8 +12,8 @@ from starlette.requests import Request
 
 from pausesvc._client import AsyncPauseClient
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
-from pausesvc._models import AdapterState, PauseEvent
-from pausesvc._registry import missing_acks
+from pausesvc._models import AdapterState, Grant, PauseEvent
+from pausesvc._registry import covers, missing_acks
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
 from pausesvc.service._metrics import Metrics
@@ -24,8 +24,8 @@ logger = logging.getLogger("pausesvc.service")
 
 
 def collect_aborted(replicas: list[dict[str, Any]], name: str,
-                    token: int) -> tuple[list[str], list[str]]:
-    """(replica ids that acknowledged, request ids they aborted) for the pause at ``token``.
+                    grant: Grant) -> tuple[list[str], list[str]]:
+    """(replica ids that acknowledged, request ids they aborted) for the pause ``grant``.
 
     Reads the drain acknowledgements the replicas stored in their records (``drain:<name>``,
     see ``lua/ack.lua``): ``{"replica", "name", "rev", "aborted": [ids], "ts"}``.
@@ -34,13 +34,7 @@ def collect_aborted(replicas: list[dict[str, Any]], name: str,
     aborted: list[str] = []
     for rec in replicas:
         d = rec.get("drains", {}).get(name)
-        if not isinstance(d, dict):
-            continue
-        try:
-            rev = int(d.get("rev", 0))
-        except (TypeError, ValueError):
-            continue
-        if rev < token:
+        if not isinstance(d, dict) or not covers(d, name, name, grant):
             continue
         acked.append(str(rec.get("id")))
         ids = d.get("aborted") or []
@@ -156,10 +150,10 @@ class ServiceState:
                 t.cancel()
             await asyncio.gather(waiter, gone, closing, return_exceptions=True)
 
-    async def drained_replicas(self, name: str, token: int) -> tuple[list[str], list[str]]:
+    async def drained_replicas(self, name: str, grant: Grant) -> tuple[list[str], list[str]]:
         replicas = await self.c.replicas()
-        still = missing_acks(replicas, name, token)
+        still = missing_acks(replicas, name, grant)
         if still:  # raced with a replica that just registered: report what we have
             logger.info("drain of %s: replicas registered after the barrier: %s", name, still,
                         extra={"event": "drain_late_replicas", "adapter": name})
-        return collect_aborted(replicas, name, token)
+        return collect_aborted(replicas, name, grant)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,18 +31,19 @@ def test_pause_status_resume(env: dict[str, str]) -> None:
     p = run(["pause", "lora-a", "--holder", "trainer", "--reason", "weight sync", "--ttl", "60"],
             env=env)
     assert p.returncode == 0, p.stderr
-    token = int(p.stdout.strip())
+    token = p.stdout.strip()
+    assert re.fullmatch(r"[0-9]+-[0-9a-f]+", token), token  # opaque: '<revision>-<nonce>'
     s = run(["status"], env=env)
     assert "lora-a" in s.stdout and "trainer" in s.stdout and "weight sync" in s.stdout
     s = run(["status", "lora-a", "--json"], env=env)
     data = json.loads(s.stdout)
     assert data["paused"] and data["state"]["holders"]["trainer"]["token"] == token
-    stale = run(["resume", "lora-a", "--holder", "trainer", "--token", str(token + 100)], env=env)
+    stale = run(["resume", "lora-a", "--holder", "trainer", "--token", f"{token.split('-')[0]}-000000000000"], env=env)
     assert stale.returncode == 4 and "stale" in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1 and "Traceback" not in stale.stderr
     notholder = run(["resume", "lora-a", "--holder", "other"], env=env)
     assert notholder.returncode == 4 and "holds no pause" in notholder.stderr
-    r = run(["resume", "lora-a", "--holder", "trainer", "--token", str(token), "--json"], env=env)
+    r = run(["resume", "lora-a", "--holder", "trainer", "--token", token, "--json"], env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["released"] is True
     assert "not paused" in run(["status", "lora-a"], env=env).stdout
 

@@ -39,7 +39,7 @@ def test_protocol_doc_names_every_key_and_script() -> None:
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
     k = Keys("default")
-    for key in (k.rev, k.epoch, k.paused, k.leases, k.resumed, k.events, k.replicas, k.acks):
+    for key in (k.rev, k.epoch, k.paused, k.leases, k.tombstones, k.events, k.replicas, k.acks):
         assert key.replace("{default}", "{ns}") in doc, key
     for script in (*STATE_SCRIPTS, *REGISTRY_SCRIPTS):
         assert f"{script}.lua" in doc

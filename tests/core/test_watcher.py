@@ -157,9 +157,10 @@ async def test_gap_in_revisions_triggers_resync(redis_url: str, namespace: str,
             AsyncPauseClient(redis_url, namespace=namespace) as c:
         await c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
-        # simulate a lost message: change the state behind the channel's back
+        # simulate a lost message: resume behind the channel's back (state and tombstone)
         raw_redis.hdel(f"pausesvc:{{{namespace}}}:paused", "a")
-        raw_redis.incr(f"pausesvc:{{{namespace}}}:rev")
+        rev = raw_redis.incr(f"pausesvc:{{{namespace}}}:rev")
+        raw_redis.zadd(f"pausesvc:{{{namespace}}}:tombstones", {"a": rev})
         await c.pause("b")  # its event skips a revision
         await _eventually(lambda: w.is_paused("b") and not w.is_paused("a"))
         assert w.stats.gaps >= 1

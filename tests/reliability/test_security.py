@@ -139,7 +139,7 @@ async def test_tls_rediss_with_ca_certs(workdir: Path, ns: str, make_fleet: Call
                 await c.resume("a", token=g.token)
                 assert (await held).status_code == 200
         with PauseClient(url, namespace=ns) as sc:
-            assert sc.snapshot().revision == g.token + 1
+            assert sc.snapshot().revision == g.revision + 1
         # without the CA the server's certificate is refused
         bad = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required"
         with pytest.raises(RedisUnavailableError), PauseClient(bad, namespace=ns) as sc:

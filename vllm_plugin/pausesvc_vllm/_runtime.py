@@ -20,6 +20,19 @@ fixed sleep):
 
 A request counts as in flight from the instant the gate admits it (synchronously, right after
 the check that A is not paused) until the app has returned from it.
+
+Self-fencing: the process holds a lease on its own liveness. When its newest proven round trip
+to Redis - a heartbeat, or the view's PING/snapshot, each dated when it was SENT, on the
+monotonic clock - is older than ``fence_bound_s``, the runtime is *fenced*: it behaves as if
+``*`` were paused (every gated request is parked, every in-flight request is aborted, and the
+gate forwards no more response messages of admitted requests). The drain barrier drops a silent
+replica only after ``replica_timeout_s >= fence_bound_s + fence_margin_s`` (Redis clock, from
+the same heartbeat), so a replica it drops has fenced itself first. A process resumed from
+SIGSTOP finds its proofs old and is fenced before it forwards anything.
+
+Drain bookkeeping is keyed by the pause's identity ``(epoch, revision, hold tokens)``: a Redis
+that lost its data, or a failover to a lagging replica, repeats revisions but not tokens, so a
+new pause is never mistaken for one already drained.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from typing import Any
 from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Settings
 from pausesvc import shared_watcher as _shared_watcher
 from pausesvc._client import release_watcher
+from pausesvc_vllm._adapters import Target
 from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
 
@@ -48,6 +62,8 @@ logger = logging.getLogger("pausesvc_vllm")
 #: While draining, re-read the engine's requests this often (a request admitted just before the
 #: pause may reach the engine after the first abort pass).
 DRAIN_RECHECK_S = 0.02
+#: How often the fence monitor looks at the proofs' age (at most; a tenth of the bound below).
+FENCE_CHECK_S = 0.1
 ACK_RETRY_MAX_S = 1.0
 #: Acknowledgements written concurrently by one process (bounds its Redis connections).
 ACK_CONCURRENCY = 4
@@ -58,40 +74,28 @@ CLOSE_TIMEOUT_S = 5.0
 class Admission:
     """One request the gate let through.
 
-    ``adapter`` is the body's model ('' when none, None for a body that is not a JSON object:
-    no engine request comes of it). When nothing was paused at admission the gate did not parse
-    the body: ``body`` is kept (the app holds it for the request anyway) and parsed the first
-    time a drain or a status asks (:meth:`resolve`), off the request path.
+    ``target`` says which adapter(s) it may run on (:class:`~pausesvc_vllm._adapters.Target`:
+    the body's model, the SageMaker adapter header, the base model under any of its names, or
+    "cannot tell" - then every drain counts it). When nothing was paused at admission the gate
+    did not parse the body: the target parses it the first time a drain or a status asks, off
+    the request path.
     """
 
-    __slots__ = ("_adapter", "base", "body", "since")
+    __slots__ = ("base", "since", "target")
 
-    def __init__(self, adapter: str | None, base: str, body: bytes | None = None) -> None:
-        self._adapter = adapter
+    def __init__(self, target: Target, base: str) -> None:
+        self.target = target
         self.base = base
-        self.body = body
         self.since = time.monotonic()
 
     @property
     def adapter(self) -> str | None:
-        body = self.body
-        if body is not None:
-            self.body = None
-            self._adapter = adapter_of(body)
-        return self._adapter
+        """The name it counts under (the base model by its canonical name); None: unknown."""
+        return self.target.display
 
-
-def adapter_of(body: bytes) -> str | None:
-    """The body's top-level ``"model"`` ('' when absent or not a string); None when the body
-    is not a JSON object."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    model = data.get("model")
-    return model if isinstance(model, str) else ""
+    def matches(self, name: str) -> bool:
+        """Must a drain of ``name`` wait for (and abort) this request?"""
+        return self.target.matches(name)
 
 
 def _version() -> str:
@@ -120,18 +124,25 @@ class GateRuntime:
         self.client: AsyncPauseClient | None = None
         self._admitted: set[Admission] = set()
         self._changed: asyncio.Event | None = None
-        self._wanted: dict[str, int] = {}
+        # pause identities (epoch, revision, tokens) wanted / drained per adapter
+        self._wanted: dict[str, _PauseKey] = {}
+        self._wanted_state: dict[str, AdapterState] = {}
         self._ack_wanted: dict[str, bool] = {}
-        self._drained: dict[str, int] = {}
+        self._drained: dict[str, _PauseKey] = {}
         self._ack_slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._epoch: str | None = None
+        # self-fencing: the send time (monotonic) of the newest heartbeat that succeeded
+        self._hb_proof: float | None = None
+        self._was_fenced = True
+        self._unfenced: asyncio.Event | None = None
+        self._fence_drain: asyncio.Task[None] | None = None
         # held requests: per name, the futures to resolve when it may go on, and ONE task per
         # name waiting for that (not one per request: 10,000 held requests wake in one pass)
         self._held: dict[str, set[asyncio.Future[None]]] = {}
         self._releasers: dict[str, asyncio.Task[None]] = {}
-        self._results: dict[str, tuple[int, list[str]]] = {}
-        self._drain_waiters: dict[str, list[tuple[int, asyncio.Future[list[str]]]]] = {}
+        self._results: dict[str, tuple[_PauseKey, int, list[str]]] = {}
+        self._drain_waiters: dict[str, list[tuple[_Want, asyncio.Future[list[str]]]]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -178,7 +189,9 @@ class GateRuntime:
             # watcher synced it already): drain it now
             for name in watcher.paused_names():
                 self._on_change(name, watcher.state(name), None)
+            self._unfenced = asyncio.Event()
             self._heartbeat = self._spawn(self._heartbeat_loop(), "pausesvc-gate-heartbeat")
+            self._spawn(self._fence_monitor(), "pausesvc-gate-fence")
             logger.info("pausesvc gate started: replica %s, namespace %r",
                         self.replica_id, self.settings.namespace)
 
@@ -222,14 +235,36 @@ class GateRuntime:
 
     # -- admission -------------------------------------------------------------------------------
     def admissible(self, name: str) -> bool:
-        """May a request for ``name`` go on right now? (Not before the first sync.)"""
+        """May a request for ``name`` go on right now? (Not before the first sync, not while
+        fenced.)"""
         w = self.watcher
-        return w is not None and w.synced_once and not w.is_paused(name)
+        return w is not None and w.synced_once and not self.fenced and not w.is_paused(name)
 
-    def admit(self, adapter: str | None, base: str, body: bytes | None = None) -> Admission:
-        """Record an admitted request. Call with no ``await`` after the ``admissible`` check.
-        ``body`` instead of ``adapter``: the adapter is parsed from it when first needed."""
-        adm = Admission(adapter, base, body)
+    @property
+    def fenced(self) -> bool:
+        """Can this process NOT prove, within ``fence_bound_s``, that it is in sync and that
+        the registry sees it alive? Then it serves nothing (as if ``*`` were paused)."""
+        w, hb = self.watcher, self._hb_proof
+        if w is None or hb is None or w._proof is None:
+            return True
+        oldest = min(hb, w._proof)
+        return time.monotonic() - oldest > self.settings.fence_bound_s or not w._in_sync
+
+    def may_forward(self) -> bool:
+        """May a response message of an admitted request go out now? (Not while fenced: a
+        replica the barrier may have dropped must not emit tokens.)"""
+        return not self.fenced
+
+    def fence_age(self) -> float:
+        """Age of the older of the two proofs (heartbeat, view), in seconds."""
+        w, hb = self.watcher, self._hb_proof
+        if w is None or hb is None or w._proof is None:
+            return float("inf")
+        return time.monotonic() - min(hb, w._proof)
+
+    def admit(self, target: Target, base: str) -> Admission:
+        """Record an admitted request. Call with no ``await`` after the ``admissible`` check."""
+        adm = Admission(target, base)
         self._admitted.add(adm)
         return adm
 
@@ -282,6 +317,11 @@ class GateRuntime:
                 await watcher.wait_unpaused(name)
                 if self.admissible(name):
                     break
+                if self.fenced:
+                    assert self._unfenced is not None
+                    await self._unfenced.wait()
+                else:  # not yet synced, or a change between the wake-up and now
+                    await asyncio.sleep(DRAIN_RECHECK_S)
             group = self._held.pop(name, ())
             for fut in group:
                 if not fut.done():
@@ -291,67 +331,67 @@ class GateRuntime:
                 del self._releasers[name]
 
     def in_flight(self, name: str) -> list[Admission]:
-        admitted = list(self._admitted)
-        if name == GLOBAL:
-            return [a for a in admitted if a.adapter is not None]
-        return [a for a in admitted if a.adapter == name]
+        return [a for a in list(self._admitted) if a.matches(name)]
 
     # -- drains ------------------------------------------------------------------------------------
     def _on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
-        """Watcher listener (sync, on the loop): a pause of ``name`` was learned or confirmed."""
+        """Watcher listener (sync, on the loop): a pause of ``name`` was learned or confirmed.
+
+        Every pause identity not drained yet is drained: a re-confirmation (same epoch,
+        revision and tokens) is not; a new incarnation's revision 1 is, whatever was drained
+        at revision 1 of the last one."""
         if self._closed:
             return
-        epoch = self.watcher.epoch if self.watcher is not None else None
+        epoch = ev.epoch if ev is not None and ev.epoch is not None else (
+            self.watcher.epoch if self.watcher is not None else None)
         if epoch != self._epoch:
-            if self._epoch is not None and epoch is not None:
-                self._forget_revisions()  # Redis lost its data: revisions start again at 1
+            if self._epoch is not None:
+                logger.warning("pausesvc gate: the pause state's epoch changed (%s -> %s): "
+                               "Redis lost its data; every pause is drained afresh",
+                               self._epoch, epoch)
             self._epoch = epoch
         if state is None:
             return
-        rev = state.revision
-        if rev <= self._drained.get(name, 0) or rev <= self._wanted.get(name, 0):
+        key = _PauseKey(epoch, state.revision, state.tokens)
+        if key == self._drained.get(name) or key == self._wanted.get(name):
             return
-        self._wanted[name] = rev
+        self._wanted[name] = key
+        self._wanted_state[name] = state
         self._ack_wanted[name] = state.drain_requested
         if name not in self._drains:
             self._drains[name] = self._spawn(self._drain(name), f"pausesvc-drain-{name}")
 
-    def _forget_revisions(self) -> None:
-        """Revisions of another Redis incarnation mean nothing now: drop what was drained and
-        stop the drains under way (the new incarnation's pauses start their own)."""
-        logger.warning("pausesvc gate: the pause state's epoch changed (Redis lost its data); "
-                       "forgetting %d drained revision(s)", len(self._drained))
-        for task in self._drains.values():
-            task.cancel()
-        self._drains.clear()
-        self._drained.clear()
-        self._results.clear()
-        self._wanted.clear()
-        self._ack_wanted.clear()
-
     async def _drain(self, name: str) -> None:
         try:
             while True:
-                rev, ack = self._wanted[name], self._ack_wanted.get(name, False)
+                key, ack = self._wanted[name], self._ack_wanted.get(name, False)
+                state = self._wanted_state[name]
+                rev = key.revision
                 t0 = time.monotonic()
                 aborted = await self._drain_once(name)
                 if aborted is None:
                     logger.info("pausesvc gate: %r resumed before it was drained", name)
                     self._wanted.pop(name, None)
                     return
+                prev = self._results.get(name)
+                if prev is not None and prev[0].same_pause(key, state.pause_revision, prev[1]):
+                    # the same pause drained again (a holder asked again, concurrent SkyRL
+                    # aborts): report everything aborted for it, not only this pass
+                    aborted = [*prev[2], *(a for a in aborted if a not in prev[2])]
                 elapsed = time.monotonic() - t0
-                if ack and not await self._ack(name, rev, aborted):
+                if ack and not await self._ack(name, key, aborted):
                     self._wanted.pop(name, None)
                     return
                 self.stats.record_drain(elapsed)
                 logger.info("pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
                             name, rev, elapsed, len(aborted), ", acknowledged" if ack else "",
                             extra={"event": "drained", "adapter": name, "revision": rev})
-                self._drained[name] = rev
-                self._results[name] = (rev, aborted)
+                self._drained[name] = key
+                self._results[name] = (key, state.pause_revision, aborted)
                 self._resolve(name)
-                if self._wanted.get(name, 0) <= rev:
+                if self._wanted.get(name) == key:
                     self._wanted.pop(name, None)
+                    self._wanted_state.pop(name, None)
                     self._ack_wanted.pop(name, None)
                     return
         except asyncio.CancelledError:
@@ -399,7 +439,7 @@ class GateRuntime:
                 async with asyncio.timeout(DRAIN_RECHECK_S):
                     await self._changed.wait()
 
-    async def _ack(self, name: str, rev: int, aborted: list[str]) -> bool:
+    async def _ack(self, name: str, key: _PauseKey, aborted: list[str]) -> bool:
         """Write the acknowledgement; retry while Redis is away. False: no longer wanted."""
         assert self.client is not None and self.watcher is not None
         assert self._ack_slots is not None
@@ -407,7 +447,8 @@ class GateRuntime:
         while True:
             try:
                 async with self._ack_slots:
-                    await self.client._ack(self.replica_id, name, rev, aborted)
+                    await self.client._ack(self.replica_id, name, key.revision, aborted,
+                                           epoch=key.epoch, tokens=sorted(key.tokens))
                 return True
             except Exception as exc:
                 self.stats.ack_errors += 1
@@ -419,12 +460,12 @@ class GateRuntime:
                 return False
 
     def _resolve(self, name: str) -> None:
-        rev, aborted = self._results[name]
+        key, _, aborted = self._results[name]
         keep = []
         for want, fut in self._drain_waiters.get(name, []):
             if fut.done():
                 continue
-            if rev >= want:
+            if key.covers(want):
                 fut.set_result(list(aborted))
             else:
                 keep.append((want, fut))
@@ -433,14 +474,17 @@ class GateRuntime:
         else:
             self._drain_waiters.pop(name, None)
 
-    async def wait_drained(self, name: str, revision: int, timeout: float) -> list[str]:
-        """Wait until this process acknowledged draining ``name`` at ``revision`` or later;
-        return what that drain aborted. Raises TimeoutError."""
+    async def wait_drained(self, name: str, revision: int, timeout: float, *,
+                           token: str | None = None, epoch: str | None = None) -> list[str]:
+        """Wait until this process drained ``name`` for the pause at ``revision`` (of
+        ``epoch``, holding ``token``) or later; return what it aborted for that pause.
+        Raises TimeoutError."""
+        want = _Want(revision, token, epoch)
         res = self._results.get(name)
-        if res is not None and res[0] >= revision:
-            return list(res[1])
+        if res is not None and res[0].covers(want):
+            return list(res[2])
         fut: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._drain_waiters.setdefault(name, []).append((revision, fut))
+        self._drain_waiters.setdefault(name, []).append((want, fut))
         try:
             async with asyncio.timeout(timeout):
                 return await fut
@@ -449,7 +493,8 @@ class GateRuntime:
                 fut.cancel()
 
     def drain_results(self) -> dict[str, dict[str, Any]]:
-        return {n: {"revision": r, "aborted": a} for n, (r, a) in sorted(self._results.items())}
+        return {n: {"revision": k.revision, "epoch": k.epoch, "aborted": a}
+                for n, (k, _, a) in sorted(self._results.items())}
 
     # -- registry ------------------------------------------------------------------------------------
     def fields(self) -> dict[str, str]:
@@ -458,6 +503,7 @@ class GateRuntime:
             "held_by_adapter": dict(+self.stats.held),
             "in_flight_by_adapter": dict(+self.stats.in_flight),
             "in_sync": bool(w and w.in_sync),
+            "fenced": self.fenced,
             "view_revision": w.revision if w else 0,
             "namespace": self.settings.namespace,
         }
@@ -465,6 +511,7 @@ class GateRuntime:
             "url": self.url or "-",
             "pid": str(os.getpid()),
             "version": self._version,
+            "fence_bound_s": f"{self.settings.fence_bound_s:g}",
             "host": socket.gethostname(),
             "held": str(sum(self.stats.held.values())),
             "in_flight": str(sum(self.stats.in_flight.values())),
@@ -475,9 +522,14 @@ class GateRuntime:
     async def _heartbeat_loop(self) -> None:
         assert self.client is not None
         failing = False
+        bound = self.settings.fence_bound_s
         while True:
+            sent = time.monotonic()
             try:
-                await self.client._heartbeat(self.replica_id, self.fields())
+                async with asyncio.timeout(bound):
+                    await self.client._heartbeat(self.replica_id, self.fields())
+                if self._hb_proof is None or sent > self._hb_proof:
+                    self._hb_proof = sent
                 if failing:
                     logger.info("pausesvc gate: heartbeats reach Redis again")
                 failing = False
@@ -500,6 +552,8 @@ class GateRuntime:
             "started": w is not None,
             "synced_once": bool(w and w.synced_once),
             "in_sync": bool(w and w.in_sync),
+            "fenced": self.fenced,
+            "fence_age_s": None if self.fence_age() == float("inf") else self.fence_age(),
             "staleness_s": w.staleness if w else None,
             "revision": w.revision if w else 0,
             "paused": w.paused_names() if w else [],
@@ -509,3 +563,98 @@ class GateRuntime:
             "stats": self.stats.to_dict(),
         }
 
+
+
+    # -- self-fencing --------------------------------------------------------------------------------
+    async def _fence_monitor(self) -> None:
+        """Turn the fence on and off: on, abort everything in flight (as a drain of ``*``
+        would); off, wake the parked requests."""
+        assert self._unfenced is not None
+        period = min(FENCE_CHECK_S, self.settings.fence_bound_s / 10)
+        while True:
+            fenced = self.fenced
+            if fenced and not self._was_fenced:
+                self.stats.fences += 1
+                logger.warning(
+                    "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
+                    "%gs): serving nothing, aborting %d in-flight request(s)",
+                    self.fence_age(), self.settings.fence_bound_s, len(self._admitted),
+                    extra={"event": "fenced", "replica": self.replica_id})
+                self._unfenced.clear()
+            elif not fenced and self._was_fenced:
+                if self.watcher is not None and self.watcher.synced_once:
+                    logger.info("pausesvc gate: in sync with Redis again; fence lifted")
+                self._unfenced.set()
+            self._was_fenced = fenced
+            if fenced and self._admitted and (self._fence_drain is None
+                                              or self._fence_drain.done()):
+                self._fence_drain = self._spawn(self._abort_while_fenced(),
+                                                "pausesvc-fence-drain")
+            await asyncio.sleep(period)
+
+    async def _abort_while_fenced(self) -> None:
+        """Abort every engine request this process admitted until nothing is in flight or
+        the fence is lifted."""
+        assert self._changed is not None
+        seen: set[str] = set()
+        while self.fenced and self._admitted:
+            engine = engine_client(self.app)
+            if engine is not None:
+                bases = {a.base for a in self._admitted}
+                found = [r for r in find_requests(engine, None, bases, everything=True)
+                         if r.internal_id not in seen]
+                if found:
+                    try:
+                        await abort_internal(engine, [r.internal_id for r in found])
+                    except Exception:
+                        logger.exception("pausesvc gate: aborting %d request(s) while fenced "
+                                         "failed", len(found))
+                    else:
+                        seen.update(r.internal_id for r in found)
+                        self.stats.aborts += len(found)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_RECHECK_S * 5):
+                    await self._changed.wait()
+
+
+class _Want:
+    """What a drain waiter waits for: the pause at ``revision`` (of ``epoch``, holding
+    ``token``) or a later change of it."""
+
+    __slots__ = ("epoch", "revision", "token")
+
+    def __init__(self, revision: int, token: str | None, epoch: str | None) -> None:
+        self.revision = revision
+        self.token = token
+        self.epoch = epoch
+
+
+class _PauseKey:
+    """The identity of one pause state: ``(epoch, revision, hold tokens)``."""
+
+    __slots__ = ("epoch", "revision", "tokens")
+
+    def __init__(self, epoch: str | None, revision: int, tokens: frozenset[str]) -> None:
+        self.epoch = epoch
+        self.revision = revision
+        self.tokens = tokens
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _PauseKey) and other.revision == self.revision
+                and other.epoch == self.epoch and other.tokens == self.tokens)
+
+    def __hash__(self) -> int:
+        return hash((self.epoch, self.revision, self.tokens))
+
+    def covers(self, want: _Want) -> bool:
+        if want.epoch is not None and self.epoch is not None and want.epoch != self.epoch:
+            return False
+        if want.token is not None and want.token not in self.tokens:
+            return False
+        return self.revision >= want.revision
+
+    def same_pause(self, other: _PauseKey, pause_revision: int, prev_pause_revision: int) -> bool:
+        """Is ``other`` a later state of the same pause (same epoch, same first hold)?"""
+        return (other.epoch == self.epoch and pause_revision == prev_pause_revision
+                and bool(other.tokens & self.tokens))

@@ -14,6 +14,9 @@ class GateStats:
 
     def __init__(self) -> None:
         self.held: Counter[str] = Counter()  # gauge: requests held right now, per adapter
+        self.held_bytes: Counter[str] = Counter()  # gauge: body bytes held right now, per adapter
+        self.held_now = 0  # gauge: requests held right now, in this process
+        self.held_bytes_now = 0  # gauge: body bytes held right now, in this process
         #: gauge source: admitted and not finished, per adapter (computed when read: the
         #: gate learns a request's adapter only when something asks, see GateRuntime.admit)
         self.in_flight_source: Callable[[], Counter[str]] = Counter
@@ -22,6 +25,8 @@ class GateStats:
         self.rejections = 0  # answered 503 (policy reject or hold deadline)
         self.hold_timeouts = 0
         self.dropped = 0  # clients that left while held (never reached the engine)
+        self.over_capacity = 0  # answered 503 hold_capacity: the hold caps were reached
+        self.unauthenticated = 0  # paused, but without vLLM's API key: passed on to its 401
         self.too_large = 0
         self.body_timeouts = 0
         self.aborts = 0  # engine requests aborted by drains
@@ -30,6 +35,8 @@ class GateStats:
         self.last_drain_s: float | None = None
         self.ack_errors = 0
         self.heartbeat_errors = 0
+        self.fences = 0  # times this process fenced itself (no proven round trip to Redis)
+        self.fenced_cuts = 0  # admitted responses cut because the process was fenced
 
     @property
     def in_flight(self) -> Counter[str]:
@@ -43,13 +50,19 @@ class GateStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "held": dict(+self.held),
-            "held_total": sum(self.held.values()),
+            "held_total": self.held_now,
+            "held_bytes": dict(+self.held_bytes),
+            "held_bytes_total": self.held_bytes_now,
             "in_flight": dict(+self.in_flight),
             "holds": self.holds,
             "released": self.released,
             "rejections": self.rejections,
             "hold_timeouts": self.hold_timeouts,
             "dropped": self.dropped,
+            "over_capacity": self.over_capacity,
+            "fences": self.fences,
+            "fenced_cuts": self.fenced_cuts,
+            "unauthenticated": self.unauthenticated,
             "too_large": self.too_large,
             "body_timeouts": self.body_timeouts,
             "aborts": self.aborts,
@@ -64,9 +77,11 @@ class GateStats:
 _COUNTERS = {
     "holds": "Requests that were held because their adapter was paused",
     "released": "Held requests that proceeded after a resume",
-    "rejections": "Requests answered 503 adapter_paused",
+    "rejections": "Requests answered 503 (adapter_paused or hold_capacity)",
     "hold_timeouts": "Held requests that reached the hold deadline",
     "dropped": "Clients that disconnected while held",
+    "over_capacity": "Requests answered 503 hold_capacity (hold caps reached)",
+    "unauthenticated": "Requests for a paused adapter passed on to vLLM without its API key",
     "too_large": "Requests refused with 413",
     "body_timeouts": "Requests whose body did not arrive in time",
     "aborts": "Engine requests aborted by drains",
@@ -98,6 +113,7 @@ def render_prometheus(stats: GateStats, labels: dict[str, str],
                 yield c
             for name, doc, data in (
                 ("held", "Requests held right now", stats.held),
+                ("held_bytes", "Body bytes of the requests held right now", stats.held_bytes),
                 ("in_flight", "Admitted requests not finished yet", stats.in_flight),
             ):
                 g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter"])
