@@ -38,7 +38,8 @@ def test_pause_status_resume(env: dict[str, str]) -> None:
     s = run(["status", "lora-a", "--json"], env=env)
     data = json.loads(s.stdout)
     assert data["paused"] and data["state"]["holders"]["trainer"]["token"] == token
-    stale = run(["resume", "lora-a", "--holder", "trainer", "--token", f"{token.split('-')[0]}-000000000000"], env=env)
+    forged = f"{token.split('-')[0]}-000000000000"  # same revision, another incarnation
+    stale = run(["resume", "lora-a", "--holder", "trainer", "--token", forged], env=env)
     assert stale.returncode == 4 and "stale" in stale.stderr
     assert len(stale.stderr.strip().splitlines()) == 1 and "Traceback" not in stale.stderr
     notholder = run(["resume", "lora-a", "--holder", "other"], env=env)
