@@ -407,3 +407,110 @@ async def _prompt_tokens(http: httpx.AsyncClient, url: str) -> float:
     text = (await http.get(url + "/metrics")).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:prompt_tokens_total"))
+
+
+# -- 6. every route that can generate is gated (issue 14.2) ------------------------------------
+#: Routes of vLLM 0.32 that generate or embed with an adapter named by the request: each must be
+#: gated (those this server does not serve - pooling, audio - are simply absent).
+GENERATING = {("POST", p) for p in (
+    "/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages",
+    "/v1/chat/completions/batch", "/inference/v1/generate", "/invocations", "/v1/embeddings",
+    "/v2/embed", "/v1/score", "/v1/rerank", "/v2/rerank", "/classify", "/pooling",
+    "/v1/audio/transcriptions", "/v1/audio/translations", "/generative_scoring")} | {
+    ("WEBSOCKET", "/v1/realtime")}
+
+
+def _concrete(template: str) -> str:
+    return "/".join("x" if s.startswith("{") else s for s in template.split("/"))
+
+
+async def test_every_route_is_gated_or_on_the_allow_list(fleet: Fleet, pc: AsyncPauseClient,
+                                                         http: httpx.AsyncClient) -> None:
+    from pausesvc_vllm._routes import GatedPaths
+
+    from pausesvc import Settings
+
+    url = fleet.urls[0]
+    r = await http.get(url + "/pausesvc/routes")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    routes = data["routes"]
+    allow = GatedPaths(Settings().gate_ungated_paths)
+    assert {"tiny", str(fleet.tiny / "model")} <= set(data["base_model_names"])
+    assert data["base_model"] == "tiny"
+    assert ("POST", "/v1/completions") in {(x["method"], x["path"]) for x in routes}
+    unsafe = [x for x in routes if x["method"] not in ("GET", "HEAD", "OPTIONS")]
+    for x in unsafe:  # neither gated nor deliberately allow-listed: a route we never reviewed
+        assert x["gated"] or not allow.template_gated(x["method"], x["path"]), x
+    for x in routes:
+        if (x["method"], x["path"]) in GENERATING:
+            assert x["gated"], x
+    served = {(x["method"], x["path"]) for x in routes}
+    assert {("POST", "/v1/messages"), ("POST", "/invocations")} <= served
+    print("gated:", sorted(f"{x['method']} {x['path']}" for x in routes if x["gated"]))
+
+    # and the gate really holds every gated POST route while `*` is paused
+    gated = sorted({_concrete(x["path"]) for x in unsafe if x["gated"] and x["method"] == "POST"})
+    before = await status(http, url)
+    await pc.pause("*")
+    await until(lambda: _paused_on(http, url, "*"))
+    tasks = [asyncio.create_task(http.post(url + p, json={})) for p in gated]
+    try:
+        await until(lambda: _eq(_held_total(http, url), len(gated)), timeout=30)
+        assert not any(t.done() for t in tasks)
+    finally:
+        for t in tasks:
+            t.cancel()  # the clients leave: dropped while held, vLLM never sees them
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await until(lambda: _eq(_held_total(http, url), 0))
+        await pc.resume("*")
+    after = await status(http, url)
+    assert after["stats"]["dropped"] - before["stats"]["dropped"] == len(gated)
+
+
+async def _held_total(http: httpx.AsyncClient, url: str) -> int:
+    return sum(int(v) for v in (await status(http, url))["stats"]["held"].values())
+
+
+async def test_messages_and_sagemaker_header_are_held_while_the_adapter_is_paused(
+        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    url = fleet.urls[0]
+    messages = {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    grant = await pc.pause("lora-a")
+    await until(lambda: _paused_on(http, url, "lora-a"))
+    msg = asyncio.create_task(http.post(url + "/v1/messages", json={"model": "lora-a", **messages}))
+    inv = asyncio.create_task(http.post(
+        url + "/invocations", json={"prompt": PROMPT, "max_tokens": 8},
+        headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-a"}))
+    await until(lambda: _eq(held(http, url, "lora-a"), 2))
+    # another adapter is served on both paths meanwhile
+    r = await http.post(url + "/v1/messages", json={"model": "lora-b", **messages})
+    assert r.status_code == 200, r.text
+    r = await http.post(url + "/invocations", json={"prompt": PROMPT, "max_tokens": 8},
+                        headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-b"})
+    assert r.status_code == 200, r.text
+    assert not msg.done() and not inv.done()
+    await pc.resume("lora-a", token=grant.token)
+    for res in await asyncio.wait_for(asyncio.gather(msg, inv), 120):
+        assert res.status_code == 200, res.text
+
+
+async def test_base_model_paused_by_served_name_holds_and_drains_requests_without_model(
+        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    url = fleet.urls[1]
+    s = Stream(http, url, None)  # type: ignore[arg-type]  # "model": null is the base model
+    await asyncio.wait_for(s.first.wait(), 60)
+    grant = await pc.pause("tiny", drain=True, timeout=60)
+    await asyncio.wait_for(s.task, 10)
+    assert s.status == 200 and s.finish == "abort" and 0 < len(s.tokens) < 480
+    held_task = asyncio.create_task(http.post(
+        url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 8}))
+    by_path = asyncio.create_task(http.post(
+        url + "/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8}))
+    await until(lambda: _eq(held(http, url, "tiny"), 2))
+    b = await complete(http, url, "lora-b")
+    assert b["choices"][0]["finish_reason"] == "length"
+    assert not held_task.done() and not by_path.done()
+    await pc.resume("tiny", token=grant.token)
+    for res in await asyncio.wait_for(asyncio.gather(held_task, by_path), 60):
+        assert res.status_code == 200, res.text

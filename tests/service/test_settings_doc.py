@@ -32,7 +32,6 @@ EXTRA = {
     "heartbeat_interval_s": "Replica processes heartbeat into the registry this often.",
     "drain_timeout_s": "Default deadline of a drained pause (POST /v1/pauses/{name} with "
                        "drain, /skyrl/v1/abort_lora_requests); 504 drain_timeout after it.",
-    "gate_extra_paths": "More generation paths to gate, added to gate_paths (JSON list).",
     "gate_policy": "Gate: hold paused requests until resume, or reject them with 503 at once.",
     "gate_hold_timeout_s": "Gate: longest hold; then 503 adapter_paused.",
     "gate_retry_after_s": "Gate: Retry-After on its 503s.",
