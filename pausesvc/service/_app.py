@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pausesvc._settings import Settings
 from pausesvc.service import _events, _routes, _skyrl
 from pausesvc.service._errors import install_error_handlers
+from pausesvc.service._guard import GuardMiddleware
 from pausesvc.service._metrics import RequestMetrics, WatcherCollector
 from pausesvc.service._paths import AdapterPathMiddleware
 from pausesvc.service._state import ServiceState
@@ -27,7 +28,10 @@ Adapter names go in the path percent-encoded as one segment (`org/lora` -> `org%
 is the global pause. Every error is a JSON `Error` with a machine-readable `error` code and,
 for bad input, the offending `field`. With `PAUSESVC_API_TOKEN` set, mutating calls need
 `Authorization: Bearer <token>` (401 without, 403 wrong); reads too with
-`PAUSESVC_AUTH_READS=true`.
+`PAUSESVC_AUTH_READS=true`. Mutating calls with a body need `Content-Type: application/json`
+(415); cross-site browser requests (`Origin`, `Sec-Fetch-Site`) are refused (403), and so is a
+foreign `Host` on a loopback-bound service (400). Concurrent event streams and long-polls are
+capped (503 with `Retry-After`).
 """
 
 
@@ -86,6 +90,8 @@ def create_app(settings: Settings | None = None, *, heartbeat_s: float = 15.0,
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(AdapterPathMiddleware)
+    # outermost: Host allow-list, cross-site and content-type checks, stream caps (one place)
+    app.add_middleware(GuardMiddleware, settings=s, metrics=state.metrics)
     app.include_router(_routes.router)
     app.include_router(_events.router)
     app.include_router(_skyrl.router)

@@ -4,6 +4,7 @@
     400 invalid_input       the same, on the SkyRL endpoints (SkyRL's own status code)
     401 unauthorized        no / malformed ``Authorization: Bearer`` header
     403 forbidden           wrong token
+    403 redis_forbidden     Redis refused the command for the service's user (ACL)
     404 not_found / 405 method_not_allowed
     409 not_holder, stale_token
     503 redis_unavailable   Redis cannot be reached (``Retry-After: 1``)
@@ -30,6 +31,7 @@ from pausesvc._exceptions import (
     NotHolderError,
     PauseError,
     PauseTimeoutError,
+    RedisPermissionError,
     RedisUnavailableError,
     StaleTokenError,
 )
@@ -45,7 +47,8 @@ _FIELDS = {"ttl": "ttl_s", "timeout": "timeout_s"}
 _DESCRIPTIONS = {
     400: "Invalid input (SkyRL endpoints): the body names the field.",
     401: "Authorization: Bearer <token> is required (PAUSESVC_API_TOKEN is set).",
-    403: "The bearer token is wrong.",
+    403: "The bearer token is wrong (forbidden), a cross-site browser request (cross_site), "
+         "or Redis refused the service's user (redis_forbidden).",
     404: "No such route.",
     405: "Method not allowed on this sub-resource (e.g. DELETE .../wait).",
     409: "Refused: not_holder (this holder holds no pause of it) or stale_token.",
@@ -114,6 +117,8 @@ def pause_error_response(exc: PauseError) -> tuple[int, dict[str, Any], dict[str
                      "missing": exc.missing}, None
     if isinstance(exc, PauseTimeoutError):
         return 504, {"detail": str(exc), "error": "timeout"}, None
+    if isinstance(exc, RedisPermissionError):  # configuration, not an outage: no retry helps
+        return 403, {"detail": str(exc), "error": "redis_forbidden"}, None
     if isinstance(exc, RedisUnavailableError):
         return 503, {"detail": str(exc), "error": "redis_unavailable"}, {"Retry-After": "1"}
     logger.error("pausesvc service: %s", exc, exc_info=exc, extra={"event": "error"})

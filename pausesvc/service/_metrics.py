@@ -88,6 +88,10 @@ class Metrics:
         self.sse_clients = Counter("pausesvc_sse_connections", "Event-stream connections.",
                                    registry=r)
         self.sse_open = Gauge("pausesvc_sse_open", "Open event streams.", registry=r)
+        self.long_polls_open = Gauge("pausesvc_long_polls_open", "Open long-polls.", registry=r)
+        self.refused = Counter("pausesvc_http_refused", "Requests refused before any route "
+                               "(foreign Host, cross-site, not JSON, too many streams).",
+                               ["reason"], registry=r)
 
 
 class RequestMetrics:

@@ -17,8 +17,8 @@ def test_exported_members() -> None:
         "GLOBAL", "AdapterState", "AsyncPauseClient", "ConflictError", "DataLossError",
         "DrainTimeoutError", "EmbeddedRedis", "Grant", "Hold", "InvalidInputError",
         "InvalidNameError", "Keys", "NotHolderError", "PauseClient", "PauseError", "PauseEvent",
-        "PauseTimeoutError", "PauseWatcher", "RedisUnavailableError", "ReplicationTimeoutError",
-        "ResumeResult",
+        "PauseTimeoutError", "PauseWatcher", "RedisPermissionError", "RedisUnavailableError",
+        "ReplicationTimeoutError", "ResumeResult",
         "Settings", "Snapshot", "StaleTokenError", "shared_watcher", "validate_name",
     }
     for name in exported:
@@ -42,6 +42,12 @@ def test_every_redis_exception_is_translated(exc_type: type[BaseException]) -> N
     with pytest.raises(PauseError) as ei, translate_redis_errors():
         raise exc
     assert ei.value.__cause__ is exc
+
+
+def test_acl_refusal_is_a_permission_error() -> None:
+    with pytest.raises(pausesvc.RedisPermissionError) as ei, translate_redis_errors():
+        raise rexc.NoPermissionError("NOPERM this user has no permissions to run 'evalsha'")
+    assert isinstance(ei.value, RedisUnavailableError)  # what callers caught before
 
 
 def test_os_errors_are_unavailable() -> None:

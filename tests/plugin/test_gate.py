@@ -43,10 +43,9 @@ def test_constructed_with_app_only_from_environment(monkeypatch: pytest.MonkeyPa
                                                      redis_url: str) -> None:
     monkeypatch.setenv("PAUSESVC_REDIS_URL", redis_url)
     monkeypatch.setenv("PAUSESVC_NAMESPACE", "envns")
-    monkeypatch.setenv("PAUSESVC_GATE_EXTRA_UNGATED_PATHS", '["/v2/status"]')
+    monkeypatch.setenv("PAUSESVC_GATE_EXTRA_PATHS", '["/v2/generate"]')
     mw = PauseGateMiddleware(EchoApp())
     assert mw.settings.namespace == "envns"
-    assert not mw.matches(http_scope("/v2/status/"))
     assert mw.matches(http_scope("/v2/generate/"))
 
 
@@ -59,9 +58,8 @@ def test_missing_redis_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(("path", "gated"), [
     ("/v1/completions", True), ("/v1/completions/", True), ("//v1//completions", True),
     ("/v1/chat/completions", True), ("/v1/responses", True), ("/inference/v1/generate", True),
-    ("/v1/completionsX", True), ("/v1/embeddings", True), ("/v1/messages", True),
-    ("/invocations", True), ("/v9/next-release", True), ("/v1/models", False),
-    ("/health", False), ("/v1/load_lora_adapter", False), ("/tokenize", False),
+    ("/v1/completionsX", False), ("/v1/models", False), ("/health", False),
+    ("/v1/embeddings", False), ("/v1/load_lora_adapter", False),
 ])
 def test_path_matching(settings: Settings, path: str, gated: bool) -> None:
     assert PauseGateMiddleware(EchoApp(), settings=settings).matches(http_scope(path)) is gated
@@ -260,31 +258,19 @@ async def test_slow_body_gets_408(gate_factory: Any) -> None:
     assert send.status == 408 and app.calls == []
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b'"str"',
-                                  b'{"model": 7}'])
-async def test_unreadable_bodies_are_held_while_anything_is_paused(
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b"", b'"str"'])
+async def test_unparseable_bodies_pass_through_even_when_paused(
         gate_factory: Any, client: AsyncPauseClient, body: bytes) -> None:
-    """A body the gate cannot read a model from could be for any adapter (fail closed)."""
     app = EchoApp()
     mw = await gate_factory(app)
-    send = Recorder()  # nothing paused: vLLM answers it (400, in real life)
+    await seen(mw, await client.pause("*"))
+    send = Recorder()
     await asyncio.wait_for(mw(http_scope(), Receiver(body_message(body)), send), 5)
     assert send.status == 200 and app.calls[0]["body"] == body
-    grant = await client.pause("lora-z")  # any adapter at all
-    await seen(mw, grant)
-    send = Recorder()
-    task = asyncio.create_task(mw(http_scope(), Receiver(body_message(body)), send))
-    await asyncio.sleep(0.3)
-    assert not task.done() and len(app.calls) == 1
-    await client.resume("lora-z")
-    await asyncio.wait_for(task, 5)
-    assert send.status == 200 and len(app.calls) == 2
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("POST", "/tokenize"),
-                                              ("GET", "/v1/completions"), ("POST", "/ping"),
-                                              ("POST", "/v1/load_lora_adapter"),
-                                              ("DELETE", "/adapters/lora-a")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("POST", "/v1/embeddings"),
+                                              ("GET", "/v1/completions"), ("POST", "/health")])
 async def test_other_paths_pass_through_untouched(gate_factory: Any, client: AsyncPauseClient,
                                                   method: str, path: str) -> None:
     calls: list[tuple[Any, Any, Any]] = []
@@ -473,11 +459,17 @@ async def test_replica_that_starts_while_paused_acks_and_holds(
 
 # -- SkyRL endpoints and the gate's own paths ------------------------------------------------------
 async def call(mw: PauseGateMiddleware, path: str, body: bytes | None,
-               method: str = "POST", app: Any = None) -> Recorder:
+               method: str = "POST", app: Any = None,
+               headers: list[tuple[bytes, bytes]] | None = None) -> Recorder:
     send = Recorder()
     receive = Receiver(body_message(body or b""))
-    await asyncio.wait_for(mw(http_scope(path, method, app=app), receive, send), 10)
+    await asyncio.wait_for(mw(http_scope(path, method, headers=headers, app=app), receive, send),
+                           10)
     return send
+
+
+#: what an authenticated SkyRL trainer sends to a gate configured with a credential
+AUTH = [(b"content-type", b"application/json"), (b"authorization", b"Bearer s3cret")]
 
 
 @pytest.mark.parametrize(("path", "body", "field"), [
@@ -511,7 +503,7 @@ async def test_skyrl_wrong_method_is_405(gate_factory: Any) -> None:
 async def test_skyrl_abort_resume_wait(gate_factory: Any, client: AsyncPauseClient) -> None:
     engine = FakeEngine()
     app = EngineApp(engine)
-    mw = await gate_factory(app)
+    mw = await gate_factory(app, replica_control_token="s3cret")
     await asyncio.sleep(0.3)
     running = await _start(mw, app, "lora-a")
     await asyncio.sleep(0.1)
@@ -519,13 +511,14 @@ async def test_skyrl_abort_resume_wait(gate_factory: Any, client: AsyncPauseClie
     send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "lora-a"}')
     assert send.json() == {"paused": False}
     send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                      app=app.app)
+                      app=app.app, headers=AUTH)
     assert send.status == 200
     assert send.json() == {"status": "ok", "aborted": engine.aborted, "count": 1}
     assert running.done()
     state = await client.get("lora-a")  # paused in Redis, for the whole fleet
     assert state is not None and "skyrl" in state.holders
-    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}')
+    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
+                       headers=AUTH)
     assert again.status == 200  # idempotent
     t0 = time.monotonic()
     send = await call(mw, "/skyrl/v1/wait_lora_unpaused",
@@ -534,12 +527,14 @@ async def test_skyrl_abort_resume_wait(gate_factory: Any, client: AsyncPauseClie
     waiter = asyncio.create_task(call(mw, "/skyrl/v1/wait_lora_unpaused",
                                       b'{"lora_name": "lora-a", "timeout_s": 30}'))
     await asyncio.sleep(0.1)
-    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}')
+    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}',
+                      headers=AUTH)
     assert send.json() == {"status": "ok", "paused": False}
     assert (await asyncio.wait_for(waiter, 5)).json() == {"paused": False}
     assert await client.get("lora-a") is None
     # idempotent: resuming what is not paused is still ok
-    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}')
+    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}',
+                      headers=AUTH)
     assert send.status == 200 and send.json()["status"] == "ok"
 
 

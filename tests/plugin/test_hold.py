@@ -13,7 +13,8 @@ from tests.plugin.test_gate import req, seen
 async def test_many_held_requests_wake_together(gate_factory: Any,
                                                 client: AsyncPauseClient) -> None:
     app = EchoApp()
-    mw = await gate_factory(app)
+    # above the default per-adapter cap (256): an operator who expects this many raises it
+    mw = await gate_factory(app, gate_max_held_requests_per_adapter=500)
     grant = await client.pause("lora-a")
     await seen(mw, grant)
     sends = [Recorder() for _ in range(500)]

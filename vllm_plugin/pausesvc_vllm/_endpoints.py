@@ -1,13 +1,17 @@
 """Paths the gate answers itself: SkyRL's compatibility endpoints and the gate's own status.
 
     POST /skyrl/v1/abort_lora_requests  {"lora_name"}            pause fleet-wide (holder
-         "skyrl"), wait until THIS process drained it -> {"status", "aborted", "count"}
+         "skyrl", or "skyrl-anon" with no credential configured), wait until THIS process
+         drained it -> {"status", "aborted", "count"}
     POST /skyrl/v1/resume_lora_requests {"lora_name"}            release that hold -> {"status"}
     POST /skyrl/v1/wait_lora_unpaused   {"lora_name", "timeout_s"} long-poll -> {"paused"}
     GET  /pausesvc/status                                       this process's view, as JSON
     GET  /pausesvc/metrics                                      Prometheus text (optional dep)
 
-Bad input is a 400 with a JSON body naming the field; Redis being unreachable is a 503.
+The two mutating endpoints need the gate's credential when one is configured (401/403, see
+``_guard``), can be switched off (404), and refuse cross-site calls (403); every SkyRL endpoint
+needs ``Content-Type: application/json`` (415). Bad input is a 400 with a JSON body naming the
+field; Redis being unreachable is a 503, Redis refusing this replica's user (ACL) a 403.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pausesvc import (
     InvalidInputError,
     NotHolderError,
     PauseError,
+    RedisPermissionError,
     RedisUnavailableError,
     validate_name,
 )
@@ -39,20 +44,29 @@ from pausesvc_vllm._asgi import (
     read_body,
     send_json,
 )
+from pausesvc_vllm._guard import (
+    ANON_HOLDER,
+    AUTH_HOLDER,
+    authorize,
+    control_token,
+    cross_site,
+    is_json,
+)
 from pausesvc_vllm._runtime import GateRuntime
 from pausesvc_vllm._stats import render_prometheus
 
-__all__ = ["OWN_PREFIXES", "SKYRL_HOLDER", "handle_own"]
+__all__ = ["ANON_HOLDER", "OWN_PREFIXES", "SKYRL_HOLDER", "handle_own"]
 
 logger = logging.getLogger("pausesvc_vllm")
 
 OWN_PREFIXES = ("/skyrl/v1/", "/pausesvc/")
-SKYRL_HOLDER = "skyrl"
+SKYRL_HOLDER = AUTH_HOLDER
 DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 24 * 3600.0
 MAX_SKYRL_BODY = 64 * 1024
 
-Handler = Callable[[GateRuntime, dict[str, Any], Receive], Awaitable[tuple[int, dict[str, Any]]]]
+Handler = Callable[[GateRuntime, dict[str, Any], Receive, str],
+                   Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class _BadRequest(Exception):
@@ -72,12 +86,15 @@ def _lora_name(data: dict[str, Any]) -> str:
         raise _BadRequest("lora_name", str(exc)) from None
 
 
-async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive,
+                 holder: str) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     assert rt.client is not None
     # a hold that asks for a drain (every process aborts AND acknowledges it), but we wait for
     # THIS process's drain only, as SkyRL's endpoint answers for its own replica
-    grant = await _pause_requesting_drain(rt.client, name, "skyrl abort_lora_requests")
+    reason = "skyrl abort_lora_requests" + (
+        f" (unauthenticated, via {rt.replica_id})" if holder == ANON_HOLDER else "")
+    grant = await _pause_requesting_drain(rt.client, name, holder, reason)
     try:
         aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s)
     except TimeoutError:
@@ -88,18 +105,21 @@ async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tup
     return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
 
 
-async def _pause_requesting_drain(client: AsyncPauseClient, name: str, reason: str) -> Grant:
+async def _pause_requesting_drain(client: AsyncPauseClient, name: str, holder: str,
+                                  reason: str) -> Grant:
     """``client.pause(name, drain=True)`` without its wait for the whole fleet's acks: the hold
     records the drain request (so every process acknowledges), the caller waits as it likes."""
-    holder, args = client._pause_args(name, SKYRL_HOLDER, reason, None, drain=True)
+    holder, args = client._pause_args(name, holder, reason, None, drain=True)
     return client._parse_grant(name, holder, await client._run("pause", args))
 
 
-async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive,
+                  holder: str) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     assert rt.client is not None and rt.watcher is not None
     try:
-        res = await rt.client.resume(name, holder=SKYRL_HOLDER)
+        # only this source's hold: an anonymous caller can never release "skyrl"'s
+        res = await rt.client.resume(name, holder=holder)
     except NotHolderError:  # paused by others only: SkyRL's hold is already gone
         return 200, {"status": "ok", "paused": True}
     # read-your-writes: a request sent to this replica right after us must not be held
@@ -107,7 +127,8 @@ async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tu
     return 200, {"status": "ok", "paused": res.paused}
 
 
-async def _wait(rt: GateRuntime, data: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any]]:
+async def _wait(rt: GateRuntime, data: dict[str, Any], receive: Receive,
+                holder: str) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     raw = data.get("timeout_s", DEFAULT_WAIT_S)
     try:
@@ -143,6 +164,8 @@ _SKYRL: dict[str, Handler] = {
     "/skyrl/v1/resume_lora_requests": _resume,
     "/skyrl/v1/wait_lora_unpaused": _wait,
 }
+#: the endpoints that change the pause state (credential, switch, cross-site check)
+MUTATING = frozenset({"/skyrl/v1/abort_lora_requests", "/skyrl/v1/resume_lora_requests"})
 
 
 async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
@@ -179,9 +202,35 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
     handler = _SKYRL.get(path)
     if handler is None:
         return False
+    s = rt.settings
+    mutating = path in MUTATING
+    if mutating and s.gate_control_endpoints == "off":
+        await send_json(send, 404, error_body(
+            "not_found", f"{path} is switched off on this replica "
+            "(PAUSESVC_GATE_CONTROL_ENDPOINTS=off): pause through a controller"))
+        return True
     if method != "POST":
         await _not_allowed(send, "POST")
         return True
+    expected = control_token(s)
+    if expected is not None and (mutating or s.auth_reads):
+        refused = authorize(scope, expected)
+        if refused is not None:
+            status, code, message, headers = refused
+            await send_json(send, status, error_body(code, message, field="Authorization"),
+                            headers=headers)
+            return True
+    why = cross_site(scope) if mutating else None
+    if why is not None:
+        await send_json(send, 403, error_body(
+            "cross_site", f"cross-site request refused ({why})", field="Origin"))
+        return True
+    if not is_json(scope):
+        await send_json(send, 415, error_body(
+            "unsupported_media_type", "send the body as Content-Type: application/json",
+            field="Content-Type"))
+        return True
+    holder = AUTH_HOLDER if expected is not None else ANON_HOLDER
     try:
         body = await read_body(receive, scope, max_bytes=MAX_SKYRL_BODY,
                                timeout=rt.settings.gate_body_timeout_s)
@@ -198,7 +247,7 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
                                               field="body"))
         return True
     try:
-        status, answer = await handler(rt, data, receive)
+        status, answer = await handler(rt, data, receive, holder)
     except _BadRequest as exc:
         status, answer = 400, error_body("invalid_input", exc.message, field=exc.field)
     except InvalidInputError as exc:
@@ -206,6 +255,10 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
                                          field=getattr(exc, "field", None))
     except DrainTimeoutError as exc:
         status, answer = 504, error_body("drain_timeout", str(exc))
+    except RedisPermissionError as exc:  # a least-privilege replica user: configuration
+        status, answer = 403, error_body(
+            "redis_forbidden", f"{exc}; this replica's Redis user may not change the pause "
+            "state: pause through the control service or a controller")
     except RedisUnavailableError as exc:
         status, answer = 503, error_body("redis_unavailable", str(exc))
     except PauseError as exc:
