@@ -64,7 +64,7 @@ class ConflictError(PauseError):
 class StaleTokenError(ConflictError):
     """A fencing token does not match the holder's current pause."""
 
-    def __init__(self, message: str, *, presented: int, current: int) -> None:
+    def __init__(self, message: str, *, presented: str, current: str) -> None:
         super().__init__(message)
         self.presented = presented
         self.current = current
@@ -97,7 +97,7 @@ class DrainTimeoutError(PauseTimeoutError):
     The pause itself is in place (and held): only the acknowledgement is missing.
     """
 
-    def __init__(self, message: str, *, token: int, missing: Sequence[str]) -> None:
+    def __init__(self, message: str, *, token: str, missing: Sequence[str]) -> None:
         super().__init__(message)
         self.token = token
         self.missing = list(missing)

@@ -8,12 +8,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pausesvc._keys import validate_holder, validate_namespace
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_UNGATED_PATHS", "Settings"]
+
+#: Paths of vLLM 0.32's app that never generate or embed with an adapter (docs/vllm.md): the
+#: gate passes them through. Everything else it is given (a route vLLM adds next release
+#: included) is gated.
+DEFAULT_UNGATED_PATHS: tuple[str, ...] = (
+    # health, metrics, models, version (GET; listed so the allow-list is complete)
+    "/health", "/ping", "/metrics", "/load", "/version", "/server_info", "/v1/models",
+    # adapters: the weight sync a pause protects must go through while paused
+    "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/adapters", "/adapters/*",
+    # tokenize and render only (no engine request)
+    "/tokenize", "/detokenize", "/v1/messages/count_tokens",
+    "/v1/completions/render", "/v1/chat/completions/render", "/v1/messages/render",
+    "/v1/responses/render", "/v1/completions/derender", "/v1/chat/completions/derender",
+    "/v1/responses/*/cancel",
+    # engine control (dev mode, RL weight transfer, elastic EP, sleep)
+    "/pause", "/resume", "/is_paused", "/abort_requests", "/inference/v1/abort_requests",
+    "/sleep", "/wake_up", "/is_sleeping", "/reset_prefix_cache", "/reset_mm_cache",
+    "/reset_encoder_cache", "/release_kv_cache_memory", "/collective_rpc",
+    "/init_weight_transfer_engine", "/update_weights", "/start_weight_update",
+    "/finish_weight_update", "/start_draft_weight_update", "/shutdown_weight_transfer_engine",
+    "/update_weight_version", "/weight_checker", "/weight_info", "/get_world_size",
+    "/scale_elastic_ep", "/is_scaling_elastic_ep",
+)
 
 
 class Settings(BaseSettings):
@@ -40,7 +63,13 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Periodic full re-read of the state (safety net)."
     )
     health_check_interval_s: float = Field(
-        default=2.0, gt=0, description="PING an idle pub/sub connection this often."
+        default=1.0, gt=0, description="The view PINGs Redis on its subscription twice per "
+        "interval; a PONG older than one interval means the link is dead (reconnect)."
+    )
+    command_timeout_s: float = Field(
+        default=5.0, gt=0, description="Socket timeout of every Redis command connection "
+        "(a dead link fails a call instead of hanging it). Watchers and gates use at most "
+        "max(1, health_check_interval_s)."
     )
     reconnect_max_backoff_s: float = Field(default=2.0, gt=0)
     on_data_loss: Literal["hold", "release"] = Field(
@@ -53,21 +82,43 @@ class Settings(BaseSettings):
     # --- replicas and drain ----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     replica_timeout_s: float = Field(
-        default=5.0, gt=0, description="A replica silent this long is not live any more."
+        default=5.0, gt=0, description="A replica silent this long is not live any more "
+        "(the drain barrier stops waiting for it). Must be >= fence_bound_s + fence_margin_s."
+    )
+    fence_bound_s: float = Field(
+        default=3.0, gt=0, description="A gate whose last proven round trip to Redis "
+        "(heartbeat, or the view's PING/snapshot) is older than this fences itself: it "
+        "behaves as if '*' were paused. Must be > heartbeat_interval_s and "
+        "> health_check_interval_s."
+    )
+    fence_margin_s: float = Field(
+        default=1.0, ge=0, description="Slack between a replica fencing itself and the "
+        "barrier dropping it (clock rates, scheduling)."
     )
     drain_timeout_s: float = Field(default=30.0, gt=0)
 
     # --- the gate (vLLM plugin) -------------------------------------------------------------------
-    gate_paths: list[str] = Field(
-        default_factory=lambda: [
-            "/v1/completions",
-            "/v1/chat/completions",
-            "/v1/responses",
-            "/inference/v1/generate",
-        ],
-        description="Generation paths the gate applies to (prefix match, trailing slash ignored).",
+    gate_ungated_paths: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_UNGATED_PATHS),
+        description="The allow-list: paths known not to generate, passed through untouched "
+        "(every other POST, PUT, PATCH or DELETE path, and every websocket, is gated). Exact "
+        "match after normalization; a '*' or '{param}' segment matches any one segment.",
     )
-    gate_extra_paths: list[str] = Field(default_factory=list)
+    gate_extra_ungated_paths: list[str] = Field(
+        default_factory=list,
+        description="More paths to pass through ungated, added to gate_ungated_paths (JSON list).",
+    )
+    gate_extra_paths: list[str] = Field(
+        default_factory=list,
+        description="Paths gated even when they are on the allow-list (wins over it; prefix "
+        "match, sub-paths included).",
+    )
+    base_model_names: list[str] = Field(
+        default_factory=list,
+        description="More names of the base model, beside those the gate reads from vLLM at "
+        "start (--served-model-name, the model path): a pause of any of them, or of a request "
+        "naming no model, is a pause of the base model.",
+    )
     gate_policy: Literal["hold", "reject"] = "hold"
     gate_hold_timeout_s: float = Field(default=300.0, gt=0)
     gate_retry_after_s: int = Field(default=5, ge=0)
@@ -133,6 +184,22 @@ class Settings(BaseSettings):
         description="Control service: concurrent long-polls (/v1/pauses/{name}/wait, "
         "/skyrl/v1/wait_lora_unpaused); beyond: 503.",
     )
+
+    @model_validator(mode="after")
+    def _fence_inequality(self) -> Settings:
+        """The barrier may drop a silent replica only once it has surely fenced itself."""
+        if self.fence_bound_s <= max(self.heartbeat_interval_s, self.health_check_interval_s):
+            raise ValueError(
+                f"fence_bound_s ({self.fence_bound_s:g}) must be greater than "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) and "
+                f"health_check_interval_s ({self.health_check_interval_s:g}): a healthy "
+                "replica would fence itself between two round trips")
+        if self.replica_timeout_s < self.fence_bound_s + self.fence_margin_s:
+            raise ValueError(
+                f"replica_timeout_s ({self.replica_timeout_s:g}) must be >= fence_bound_s "
+                f"({self.fence_bound_s:g}) + fence_margin_s ({self.fence_margin_s:g}): the "
+                "drain barrier would drop a silent replica before it has fenced itself")
+        return self
 
     @field_validator("namespace")
     @classmethod

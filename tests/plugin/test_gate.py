@@ -43,9 +43,10 @@ def test_constructed_with_app_only_from_environment(monkeypatch: pytest.MonkeyPa
                                                      redis_url: str) -> None:
     monkeypatch.setenv("PAUSESVC_REDIS_URL", redis_url)
     monkeypatch.setenv("PAUSESVC_NAMESPACE", "envns")
-    monkeypatch.setenv("PAUSESVC_GATE_EXTRA_PATHS", '["/v2/generate"]')
+    monkeypatch.setenv("PAUSESVC_GATE_EXTRA_UNGATED_PATHS", '["/v2/status"]')
     mw = PauseGateMiddleware(EchoApp())
     assert mw.settings.namespace == "envns"
+    assert not mw.matches(http_scope("/v2/status/"))
     assert mw.matches(http_scope("/v2/generate/"))
 
 
@@ -58,8 +59,9 @@ def test_missing_redis_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(("path", "gated"), [
     ("/v1/completions", True), ("/v1/completions/", True), ("//v1//completions", True),
     ("/v1/chat/completions", True), ("/v1/responses", True), ("/inference/v1/generate", True),
-    ("/v1/completionsX", False), ("/v1/models", False), ("/health", False),
-    ("/v1/embeddings", False), ("/v1/load_lora_adapter", False),
+    ("/v1/completionsX", True), ("/v1/embeddings", True), ("/v1/messages", True),
+    ("/invocations", True), ("/v9/next-release", True), ("/v1/models", False),
+    ("/health", False), ("/v1/load_lora_adapter", False), ("/tokenize", False),
 ])
 def test_path_matching(settings: Settings, path: str, gated: bool) -> None:
     assert PauseGateMiddleware(EchoApp(), settings=settings).matches(http_scope(path)) is gated
@@ -258,19 +260,31 @@ async def test_slow_body_gets_408(gate_factory: Any) -> None:
     assert send.status == 408 and app.calls == []
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b"", b'"str"'])
-async def test_unparseable_bodies_pass_through_even_when_paused(
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b'"str"',
+                                  b'{"model": 7}'])
+async def test_unreadable_bodies_are_held_while_anything_is_paused(
         gate_factory: Any, client: AsyncPauseClient, body: bytes) -> None:
+    """A body the gate cannot read a model from could be for any adapter (fail closed)."""
     app = EchoApp()
     mw = await gate_factory(app)
-    await seen(mw, await client.pause("*"))
-    send = Recorder()
+    send = Recorder()  # nothing paused: vLLM answers it (400, in real life)
     await asyncio.wait_for(mw(http_scope(), Receiver(body_message(body)), send), 5)
     assert send.status == 200 and app.calls[0]["body"] == body
+    grant = await client.pause("lora-z")  # any adapter at all
+    await seen(mw, grant)
+    send = Recorder()
+    task = asyncio.create_task(mw(http_scope(), Receiver(body_message(body)), send))
+    await asyncio.sleep(0.3)
+    assert not task.done() and len(app.calls) == 1
+    await client.resume("lora-z")
+    await asyncio.wait_for(task, 5)
+    assert send.status == 200 and len(app.calls) == 2
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("POST", "/v1/embeddings"),
-                                              ("GET", "/v1/completions"), ("POST", "/health")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("POST", "/tokenize"),
+                                              ("GET", "/v1/completions"), ("POST", "/ping"),
+                                              ("POST", "/v1/load_lora_adapter"),
+                                              ("DELETE", "/adapters/lora-a")])
 async def test_other_paths_pass_through_untouched(gate_factory: Any, client: AsyncPauseClient,
                                                   method: str, path: str) -> None:
     calls: list[tuple[Any, Any, Any]] = []
@@ -403,7 +417,7 @@ async def test_pause_with_drain_aborts_in_flight_and_returns_once_drained(
     assert len(engine.aborted) == 2 and all(x.startswith("cmpl-") for x in engine.aborted)
     assert not b.done() and not base.done()
     reps = await client.replicas()
-    assert reps[0]["drains"]["lora-a"]["rev"] >= grant.token
+    assert reps[0]["drains"]["lora-a"]["rev"] >= grant.revision
     assert sorted(reps[0]["drains"]["lora-a"]["aborted"]) == sorted(engine.aborted)
     assert mw.runtime.stats.aborts == 2 and mw.runtime.stats.drains >= 1
     # the base model is drained by its served name too (no LoRA: found by its request id)
@@ -454,7 +468,7 @@ async def test_replica_that_starts_while_paused_acks_and_holds(
     assert mw.runtime.admissible("lora-b") and not mw.runtime.admissible("lora-a")
     # a drain by another holder counts this (new) process in and returns
     await client.pause("lora-a", holder="other", drain=True, timeout=5)
-    assert (await client.replicas())[0]["drains"]["lora-a"]["rev"] >= grant.token
+    assert (await client.replicas())[0]["drains"]["lora-a"]["rev"] >= grant.revision
 
 
 # -- SkyRL endpoints and the gate's own paths ------------------------------------------------------

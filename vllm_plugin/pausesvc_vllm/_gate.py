@@ -2,14 +2,18 @@
 
     python -m vllm.entrypoints.openai.api_server ... --middleware pausesvc_vllm.PauseGateMiddleware
 
-For a POST to a generation path it reads the body (capped, with a deadline), takes the adapter
-from the body's top-level ``"model"``, and asks the process's :class:`~pausesvc.PauseWatcher`
-(memory only). When nothing at all is paused (the usual case) the body is not parsed: the
-request is admitted with its body and the adapter is parsed from it only if a drain asks. Not
-paused: the request is admitted (recorded as in flight) and the buffered body is handed to vLLM
-once; every later ``receive()`` goes to the real one and every response message
-goes straight to the real ``send``. Paused: held until resume (or 503 ``adapter_paused`` at the
-deadline, or at once with the ``reject`` policy); a client that leaves while held is dropped.
+Every POST (PUT, PATCH, DELETE) to a path not on the allow-list, and every websocket, is gated
+(``_routes.py``: fail closed, a path vLLM adds next release included). It reads the body (capped,
+with a deadline), takes the adapter(s) from every place vLLM reads one (``_adapters.py``: the
+body's ``"model"``, JSON or form; the SageMaker adapter header; no model and every served name
+of the base model are one name; a body it cannot read could be for any adapter), and asks the
+process's :class:`~pausesvc.PauseWatcher` (memory only). When nothing at all is paused (the
+usual case) the body is not parsed: the request is admitted with its body and the adapter is
+parsed from it only if a drain asks. Not paused: the request is admitted (recorded as in flight)
+and the buffered body is handed to vLLM once; every later ``receive()`` goes to the real one and
+every response message goes straight to the real ``send``. Paused: held until resume (or 503
+``adapter_paused`` at the deadline, or at once with the ``reject`` policy); a client that leaves
+while held is dropped.
 Holding is capped (requests and body bytes, per adapter and per process: 503 ``hold_capacity``
 beyond), and a request vLLM will refuse for its API key is handed to vLLM (401) unheld.
 """
@@ -21,12 +25,12 @@ import json
 import logging
 from typing import Any
 
-from pausesvc import GLOBAL, InvalidInputError, Settings, validate_name
+from pausesvc import GLOBAL, InvalidInputError, Settings
+from pausesvc_vllm._adapters import SAGEMAKER_ADAPTER_HEADER, BaseNames, Target
 from pausesvc_vllm._asgi import (
     ASGIApp,
     BodyError,
     Message,
-    PathMatcher,
     Receive,
     Scope,
     Send,
@@ -38,7 +42,9 @@ from pausesvc_vllm._asgi import (
 )
 from pausesvc_vllm._endpoints import OWN_PREFIXES, handle_own
 from pausesvc_vllm._guard import lacks_vllm_key, warn_if_open
+from pausesvc_vllm._routes import SAFE_METHODS, GatedPaths, route_table
 from pausesvc_vllm._runtime import GateRuntime
+from pausesvc_vllm._websocket import serve_websocket
 
 __all__ = ["PauseGateMiddleware"]
 
@@ -46,6 +52,9 @@ logger = logging.getLogger("pausesvc_vllm")
 
 _REQUEST_ID = b"x-request-id"
 _CONTENT_LENGTH = b"content-length"
+_CONTENT_TYPE = b"content-type"
+#: The gate's route table (the wrapped app's routes and the decision for each), as JSON.
+ROUTES_PATH = "/pausesvc/routes"
 _ROUTE_CACHE = 1024
 
 
@@ -64,7 +73,12 @@ class PauseGateMiddleware:
                 "the pausesvc gate needs PAUSESVC_REDIS_URL (the Redis holding the pause state)",
                 field="redis_url",
             )
-        self.matches = PathMatcher([*self.settings.gate_paths, *self.settings.gate_extra_paths])
+        s = self.settings
+        self.paths = GatedPaths([*s.gate_ungated_paths, *s.gate_extra_ungated_paths],
+                                forced=s.gate_extra_paths)
+        self.base_names = BaseNames(s.base_model_names)
+        #: the wrapped app's routes with the decision for each (read at lifespan startup)
+        self.route_table: list[dict[str, Any]] = []
         self.runtime = GateRuntime(self.settings)
         warn_if_open(self.settings)
         self._routes: dict[tuple[str, str], tuple[str | None, bool]] = {}
@@ -73,6 +87,14 @@ class PauseGateMiddleware:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
+            return
+        if kind == "websocket":
+            self.runtime.bind(scope)
+            if self.paths.path_gated(route_path(scope), scope):
+                await serve_websocket(self.app, self.runtime, self.base_names, self._blocked,
+                                      scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if kind != "http":
             await self.app(scope, receive, send)
@@ -87,17 +109,26 @@ class PauseGateMiddleware:
         own, gated = route
         if own is not None:
             await rt.start()
+            if own == ROUTES_PATH:
+                await self._answer_routes(scope, send)
+                return
             if await handle_own(rt, own, scope, receive, send):
                 return
-        if not gated or scope.get("method") != "POST":
+        if not gated or scope.get("method") in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
         await self._gate(scope, receive, send)
 
+    def matches(self, scope: Scope) -> bool:
+        """Is this ``http`` request gated (its method and path)?"""
+        return self.paths.gated(scope)
+
     def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool]:
-        """(our own path, normalized, or None; is it a gated path?), cached per raw path."""
+        """(our own path, normalized, or None; is the path gated for a non-GET method?),
+        cached per raw path."""
         path = route_path(scope)
-        route = (path if path.startswith(OWN_PREFIXES) else None, self.matches(scope))
+        route = (path if path.startswith(OWN_PREFIXES) else None,
+                 self.paths.path_gated(path, scope))
         if len(self._routes) >= _ROUTE_CACHE:  # a client sending endless distinct paths
             self._routes.clear()
         self._routes[key] = route
@@ -110,6 +141,7 @@ class PauseGateMiddleware:
         async def wrapped() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._learn_app(scope.get("app"))
                 try:
                     await self.runtime.start()
                 except Exception:  # the gate then starts on the first request
@@ -123,6 +155,54 @@ class PauseGateMiddleware:
 
         await self.app(scope, wrapped, send)
 
+    def _learn_app(self, app: Any) -> None:
+        """At startup: the base model's names and the route table of the app we wrap."""
+        if app is None:
+            return
+        if self.base_names.learn(app):
+            logger.info("pausesvc gate: base model names %s (canonical %r)",
+                        sorted(self.base_names.names), self.base_names.canonical)
+        table = route_table(app, self.paths)
+        if table:
+            self.route_table = table
+            ungated = [f"{r['method']} {r['path']}" for r in table
+                       if not r["gated"] and r["method"] not in SAFE_METHODS]
+            gated = [f"{r['method']} {r['path']}" for r in table if r["gated"]]
+            logger.info("pausesvc gate: %d route(s) gated: %s; allow-listed: %s",
+                        len(gated), ", ".join(gated), ", ".join(ungated) or "-")
+
+    async def _answer_routes(self, scope: Scope, send: Send) -> None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            await send_json(send, 405, error_body("method_not_allowed", "use GET"),
+                            headers=[(b"allow", b"GET")])
+            return
+        if not self.route_table:
+            self._learn_app(self.runtime.app)
+        await send_json(send, 200, {
+            "routes": self.route_table,
+            "ungated_paths": sorted({*self.settings.gate_ungated_paths,
+                                     *self.settings.gate_extra_ungated_paths}),
+            "forced_paths": list(self.settings.gate_extra_paths),
+            "base_model_names": sorted(self.base_names.names),
+            "base_model": self.base_names.canonical,
+        })
+
+    def _blocked(self, target: Target) -> str | None:
+        """The first paused name that holds a request of ``target`` (None: it may go on).
+
+        A target that cannot be told is held while anything at all is paused.
+        """
+        rt = self.runtime
+        names = target.check()
+        if names is None:
+            if not rt.admissible(GLOBAL):
+                return GLOBAL
+            names = rt.watcher.paused_names() if rt.watcher is not None else []
+        for name in names:
+            if not rt.admissible(name):
+                return name
+        return None
+
     # -- the gate ----------------------------------------------------------------------------------
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt, s = self.runtime, self.settings
@@ -130,8 +210,12 @@ class PauseGateMiddleware:
             await rt.start()
         watcher = rt.watcher
         assert watcher is not None
+        if not self.base_names.learned:
+            self.base_names.learn(rt.app)
         declared: int | None = None
         rid: bytes | None = None
+        ctype: bytes | None = None
+        header_adapter: str | None = None
         headers = scope.get("headers") or ()
         for k, v in headers:
             k = k.lower()
@@ -142,6 +226,10 @@ class PauseGateMiddleware:
                     declared = None
             elif k == _REQUEST_ID:
                 rid = v
+            elif k == _CONTENT_TYPE:
+                ctype = v
+            elif k == SAGEMAKER_ADAPTER_HEADER:
+                header_adapter = v.decode("latin-1").strip()
         try:
             body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes,
                                    timeout=s.gate_body_timeout_s, declared=declared)
@@ -156,30 +244,23 @@ class PauseGateMiddleware:
 
         held: _Held | None = None
         data: dict[str, Any] | None = None
+        if rid is None and b'"request_id"' in body:
+            data = _as_object(body)  # it may carry a request_id to use as the request's id
         if rt.admissible(GLOBAL) and not watcher.any_paused:
             # the fast path: nothing is paused, so the adapter does not matter now; the body is
-            # parsed only if a drain (or a status) asks which adapter it was for, or if it may
-            # carry a request_id to use as the request's id
-            adapter: str | None = None
-            lazy: bytes | None = body
-            if rid is None and b'"request_id"' in body:
-                data = _as_object(body)
+            # parsed only if a drain (or a status) asks which adapter it was for
+            target = Target(self.base_names, body=body, content_type=ctype,
+                            header=header_adapter, lazy=True)
         else:
-            lazy = None
-            data = _as_object(body)
-            if data is None:
-                # vLLM's own validation answers it (no engine request can come of it)
-                await self.app(scope, replaying_receive(body, receive), send)
-                return
-            model = data.get("model")
-            adapter = model if isinstance(model, str) else ""
-            # what to check: the adapter, or only `*` for a request naming no valid model
-            try:
-                name = validate_name(adapter) if adapter else GLOBAL
-            except InvalidInputError:
-                name = GLOBAL
-            if not rt.admissible(name):
-                held = _Held(scope, len(body))
+            target = Target(self.base_names, body=body, content_type=ctype,
+                            header=header_adapter)
+            # held until no name it may run on is paused (each wait ends on a resume of the
+            # name it waited for; then every name is checked again, with no await before the
+            # admission below)
+            while (name := self._blocked(target)) is not None:
+                adapter = target.display or name
+                if held is None:
+                    held = _Held(scope, len(body))
                 outcome = await self._hold(name, adapter, receive, held)
                 if outcome == "pass":  # vLLM refuses it (API key): not worth holding
                     await self.app(scope, replaying_receive(body, receive), send)
@@ -192,8 +273,9 @@ class PauseGateMiddleware:
                     rt.stats.rejections += 1
                     if outcome == "timeout":
                         rt.stats.hold_timeouts += 1
-                    await self._paused_response(send, adapter or name, outcome)
+                    await self._paused_response(send, adapter, outcome)
                     return
+            if held is not None:
                 rt.stats.released += 1
 
         # admitted: from here to the app call there is no await (a pause landing now sees it)
@@ -202,13 +284,14 @@ class PauseGateMiddleware:
             rid = (given.encode("latin-1", "replace") if isinstance(given, str) and given
                    else rt.next_request_id())
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
-        admission = rt.admit(adapter, rid.decode("latin-1"), lazy)
+        admission = rt.admit(target, rid.decode("latin-1"))
+        guarded = _FenceGuard(rt, send)
         try:
             if held is None:
-                await self.app(scope, replaying_receive(body, receive), send)
+                await self.app(scope, replaying_receive(body, receive), guarded)
             else:
                 await self.app(scope, replaying_receive(body, receive, held.pending, held.recv),
-                               send)
+                               guarded)
         finally:
             rt.finish(admission)
             if held is not None and held.recv is not None:
@@ -320,6 +403,46 @@ class PauseGateMiddleware:
                        retry_after_s=s.gate_retry_after_s),
             headers=[(b"retry-after", str(s.gate_retry_after_s).encode())],
         )
+
+
+class _FenceGuard:
+    """The ``send`` of an admitted request: forwards nothing while the process is fenced.
+
+    A fenced process may have been dropped by the drain barrier (and its adapter swapped), so
+    no token it decodes may reach a client: the first message sent while fenced ends the
+    response (a 503 ``replica_fenced`` if it had not started, else an empty final body), and
+    everything the app sends after that is dropped. A process resumed from SIGSTOP checks its
+    proofs' age here before anything goes out.
+    """
+
+    __slots__ = ("cut", "rt", "send", "started")
+
+    def __init__(self, rt: GateRuntime, send: Send) -> None:
+        self.rt = rt
+        self.send = send
+        self.started = False
+        self.cut = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.cut:
+            return
+        if self.rt.fenced:
+            self.cut = True
+            self.rt.stats.fenced_cuts += 1
+            logger.warning("pausesvc gate: fenced (no proven round trip to Redis): response "
+                           "cut before it could carry more output")
+            if not self.started:
+                await send_json(self.send, 503, error_body(
+                    "replica_fenced", "this replica cannot prove it is in sync with the pause "
+                    "state; retry", type="service_unavailable",
+                    retry_after_s=self.rt.settings.gate_retry_after_s),
+                    headers=[(b"retry-after", str(self.rt.settings.gate_retry_after_s).encode())])
+            elif message.get("type") == "http.response.body":
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if message.get("type") == "http.response.start":
+            self.started = True
+        await self.send(message)
 
 
 class _Held:

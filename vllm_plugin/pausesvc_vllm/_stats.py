@@ -35,6 +35,8 @@ class GateStats:
         self.last_drain_s: float | None = None
         self.ack_errors = 0
         self.heartbeat_errors = 0
+        self.fences = 0  # times this process fenced itself (no proven round trip to Redis)
+        self.fenced_cuts = 0  # admitted responses cut because the process was fenced
 
     @property
     def in_flight(self) -> Counter[str]:
@@ -58,6 +60,8 @@ class GateStats:
             "hold_timeouts": self.hold_timeouts,
             "dropped": self.dropped,
             "over_capacity": self.over_capacity,
+            "fences": self.fences,
+            "fenced_cuts": self.fenced_cuts,
             "unauthenticated": self.unauthenticated,
             "too_large": self.too_large,
             "body_timeouts": self.body_timeouts,
