@@ -47,8 +47,10 @@ output. Chat continuations are sent as text and re-tokenized by the server (see 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
+import threading
 import time
 from typing import Any
 
@@ -262,6 +264,56 @@ async def _run_async(http: httpx.AsyncClient, url: str, state: _State, waiter: o
         drv.waited(reason, res, time.monotonic() - t0)
 
 
+class _Overrun(Exception):
+    """The worker of :func:`_post_within` read past the deadline."""
+
+
+def _post_within(http: httpx.Client, url: str, body: dict[str, Any],
+                 headers: dict[str, str] | None, remaining: float | None) -> httpx.Response:
+    """``http.post`` that returns (or raises TimeoutError) within ``remaining`` seconds.
+
+    httpx's timeouts apply to each network operation: a server that sends its body one byte at
+    a time never trips them. So the request runs in a worker thread (the caller waits at most
+    ``remaining``, as ``asyncio.timeout`` bounds the async helper), streaming the body and
+    giving up at the deadline between chunks, so the worker ends soon after too (each read is
+    also bounded by what was left when it started).
+    """
+    if remaining is None:
+        return http.post(url, json=body, headers=headers)
+    deadline = time.monotonic() + remaining
+    done = threading.Event()
+    box: list[httpx.Response | BaseException] = []
+
+    def work() -> None:
+        try:
+            with http.stream("POST", url, json=body, headers=headers,
+                             timeout=_bounded(http.timeout, remaining)) as resp:
+                if resp.is_stream_consumed:  # a transport that answered with the whole body
+                    box.append(resp)
+                    return
+                chunks = []
+                for chunk in resp.iter_raw():
+                    if time.monotonic() >= deadline:
+                        raise _Overrun
+                    chunks.append(chunk)
+                # the raw bytes with the server's headers: decoded once, as http.post would
+                box.append(httpx.Response(resp.status_code, headers=resp.headers,
+                                          content=b"".join(chunks), request=resp.request))
+        except BaseException as exc:  # handed to the caller (or dropped once it left)
+            box.append(exc)
+        finally:
+            done.set()
+
+    ctx = contextvars.copy_context()
+    threading.Thread(target=ctx.run, args=(work,), name="pausesvc-sample", daemon=True).start()
+    if not done.wait(remaining) or isinstance(box[0], _Overrun):
+        raise TimeoutError
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 def _run_sync(http: httpx.Client, url: str, state: _State, waiter: object,
               timeout: float | None, policy: RetryPolicy | None,
               headers: dict[str, str] | None) -> SampleResult:
@@ -275,8 +327,9 @@ def _run_sync(http: httpx.Client, url: str, state: _State, waiter: object,
         mark = w.mark(name)
         reason: ResumeReason | None
         try:
-            resp = http.post(url, json=body, headers=headers,
-                             timeout=_bounded(http.timeout, drv.remaining()))
+            resp = _post_within(http, url, body, headers, drv.remaining())
+        except TimeoutError:
+            raise drv.timed_out() from None
         except httpx.TransportError as exc:
             if drv.expired():
                 raise drv.timed_out() from exc
