@@ -96,7 +96,7 @@ class PauseWatcher:
         *,
         namespace: str = "default",
         resync_interval: float = 10.0,
-        health_check_interval: float = 2.0,
+        health_check_interval: float = 1.0,
         max_backoff: float = 2.0,
         on_data_loss: Literal["hold", "release"] = "hold",
         sharded: bool | None = None,

@@ -93,6 +93,9 @@ def fleet(tiny: Path, e2e_redis: EmbeddedRedis,
         "PAUSESVC_NAMESPACE": ns,
         "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5",
         "PAUSESVC_REPLICA_TIMEOUT_S": "3",
+        # two loaded vLLM servers on 2 cores stall their loops: 2.5 s, not less (3 >= 2.5 + 0.5)
+        "PAUSESVC_FENCE_BOUND_S": "2.5",
+        "PAUSESVC_FENCE_MARGIN_S": "0.5",
         "PAUSESVC_GATE_HOLD_TIMEOUT_S": "300",
         "PYTHONPATH": str(HERE),  # the test passthrough (inside the gate)
     }

@@ -54,5 +54,6 @@ class FakeReplica:
             ev = await self._queue.get()
             if self.ack:
                 await self.client._ack(self.id, ev.name, ev.revision,
-                                       self.aborted.pop(ev.name, []))
+                                       self.aborted.pop(ev.name, []), epoch=ev.epoch,
+                                       tokens=sorted(ev.state.tokens) if ev.state else None)
                 self.acked.append((ev.name, ev.revision))

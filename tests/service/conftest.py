@@ -84,6 +84,7 @@ def make_live(redis_url: str, namespace: str) -> Iterator[Callable[..., Live]]:
              **overrides: Any) -> Live:
         settings = Settings(redis_url=redis_url, namespace=namespace,
                             replica_timeout_s=overrides.pop("replica_timeout_s", 3.0),
+                            fence_bound_s=overrides.pop("fence_bound_s", 1.5),
                             drain_timeout_s=overrides.pop("drain_timeout_s", 5.0), **overrides)
         url = stack.enter_context(run_server(settings, heartbeat_s=heartbeat_s,
                                              max_wait_s=max_wait_s))

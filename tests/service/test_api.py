@@ -28,7 +28,8 @@ def test_pause_read_resume_roundtrip(http: httpx.Client, name: str) -> None:
     assert r.status_code == 200, r.text
     grant = r.json()
     assert grant["name"] == name and grant["holder"] == "trainer" and grant["created"] is True
-    assert grant["token"] == grant["revision"] and grant["state"]["reason"] == "swap"
+    assert grant["token"].split("-")[0] == str(grant["revision"])  # opaque: '<rev>-<nonce>'
+    assert grant["state"]["reason"] == "swap"
 
     listing = http.get("/v1/pauses").json()
     assert list(listing["paused"]) == [name]
@@ -68,10 +69,12 @@ def test_holders_and_fencing(http: httpx.Client) -> None:
     b = http.post("/v1/pauses/x", json={"holder": "b"}).json()
     assert b["state"]["holders"].keys() == {"a", "b"}
 
-    stale = http.delete("/v1/pauses/x", params={"holder": "a", "token": a["token"] + 100})
+    # the same revision, another nonce: a token of another incarnation (a restart, a failover)
+    forged = a["token"].split("-")[0] + "-000000000000"
+    stale = http.delete("/v1/pauses/x", params={"holder": "a", "token": forged})
     assert stale.status_code == 409
     assert stale.json() | {"detail": ""} == {"detail": "", "error": "stale_token", "field": "token",
-                                              "presented": a["token"] + 100, "current": a["token"]}
+                                              "presented": forged, "current": a["token"]}
     not_holder = http.delete("/v1/pauses/x", params={"holder": "c"})
     assert not_holder.status_code == 409 and not_holder.json()["error"] == "not_holder"
     assert not_holder.json()["holders"] == ["a", "b"]

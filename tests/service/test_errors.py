@@ -23,7 +23,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("POST", "/v1/pauses/a", {"json": {"drain": "yes"}}, 422, "drain"),
     ("POST", "/v1/pauses/a", {"json": {"holder": 5}}, 422, "holder"),
     ("POST", "/v1/pauses/a", {"json": {"reason": ["x"]}}, 422, "reason"),
-    ("POST", "/v1/pauses/a/renew", {"json": {"ttl_s": 5, "token": "7"}}, 422, "token"),
+    ("POST", "/v1/pauses/a/renew", {"json": {"ttl_s": 5, "token": "7 x"}}, 422, "token"),
     ("POST", "/v1/pauses/a/renew", {"json": {"ttl_s": 5, "token": 7.5}}, 422, "token"),
     # unknown fields (a typo must not silently drop the lease)
     ("POST", "/v1/pauses/a", {"json": {"ttl": 5}}, 422, "ttl"),

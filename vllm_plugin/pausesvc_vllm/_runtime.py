@@ -247,8 +247,7 @@ class GateRuntime:
         w, hb = self.watcher, self._hb_proof
         if w is None or hb is None or w._proof is None:
             return True
-        oldest = min(hb, w._proof)
-        return time.monotonic() - oldest > self.settings.fence_bound_s or not w._in_sync
+        return time.monotonic() - min(hb, w._proof) > self.settings.fence_bound_s
 
     def may_forward(self) -> bool:
         """May a response message of an admitted request go out now? (Not while fenced: a

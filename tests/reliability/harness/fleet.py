@@ -28,7 +28,11 @@ FAST_ENV = {
     "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.2",
     "PAUSESVC_REPLICA_TIMEOUT_S": "1.5",
     "PAUSESVC_RESYNC_INTERVAL_S": "2",
-    "PAUSESVC_HEALTH_CHECK_INTERVAL_S": "1",
+    "PAUSESVC_HEALTH_CHECK_INTERVAL_S": "0.4",
+    # a replica fences itself after 0.8 s without a proven round trip; the barrier drops it
+    # only after 1.5 s (>= 0.8 + 0.3): the inequality Settings enforces
+    "PAUSESVC_FENCE_BOUND_S": "0.8",
+    "PAUSESVC_FENCE_MARGIN_S": "0.3",
     "PAUSESVC_RECONNECT_MAX_BACKOFF_S": "0.5",
     "PAUSESVC_DRAIN_TIMEOUT_S": "20",
 }
