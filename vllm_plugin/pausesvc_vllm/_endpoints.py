@@ -96,7 +96,8 @@ async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive,
         f" (unauthenticated, via {rt.replica_id})" if holder == ANON_HOLDER else "")
     grant = await _pause_requesting_drain(rt.client, name, holder, reason)
     try:
-        aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s)
+        aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s,
+                                        token=grant.token, epoch=grant.epoch)
     except TimeoutError:
         return 504, error_body(
             "drain_timeout",
