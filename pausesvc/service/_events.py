@@ -75,6 +75,7 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
     s.metrics.sse_clients.inc()
     s.metrics.sse_open.inc()
     closing = asyncio.ensure_future(s.closing.wait())  # the server is stopping: end cleanly
+    getter: asyncio.Future[PauseEvent] | None = None
     try:
         yield b"retry: 2000\n\n"
         yield _frame("snapshot", first["revision"], first)
@@ -98,6 +99,8 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
             yield _frame("change", ev.revision, ev.to_dict())
     finally:
         closing.cancel()
+        if getter is not None:
+            getter.cancel()  # the client left mid-wait: no pending get() outlives the stream
         w.remove_listener(listener)
         s.metrics.sse_open.dec()
 
