@@ -18,7 +18,12 @@ from typing import Any
 import redis.asyncio as aredis
 
 from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
-from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
+from pausesvc._exceptions import (
+    ConflictError,
+    InvalidInputError,
+    LeaseLostError,
+    translate_redis_errors,
+)
 from pausesvc._keys import validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
 from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
@@ -154,8 +159,9 @@ class AsyncPauseClient(BaseClient):
             res = await retry_stale(self.redis, lambda: self._scripts[script](
                 keys=self.keys.state_keys(), args=args))
             rev = int(res[2] if script == "pause" else res[1])
-            if rev > self._last_write[0]:
-                self._last_write = (rev, None)
+            epoch = res[4] if len(res) > 4 and res[4] else None
+            if epoch != self._last_write[1] or rev > self._last_write[0]:
+                self._last_write = (rev, epoch)
             if self.replication_wait:
                 acked = await self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
@@ -235,8 +241,9 @@ class AsyncPauseClient(BaseClient):
         w = await self.watcher()
         deadline = None if t is None else time.monotonic() + t
         # read-your-writes: a pause this client just made must not look unpaused to its waiters
-        if self._last_write[0] > w.revision and not await w.wait_revision(self._last_write[0],
-                                                                         timeout=t):
+        # (unless Redis has since lost that write: then there is nothing to wait for)
+        rev, epoch = self._last_write
+        if not w.reached(rev, epoch) and not await w.wait_revision(rev, epoch, timeout=t):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         return await w.wait_unpaused(name, remaining)
@@ -264,15 +271,33 @@ class AsyncPauseClient(BaseClient):
                      timeout: float | None = None) -> AsyncIterator[Grant]:
         """Pause on entry, always release this hold on exit (exceptions and cancellation too).
 
-        With ``ttl``, the lease is renewed in the background every ttl/3 while the block runs.
+        A hold made on entry is released even when the drain wait fails or is cancelled. With
+        ``ttl``, the lease is renewed every ttl/3 while the block runs; if it is lost (a renew
+        is refused, or none succeeds before the lease would end), the block is cancelled and
+        :class:`LeaseLostError` raised in its place: the fleet may already see the adapter
+        resumed, so the block must not go on as if it held it.
         """
-        grant = await self.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain,
-                                 timeout=timeout)
+        h, args = self._pause_args(name, holder, reason, ttl, drain)
+        t = validate_timeout(timeout)
+        body = asyncio.current_task()
+        sent = time.monotonic()
+        grant = await self._pause_released_on_failure(name, h, args, drain, t)
+        lease = _Lease(body, float(ttl), sent) if ttl is not None else None
         renewer: asyncio.Task[None] | None = None
-        if ttl is not None:
-            renewer = asyncio.create_task(self._keep_renewing(name, grant, float(ttl)))
+        if lease is not None:
+            renewer = asyncio.create_task(self._keep_renewing(name, grant, lease))
         try:
-            yield grant
+            try:
+                yield grant
+            except asyncio.CancelledError:
+                if lease is not None and lease.lost and body is not None \
+                        and body.uncancel() == 0:
+                    raise LeaseLostError(lease.message(name, grant)) from None
+                raise
+            if lease is not None and lease.lost:
+                if lease.cancelled and body is not None:
+                    body.uncancel()  # the block ended before our cancellation reached it
+                raise LeaseLostError(lease.message(name, grant))
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -284,14 +309,51 @@ class AsyncPauseClient(BaseClient):
                 logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
                                name, grant.holder, exc)
 
-    async def _keep_renewing(self, name: str, grant: Grant, ttl: float) -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
+    async def _pause_released_on_failure(self, name: str, holder: str, args: list[str],
+                                         drain: bool, timeout: float | None) -> Grant:
+        """``pause`` for :meth:`paused`: if the drain wait fails or is cancelled after the hold
+        was written, the hold is released before the error propagates (no leaked pause)."""
+        if not drain:
+            return self._parse_grant(name, holder, await self._run("pause", args))
+        from pausesvc._registry import AckWaiter
+
+        async with AckWaiter(self, name) as acks:
+            write = asyncio.ensure_future(self._run("pause", args))
             try:
-                await self.renew(name, grant.holder, ttl, token=grant.token)
-            except ConflictError:
-                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)
+                grant = self._parse_grant(name, holder, await asyncio.shield(write))
+            except asyncio.CancelledError:
+                # cancelled while the script ran: wait for it (shielded) to learn the token
+                with contextlib.suppress(Exception):
+                    res = await asyncio.shield(write)
+                    g = self._parse_grant(name, holder, res)
+                    await asyncio.shield(self.resume(name, holder=holder, token=g.token))
+                raise
+            try:
+                await acks.wait(grant, timeout if timeout is not None
+                                else self.settings.drain_timeout_s)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.resume(name, holder=holder, token=grant.token))
+                raise
+        return grant
+
+    async def _keep_renewing(self, name: str, grant: Grant, lease: _Lease) -> None:
+        ttl = lease.ttl
+        while True:
+            await asyncio.sleep(max(0.0, min(ttl / 3, lease.deadline - time.monotonic())))
+            if time.monotonic() >= lease.deadline:
+                lease.lose("no renewal reached Redis before the lease ended")
                 return
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.01, lease.deadline - sent)):
+                    await self.renew(name, grant.holder, ttl, token=grant.token)
+                lease.deadline = sent + ttl  # measured from the send: never later than Redis's
+            except ConflictError as exc:
+                lease.lose(f"the renewal was refused: {exc}")
+                return
+            except TimeoutError:
+                continue  # the deadline check above decides
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)
 
@@ -328,3 +390,29 @@ class AsyncPauseClient(BaseClient):
             await self.redis.zrem(self.keys.replicas, replica_id)
             await self.redis.delete(self.keys.replica(replica_id))
 
+
+
+class _Lease:
+    """A ``paused(..., ttl=...)`` block's lease, as its renewer sees it (monotonic clock)."""
+
+    __slots__ = ("body", "cancelled", "deadline", "lost", "reason", "ttl")
+
+    def __init__(self, body: asyncio.Task[Any] | None, ttl: float, sent: float) -> None:
+        self.body = body
+        self.ttl = ttl
+        self.deadline = sent + ttl  # from the pause's send: never later than Redis's expiry
+        self.lost = False
+        self.cancelled = False
+        self.reason = ""
+
+    def lose(self, reason: str) -> None:
+        self.lost = True
+        self.reason = reason
+        logger.warning("pausesvc: lease lost (%s); cancelling the paused block", reason)
+        if self.body is not None and not self.body.done():
+            self.cancelled = True
+            self.body.cancel()
+
+    def message(self, name: str, grant: Grant) -> str:
+        return (f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
+                f"the block ran: {self.reason}")

@@ -5,7 +5,8 @@
     │   └── InvalidNameError
     ├── ConflictError
     │   ├── StaleTokenError          a resume/renew presented a token that is not the hold's
-    │   └── NotHolderError           the holder holds no pause of that adapter
+    │   ├── NotHolderError           the holder holds no pause of that adapter
+    │   └── LeaseLostError           a ``paused(..., ttl=...)`` block outlived its lease
     ├── RedisUnavailableError        Redis cannot be reached / the connection was lost
     │   └── RedisPermissionError     Redis refused the command for this user (ACL)
     ├── PauseTimeoutError (also a TimeoutError)
@@ -30,6 +31,7 @@ __all__ = [
     "DrainTimeoutError",
     "InvalidInputError",
     "InvalidNameError",
+    "LeaseLostError",
     "NotHolderError",
     "PauseError",
     "PauseTimeoutError",
@@ -76,6 +78,13 @@ class NotHolderError(ConflictError):
     def __init__(self, message: str, *, holders: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.holders = list(holders)
+
+
+class LeaseLostError(ConflictError):
+    """The lease of a ``paused(..., ttl=...)`` block ran out or was taken away while the block
+    ran (the renewals were refused, or none reached Redis before the lease ended): the fleet may
+    already see the adapter resumed. The async block is cancelled and this is raised in its
+    place; the blocking one cannot be interrupted and raises it when the block ends."""
 
 
 class RedisUnavailableError(PauseError):

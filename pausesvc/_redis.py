@@ -215,8 +215,10 @@ _CONFIRMATIONS = ("subscribe", "ssubscribe")
 async def next_message(pubsub: Any, sharded: bool, timeout: float) -> Any:
     """The next pub/sub message within ``timeout`` (None if none), from a plain or sharded
     subscription."""
-    if sharded:
+    if sharded and hasattr(pubsub, "get_sharded_message"):
         return await pubsub.get_sharded_message(timeout=timeout)
+    # a standalone server's asyncio PubSub reads 'smessage's with get_message (redis-py has
+    # get_sharded_message only on its cluster and blocking PubSubs)
     return await pubsub.get_message(timeout=timeout)
 
 

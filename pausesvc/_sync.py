@@ -19,7 +19,12 @@ from typing import Any
 import redis
 
 from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
-from pausesvc._exceptions import ConflictError, InvalidInputError, translate_redis_errors
+from pausesvc._exceptions import (
+    ConflictError,
+    InvalidInputError,
+    LeaseLostError,
+    translate_redis_errors,
+)
 from pausesvc._keys import GLOBAL, validate_name
 from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
 from pausesvc._redis import (
@@ -54,7 +59,9 @@ class PauseClient(BaseClient):
         if redis is None:
             assert url is not None
             redis = sync_client(url, health_check_interval=s.health_check_interval_s,
-                                socket_connect_timeout=5.0)
+                                socket_connect_timeout=5.0,
+                                socket_timeout=max(s.command_timeout_s,
+                                                   s.replication_wait_timeout_ms / 1000 + 1))
             self._owns_redis = True
         else:
             self._owns_redis = False
@@ -249,17 +256,46 @@ class PauseClient(BaseClient):
     def paused(self, name: str, *, holder: str | None = None, reason: str | None = None,
                ttl: float | None = None, drain: bool = False,
                timeout: float | None = None) -> Iterator[Grant]:
-        """Pause on entry, always release this hold on exit. With ``ttl``, a thread renews it."""
-        grant = self.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain,
-                           timeout=timeout)
+        """Pause on entry, always release this hold on exit (also when the drain wait fails).
+
+        With ``ttl``, a thread renews the lease every ttl/3. A blocking block cannot be
+        interrupted: if the lease was lost while it ran (a renewal refused, or none reached
+        Redis before the lease ended), :class:`LeaseLostError` is raised when it ends.
+        """
+        h, args = self._pause_args(name, holder, reason, ttl, drain)
+        t = validate_timeout(timeout)
+        sent = time.monotonic()
+        if drain:
+            from pausesvc._registry import wait_drained_sync
+
+            with translate_redis_errors():
+                pubsub = self._subscribe(self.keys.acks)
+            try:
+                grant = self._parse_grant(name, h, self._run("pause", args))
+                try:
+                    wait_drained_sync(self, pubsub, name, grant,
+                                      t if t is not None else self.settings.drain_timeout_s)
+                except BaseException:  # a drain timeout, Ctrl-C...: no leaked hold
+                    with contextlib.suppress(Exception):
+                        self.resume(name, holder=h, token=grant.token)
+                    raise
+            finally:
+                pubsub.close()
+        else:
+            grant = self._parse_grant(name, h, self._run("pause", args))
         stop = threading.Event()
+        lost: list[str] = []
         renewer = None
         if ttl is not None:
             renewer = threading.Thread(target=self._keep_renewing,
-                                       args=(name, grant, float(ttl), stop), daemon=True)
+                                       args=(name, grant, float(ttl), stop, sent, lost),
+                                       daemon=True)
             renewer.start()
         try:
             yield grant
+            if lost:
+                raise LeaseLostError(f"the lease of {grant.holder!r} on {name!r} (token "
+                                     f"{grant.token}) was lost while the block ran: {lost[0]}")
         finally:
             stop.set()
             if renewer is not None:
@@ -270,12 +306,23 @@ class PauseClient(BaseClient):
                 logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
                                name, grant.holder, exc)
 
-    def _keep_renewing(self, name: str, grant: Grant, ttl: float, stop: threading.Event) -> None:
-        while not stop.wait(ttl / 3):
+    def _keep_renewing(self, name: str, grant: Grant, ttl: float, stop: threading.Event,
+                       sent: float, lost: list[str]) -> None:
+        deadline = sent + ttl  # from the pause's send: never later than Redis's expiry
+        while not stop.wait(max(0.0, min(ttl / 3, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                lost.append("no renewal reached Redis before the lease ended")
+                logger.warning("pausesvc: lease of %r by %r lost: not renewed in time",
+                               name, grant.holder)
+                return
+            sent = time.monotonic()
             try:
                 self.renew(name, grant.holder, ttl, token=grant.token)
-            except ConflictError:
-                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)
+                deadline = sent + ttl
+            except ConflictError as exc:
+                lost.append(f"the renewal was refused: {exc}")
+                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name,
+                               grant.holder)
                 return
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)

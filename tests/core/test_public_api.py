@@ -16,7 +16,8 @@ def test_exported_members() -> None:
     assert exported == {
         "GLOBAL", "AdapterState", "AsyncPauseClient", "ConflictError", "DataLossError",
         "DrainTimeoutError", "EmbeddedRedis", "Grant", "Hold", "InvalidInputError",
-        "InvalidNameError", "Keys", "NotHolderError", "PauseClient", "PauseError", "PauseEvent",
+        "InvalidNameError", "Keys", "LeaseLostError", "NotHolderError", "PauseClient",
+        "PauseError", "PauseEvent",
         "PauseTimeoutError", "PauseWatcher", "RedisPermissionError", "RedisUnavailableError",
         "ReplicationTimeoutError", "ResumeResult",
         "Settings", "Snapshot", "StaleTokenError", "shared_watcher", "validate_name",

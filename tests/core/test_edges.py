@@ -1,0 +1,247 @@
+"""The promises at the edges (issue 14): data loss, failover, fencing tokens, leases, reaping.
+
+Every test runs against a real redis-server; the ones that lose data restart a private one
+without persistence (``fresh_redis``), exactly as a Redis restart without AOF loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pausesvc import (
+    AsyncPauseClient,
+    DrainTimeoutError,
+    EmbeddedRedis,
+    LeaseLostError,
+    PauseClient,
+    PauseWatcher,
+    Settings,
+    StaleTokenError,
+    shared_watcher,
+)
+from pausesvc._client import release_watcher
+
+
+@pytest.fixture
+def client(redis_url: str, namespace: str) -> Iterator[PauseClient]:
+    with PauseClient(redis_url, namespace=namespace) as c:
+        yield c
+
+
+async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def _restart_empty(server: EmbeddedRedis) -> None:
+    """A Redis restart that lost everything (no AOF): same port, empty dataset."""
+    server.stop(kill=True)
+    server.start()
+
+
+# -- 4. fencing tokens are unique across incarnations ----------------------------------------------
+def test_a_token_from_before_a_data_loss_never_releases_the_new_pause(
+        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    with PauseClient(fresh_redis.url, namespace=namespace) as old:
+        g_old = old.pause("a", holder="trainer")
+    _restart_empty(fresh_redis)
+    with PauseClient(fresh_redis.url, namespace=namespace) as new:
+        g_new = new.pause("a", holder="trainer")
+        assert g_new.revision == g_old.revision  # revisions repeat after the loss...
+        assert g_new.token != g_old.token  # ...tokens do not
+        with pytest.raises(StaleTokenError):
+            new.resume("a", holder="trainer", token=g_old.token)
+        with pytest.raises(StaleTokenError):
+            new.renew("a", "trainer", 10, token=g_old.token)
+        assert new.is_paused("a")
+        new.resume("a", holder="trainer", token=g_new.token)
+        assert not new.is_paused("a")
+
+
+def test_tokens_are_opaque_strings_the_cli_round_trips(client: PauseClient) -> None:
+    g = client.pause("a", holder="t")
+    assert isinstance(g.token, str) and g.token.split("-")[0] == str(g.revision)
+    assert client.get("a").holders["t"].token == g.token  # type: ignore[union-attr]
+
+
+# -- 3. data loss and failover never release a pause -------------------------------------------------
+async def test_restart_without_aof_orphans_the_pause_and_the_next_pause_is_new(
+        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    async with PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w, \
+            AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
+        await c.pause("a", holder="ctl")
+        await _eventually(lambda: w.is_paused("a"))
+        epoch = w.epoch
+        _restart_empty(fresh_redis)
+        await _eventually(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
+        assert w.is_paused("a") and "a" in w.orphans  # never released silently
+        # the next pause of another adapter, at the revisions of the old incarnation, is seen
+        await c.pause("b", holder="ctl")
+        await _eventually(lambda: w.is_paused("b"))
+        assert w.epoch != epoch
+        # a controller's resume re-asserts the orphan
+        await c.resume("a", holder="ctl")
+        await _eventually(lambda: not w.is_paused("a"))
+
+
+async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revision(
+        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    async with AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
+        w = await c.watcher()
+        for _ in range(20):  # this client's last write is at revision 40
+            await c.pause("x")
+            await c.resume("x")
+        assert await c.wait_unpaused("y", timeout=5)
+        _restart_empty(fresh_redis)
+        await _eventually(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
+        t0 = time.monotonic()
+        assert await c.wait_unpaused("y", timeout=5) is True
+        assert time.monotonic() - t0 < 1.0
+
+
+async def test_failover_to_a_lagging_replica_never_releases_a_pause(
+        redis_url: str, namespace: str, raw_redis: redis.Redis) -> None:
+    """The promoted replica has the same epoch but lacks the newest writes (asynchronous
+    replication); a controller's writes then bring the revision back up. The pause the watcher
+    knew must stay held (an orphan), however high the revision climbs."""
+    k = f"pausesvc:{{{namespace}}}"
+    async with PauseWatcher(redis_url, namespace=namespace, resync_interval=0.3) as w, \
+            AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c.pause("base-work", holder="ctl")
+        before = {key: raw_redis.dump(key) for key in (f"{k}:paused", f"{k}:rev", f"{k}:epoch")}
+        await c.pause("a", holder="ctl")  # the write the replica never got
+        await _eventually(lambda: w.is_paused("a"))
+        # the failover: the dataset goes back to the replica's copy (same epoch)
+        for key, value in before.items():
+            raw_redis.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
+        for i in range(5):  # controller writes overtake the lost revision
+            await c.pause(f"other-{i}", holder="ctl")
+        await asyncio.sleep(1.0)  # several periodic resyncs
+        assert w.is_paused("a") and "a" in w.orphans
+        assert w.is_paused("other-4")
+
+
+async def test_an_orphaned_lease_ends_when_the_lease_would_have_ended(
+        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    async with PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w, \
+            AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
+        await c.pause("a", holder="ctl", ttl=2.0)
+        t0 = time.monotonic()
+        await _eventually(lambda: w.is_paused("a"))
+        _restart_empty(fresh_redis)
+        await _eventually(lambda: "a" in w.orphans, 10)
+        # nobody can renew a hold Redis lost (renew answers not_holder): it ends at its expiry
+        assert await w.wait_unpaused("a", timeout=10)
+        assert time.monotonic() - t0 >= 1.9
+
+
+# -- 5. smaller breaks -------------------------------------------------------------------------------
+async def test_sharded_pubsub_on_is_honoured_by_the_shared_watcher(
+        redis_url: str, namespace: str) -> None:
+    s = Settings(redis_url=redis_url, namespace=namespace, sharded_pubsub="on")
+    async with AsyncPauseClient(settings=s) as c:
+        assert c.sharded
+        w = await shared_watcher(redis_url, namespace, settings=s)
+        try:
+            await w.wait_synced(5)
+            t0 = time.monotonic()
+            await c.pause("a")
+            await _eventually(lambda: w.is_paused("a"), 2.0)
+            assert time.monotonic() - t0 < 2.0 and w.stats.events >= 1
+        finally:
+            await release_watcher(redis_url, namespace)
+
+
+async def test_paused_with_ttl_cancels_the_block_when_the_lease_is_lost(
+        redis_url: str, namespace: str) -> None:
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c, \
+            AsyncPauseClient(redis_url, namespace=namespace) as operator:
+        ran = 0.0
+        t0 = time.monotonic()
+        with pytest.raises(LeaseLostError):
+            async with c.paused("a", holder="trainer", ttl=0.6):
+                await operator.resume("a", force=True)  # the hold is taken away
+                await asyncio.sleep(10)
+        ran = time.monotonic() - t0
+        assert ran < 2.0
+        assert not await c.is_paused("a")
+
+
+def test_paused_sync_raises_when_the_lease_was_lost(redis_url: str, namespace: str) -> None:
+    with PauseClient(redis_url, namespace=namespace) as c:
+        with pytest.raises(LeaseLostError), c.paused("a", holder="trainer", ttl=0.3):
+            c.resume("a", force=True)
+            time.sleep(0.6)
+        assert not c.is_paused("a")
+
+
+async def test_paused_does_not_leak_a_hold_when_the_drain_fails_or_is_cancelled(
+        redis_url: str, namespace: str) -> None:
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c._heartbeat("silent", {"url": "http://silent"})  # live, never acknowledges
+        with pytest.raises(DrainTimeoutError):
+            async with c.paused("a", holder="t", drain=True, timeout=0.3):
+                pytest.fail("the block must not run")
+        assert not await c.is_paused("a")
+
+        async def enter() -> None:
+            async with c.paused("b", holder="t", drain=True, timeout=30):
+                pytest.fail("the block must not run")
+
+        task = asyncio.create_task(enter())
+        await asyncio.sleep(0.5)
+        assert await c.is_paused("b")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not await c.is_paused("b")
+    with PauseClient(redis_url, namespace=namespace) as sc:
+        with pytest.raises(DrainTimeoutError), sc.paused("c", holder="t", drain=True,
+                                                         timeout=0.3):
+            pytest.fail("the block must not run")
+        assert not sc.is_paused("c")
+
+
+async def test_an_expired_hold_nobody_reaped_is_reaped_by_the_next_watcher(
+        redis_url: str, namespace: str, raw_redis: redis.Redis) -> None:
+    k = f"pausesvc:{{{namespace}}}"
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c.pause("a", ttl=0.2)
+    await asyncio.sleep(0.4)
+    rev = int(raw_redis.get(f"{k}:rev") or 0)
+    assert raw_redis.hexists(f"{k}:paused", "a")  # the ghost: no watcher was in sync
+    async with PauseWatcher(redis_url, namespace=namespace) as w:
+        assert not w.is_paused("a")
+        await _eventually(lambda: not raw_redis.hexists(f"{k}:paused", "a"))
+        assert int(raw_redis.get(f"{k}:rev") or 0) == rev + 1  # one 'expire' change
+        assert raw_redis.zscore(f"{k}:tombstones", "a") == rev + 1
+
+
+async def test_a_lease_expiry_wake_up_never_runs_ahead_of_redis(
+        redis_url: str, namespace: str) -> None:
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c, \
+            AsyncPauseClient(redis_url, namespace=namespace) as reader:
+        for i in range(8):
+            await c.pause(f"l{i}", ttl=0.15)
+            assert await c.wait_unpaused(f"l{i}", timeout=5)
+            # what woke the waiter must be what Redis's own readers see at once
+            assert not await reader.is_paused(f"l{i}")
+            assert f"l{i}" not in (await reader.snapshot()).paused
+
+
+def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis,
+                                namespace: str) -> None:
+    k = f"pausesvc:{{{namespace}}}:tombstones"
+    pipe_client = client
+    for i in range(10_050):
+        pipe_client.resume(f"n{i}")
+    assert raw_redis.zcard(k) == 10_000
+    assert raw_redis.zscore(k, "n10049") is not None and raw_redis.zscore(k, "n0") is None
