@@ -313,3 +313,44 @@ async def test_resume_racing_the_resync_after_data_loss(workdir: Path, ns: str) 
             await until(lambda: not w.is_paused("a"), 5, "a released")
     finally:
         srv.cleanup()
+
+
+@pytest.mark.timeout(60)
+async def test_skyrl_abort_after_a_restart_without_aof_aborts_what_is_in_flight(
+        workdir: Path, ns: str, make_fleet: Callable[..., Any],
+        figures: Callable[..., None]) -> None:
+    """Redis restarts empty (its epoch goes old -> none -> new): the gate's drain bookkeeping
+    of the old incarnation must not make the next pause look drained already. SkyRL's abort on
+    the replica aborts the stream in flight, reports it, and no token follows its answer."""
+    from reliability.test_fencing import Stream
+
+    srv = EmbeddedRedis(dir=str(workdir))
+    srv.start()
+    try:
+        fleet = make_fleet(srv.url, ns)
+        (rep,) = fleet.start(1)
+        async with AsyncPauseClient(srv.url, namespace=ns, settings=fast_settings()) as c, \
+                httpx.AsyncClient(timeout=30) as http:
+            for _ in range(3):  # drained before, at revisions the next incarnation repeats
+                g = await c.pause("a", drain=True, timeout=5)
+                await c.resume("a", token=g.token)
+            srv.stop(kill=True)
+            srv.start()
+            await until(lambda: all_views(fleet, lambda v: v["in_sync"] and not v["fenced"]),
+                        15, "in sync with the empty Redis")
+            stream = Stream(rep, "a")
+            await asyncio.wait_for(stream.started.wait(), 10)
+            t0 = time.monotonic()
+            r = await http.post(rep.url + "/skyrl/v1/abort_lora_requests",
+                                json={"lora_name": "a"})
+            t_answer = time.monotonic()
+            assert r.status_code == 200, r.text
+            body = r.json()
+            await asyncio.wait_for(stream.task, 10)
+            figures(abort_answer_s=round(t_answer - t0, 3), count=body["count"],
+                    tokens_after_answer=stream.after(t_answer), finish=stream.finish)
+            assert body["count"] >= 1 and body["aborted"]
+            assert stream.finish == "abort"
+            assert stream.after(t_answer) == 0
+    finally:
+        srv.cleanup()
