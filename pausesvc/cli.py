@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from pausesvc._embedded import running_embedded_url
 from pausesvc._exceptions import (
     ConflictError,
     DrainTimeoutError,
@@ -81,11 +82,16 @@ class Ctx:
 
     def client(self) -> PauseClient:
         if not self.settings.redis_url:
-            raise InvalidInputError(
-                "no Redis URL: pass --redis-url or set PAUSESVC_REDIS_URL "
-                "(or run `pausesvc serve`/`pausesvc demo`, which start an embedded Redis)",
-                field="redis_url",
-            )
+            url = running_embedded_url(self.settings.data_dir)
+            if url is None:
+                raise InvalidInputError(
+                    "no Redis URL: pass --redis-url or set PAUSESVC_REDIS_URL (no "
+                    "`pausesvc serve` with an embedded Redis is running for this user)",
+                    field="redis_url",
+                )
+            click.echo(f"pausesvc: using the embedded Redis of `pausesvc serve` at {url}",
+                       err=True)
+            self.settings = self.settings.model_copy(update={"redis_url": url})
         return PauseClient(settings=self.settings)
 
 
