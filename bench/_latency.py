@@ -122,7 +122,7 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         client = AsyncPauseClient(url, namespace=ns, holder="bench")
         pub = aredis.Redis.from_url(url)
         await pub.ping()
-        grant: dict[str, int] = {}
+        grant: dict[str, str] = {}
 
         async def p_pause(drain: bool = False) -> None:
             grant["t"] = (await client.pause(ADAPTER, drain=drain, timeout=30)).token

@@ -21,11 +21,37 @@ from pausesvc._exceptions import (
     StaleTokenError,
 )
 from pausesvc._keys import Keys, validate_holder, validate_name
-from pausesvc._models import AdapterState, Grant, ResumeResult, Snapshot
+from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
 
 logger = logging.getLogger("pausesvc.client")
 
-__all__ = ["BaseClient", "parse_snapshot", "parse_snapshot_reply", "validate_timeout"]
+__all__ = ["BaseClient", "classify_event", "parse_snapshot", "parse_snapshot_reply",
+           "validate_timeout"]
+
+#: An event at or below the view's revision this long after the view's last snapshot is not a
+#: late duplicate (those arrive right after a snapshot): the revision went back in the same
+#: epoch - a failover to a lagging replica. Resync.
+BEHIND_GRACE_S = 1.0
+
+
+def classify_event(ev: PauseEvent, revision: int, epoch: str | None,
+                   since_snapshot: float | None) -> str:
+    """The one rule for applying an event to a view at (``revision``, ``epoch``), whose last
+    snapshot was read ``since_snapshot`` seconds ago: ``"apply"``, ``"skip"`` (already in the
+    snapshot), or the reason to re-read the snapshot instead (``"epoch-changed"``, ``"gap"``,
+    ``"epoch-unknown"``, ``"revision-behind"``). The watcher and the blocking client's
+    ``events()`` both follow it."""
+    if epoch is not None and ev.epoch != epoch:
+        return "epoch-changed"
+    if ev.revision <= revision:
+        if epoch is None:
+            return "epoch-unknown"
+        if since_snapshot is not None and since_snapshot > BEHIND_GRACE_S:
+            return "revision-behind"
+        return "skip"
+    if ev.revision != revision + 1:
+        return "gap"
+    return "apply"
 
 MAX_REASON_LENGTH = 1024
 MAX_TTL_S = 7 * 24 * 3600.0

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
+from pausesvc._base import BaseClient, classify_event, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import (
     ConflictError,
     InvalidInputError,
@@ -219,6 +219,7 @@ class PauseClient(BaseClient):
             try:
                 snap = self.snapshot()
                 rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
+                read_at = time.monotonic()
                 while True:
                     msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
                     if msg is None:
@@ -233,16 +234,22 @@ class PauseClient(BaseClient):
                             ev = PauseEvent.from_json(msg["data"])
                         except (ValueError, KeyError, TypeError):
                             ev = None
-                    if ev is not None and ev.revision == rev + 1 and epoch in (None, ev.epoch):
+                    verdict = "resubscribed" if ev is None else classify_event(
+                        ev, rev, epoch, time.monotonic() - read_at)
+                    if verdict == "skip":
+                        continue
+                    if ev is not None and verdict == "apply":
                         rev, epoch = ev.revision, ev.epoch
                         if ev.state is None:
                             view.pop(ev.name, None)
                         else:
                             view[ev.name] = ev.state
                         yield ev
-                    elif ev is None or ev.revision > rev + 1 or ev.epoch != epoch:
-                        # a gap, a reconnect, or another incarnation of the namespace (data loss)
+                    else:
+                        # a gap, a reconnect, another incarnation of the namespace (data
+                        # loss), a revision gone back (failover): the same rules as the watcher
                         snap = self.snapshot()
+                        read_at = time.monotonic()
                         for n in sorted(set(view) | set(snap.paused)):
                             if view.get(n) != snap.paused.get(n):
                                 st = snap.paused.get(n)

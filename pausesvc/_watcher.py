@@ -37,7 +37,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pausesvc._base import parse_snapshot_reply, validate_timeout
+from pausesvc._base import classify_event, parse_snapshot_reply, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
 from pausesvc._keys import GLOBAL, Keys, validate_name
 from pausesvc._models import AdapterState, PauseEvent, Snapshot
@@ -63,9 +63,7 @@ _NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavai
                    TimeoutError)
 _PUBSUB_TYPES = frozenset({"message", "smessage", "pmessage", "subscribe", "ssubscribe",
                            "psubscribe", "unsubscribe", "sunsubscribe", "punsubscribe"})
-#: An event at or below the view's revision this long after a resync is not a late duplicate:
-#: the revision went back in the same epoch (a failover to a lagging replica). Resync.
-_BEHIND_GRACE_S = 1.0
+
 
 
 class WatcherStats:
@@ -452,18 +450,15 @@ class PauseWatcher:
         except (ValueError, KeyError, TypeError):
             logger.warning("pausesvc watcher: ignoring a malformed event: %.200r", data)
             return "malformed-event"
-        if self._epoch is not None and ev.epoch != self._epoch:
-            return "epoch-changed"
-        if ev.revision <= self._rev:
-            if self._epoch is None:
-                return "epoch-unknown"
-            last = self._last_sync
-            if last is not None and time.monotonic() - last > _BEHIND_GRACE_S:
-                return "revision-behind"
+        last = self._last_sync
+        verdict = classify_event(ev, self._rev, self._epoch,
+                                 None if last is None else time.monotonic() - last)
+        if verdict == "skip":
             return None
-        if ev.revision != self._rev + 1:
-            self.stats.gaps += 1
-            return "gap"
+        if verdict != "apply":
+            if verdict == "gap":
+                self.stats.gaps += 1
+            return verdict
         self._rev = ev.revision
         if self._epoch is None:
             self._epoch = ev.epoch

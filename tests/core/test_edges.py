@@ -245,3 +245,24 @@ def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis,
         pipe_client.resume(f"n{i}")
     assert raw_redis.zcard(k) == 10_000
     assert raw_redis.zscore(k, "n10049") is not None and raw_redis.zscore(k, "n0") is None
+
+
+# -- one rule for applying events (the watcher and the blocking events() share it) -------------
+@pytest.mark.parametrize(("ev_rev", "ev_epoch", "rev", "epoch", "since", "verdict"), [
+    (6, "e1", 5, "e1", 0.1, "apply"),
+    (8, "e1", 5, "e1", 0.1, "gap"),
+    (5, "e1", 5, "e1", 0.1, "skip"),            # already in the snapshot
+    (3, "e1", 5, "e1", 0.1, "skip"),            # buffered before the snapshot
+    (3, "e1", 5, "e1", 5.0, "revision-behind"),  # long after it: a failover went back
+    (6, "e2", 5, "e1", 0.1, "epoch-changed"),
+    (1, "e2", 5, "e1", 0.1, "epoch-changed"),    # a new incarnation's revision 1
+    (1, "e1", 0, None, 0.1, "apply"),            # the first write ever
+    (0, "e1", 0, None, 0.1, "epoch-unknown"),
+])
+def test_classify_event(ev_rev: int, ev_epoch: str, rev: int, epoch: str | None, since: float,
+                        verdict: str) -> None:
+    from pausesvc._base import classify_event
+    from pausesvc._models import PauseEvent
+
+    ev = PauseEvent(ev_rev, ev_epoch, "a", "pause", True, "h", None, 0.0)
+    assert classify_event(ev, rev, epoch, since) == verdict

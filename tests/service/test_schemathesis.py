@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _run_st(url: str, *extra: str, examples: int, cwd: str) -> tuple[int, int, str]:
-    st = shutil.which("st")
+    # next to this interpreter first: the venv's bin is not on PATH under `.venv/bin/python`
+    here = Path(sys.executable).parent / "st"
+    st = str(here) if here.exists() else shutil.which("st")
     if st is None:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")
     proc = subprocess.run(

@@ -206,7 +206,7 @@ class Workload:
         self.report.cycles += 1
         return w
 
-    async def _resume(self, a: str, token: int | None, holder: str | None = None) -> None:
+    async def _resume(self, a: str, token: str | None, holder: str | None = None) -> None:
         assert self.client is not None
         for attempt in range(100):
             try:
