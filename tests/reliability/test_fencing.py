@@ -77,6 +77,20 @@ async def _post(rep: Replica, model: str, timeout: float) -> httpx.Response | No
             return None
 
 
+async def _keep_requesting(rep: Replica, model: str, stop: asyncio.Event) -> int:
+    """Short requests of ``model`` until ``stop``; returns how many were answered 200."""
+    ok = 0
+    async with httpx.AsyncClient(timeout=30) as c:
+        while not stop.is_set():
+            try:
+                r = await c.post(rep.url + "/v1/completions",
+                                 json={"model": model, "prompt": [1], "max_tokens": 1})
+                ok += r.status_code == 200
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    return ok
+
+
 async def _fenced(rep: Replica) -> bool:
     return bool((await status(rep))["fenced"])
 
@@ -105,9 +119,18 @@ async def test_partitioned_replica_fences_before_the_barrier_drops_it(
             assert stream.arrivals, "the victim's stream never produced a token"
             assert not await _fenced(victim)
 
+            # requests keep arriving while the fence goes up: parked ones must not spin the
+            # replica's loop (it must keep answering its status)
+            stop = asyncio.Event()
+            traffic = [asyncio.create_task(_keep_requesting(victim, "a1", stop))
+                       for _ in range(8)]
+            await asyncio.sleep(0.3)
             proxy.blackhole()
             t_cut = time.monotonic()
             fenced_after = await until(lambda: _fenced(victim), 5, "the victim fences itself")
+            for _ in range(5):
+                await asyncio.sleep(0.2)
+                assert (await status(victim, timeout=2.0))["fenced"]  # its loop is alive
             t_fenced = time.monotonic()
             grant = await ctl.pause("a0", drain=True, timeout=15)
             t_ret = time.monotonic()
@@ -132,6 +155,9 @@ async def test_partitioned_replica_fences_before_the_barrier_drops_it(
             r = await _post(victim, "a0", 10.0)
             assert r is not None and r.status_code == 200
             await asyncio.wait_for(asyncio.gather(stream.task, other.task), 10)
+            stop.set()
+            served_loops = await asyncio.wait_for(asyncio.gather(*traffic), 20)
+            assert all(n >= 1 for n in served_loops)
     figures(partition_to_fenced_s=round(fenced_after, 3),
             drain_returned_after_partition_s=round(t_ret - t_cut, 3),
             tokens_after_drain_returned=stream.after(t_ret),

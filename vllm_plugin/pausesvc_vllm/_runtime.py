@@ -317,8 +317,15 @@ class GateRuntime:
                 if self.admissible(name):
                     break
                 if self.fenced:
+                    # the monitor sets the event when it lifts the fence; cleared here first (it
+                    # may still be set from before this fence: waiting on it would not suspend,
+                    # and this loop would never yield), with a poll for a fence so short that
+                    # the monitor never saw it
                     assert self._unfenced is not None
-                    await self._unfenced.wait()
+                    self._unfenced.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FENCE_CHECK_S):
+                            await self._unfenced.wait()
                 else:  # not yet synced, or a change between the wake-up and now
                     await asyncio.sleep(DRAIN_RECHECK_S)
             group = self._held.pop(name, ())
