@@ -57,6 +57,18 @@ MAX_REASON_LENGTH = 1024
 MAX_TTL_S = 7 * 24 * 3600.0
 
 
+#: a number written as JSON would write it, in a string ("0.3", "5", "1e-2"); nothing else
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+
+
+def number_from_text(value: object) -> object:
+    """``"0.3"`` -> ``0.3`` (SkyRL's server did ``float(timeout_s)``); anything else unchanged,
+    so the validator after it refuses ``"soon"``, ``"nan"``, ``"inf"`` and ``"1_0"`` by name."""
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
+        return float(value)
+    return value
+
+
 def validate_timeout(value: object, *, field: str = "timeout", allow_none: bool = True) -> float | None:
     if value is None:
         if allow_none:

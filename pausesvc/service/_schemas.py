@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
-from pausesvc._base import MAX_REASON_LENGTH, MAX_TTL_S, validate_reason
+from pausesvc._base import MAX_REASON_LENGTH, MAX_TTL_S, number_from_text, validate_reason
 from pausesvc._keys import MAX_NAME_LENGTH, validate_holder, validate_name
 
 #: Longest wait a single long-poll or drain may ask for (seconds).
@@ -129,8 +129,11 @@ class SkyRLAbortRequest(SkyRLLoraRequest):
 
     timeout_s: float | None = Field(
         default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
-        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S).",
+        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S); a numeric "
+        'string ("0.3") is accepted, as SkyRL\'s server did.',
     )
+
+    _seconds = field_validator("timeout_s", mode="before")(number_from_text)
 
 
 class SkyRLWaitRequest(BaseModel):
@@ -141,7 +144,10 @@ class SkyRLWaitRequest(BaseModel):
     lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
                            json_schema_extra=_NAME_SCHEMA)
     timeout_s: float = Field(default=60.0, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
-                             description="Give up (and answer paused=true) after this long.")
+                             description="Give up (and answer paused=true) after this long; a "
+                             'numeric string ("0.3") is accepted, as SkyRL\'s server did.')
+
+    _seconds = field_validator("timeout_s", mode="before")(number_from_text)
 
     @field_validator("lora_name")
     @classmethod

@@ -498,6 +498,9 @@ AUTH = [(b"content-type", b"application/json"), (b"authorization", b"Bearer s3cr
     ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": -1}', "timeout_s"),
     ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": true}', "timeout_s"),
     ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": 1e400}', "timeout_s"),
+    *[("/skyrl/v1/wait_lora_unpaused",
+       json.dumps({"lora_name": "a", "timeout_s": bad}).encode(), "timeout_s")
+      for bad in ("-1", "nan", "inf", "1e400", "1_0", "", "0x1")],
 ])
 async def test_skyrl_bad_input_is_400(gate_factory: Any, path: str, body: bytes,
                                       field: str) -> None:
@@ -506,6 +509,20 @@ async def test_skyrl_bad_input_is_400(gate_factory: Any, path: str, body: bytes,
     assert send.status == 400, send.body
     assert send.json()["error"]["field"] == field
     assert send.json()["detail"]
+
+
+async def test_skyrl_wait_takes_a_numeric_string(gate_factory: Any,
+                                                 client: AsyncPauseClient) -> None:
+    """SkyRL's server did ``float(timeout_s)``: ``"0.3"`` waits 0.3 s, as a number would."""
+    mw = await gate_factory(EchoApp())
+    await seen(mw, await client.pause("lora-a"))
+    t0 = time.monotonic()
+    send = await call(mw, "/skyrl/v1/wait_lora_unpaused",
+                      b'{"lora_name": "lora-a", "timeout_s": "0.3"}')
+    assert send.status == 200 and send.json() == {"paused": True}
+    assert 0.25 <= time.monotonic() - t0 < 5
+    send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "b", "timeout_s": "5"}')
+    assert send.json() == {"paused": False}
 
 
 async def test_skyrl_wrong_method_is_405(gate_factory: Any) -> None:

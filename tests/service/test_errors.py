@@ -72,6 +72,10 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
      400, "timeout_s"),
     ("POST", "/skyrl/v1/wait_lora_unpaused", {"content": b'{"lora_name": "A", "timeout_s": NaN}',
                                               "headers": JSON}, 400, "timeout_s"),
+    # a numeric string is a number (SkyRL's server did float(timeout_s)); these are not
+    *[("POST", path, {"json": {"lora_name": "A", "timeout_s": bad}}, 400, "timeout_s")
+      for path in ("/skyrl/v1/wait_lora_unpaused", "/skyrl/v1/abort_lora_requests")
+      for bad in ("soon", "-1", "-0.5", "nan", "inf", "1e400", "1_0", "", True)],
 ]
 
 

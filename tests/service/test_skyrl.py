@@ -91,3 +91,20 @@ async def test_drain_timeout_is_504_and_the_pause_stays(live: Live) -> None:
         r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "C",
                                                                 "timeout_s": 0.3})
         assert r.status_code == 504 and r.json()["missing"] == ["silent"]
+
+
+async def test_numeric_string_timeouts_are_numbers(live: Live) -> None:
+    """SkyRL's server did ``float(timeout_s)``: ``"0.3"`` is 0.3 s here too."""
+    async with httpx.AsyncClient(base_url=live.url, timeout=10) as c:
+        r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "S",
+                                                                "timeout_s": "5"})
+        assert r.status_code == 200, r.text
+        t0 = time.monotonic()
+        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S",
+                                                                "timeout_s": "0.3"})
+        assert w.status_code == 200 and w.json() == {"paused": True}
+        assert time.monotonic() - t0 >= 0.25
+        await c.post("/skyrl/v1/resume_lora_requests", json={"lora_name": "S"})
+        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S",
+                                                                "timeout_s": " 1e1 "})
+        assert w.json() == {"paused": False}

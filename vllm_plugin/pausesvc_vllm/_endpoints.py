@@ -34,7 +34,7 @@ from pausesvc import (
     RedisUnavailableError,
     validate_name,
 )
-from pausesvc._base import validate_timeout
+from pausesvc._base import number_from_text, validate_timeout
 from pausesvc_vllm._asgi import (
     BodyError,
     Receive,
@@ -131,7 +131,8 @@ async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive,
 async def _wait(rt: GateRuntime, data: dict[str, Any], receive: Receive,
                 holder: str) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
-    raw = data.get("timeout_s", DEFAULT_WAIT_S)
+    # a numeric string ("0.3") is a number, as it was for SkyRL's server (float(timeout_s))
+    raw = number_from_text(data.get("timeout_s", DEFAULT_WAIT_S))
     try:
         timeout = validate_timeout(raw, field="timeout_s", allow_none=False)
     except InvalidInputError as exc:
