@@ -40,6 +40,22 @@ class WatcherCollector(Collector):
         for n in names:
             per.add_metric([n], 1)
         yield per
+        # What a stuck-pause alert needs: how long each pause has lasted, and whether it ends
+        # by itself (every hold is a lease) or waits for someone to resume it.
+        now = w.server_time()
+        age = GaugeMetricFamily("pausesvc_adapter_paused_seconds", "Seconds since each paused "
+                                "adapter's pause began (Redis clock).", labels=["adapter"])
+        leased = GaugeMetricFamily("pausesvc_adapter_leased", "1 when every hold on the paused "
+                                   "adapter is a lease (the pause ends by itself), 0 when some "
+                                   "hold has no lease.", labels=["adapter"])
+        for n in names:
+            a = w.state(n)
+            if a is None:
+                continue
+            age.add_metric([n], max(0.0, now - a.since))
+            leased.add_metric([n], 0.0 if a.expires_at is None else 1.0)
+        yield age
+        yield leased
         orphans = GaugeMetricFamily("pausesvc_orphaned_adapters",
                                     "Adapters held after a Redis data loss (policy hold).")
         orphans.add_metric([], len(w.orphans))

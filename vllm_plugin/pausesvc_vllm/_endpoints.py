@@ -187,7 +187,7 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
         w = rt.watcher
         rendered = render_prometheus(
             rt.stats, {"replica": rt.replica_id, "namespace": rt.settings.namespace},
-            {"in_sync": float(bool(w and w.in_sync)),
+            {"in_sync": float(bool(w and w.in_sync)), "fenced": float(rt.fenced),
              "staleness_seconds": w.staleness if w else 0.0,
              "paused_adapters": float(len(w.paused_names())) if w else 0.0},
         )

@@ -89,6 +89,8 @@ _COUNTERS = {
     "drain_seconds_total": "Seconds spent draining",
     "ack_errors": "Drain acknowledgements that failed",
     "heartbeat_errors": "Registry heartbeats that failed",
+    "fences": "Times this process fenced itself (no recent proof of a round trip to Redis)",
+    "fenced_cuts": "Admitted responses cut because the process was fenced",
 }
 
 
@@ -120,6 +122,12 @@ def render_prometheus(stats: GateStats, labels: dict[str, str],
                 for adapter, n in sorted(data.items()):
                     if n:
                         g.add_metric([*values, adapter], float(n))
+                yield g
+            for name, doc in (("fenced", "1 while this process is fenced (it holds every "
+                               "request and sends no response bytes)"),
+                              ("in_sync", "1 while this gate's view is in sync with Redis")):
+                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
+                g.add_metric(values, float(watcher.get(name, 0.0)))
                 yield g
             for name, doc in (("in_sync", "1 when the watcher's view is in sync"),
                               ("staleness_seconds", "Seconds the view has been out of sync"),
