@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     )
     gate_policy: Literal["hold", "reject"] = "hold"
     gate_hold_timeout_s: float = Field(default=300.0, gt=0)
+    gate_deadline_response: Literal["abort", "503"] = Field(
+        default="abort",
+        description="Gate: what a request held until gate_hold_timeout_s gets on "
+        "/v1/completions and /v1/chat/completions: 'abort' = zero tokens with finish_reason "
+        "'abort' (what the drain's aborted requests get; SkyRL/Tinker clients wait and resubmit), "
+        "'503' = 503 adapter_paused with Retry-After. Other paths always get the 503.",
+    )
     gate_retry_after_s: int = Field(default=5, ge=0)
     gate_max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     gate_body_timeout_s: float = Field(

@@ -194,7 +194,7 @@ async def test_global_pause_holds_every_model_and_requests_without_one(
 async def test_hold_deadline_answers_503_with_retry_after(gate_factory: Any,
                                                           client: AsyncPauseClient) -> None:
     app = EchoApp()
-    mw = await gate_factory(app, gate_hold_timeout_s=0.3)
+    mw = await gate_factory(app, gate_hold_timeout_s=0.3, gate_deadline_response="503")
     await seen(mw, await client.pause("lora-a"))
     send = Recorder()
     t0 = time.monotonic()
@@ -205,6 +205,76 @@ async def test_hold_deadline_answers_503_with_retry_after(gate_factory: Any,
     assert send.json()["error"]["code"] == "adapter_paused"
     assert send.json()["error"]["adapter"] == "lora-a"
     assert app.calls == [] and mw.runtime.stats.hold_timeouts == 1
+
+
+async def _held_past_the_deadline(mw: PauseGateMiddleware, path: str,
+                                  body: dict[str, Any]) -> Recorder:
+    send = Recorder()
+    t0 = time.monotonic()
+    await asyncio.wait_for(mw(http_scope(path), Receiver(body_message(json.dumps(body).encode())),
+                              send), 5)
+    assert time.monotonic() - t0 >= 0.25
+    return send
+
+
+async def test_hold_deadline_answers_abort_by_default(gate_factory: Any,
+                                                      client: AsyncPauseClient) -> None:
+    """The default: what a request the drain aborted gets - zero tokens, finish_reason "abort"
+    - which SkyRL's and Tinker's retry loops wait out and resubmit (a 503 makes them raise)."""
+    app = EchoApp()
+    mw = await gate_factory(app, gate_hold_timeout_s=0.3)
+    assert mw.settings.gate_deadline_response == "abort"
+    await seen(mw, await client.pause("lora-a"))
+    send = await _held_past_the_deadline(mw, "/v1/completions",
+                                         {"model": "lora-a", "prompt": [1, 2], "max_tokens": 8})
+    assert send.status == 200 and send.headers["content-type"] == "application/json"
+    body = send.json()
+    assert body["object"] == "text_completion" and body["model"] == "lora-a"
+    assert body["id"].startswith("cmpl-")
+    [choice] = body["choices"]
+    assert choice["finish_reason"] == "abort" and choice["text"] == ""
+    assert choice["token_ids"] == [] and body["usage"]["completion_tokens"] == 0
+
+    send = await _held_past_the_deadline(mw, "/v1/chat/completions", {
+        "model": "lora-a", "messages": [{"role": "user", "content": "hi"}], "n": 2,
+        "logprobs": True})
+    body = send.json()
+    assert send.status == 200 and body["object"] == "chat.completion"
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    for c in body["choices"]:
+        assert c["finish_reason"] == "abort" and c["message"]["content"] == ""
+        assert c["logprobs"] == {"content": []}
+    # paths with no OpenAI abort shape keep the 503
+    send = await _held_past_the_deadline(mw, "/v1/embeddings", {"model": "lora-a", "input": "x"})
+    assert send.status == 503 and send.json()["error"]["code"] == "adapter_paused"
+    assert app.calls == [] and mw.runtime.stats.hold_timeouts == 3
+
+
+@pytest.mark.parametrize(("path", "obj", "include_usage"), [
+    ("/v1/completions", "text_completion", False),
+    ("/v1/chat/completions", "chat.completion.chunk", True),
+])
+async def test_hold_deadline_abort_streams_one_chunk_then_done(
+        gate_factory: Any, client: AsyncPauseClient, path: str, obj: str,
+        include_usage: bool) -> None:
+    app = EchoApp()
+    mw = await gate_factory(app, gate_hold_timeout_s=0.3)
+    await seen(mw, await client.pause("lora-a"))
+    body: dict[str, Any] = {"model": "lora-a", "prompt": "x", "messages": [], "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    send = await _held_past_the_deadline(mw, path, body)
+    assert send.status == 200 and send.headers["content-type"] == "text/event-stream"
+    events = [e for e in send.body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert chunks[0]["object"] == obj
+    assert [c["finish_reason"] for c in chunks[0]["choices"]] == ["abort"]
+    if include_usage:
+        assert len(chunks) == 2 and chunks[1]["usage"]["completion_tokens"] == 0
+    else:
+        assert len(chunks) == 1
+    assert not send.messages[-1].get("more_body") and app.calls == []
 
 
 async def test_reject_policy_answers_at_once(gate_factory: Any, client: AsyncPauseClient) -> None:
@@ -304,7 +374,8 @@ async def test_held_before_the_first_sync(settings: Settings, redis_url: str) ->
     """Fail closed: until the watcher has read the state once, gated requests wait."""
     app = EchoApp()
     mw = PauseGateMiddleware(app, settings=settings.model_copy(
-        update={"redis_url": "redis://127.0.0.1:1/0", "gate_hold_timeout_s": 0.5}))
+        update={"redis_url": "redis://127.0.0.1:1/0", "gate_hold_timeout_s": 0.5,
+                "gate_deadline_response": "503"}))
     try:
         send = Recorder()
         await asyncio.wait_for(mw(http_scope(), Receiver(body_message(req())), send), 5)
@@ -578,3 +649,43 @@ async def test_status_and_metrics(gate_factory: Any, client: AsyncPauseClient) -
     pytest.importorskip("prometheus_client")
     send = await call(mw, "/pausesvc/metrics", None, method="GET")
     assert send.status == 200 and b"pausesvc_gate_holds_total" in send.body
+
+
+class StuckEngine(FakeEngine):
+    """An engine whose abort never takes effect: the request stays in flight."""
+
+    async def abort(self, ids: list[str], internal: bool = False) -> None:
+        return None
+
+
+async def test_skyrl_abort_drain_timeout_keeps_the_pause(gate_factory: Any,
+                                                         client: AsyncPauseClient) -> None:
+    """A caller that knows only SkyRL's contract gets a non-2xx (it must not swap the weights),
+    and the pause is never released by the failure: new requests stay held, a retry is
+    idempotent, and only resume_lora_requests releases it."""
+    engine = StuckEngine()
+    app = EngineApp(engine)
+    mw = await gate_factory(app, drain_timeout_s=0.3)
+    await asyncio.sleep(0.3)
+    stuck = await _start(mw, app, "lora-a")
+    await asyncio.sleep(0.1)
+    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
+                      app=app.app)
+    assert send.status == 504
+    err = send.json()["error"]
+    assert err["code"] == "drain_timeout" and err["paused"] is True and err["in_flight"] == 1
+    assert "stays paused" in send.json()["detail"]
+    state = await client.get("lora-a")
+    assert state is not None and "skyrl-anon" in state.holders
+    assert err["token"] in state.tokens
+    held = await _start(mw, app, "lora-a")
+    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
+                       app=app.app)
+    assert again.status == 504 and not held.done()
+    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}')
+    assert send.json() == {"status": "ok", "paused": False}
+    await asyncio.sleep(0.2)
+    assert not stuck.done() and len(engine.output_processor.request_states) == 2  # held ran
+    for st in list(engine.output_processor.request_states.values()):
+        st.done.set()
+    await asyncio.wait_for(asyncio.gather(stuck, held), 5)

@@ -33,7 +33,10 @@ EXTRA = {
     "drain_timeout_s": "Default deadline of a drained pause (POST /v1/pauses/{name} with "
                        "drain, /skyrl/v1/abort_lora_requests); 504 drain_timeout after it.",
     "gate_policy": "Gate: hold paused requests until resume, or reject them with 503 at once.",
-    "gate_hold_timeout_s": "Gate: longest hold; then 503 adapter_paused.",
+    "gate_hold_timeout_s": "Gate: longest hold; then the gate_deadline_response. Must exceed "
+                           "the longest pause a weight sync makes (abort on every replica, "
+                           "load, resume; see skyrl.md, Deadlines), or held requests are "
+                           "answered before the new weights are in.",
     "gate_retry_after_s": "Gate: Retry-After on its 503s.",
     "gate_max_body_bytes": "Gate: body cap on gated paths (413 over it).",
     "host": "Control service: interface to listen on (`pausesvc serve --host`).",

@@ -2,7 +2,8 @@
 
     POST /skyrl/v1/abort_lora_requests  {"lora_name"}            pause fleet-wide (holder
          "skyrl", or "skyrl-anon" with no credential configured), wait until THIS process
-         drained it -> {"status", "aborted", "count"}
+         drained it -> {"status", "aborted", "count"}; not drained within drain_timeout_s:
+         504 drain_timeout {"paused": true, "token", "in_flight"} and the pause STAYS
     POST /skyrl/v1/resume_lora_requests {"lora_name"}            release that hold -> {"status"}
     POST /skyrl/v1/wait_lora_unpaused   {"lora_name", "timeout_s"} long-poll -> {"paused"}
     GET  /pausesvc/status                                       this process's view, as JSON
@@ -99,10 +100,15 @@ async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive,
         aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s,
                                         token=grant.token, epoch=grant.epoch)
     except TimeoutError:
+        # never a 200 (SkyRL's caller would swap the weights under a live request) and never a
+        # silent release: the pause stays, and the answer says so and how to go on
         return 504, error_body(
             "drain_timeout",
-            f"{name!r} is paused, but this replica did not drain it within "
-            f"{rt.settings.drain_timeout_s:g}s", adapter=name)
+            f"{name!r} is paused and stays paused, but this replica did not drain it within "
+            f"{rt.settings.drain_timeout_s:g}s: do not load new weights yet; call "
+            "abort_lora_requests again (idempotent) until it answers 200, or release the pause "
+            "with resume_lora_requests", adapter=name, paused=True, token=grant.token,
+            in_flight=len(rt.in_flight(name)))
     return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
 
 

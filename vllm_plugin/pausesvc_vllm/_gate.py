@@ -11,9 +11,10 @@ process's :class:`~pausesvc.PauseWatcher` (memory only). When nothing at all is 
 usual case) the body is not parsed: the request is admitted with its body and the adapter is
 parsed from it only if a drain asks. Not paused: the request is admitted (recorded as in flight)
 and the buffered body is handed to vLLM once; every later ``receive()`` goes to the real one and
-every response message goes straight to the real ``send``. Paused: held until resume (or 503
-``adapter_paused`` at the deadline, or at once with the ``reject`` policy); a client that leaves
-while held is dropped.
+every response message goes straight to the real ``send``. Paused: held until resume (at the deadline:
+zero tokens with ``finish_reason: "abort"``, or a 503 ``adapter_paused``, per
+``gate_deadline_response``, ``_deadline.py``; at once 503 with the ``reject`` policy); a client
+that leaves while held is dropped.
 Holding is capped (requests and body bytes, per adapter and per process: 503 ``hold_capacity``
 beyond), and a request vLLM will refuse for its API key is handed to vLLM (401) unheld.
 """
@@ -40,6 +41,7 @@ from pausesvc_vllm._asgi import (
     route_path,
     send_json,
 )
+from pausesvc_vllm._deadline import abort_kind, send_abort
 from pausesvc_vllm._endpoints import OWN_PREFIXES, handle_own
 from pausesvc_vllm._guard import lacks_vllm_key, warn_if_open
 from pausesvc_vllm._routes import SAFE_METHODS, GatedPaths, route_table
@@ -273,6 +275,14 @@ class PauseGateMiddleware:
                     rt.stats.rejections += 1
                     if outcome == "timeout":
                         rt.stats.hold_timeouts += 1
+                        kind = (abort_kind(route_path(scope))
+                                if s.gate_deadline_response == "abort" else None)
+                        if kind is not None:  # zero tokens, finish_reason "abort": retry loops
+                            await send_abort(send, kind, data if data is not None
+                                             else _as_object(body),
+                                             (rid or rt.next_request_id()).decode("latin-1"),
+                                             adapter)
+                            return
                     await self._paused_response(send, adapter, outcome)
                     return
             if held is not None:
