@@ -71,13 +71,23 @@ def free_port(*, with_bus: bool = False) -> int:
     raise PauseError("no free port pair found for a cluster node")
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
+def port_is_free(port: int, *, wait: float = 2.0) -> bool:
+    """Can redis-server listen on ``port``? Bound with SO_REUSEADDR, as redis-server binds:
+    connections a killed server left in TIME_WAIT do not make its port look taken. A listener
+    still closing (the previous server exiting) is waited for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            else:
+                return True
+        if time.monotonic() >= deadline:
             return False
-    return True
+        time.sleep(0.05)
 
 
 def find_redis_server() -> str:

@@ -178,7 +178,7 @@ def _start_embedded(settings: Settings) -> tuple[EmbeddedRedis, DataDirLock | No
         try:
             embedded.start(timeout=60)  # a long AOF takes a moment to load
         except PauseError:
-            if port is None or port_is_free(port):
+            if port is None or port_is_free(port, wait=0):
                 raise
             embedded.port = free_port()  # taken between the check and the start
             embedded.start(timeout=60)
