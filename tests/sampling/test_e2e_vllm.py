@@ -29,7 +29,7 @@ VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
                            Path.home() / ".cache" / "pausesvc" / "vllm-venv-0.32.0"))
 PY = VENV / "bin" / "python"
 TINY = Path(os.environ.get("PAUSESVC_TINY_DIR", Path.home() / ".cache" / "pausesvc" / "tiny"))
-N = 160
+N = 320  # ~2 s of decode here: the pause at 0.8 s lands mid-sample even on a quiet machine
 PROMPT = [5, 17, 42, 99, 123, 7, 300]
 
 
