@@ -36,14 +36,12 @@ async def _timed(coro: Any) -> tuple[float, str]:
     return 1e3 * (time.monotonic() - t0), outcome
 
 
-async def _baseline(R: int, fault: str, col: Collector,
-                    clients: list[str]) -> list[dict[str, Any]]:
+async def _baseline(R: int, fault: str, col: Collector, clients: list[str]) -> list[dict[str, Any]]:
     delays = [2.0 if (fault == "slow" and i == 0) else 0.0 for i in range(R)]
     procs = start_procs(baseline_replica, [(i, col.port, delays[i]) for i in range(R)])
     rows = []
     try:
-        ports = [int(r.extra) for r in sorted(await col.expect("b", "ready", R, 60),
-                                              key=lambda r: r.idx)]
+        ports = [int(r.extra) for r in sorted(await col.expect("b", "ready", R, 60), key=lambda r: r.idx)]
         if fault == "dead":
             os.kill(procs[0].pid, signal.SIGKILL)
             procs[0].join(5)
@@ -52,8 +50,9 @@ async def _baseline(R: int, fault: str, col: Collector,
             try:
                 for op in ("pause", "resume"):
                     ms, outcome = await _timed(getattr(f, op)("A"))
-                    rows.append({"design": kind, "R": R, "fault": fault, "op": op, "ms": ms,
-                                 "outcome": outcome})
+                    rows.append(
+                        {"design": kind, "R": R, "fault": fault, "op": op, "ms": ms, "outcome": outcome}
+                    )
             finally:
                 await f.aclose()
     finally:
@@ -80,11 +79,27 @@ async def _pausesvc(url: str, R: int, fault: str, col: Collector) -> list[dict[s
                 os.kill(victim, signal.SIGKILL)
                 procs[0].join(5)
             ms, outcome = await _timed(client.pause("A", drain=drain, timeout=10))
-            rows.append({"design": "pausesvc" + (" drain=True" if drain else ""), "R": R,
-                         "fault": fault, "op": "pause", "ms": ms, "outcome": outcome})
+            rows.append(
+                {
+                    "design": "pausesvc" + (" drain=True" if drain else ""),
+                    "R": R,
+                    "fault": fault,
+                    "op": "pause",
+                    "ms": ms,
+                    "outcome": outcome,
+                }
+            )
             ms, outcome = await _timed(client.resume("A"))
-            rows.append({"design": "pausesvc" + (" drain=True" if drain else ""), "R": R,
-                         "fault": fault, "op": "resume", "ms": ms, "outcome": outcome})
+            rows.append(
+                {
+                    "design": "pausesvc" + (" drain=True" if drain else ""),
+                    "R": R,
+                    "fault": fault,
+                    "op": "resume",
+                    "ms": ms,
+                    "outcome": outcome,
+                }
+            )
             await asyncio.sleep(2.2 if fault == "slow" else 0.1)
     finally:
         await client.aclose()

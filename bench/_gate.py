@@ -82,10 +82,11 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     procs += start_procs(loadgen_proc, [(lg_b,)])
     try:
         info = {v: await loop.run_in_executor(None, pipes[v][0].recv) for v in VARIANTS}
-        rows: dict[str, dict[str, list[float]]] = {v: {"rps": [], "cpu_us": [], "ttfb_ms": []}
-                                                   for v in VARIANTS}
+        rows: dict[str, dict[str, list[float]]] = {
+            v: {"rps": [], "cpu_us": [], "ttfb_ms": []} for v in VARIANTS
+        }
         for rnd in range(cfg["gate_rounds"] + 1):
-            order = VARIANTS[rnd % 3:] + VARIANTS[: rnd % 3]
+            order = VARIANTS[rnd % 3 :] + VARIANTS[: rnd % 3]
             for v in order:
                 port, pid = info[v]
                 c0 = proc_cpu(pid)
@@ -101,16 +102,24 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
         out = []
         for v in VARIANTS:
             r = {k: summary(vals) for k, vals in rows[v].items()}
-            out.append({"variant": v, **r,
-                        "ratio": r["rps"]["median"] / summary(base["rps"])["median"],
-                        "added_cpu_us": r["cpu_us"]["median"] - summary(base["cpu_us"])["median"],
-                        "raw": rows[v]})
-            log.info("gate %s: %.0f req/s, %.1f us CPU/request", v, r["rps"]["median"],
-                     r["cpu_us"]["median"])
+            out.append(
+                {
+                    "variant": v,
+                    **r,
+                    "ratio": r["rps"]["median"] / summary(base["rps"])["median"],
+                    "added_cpu_us": r["cpu_us"]["median"] - summary(base["cpu_us"])["median"],
+                    "raw": rows[v],
+                }
+            )
+            log.info("gate %s: %.0f req/s, %.1f us CPU/request", v, r["rps"]["median"], r["cpu_us"]["median"])
         from bench.fakeapp import CHUNKS
 
-        return {"summary": out, "concurrency": cfg["gate_conc"], "seconds": cfg["gate_seconds"],
-                "chunks": CHUNKS}
+        return {
+            "summary": out,
+            "concurrency": cfg["gate_conc"],
+            "seconds": cfg["gate_seconds"],
+            "chunks": CHUNKS,
+        }
     finally:
         lg_a.send(None)
         stop_procs(procs)

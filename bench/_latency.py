@@ -60,17 +60,19 @@ async def _one(col: Collector, d: _Design, op: str, n: int, record: bool) -> tup
     return t1 - t0, last - t0
 
 
-async def _round(col: Collector, designs: list[_Design], n: int, settle: float, record: bool,
-                 rot: int) -> None:
-    order = designs[rot % len(designs):] + designs[: rot % len(designs)]
+async def _round(
+    col: Collector, designs: list[_Design], n: int, settle: float, record: bool, rot: int
+) -> None:
+    order = designs[rot % len(designs) :] + designs[: rot % len(designs)]
     for d in order:
         for op in ("pause", "resume"):
             await _one(col, d, op, n, record)
             await asyncio.sleep(settle)
 
 
-async def _cpu_block(col: Collector, d: _Design, n: int, events: int, r: aredis.Redis,
-                     settle: float) -> dict[str, float]:
+async def _cpu_block(
+    col: Collector, d: _Design, n: int, events: int, r: aredis.Redis, settle: float
+) -> dict[str, float]:
     """CPU of every party over ``events`` pause+resume pairs of one design, back to back."""
     rc0 = await _redis_cpu(r)
     c0 = time.process_time()
@@ -88,9 +90,12 @@ async def _cpu_block(col: Collector, d: _Design, n: int, events: int, r: aredis.
     rcpu = await _redis_cpu(r) - rc0
     changes = 2 * events
     replicas = sum(last[i] - first[i] for i in first) / max(1, changes - 1)
-    return {"controller_ms": 1e3 * ctl / changes, "replicas_ms": 1e3 * replicas,
-            "redis_ms": 1e3 * rcpu / changes,
-            "total_ms": 1e3 * (ctl / changes + replicas + rcpu / changes)}
+    return {
+        "controller_ms": 1e3 * ctl / changes,
+        "replicas_ms": 1e3 * replicas,
+        "redis_ms": 1e3 * rcpu / changes,
+        "total_ms": 1e3 * (ctl / changes + replicas + rcpu / changes),
+    }
 
 
 async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any]:
@@ -109,13 +114,13 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         await asyncio.sleep(0.3)  # heartbeats and the client pools settle
         after = await r.info("clients")
         ps_after = len(await r.client_list(_type="pubsub"))
-        conns = {"per_replica_total": (after["connected_clients"] - before["connected_clients"]) / R,
-                 "per_replica_pubsub": (ps_after - ps_before) / R}
+        conns = {
+            "per_replica_total": (after["connected_clients"] - before["connected_clients"]) / R,
+            "per_replica_pubsub": (ps_after - ps_before) / R,
+        }
         procs += start_procs(baseline_replica, [(i, col.port) for i in range(R)])
-        procs += start_procs(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL)
-                                                for i in range(R)])
-        ports = sorted((rep.idx, int(rep.extra)) for rep in
-                       await col.expect("b", "ready", R, timeout=120))
+        procs += start_procs(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL) for i in range(R)])
+        ports = sorted((rep.idx, int(rep.extra)) for rep in await col.expect("b", "ready", R, timeout=120))
         await col.expect("f", "ready", R, timeout=120)
         log.info("R=%d: %d processes up (pausesvc side: %s)", R, 3 * R, gate_mode)
 
@@ -134,10 +139,13 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         designs = [
             _Design("pausesvc", "p", p_pause, p_resume),
             _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),
-            *[_Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
-              for k, f in fanouts.items()],
-            _Design("floor", "f", lambda: pub.publish(FLOOR_CHANNEL, "1"),
-                    lambda: pub.publish(FLOOR_CHANNEL, "0")),
+            *[
+                _Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
+                for k, f in fanouts.items()
+            ],
+            _Design(
+                "floor", "f", lambda: pub.publish(FLOOR_CHANNEL, "1"), lambda: pub.publish(FLOOR_CHANNEL, "0")
+            ),
         ]
         settle = 0.005 + 0.0005 * R
         for w in range(3):
@@ -153,13 +161,17 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         for d in designs:
             if d.name != "pausesvc-drain":
                 cpu[d.name] = await _cpu_block(col, d, R, cpu_events, r, settle)
-        out: dict[str, Any] = {"R": R, "gate": gate_mode, "connections": conns,
-                               "ping_ms": summary(pings, 1e3), "cpu_per_event": cpu}
+        out: dict[str, Any] = {
+            "R": R,
+            "gate": gate_mode,
+            "connections": conns,
+            "ping_ms": summary(pings, 1e3),
+            "cpu_per_event": cpu,
+        }
         for d in designs:
             out[d.name] = {
                 f"{kind}_{op}_ms": summary(vals[op], 1e3)
-                for kind, vals in (("controller", d.ctl), ("propagation", d.prop),
-                                   ("controller_cpu", d.cpu))
+                for kind, vals in (("controller", d.ctl), ("propagation", d.prop), ("controller_cpu", d.cpu))
                 for op in ("pause", "resume")
             }
         for f in fanouts.values():

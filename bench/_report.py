@@ -9,9 +9,14 @@ from typing import Any
 __all__ = ["write_docs"]
 
 FANOUTS = ("raw", "httpx-per-replica", "skyrl")
-LABEL = {"pausesvc": "pausesvc", "pausesvc-drain": "pausesvc drain=True",
-         "raw": "fan-out, raw HTTP/1.1 (best)", "httpx-per-replica": "fan-out, httpx per replica",
-         "skyrl": "fan-out, shared httpx (SkyRL)", "floor": "raw PUBLISH (floor)"}
+LABEL = {
+    "pausesvc": "pausesvc",
+    "pausesvc-drain": "pausesvc drain=True",
+    "raw": "fan-out, raw HTTP/1.1 (best)",
+    "httpx-per-replica": "fan-out, httpx per replica",
+    "skyrl": "fan-out, shared httpx (SkyRL)",
+    "floor": "raw PUBLISH (floor)",
+}
 
 
 def _f(x: Any, nd: int = 2) -> str:
@@ -33,9 +38,15 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _plot(path: Path, title: str, xlabel: str, ylabel: str,
-          series: dict[str, tuple[list[float], list[float], list[float]]], logy: bool = True,
-          logx: bool = True) -> None:
+def _plot(
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    series: dict[str, tuple[list[float], list[float], list[float]]],
+    logy: bool = True,
+    logx: bool = True,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +54,7 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str,
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, (xs, med, p99) in series.items():
-        line, = ax.plot(xs, med, marker="o", label=f"{name} (median)")
+        (line,) = ax.plot(xs, med, marker="o", label=f"{name} (median)")
         ax.plot(xs, p99, marker="x", linestyle=":", color=line.get_color(), alpha=0.6)
     if logx:
         ax.set_xscale("log", base=2)
@@ -61,8 +72,12 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str,
 
 def _latency_section(lat: list[dict[str, Any]], img: Path, out: list[str]) -> None:
     rs = [x["R"] for x in lat]
-    out += ["## 1. Controller latency: time for pause / resume to return", "",
-            "Median / p99 / max in ms over the trials, R replica processes.", ""]
+    out += [
+        "## 1. Controller latency: time for pause / resume to return",
+        "",
+        "Median / p99 / max in ms over the trials, R replica processes.",
+        "",
+    ]
     for op in ("pause", "resume"):
         head = ["design"] + [f"R={r}" for r in rs]
         rows = []
@@ -74,65 +89,133 @@ def _latency_section(lat: list[dict[str, Any]], img: Path, out: list[str]) -> No
     rows = []
     for x in lat:
         p = x["pausesvc"]["controller_pause_ms"]["median"]
-        rows.append([str(x["R"])] + [_f(x[d]["controller_pause_ms"]["median"] / p, 1)
-                                     for d in FANOUTS])
-    out += ["Fan-out pause latency as a multiple of pausesvc's (medians):", "",
-            *_table(["R", *[LABEL[d] for d in FANOUTS]], rows), "",
-            "![controller latency](img/bench-controller.png)", ""]
-    _plot(img / "bench-controller.png", "Controller pause latency", "replica processes R", "ms",
-          {LABEL[d]: (rs, [x[d]["controller_pause_ms"]["median"] for x in lat],
-                      [x[d]["controller_pause_ms"]["p99"] for x in lat])
-           for d in ("pausesvc", "pausesvc-drain", *FANOUTS)})
+        rows.append([str(x["R"])] + [_f(x[d]["controller_pause_ms"]["median"] / p, 1) for d in FANOUTS])
+    out += [
+        "Fan-out pause latency as a multiple of pausesvc's (medians):",
+        "",
+        *_table(["R", *[LABEL[d] for d in FANOUTS]], rows),
+        "",
+        "![controller latency](img/bench-controller.png)",
+        "",
+    ]
+    _plot(
+        img / "bench-controller.png",
+        "Controller pause latency",
+        "replica processes R",
+        "ms",
+        {
+            LABEL[d]: (
+                rs,
+                [x[d]["controller_pause_ms"]["median"] for x in lat],
+                [x[d]["controller_pause_ms"]["p99"] for x in lat],
+            )
+            for d in ("pausesvc", "pausesvc-drain", *FANOUTS)
+        },
+    )
 
-    out += ["## 2 + 4. Propagation, and the Redis floor", "",
-            "From the start of `pause` (`resume`) until the LAST of the R replica processes' gate "
-            "holds (admits) - each process reports the instant its view changed with its "
-            "CLOCK_MONOTONIC time over UDP. The floor: a raw redis-py `PUBLISH` from the same "
-            "controller to R raw redis-py subscriber processes, in the same run, interleaved. "
-            "Median / p99 / max, ms.", ""]
+    out += [
+        "## 2 + 4. Propagation, and the Redis floor",
+        "",
+        "From the start of `pause` (`resume`) until the LAST of the R replica processes' gate "
+        "holds (admits) - each process reports the instant its view changed with its "
+        "CLOCK_MONOTONIC time over UDP. The floor: a raw redis-py `PUBLISH` from the same "
+        "controller to R raw redis-py subscriber processes, in the same run, interleaved. "
+        "Median / p99 / max, ms.",
+        "",
+    ]
     for op in ("pause", "resume"):
         head = ["design"] + [f"R={r}" for r in rs]
-        rows = [[LABEL[d]] + [_s(x[d][f"propagation_{op}_ms"]) for x in lat]
-                for d in ("pausesvc", *FANOUTS, "floor")]
+        rows = [
+            [LABEL[d]] + [_s(x[d][f"propagation_{op}_ms"]) for x in lat]
+            for d in ("pausesvc", *FANOUTS, "floor")
+        ]
         rows.append(["Redis PING round trip"] + [_s(x["ping_ms"], 3) for x in lat])
         out += [f"**{op}**", "", *_table(head, rows), ""]
     rows = []
     for x in lat:
         f = x["floor"]["propagation_pause_ms"]["median"]
         fr = x["floor"]["propagation_resume_ms"]["median"]
-        rows.append([str(x["R"]), _f(x["pausesvc"]["propagation_pause_ms"]["median"] / f),
-                     _f(x["pausesvc"]["propagation_resume_ms"]["median"] / fr),
-                     _f(x["pausesvc-drain"]["controller_pause_ms"]["median"] / f),
-                     _f(x["raw"]["propagation_pause_ms"]["median"] / f)])
-    out += ["As a multiple of the floor (medians; goal: pause propagation <= 1.3x, "
-            "`pause(drain=True)` return <= 2x):", "",
-            *_table(["R", "pausesvc pause propagation", "pausesvc resume propagation",
-                     "pausesvc drain=True return", "best fan-out pause propagation"], rows), "",
-            "![propagation](img/bench-propagation.png)", ""]
-    _plot(img / "bench-propagation.png", "Propagation of a pause to the last replica",
-          "replica processes R", "ms",
-          {LABEL[d]: (rs, [x[d]["propagation_pause_ms"]["median"] for x in lat],
-                      [x[d]["propagation_pause_ms"]["p99"] for x in lat])
-           for d in ("pausesvc", *FANOUTS, "floor")})
+        rows.append(
+            [
+                str(x["R"]),
+                _f(x["pausesvc"]["propagation_pause_ms"]["median"] / f),
+                _f(x["pausesvc"]["propagation_resume_ms"]["median"] / fr),
+                _f(x["pausesvc-drain"]["controller_pause_ms"]["median"] / f),
+                _f(x["raw"]["propagation_pause_ms"]["median"] / f),
+            ]
+        )
+    out += [
+        "As a multiple of the floor (medians; goal: pause propagation <= 1.3x, "
+        "`pause(drain=True)` return <= 2x):",
+        "",
+        *_table(
+            [
+                "R",
+                "pausesvc pause propagation",
+                "pausesvc resume propagation",
+                "pausesvc drain=True return",
+                "best fan-out pause propagation",
+            ],
+            rows,
+        ),
+        "",
+        "![propagation](img/bench-propagation.png)",
+        "",
+    ]
+    _plot(
+        img / "bench-propagation.png",
+        "Propagation of a pause to the last replica",
+        "replica processes R",
+        "ms",
+        {
+            LABEL[d]: (
+                rs,
+                [x[d]["propagation_pause_ms"]["median"] for x in lat],
+                [x[d]["propagation_pause_ms"]["p99"] for x in lat],
+            )
+            for d in ("pausesvc", *FANOUTS, "floor")
+        },
+    )
 
-    out += ["## 6a. CPU per pause event, all parties", "",
-            "Back-to-back pause/resume blocks per design: controller CPU (`process_time`), the "
-            "sum over replica processes (each reports its own `process_time`), and redis-server "
-            "(`INFO cpu` delta; includes the replicas' background heartbeats). ms per change.", ""]
+    out += [
+        "## 6a. CPU per pause event, all parties",
+        "",
+        "Back-to-back pause/resume blocks per design: controller CPU (`process_time`), the "
+        "sum over replica processes (each reports its own `process_time`), and redis-server "
+        "(`INFO cpu` delta; includes the replicas' background heartbeats). ms per change.",
+        "",
+    ]
     rows = []
     for x in lat:
         for d in ("pausesvc", *FANOUTS, "floor"):
             c = x["cpu_per_event"][d]
-            rows.append([str(x["R"]), LABEL[d], _f(c["controller_ms"]), _f(c["replicas_ms"]),
-                         _f(c["redis_ms"]), _f(c["total_ms"])])
-    out += [*_table(["R", "design", "controller", "replicas (sum)", "redis-server", "total"],
-                    rows), ""]
-    rows = [[str(x["R"]), _f(x["connections"]["per_replica_total"], 1),
-             _f(x["connections"]["per_replica_pubsub"], 1), x["gate"]] for x in lat]
-    out += ["Redis connections per pausesvc replica process (INFO clients / CLIENT LIST TYPE "
-            "pubsub deltas when the R processes start):", "",
-            *_table(["R", "connections / process", "pub/sub connections / process",
-                     "replica side"], rows), ""]
+            rows.append(
+                [
+                    str(x["R"]),
+                    LABEL[d],
+                    _f(c["controller_ms"]),
+                    _f(c["replicas_ms"]),
+                    _f(c["redis_ms"]),
+                    _f(c["total_ms"]),
+                ]
+            )
+    out += [*_table(["R", "design", "controller", "replicas (sum)", "redis-server", "total"], rows), ""]
+    rows = [
+        [
+            str(x["R"]),
+            _f(x["connections"]["per_replica_total"], 1),
+            _f(x["connections"]["per_replica_pubsub"], 1),
+            x["gate"],
+        ]
+        for x in lat
+    ]
+    out += [
+        "Redis connections per pausesvc replica process (INFO clients / CLIENT LIST TYPE "
+        "pubsub deltas when the R processes start):",
+        "",
+        *_table(["R", "connections / process", "pub/sub connections / process", "replica side"], rows),
+        "",
+    ]
 
 
 def write_docs(results: dict[str, Any], docs: Path) -> None:
@@ -142,17 +225,25 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
     img.mkdir(parents=True, exist_ok=True)
     meta = results["meta"]
     m, v = meta["machine"], meta["versions"]
-    out = ["# Benchmarks", "",
-           "<!-- generated by `python -m bench` (bench/_report.py); do not edit by hand -->", "",
-           f"Command: `{meta['command']}` (from the repository root; {meta['seconds']} s). "
-           f"Results: `bench/results/bench-{meta['mode']}.json`. Started {meta['started']}.", "",
-           f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Linux {m['kernel']}, "
-           f"load average at start {', '.join(_f(x) for x in m['loadavg_at_start'])}. "
-           "Shared with other engineers' tests and vLLM servers: absolute numbers are noisy; "
-           "the ratios between designs measured side by side in the same run are what count.", "",
-           "Versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())) + ".", "",
-           "Every figure is median / p99 / max over repeated trials. Designs are interleaved "
-           "within each run (the order rotates every trial).", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by `python -m bench` (bench/_report.py); do not edit by hand -->",
+        "",
+        f"Command: `{meta['command']}` (from the repository root; {meta['seconds']} s). "
+        f"Results: `bench/results/bench-{meta['mode']}.json`. Started {meta['started']}.",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, Linux {m['kernel']}, "
+        f"load average at start {', '.join(_f(x) for x in m['loadavg_at_start'])}. "
+        "Shared with other engineers' tests and vLLM servers: absolute numbers are noisy; "
+        "the ratios between designs measured side by side in the same run are what count.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())) + ".",
+        "",
+        "Every figure is median / p99 / max over repeated trials. Designs are interleaved "
+        "within each run (the order rotates every trial).",
+        "",
+    ]
     out += _report_more.intro(results)
     if "latency" in results:
         _latency_section(results["latency"], img, out)

@@ -20,15 +20,34 @@ __all__ = ["main"]
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults")
 
-FULL: dict[str, Any] = {"rs": [1, 4, 16, 64], "trials": 30, "cpu_events": 20,
-                        "ws": [100, 1000, 10000], "wake_rs": [4, 16], "wake_trials": 5,
-                        "gate_rounds": 5, "gate_seconds": 2.0, "gate_conc": 8,
-                        "held": 10000, "fault_rs": [4, 16],
-                        "fault_clients": ["skyrl", "httpx-per-replica", "raw"]}
-QUICK: dict[str, Any] = {"rs": [1, 4], "trials": 4, "cpu_events": 2,
-                         "ws": [100, 1000], "wake_rs": [4], "wake_trials": 2,
-                         "gate_rounds": 2, "gate_seconds": 0.3, "gate_conc": 4,
-                         "held": 1000, "fault_rs": [4], "fault_clients": ["skyrl"]}
+FULL: dict[str, Any] = {
+    "rs": [1, 4, 16, 64],
+    "trials": 30,
+    "cpu_events": 20,
+    "ws": [100, 1000, 10000],
+    "wake_rs": [4, 16],
+    "wake_trials": 5,
+    "gate_rounds": 5,
+    "gate_seconds": 2.0,
+    "gate_conc": 8,
+    "held": 10000,
+    "fault_rs": [4, 16],
+    "fault_clients": ["skyrl", "httpx-per-replica", "raw"],
+}
+QUICK: dict[str, Any] = {
+    "rs": [1, 4],
+    "trials": 4,
+    "cpu_events": 2,
+    "ws": [100, 1000],
+    "wake_rs": [4],
+    "wake_trials": 2,
+    "gate_rounds": 2,
+    "gate_seconds": 0.3,
+    "gate_conc": 4,
+    "held": 1000,
+    "fault_rs": [4],
+    "fault_clients": ["skyrl"],
+}
 
 
 async def _scenario(name: str, url: str, cfg: dict[str, Any]) -> Any:
@@ -58,14 +77,26 @@ async def _scenario(name: str, url: str, cfg: dict[str, Any]) -> Any:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a <= 60 s smoke run (CI)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                    help="directory for the JSON results (default bench/results)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="directory for the JSON results (default bench/results)",
+    )
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
-    ap.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
-                    help="regenerate docs/benchmarks.md and docs/img/bench-*.png "
-                    "(default: on for a full run, off for --quick)")
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="only regenerate the docs from a results file of an earlier run")
+    ap.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="regenerate docs/benchmarks.md and docs/img/bench-*.png "
+        "(default: on for a full run, off for --quick)",
+    )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="only regenerate the docs from a results file of an earlier run",
+    )
     args = ap.parse_args(argv)
     if args.from_json is not None:
         from bench._report import write_docs
@@ -82,9 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         command += f" --only {args.only}"
     results: dict[str, Any] = {
-        "meta": {"command": command, "argv": shlex.join(sys.argv), "mode":
-                 "quick" if args.quick else "full", "config": cfg, "machine": machine(),
-                 "versions": versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
+        "meta": {
+            "command": command,
+            "argv": shlex.join(sys.argv),
+            "mode": "quick" if args.quick else "full",
+            "config": cfg,
+            "machine": machine(),
+            "versions": versions(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        },
     }
     t_all = time.monotonic()
     with EmbeddedRedis() as server:

@@ -48,8 +48,13 @@ def summary(values: Iterable[float], scale: float = 1.0) -> dict[str, float]:
     if not xs:
         return {"n": 0, "median": float("nan"), "p99": float("nan"), "max": float("nan")}
     p99 = xs[min(len(xs) - 1, max(0, round(0.99 * len(xs) + 0.5) - 1))]
-    return {"n": len(xs), "median": statistics.median(xs), "p99": p99, "max": xs[-1],
-            "mean": statistics.fmean(xs)}
+    return {
+        "n": len(xs),
+        "median": statistics.median(xs),
+        "p99": p99,
+        "max": xs[-1],
+        "mean": statistics.fmean(xs),
+    }
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -86,9 +91,14 @@ def machine() -> dict[str, Any]:
         for line in f:
             if line.startswith("MemTotal"):
                 mem = int(line.split()[1]) * 1024
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(mem / 2**30, 1),
-            "kernel": platform.release(), "hostname": platform.node(),
-            "loadavg_at_start": os.getloadavg()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(mem / 2**30, 1),
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+        "loadavg_at_start": os.getloadavg(),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -104,8 +114,9 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[dist] = "-"
     try:
-        v = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True,
-                           timeout=10).stdout
+        v = subprocess.run(
+            [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
         out["redis-server"] = v.split("v=", 1)[1].split()[0] if "v=" in v else v.strip()
     except Exception as exc:  # reported, not fatal: the table says what is unknown
         out["redis-server"] = f"? ({exc})"
@@ -124,8 +135,9 @@ class Report:
         self.extra = parts[5] if len(parts) > 5 else ""
 
 
-def send_report(sock: socket.socket, addr: tuple[str, int], kind: str, idx: int, state: str,
-                extra: str = "") -> None:
+def send_report(
+    sock: socket.socket, addr: tuple[str, int], kind: str, idx: int, state: str, extra: str = ""
+) -> None:
     msg = f"{kind} {idx} {state} {time.monotonic():.9f} {time.process_time():.6f} {extra}"
     sock.sendto(msg.encode(), addr)
 

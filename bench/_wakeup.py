@@ -35,11 +35,19 @@ _BODY = json.dumps({"model": "A", "prompt": "x", "max_tokens": 4, "stream": True
 
 
 def _scope() -> dict[str, Any]:
-    return {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-            "root_path": "", "scheme": "http", "query_string": b"", "http_version": "1.1",
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(_BODY)).encode())],
-            "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2)}
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "http_version": "1.1",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(_BODY)).encode())],
+        "server": ("127.0.0.1", 1),
+        "client": ("127.0.0.1", 2),
+    }
 
 
 def waiter_proc(idx: int, url: str, ns: str, udp_port: int, conn: Any, design: str) -> None:
@@ -56,6 +64,7 @@ def waiter_proc(idx: int, url: str, ns: str, udp_port: int, conn: Any, design: s
             times.append(time.monotonic())  # the request reached the app: it proceeds
 
         if design == "baseline-gate":
+
             def on_change(name: str, paused: bool) -> None:
                 if not paused:
                     t_event[0] = time.monotonic()
@@ -155,8 +164,12 @@ class _Waiters:
         done = [await _recv(c) for c in self.conns]
         after_event = sorted(t - d[1] for d in done for t in d[2])
         after_resume = sorted(t - t0 for d in done for t in d[2])
-        return {"after_event": after_event, "after_resume": after_resume,
-                "rss": [(a[1], a[2]) for a in armed], "per": per}
+        return {
+            "after_event": after_event,
+            "after_resume": after_resume,
+            "rss": [(a[1], a[2]) for a in armed],
+            "per": per,
+        }
 
     def close(self) -> None:
         for c in self.conns:
@@ -167,8 +180,9 @@ class _Waiters:
         stop_procs(self.procs)
 
 
-async def _measure(url: str, design: str, r: int, w: int, trials: int,
-                   col: Collector) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def _measure(
+    url: str, design: str, r: int, w: int, trials: int, col: Collector
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     ns = f"wake{design[:2]}{r}{w}"
     wt = _Waiters(url, design, r, ns, col.port)
     client = AsyncPauseClient(url, namespace=ns, holder="bench")
@@ -211,9 +225,13 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
             for design in DESIGNS:
                 res, _ = await _measure(url, design, 1, w, cfg["wake_trials"], col)
                 out["one_process"].append(res)
-                log.info("wake-up %s W=%d: p50 %.2f ms p99 %.2f ms after the event", design, w,
-                         res["after_event_ms"]["p50"]["median"],
-                         res["after_event_ms"]["p99"]["median"])
+                log.info(
+                    "wake-up %s W=%d: p50 %.2f ms p99 %.2f ms after the event",
+                    design,
+                    w,
+                    res["after_event_ms"]["p50"]["median"],
+                    res["after_event_ms"]["p99"]["median"],
+                )
         for r in cfg["wake_rs"]:
             for design in ("pausesvc-wait", "baseline-gate"):
                 w = max(cfg["ws"])
@@ -262,16 +280,25 @@ async def run_memory(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
         for design in ("pausesvc-gate", "baseline-gate"):
             _, raw = await _measure(url, design, 1, cfg["held"], 1, col)
             rss0, rss1 = raw[0]["rss"][0]
-            out["held"].append({"design": design, "held": cfg["held"],
-                                "rss_mb_before": rss0 / 2**20, "rss_mb_after": rss1 / 2**20,
-                                "bytes_per_held": (rss1 - rss0) / cfg["held"]})
+            out["held"].append(
+                {
+                    "design": design,
+                    "held": cfg["held"],
+                    "rss_mb_before": rss0 / 2**20,
+                    "rss_mb_after": rss1 / 2**20,
+                    "bytes_per_held": (rss1 - rss0) / cfg["held"],
+                }
+            )
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _RSS_SCRIPT, url, stdout=subprocess.PIPE, env=env)
+            sys.executable, "-c", _RSS_SCRIPT, url, stdout=subprocess.PIPE, env=env
+        )
         stdout, _ = await asyncio.wait_for(child.communicate(), 60)
         base, imported, synced = json.loads(stdout.decode().strip().splitlines()[-1])
         out["added_rss_mb"] = (synced - base) / 2**20
-        out["added_rss_detail"] = (f"imports {(imported - base) / 2**20:.1f} MB, "
-                                   f"started and synced {(synced - imported) / 2**20:.1f} MB")
+        out["added_rss_detail"] = (
+            f"imports {(imported - base) / 2**20:.1f} MB, "
+            f"started and synced {(synced - imported) / 2**20:.1f} MB"
+        )
         r = aredis.Redis.from_url(url)
         # a paused adapter per name the waiters wait on
         c = AsyncPauseClient(url, namespace="conns", holder="bench")
@@ -282,14 +309,26 @@ async def run_memory(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
             before = len(await r.client_list())
             ps_before = len(await r.client_list(_type="pubsub"))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _CONN_SCRIPT, url, str(adapters), str(waiters),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                sys.executable,
+                "-c",
+                _CONN_SCRIPT,
+                url,
+                str(adapters),
+                str(waiters),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
             assert proc.stdout is not None and proc.stdin is not None
             await asyncio.wait_for(proc.stdout.readline(), 60)
-            out["connections"].append({
-                "adapters": adapters, "waiters": waiters,
-                "connections": len(await r.client_list()) - before,
-                "pubsub": len(await r.client_list(_type="pubsub")) - ps_before})
+            out["connections"].append(
+                {
+                    "adapters": adapters,
+                    "waiters": waiters,
+                    "connections": len(await r.client_list()) - before,
+                    "pubsub": len(await r.client_list(_type="pubsub")) - ps_before,
+                }
+            )
             proc.stdin.write(b"\n")
             await proc.stdin.drain()
             try:
@@ -302,4 +341,3 @@ async def run_memory(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     finally:
         col.close()
     return out
-

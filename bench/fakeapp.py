@@ -16,11 +16,20 @@ _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cac
 
 
 def _chunk(i: int, model: str) -> bytes:
-    return b"data: " + json.dumps({
-        "id": "cmpl-bench", "object": "text_completion", "model": model,
-        "choices": [{"index": 0, "text": f"tok{i}", "finish_reason": None if i < CHUNKS - 1
-                     else "stop"}],
-    }).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(
+            {
+                "id": "cmpl-bench",
+                "object": "text_completion",
+                "model": model,
+                "choices": [
+                    {"index": 0, "text": f"tok{i}", "finish_reason": None if i < CHUNKS - 1 else "stop"}
+                ],
+            }
+        ).encode()
+        + b"\n\n"
+    )
 
 
 _BODIES = [_chunk(i, "bench") for i in range(CHUNKS)]
@@ -46,8 +55,7 @@ async def fake_openai_app(scope: dict[str, Any], receive: Any, send: Any) -> Non
             return
         more = msg.get("more_body", False)
     if scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
-        await send({"type": "http.response.start", "status": 404,
-                    "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
         return
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})

@@ -59,11 +59,21 @@ class FakeVLLM:
             assert self.release is not None
             await self.release
         tokens = [100, 101, 102] if first else [200, 201]
-        choice = {"index": 0, "text": "", "finish_reason": "abort" if first else "stop",
-                  "token_ids": tokens, "prompt_token_ids": body["prompt"]}
+        choice = {
+            "index": 0,
+            "text": "",
+            "finish_reason": "abort" if first else "stop",
+            "token_ids": tokens,
+            "prompt_token_ids": body["prompt"],
+        }
         data = json.dumps({"choices": [choice]}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     def abort_now(self) -> None:
@@ -76,12 +86,14 @@ class FakeVLLM:
             with self.arrived:
                 if not self.arrived.wait_for(lambda: len(self.arrivals) >= n, timeout):
                     raise TimeoutError(f"request {n} did not arrive")
+
         await asyncio.to_thread(wait)
 
 
 def serve(app: FakeVLLM) -> tuple[uvicorn.Server, threading.Thread, int]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -102,9 +114,12 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     from_return: list[float] = []
     name = "lora-bench"
     try:
-        async with AsyncPauseClient(redis_url, namespace="bench-sampling") as pauses, \
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                  timeout=httpx.Timeout(60, connect=5)) as http:
+        async with (
+            AsyncPauseClient(redis_url, namespace="bench-sampling") as pauses,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=httpx.Timeout(60, connect=5)
+            ) as http,
+        ):
             waiter: Any = pauses
             svc = None
             if args.waiter == "service":
@@ -140,12 +155,20 @@ async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         thread.join(5)
 
     def summary(v: list[float]) -> dict[str, float]:
-        return {"median_s": statistics.median(v), "p99_s": pct(v, 99), "mean_s": statistics.mean(v),
-                "min_s": min(v), "max_s": max(v)}
+        return {
+            "median_s": statistics.median(v),
+            "p99_s": pct(v, 99),
+            "mean_s": statistics.mean(v),
+            "min_s": min(v),
+            "max_s": max(v),
+        }
 
-    return {"trials": len(from_call), "waiter": args.waiter,
-            "resume_call_to_resubmission": summary(from_call),
-            "resume_returned_to_resubmission": summary(from_return)}
+    return {
+        "trials": len(from_call),
+        "waiter": args.waiter,
+        "resume_call_to_resubmission": summary(from_call),
+        "resume_returned_to_resubmission": summary(from_return),
+    }
 
 
 def main() -> None:

@@ -37,16 +37,22 @@ from vllm_server import VllmServer, free_port  # noqa: E402
 
 from pausesvc import AsyncPauseClient, EmbeddedRedis, Settings  # noqa: E402
 
-VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
-                           Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
+VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
 PROMPT = "def parse(self, data):"
 
 
-async def stream(http: httpx.AsyncClient, url: str, model: str, max_tokens: int,
-                 first: asyncio.Event | None = None) -> tuple[int, str | None]:
+async def stream(
+    http: httpx.AsyncClient, url: str, model: str, max_tokens: int, first: asyncio.Event | None = None
+) -> tuple[int, str | None]:
     n, finish = 0, None
-    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True, "return_token_ids": True}
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
     async with http.stream("POST", url + "/v1/completions", json=body) as r:
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
@@ -58,8 +64,7 @@ async def stream(http: httpx.AsyncClient, url: str, model: str, max_tokens: int,
     return n, finish
 
 
-async def throughput_round(http: httpx.AsyncClient, url: str, streams: int,
-                           max_tokens: int) -> float:
+async def throughput_round(http: httpx.AsyncClient, url: str, streams: int, max_tokens: int) -> float:
     models = ["lora-a" if i % 2 == 0 else "lora-b" for i in range(streams)]
     t0 = time.perf_counter()
     counts = await asyncio.gather(*(stream(http, url, m, max_tokens) for m in models))
@@ -83,8 +88,14 @@ async def gate_micro(redis_url: str, n: int = 3000) -> dict[str, float]:
     async def send(message: Any) -> None:
         return None
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "server": ("h", 1)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("h", 1),
+    }
     mw = PauseGateMiddleware(app, settings=Settings(redis_url=redis_url, namespace="benchmicro"))
     await mw.runtime.start()
     assert mw.runtime.watcher is not None
@@ -96,8 +107,11 @@ async def gate_micro(redis_url: str, n: int = 3000) -> dict[str, float]:
             await target(dict(scope), receive, send)
         out[label] = (time.perf_counter() - t0) / n * 1e6
     await mw.runtime.aclose()
-    return {"direct_us": round(out["direct"], 2), "gated_us": round(out["gated"], 2),
-            "gate_cost_us_per_request": round(out["gated"] - out["direct"], 2)}
+    return {
+        "direct_us": round(out["direct"], 2),
+        "gated_us": round(out["gated"], 2),
+        "gate_cost_us_per_request": round(out["gated"] - out["direct"], 2),
+    }
 
 
 async def wait_replicas(pc: AsyncPauseClient, n: int, *, polls: int = 150) -> None:
@@ -110,8 +124,9 @@ async def wait_replicas(pc: AsyncPauseClient, n: int, *, polls: int = 150) -> No
     raise TimeoutError(f"fewer than {n} gated replicas registered within {polls * 0.2:g}s")
 
 
-async def drain_run(http: httpx.AsyncClient, pc: AsyncPauseClient, urls: list[str],
-                    max_tokens: int) -> dict[str, Any]:
+async def drain_run(
+    http: httpx.AsyncClient, pc: AsyncPauseClient, urls: list[str], max_tokens: int
+) -> dict[str, Any]:
     firsts: list[asyncio.Event] = []
     tasks = []
     for u in urls:
@@ -139,52 +154,74 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if not py.exists():
         raise SystemExit(f"no vLLM venv at {VENV}: run tests/e2e/vllm_venv.sh --install-project .")
     tiny = Path(args.tiny)
-    await asyncio.to_thread(subprocess.run, [str(py), str(ROOT / "tests/e2e/build_tiny.py"),
-                                             str(tiny)], check=True, stdout=subprocess.DEVNULL)
+    await asyncio.to_thread(
+        subprocess.run,
+        [str(py), str(ROOT / "tests/e2e/build_tiny.py"), str(tiny)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
     result: dict[str, Any] = {"streams": args.streams, "max_tokens": args.max_tokens}
     with EmbeddedRedis() as redis:
-        env = {"PAUSESVC_REDIS_URL": redis.url, "PAUSESVC_NAMESPACE": "bench",
-               "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5"}
+        env = {
+            "PAUSESVC_REDIS_URL": redis.url,
+            "PAUSESVC_NAMESPACE": "bench",
+            "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5",
+        }
         logs = Path(args.logs)
         plain = VllmServer(py, tiny / "model", loras, free_port(), log_path=logs / "plain.log")
-        gated = [VllmServer(py, tiny / "model", loras, free_port(), env_extra=env,
-                            middleware=["pausesvc_vllm.PauseGateMiddleware"],
-                            log_path=logs / f"gated{i}.log") for i in range(2)]
+        gated = [
+            VllmServer(
+                py,
+                tiny / "model",
+                loras,
+                free_port(),
+                env_extra=env,
+                middleware=["pausesvc_vllm.PauseGateMiddleware"],
+                log_path=logs / f"gated{i}.log",
+            )
+            for i in range(2)
+        ]
         servers = [plain, *gated]
         try:
             for s in servers:
                 await asyncio.to_thread(s.start)
             for s in servers:
                 await asyncio.to_thread(s.wait_healthy, 600)
-            async with httpx.AsyncClient(timeout=600) as http, \
-                    AsyncPauseClient(redis.url, namespace="bench") as pc:
+            async with (
+                httpx.AsyncClient(timeout=600) as http,
+                AsyncPauseClient(redis.url, namespace="bench") as pc,
+            ):
                 # warm-up both
                 for u in (plain.url, gated[0].url):
                     await throughput_round(http, u, args.streams, 32)
                 rates: dict[str, list[float]] = {"plain": [], "gated": []}
                 for _ in range(args.rounds):
                     for label, u in (("plain", plain.url), ("gated", gated[0].url)):
-                        rates[label].append(
-                            await throughput_round(http, u, args.streams, args.max_tokens))
+                        rates[label].append(await throughput_round(http, u, args.streams, args.max_tokens))
                 p, g = statistics.median(rates["plain"]), statistics.median(rates["gated"])
                 result["throughput_tok_s"] = {
                     "plain": [round(x, 1) for x in rates["plain"]],
                     "gated": [round(x, 1) for x in rates["gated"]],
-                    "plain_median": round(p, 1), "gated_median": round(g, 1),
+                    "plain_median": round(p, 1),
+                    "gated_median": round(g, 1),
                     "overhead_pct": round((p - g) / p * 100, 2),
                 }
                 await asyncio.to_thread(plain.stop)
                 result["gate_micro"] = await gate_micro(redis.url)
                 await wait_replicas(pc, 2)
-                runs = [await drain_run(http, pc, [s.url for s in gated], 480)
-                        for _ in range(args.drain_runs)]
+                runs = [
+                    await drain_run(http, pc, [s.url for s in gated], 480) for _ in range(args.drain_runs)
+                ]
                 secs = [r["seconds"] for r in runs]
                 result["pause_to_drained_s"] = {
-                    "replicas": 2, "a_streams_per_replica": 2, "b_streams_per_replica": 2,
+                    "replicas": 2,
+                    "a_streams_per_replica": 2,
+                    "b_streams_per_replica": 2,
                     "runs": [round(x, 4) for x in secs],
                     "median": round(statistics.median(secs), 4),
-                    "min": round(min(secs), 4), "max": round(max(secs), 4),
+                    "min": round(min(secs), 4),
+                    "max": round(max(secs), 4),
                     "a_finish_reasons": sorted({f for r in runs for f in r["a_finish"]}),
                 }
         finally:

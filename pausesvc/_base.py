@@ -25,8 +25,7 @@ from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snap
 
 logger = logging.getLogger("pausesvc.client")
 
-__all__ = ["BaseClient", "classify_event", "parse_snapshot", "parse_snapshot_reply",
-           "validate_timeout"]
+__all__ = ["BaseClient", "classify_event", "parse_snapshot", "parse_snapshot_reply", "validate_timeout"]
 
 #: An event at or below the view's revision this long after the view's last snapshot is not a
 #: late duplicate (those arrive right after a snapshot): the revision went back in the same
@@ -34,8 +33,7 @@ __all__ = ["BaseClient", "classify_event", "parse_snapshot", "parse_snapshot_rep
 BEHIND_GRACE_S = 1.0
 
 
-def classify_event(ev: PauseEvent, revision: int, epoch: str | None,
-                   since_snapshot: float | None) -> str:
+def classify_event(ev: PauseEvent, revision: int, epoch: str | None, since_snapshot: float | None) -> str:
     """The one rule for applying an event to a view at (``revision``, ``epoch``), whose last
     snapshot was read ``since_snapshot`` seconds ago: ``"apply"``, ``"skip"`` (already in the
     snapshot), or the reason to re-read the snapshot instead (``"epoch-changed"``, ``"gap"``,
@@ -52,6 +50,7 @@ def classify_event(ev: PauseEvent, revision: int, epoch: str | None,
     if ev.revision != revision + 1:
         return "gap"
     return "apply"
+
 
 MAX_REASON_LENGTH = 1024
 MAX_TTL_S = 7 * 24 * 3600.0
@@ -106,8 +105,10 @@ def validate_token(value: object) -> str:
         return str(value)
     if isinstance(value, str) and _TOKEN.fullmatch(value.strip()):
         return value.strip()
-    raise InvalidInputError(f"token must be a fencing token as pause returned it "
-                            f"(like '57-3f9a1c2b7d4e'), got {value!r}", field="token")
+    raise InvalidInputError(
+        f"token must be a fencing token as pause returned it (like '57-3f9a1c2b7d4e'), got {value!r}",
+        field="token",
+    )
 
 
 def validate_reason(value: object) -> str:
@@ -116,14 +117,11 @@ def validate_reason(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidInputError("reason must be a string", field="reason")
     if len(value) > MAX_REASON_LENGTH:
-        raise InvalidInputError(
-            f"reason is longer than {MAX_REASON_LENGTH} characters", field="reason"
-        )
+        raise InvalidInputError(f"reason is longer than {MAX_REASON_LENGTH} characters", field="reason")
     if any(ord(c) < 32 and c not in "\t" for c in value):
         raise InvalidInputError("reason must not contain control characters", field="reason")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise InvalidInputError("reason must be valid Unicode (no lone surrogates)",
-                                field="reason")
+        raise InvalidInputError("reason must be valid Unicode (no lone surrogates)", field="reason")
     return value
 
 
@@ -138,8 +136,7 @@ def parse_snapshot_reply(res: Sequence[Any]) -> Snapshot:
     return parse_snapshot(rev or None, epoch or None, raw, now)
 
 
-def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
-                   server_time: Sequence[Any]) -> Snapshot:
+def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any], server_time: Sequence[Any]) -> Snapshot:
     """Build a snapshot from ``GET rev``, ``GET epoch``, ``HGETALL paused``, ``TIME``.
 
     Expired holds are dropped here, so no reader ever sees an expired lease as paused.
@@ -162,25 +159,38 @@ def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any],
     )
 
 
-def _refuse(status: str, name: str, holder: str, token: str | None, state: AdapterState | None,
-            current: str, not_holder: str) -> None:
+def _refuse(
+    status: str,
+    name: str,
+    holder: str,
+    token: str | None,
+    state: AdapterState | None,
+    current: str,
+    not_holder: str,
+) -> None:
     """Raise what a script's 'not_holder' / 'stale' answer means (nothing was changed)."""
     if status == "not_holder":
-        raise NotHolderError(f"{holder!r} {not_holder}",
-                             holders=sorted(state.holders) if state else [])
+        raise NotHolderError(f"{holder!r} {not_holder}", holders=sorted(state.holders) if state else [])
     if status == "stale":
         raise StaleTokenError(
             f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
-            presented=token or "", current=current,
+            presented=token or "",
+            current=current,
         )
 
 
 class BaseClient:
     """Configuration and the pure parts of every operation."""
 
-    def __init__(self, *, namespace: str = "default", default_holder: str = "default",
-                 sharded: bool = False, replication_wait: int = 0,
-                 replication_wait_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        default_holder: str = "default",
+        sharded: bool = False,
+        replication_wait: int = 0,
+        replication_wait_timeout_ms: int = 1000,
+    ) -> None:
         self.keys = Keys(namespace)
         self.namespace = namespace
         self.default_holder = validate_holder(default_holder)
@@ -206,30 +216,42 @@ class BaseClient:
         if int(acked) >= self.replication_wait:
             return
         self.replication_shortfalls += 1
-        message = (f"the change is written, but only {int(acked)} of {self.replication_wait} "
-                   f"Redis replica(s) confirmed it within {self.replication_wait_timeout_ms} ms "
-                   "(WAIT): a failover now could lose it")
+        message = (
+            f"the change is written, but only {int(acked)} of {self.replication_wait} "
+            f"Redis replica(s) confirmed it within {self.replication_wait_timeout_ms} ms "
+            "(WAIT): a failover now could lose it"
+        )
         if self.strict_replication:
             raise ReplicationTimeoutError(message, acked=int(acked), wanted=self.replication_wait)
-        logger.warning("pausesvc: %s", message,
-                       extra={"event": "replication_shortfall", "namespace": self.namespace})
+        logger.warning(
+            "pausesvc: %s", message, extra={"event": "replication_shortfall", "namespace": self.namespace}
+        )
 
     # -- arguments -------------------------------------------------------------------------------
     def _holder(self, holder: str | None) -> str:
         return self.default_holder if holder is None else validate_holder(holder)
 
-    def _pause_args(self, name: str, holder: str | None, reason: str | None,
-                    ttl: float | None, drain: bool = False) -> tuple[str, list[str]]:
+    def _pause_args(
+        self, name: str, holder: str | None, reason: str | None, ttl: float | None, drain: bool = False
+    ) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
         ttl_ms = 0 if ttl is None else validate_ttl(ttl)
         if not isinstance(drain, bool):
             raise InvalidInputError("drain must be a boolean", field="drain")
-        return h, [self.publish_command, name, h, validate_reason(reason), str(ttl_ms),
-                   "1" if drain else "0", secrets.token_hex(6)]
+        return h, [
+            self.publish_command,
+            name,
+            h,
+            validate_reason(reason),
+            str(ttl_ms),
+            "1" if drain else "0",
+            secrets.token_hex(6),
+        ]
 
-    def _resume_args(self, name: str, holder: str | None, token: str | int | None,
-                     force: bool) -> tuple[str, list[str]]:
+    def _resume_args(
+        self, name: str, holder: str | None, token: str | int | None, force: bool
+    ) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
         tok = "" if token is None else validate_token(token)
@@ -237,8 +259,9 @@ class BaseClient:
             raise InvalidInputError("force must be a boolean", field="force")
         return h, [self.publish_command, name, h, tok, "1" if force else "0"]
 
-    def _renew_args(self, name: str, holder: str | None, ttl: float,
-                    token: str | int | None) -> tuple[str, list[str]]:
+    def _renew_args(
+        self, name: str, holder: str | None, ttl: float, token: str | int | None
+    ) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
         tok = "" if token is None else validate_token(token)
@@ -248,37 +271,62 @@ class BaseClient:
     @staticmethod
     def _parse_grant(name: str, holder: str, res: Sequence[Any]) -> Grant:
         status, token, rev, state = _s(res[0]), _s(res[1]), int(res[2]), _s(res[3])
-        return Grant(name=name, holder=holder, token=token, revision=rev,
-                     created=status == "created", state=AdapterState.from_json(state),
-                     epoch=_s(res[4]) if len(res) > 4 and res[4] else None)
+        return Grant(
+            name=name,
+            holder=holder,
+            token=token,
+            revision=rev,
+            created=status == "created",
+            state=AdapterState.from_json(state),
+            epoch=_s(res[4]) if len(res) > 4 and res[4] else None,
+        )
 
     @staticmethod
-    def _parse_resume(name: str, holder: str, token: str | int | None,
-                      res: Sequence[Any]) -> ResumeResult:
+    def _parse_resume(name: str, holder: str, token: str | int | None, res: Sequence[Any]) -> ResumeResult:
         token = None if token is None else str(token)
         status, rev, state_raw, current = _s(res[0]), int(res[1]), _s(res[2]), _s(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
-        _refuse(status, name, holder, token, state, current,
-                f"holds no pause of {name!r} (held by: "
-                f"{', '.join(sorted(state.holders)) if state else 'nobody'})")
-        return ResumeResult(name=name, holder=holder, released=status.startswith("released"),
-                            paused=state is not None, revision=rev, state=state,
-                            epoch=_s(res[4]) if len(res) > 4 and res[4] else None)
+        _refuse(
+            status,
+            name,
+            holder,
+            token,
+            state,
+            current,
+            f"holds no pause of {name!r} (held by: "
+            f"{', '.join(sorted(state.holders)) if state else 'nobody'})",
+        )
+        return ResumeResult(
+            name=name,
+            holder=holder,
+            released=status.startswith("released"),
+            paused=state is not None,
+            revision=rev,
+            state=state,
+            epoch=_s(res[4]) if len(res) > 4 and res[4] else None,
+        )
 
     @staticmethod
-    def _parse_renew(name: str, holder: str, token: str | int | None,
-                     res: Sequence[Any]) -> AdapterState:
+    def _parse_renew(name: str, holder: str, token: str | int | None, res: Sequence[Any]) -> AdapterState:
         token = None if token is None else str(token)
         status, state_raw, current = _s(res[0]), _s(res[2]), _s(res[3])
         state = AdapterState.from_json(state_raw) if state_raw else None
-        _refuse(status, name, holder, token, state, current,
-                f"holds no live pause of {name!r} (expired or released)")
+        _refuse(
+            status,
+            name,
+            holder,
+            token,
+            state,
+            current,
+            f"holds no live pause of {name!r} (expired or released)",
+        )
         assert state is not None  # 'renewed' always carries the state
         return state
 
     @staticmethod
-    def _replica_record(raw: Mapping[Any, Any], heartbeat_ms: float, now_ms: float,
-                        replica_id: str) -> dict[str, Any]:
+    def _replica_record(
+        raw: Mapping[Any, Any], heartbeat_ms: float, now_ms: float, replica_id: str
+    ) -> dict[str, Any]:
         rec: dict[str, Any] = {"id": replica_id, "drains": {}}
         for k, v in raw.items():
             key, val = _s(k), _s(v)

@@ -41,8 +41,9 @@ _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, st
 )
 
 
-async def shared_watcher(url: str, namespace: str = "default", *,
-                         settings: Settings | None = None) -> PauseWatcher:
+async def shared_watcher(
+    url: str, namespace: str = "default", *, settings: Settings | None = None
+) -> PauseWatcher:
     """The process's watcher for (url, namespace) on this event loop; started, refcounted.
 
     Release it with :func:`release_watcher` (clients do this on close).
@@ -53,11 +54,15 @@ async def shared_watcher(url: str, namespace: str = "default", *,
     if entry is None:
         s = settings or Settings()
         watcher = PauseWatcher(
-            url, namespace=namespace, resync_interval=s.resync_interval_s,
+            url,
+            namespace=namespace,
+            resync_interval=s.resync_interval_s,
             health_check_interval=s.health_check_interval_s,
-            max_backoff=s.reconnect_max_backoff_s, on_data_loss=s.on_data_loss,
+            max_backoff=s.reconnect_max_backoff_s,
+            on_data_loss=s.on_data_loss,
             sharded={"on": True, "off": False}.get(s.sharded_pubsub),
-            fence_bound=s.fence_bound_s, command_timeout=s.command_timeout_s,
+            fence_bound=s.fence_bound_s,
+            command_timeout=s.command_timeout_s,
         )
         entry = per_loop[(url, namespace)] = [watcher, 0]
         await watcher.start(wait=False)
@@ -80,33 +85,44 @@ async def release_watcher(url: str, namespace: str) -> None:
 class AsyncPauseClient(BaseClient):
     """Change, read and wait on pause state. ``async with AsyncPauseClient(url) as c: ...``"""
 
-    def __init__(self, url: str | None = None, *, namespace: str | None = None,
-                 holder: str | None = None, redis: aredis.Redis | None = None,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        holder: str | None = None,
+        redis: aredis.Redis | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         s = settings or Settings()
         url = url if url is not None else s.redis_url
         if redis is None and url is None:
-            raise InvalidInputError(
-                "no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url"
-            )
+            raise InvalidInputError("no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url")
         if redis is None:
             assert url is not None
-            redis = async_client(url, health_check_interval=s.health_check_interval_s,
-                                 socket_connect_timeout=5.0,
-                                 socket_timeout=max(s.command_timeout_s,
-                                                    s.replication_wait_timeout_ms / 1000 + 1))
+            redis = async_client(
+                url,
+                health_check_interval=s.health_check_interval_s,
+                socket_connect_timeout=5.0,
+                socket_timeout=max(s.command_timeout_s, s.replication_wait_timeout_ms / 1000 + 1),
+            )
             self._owns_redis = True
         else:
             self._owns_redis = False
         sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
-        super().__init__(namespace=namespace or s.namespace, default_holder=holder or s.holder,
-                         sharded=sharded, replication_wait=s.replication_wait,
-                         replication_wait_timeout_ms=s.replication_wait_timeout_ms)
+        super().__init__(
+            namespace=namespace or s.namespace,
+            default_holder=holder or s.holder,
+            sharded=sharded,
+            replication_wait=s.replication_wait,
+            replication_wait_timeout_ms=s.replication_wait_timeout_ms,
+        )
         self.url = url
         self.settings = s
         self.redis = redis
-        self._scripts = {n: redis.register_script(state_script(n))
-                         for n in ("pause", "resume", "renew", "reap")}
+        self._scripts = {
+            n: redis.register_script(state_script(n)) for n in ("pause", "resume", "renew", "reap")
+        }
         self._ack_script = redis.register_script(registry_script("ack"))
         self._hb_script = redis.register_script(registry_script("heartbeat"))
         self._snapshot_script = redis.register_script(read_script("snapshot"))
@@ -143,21 +159,24 @@ class AsyncPauseClient(BaseClient):
             raise RuntimeError("client is closed")
         if self._watcher is None:
             if self.url is not None:
-                self._watcher = await shared_watcher(self.url, self.namespace,
-                                                     settings=self.settings)
+                self._watcher = await shared_watcher(self.url, self.namespace, settings=self.settings)
             else:
-                self._watcher = PauseWatcher(self.redis, namespace=self.namespace,
-                                             sharded=self.sharded,
-                                             on_data_loss=self.settings.on_data_loss,
-                                             fence_bound=self.settings.fence_bound_s)
+                self._watcher = PauseWatcher(
+                    self.redis,
+                    namespace=self.namespace,
+                    sharded=self.sharded,
+                    on_data_loss=self.settings.on_data_loss,
+                    fence_bound=self.settings.fence_bound_s,
+                )
                 self._own_watcher = True
                 await self._watcher.start(wait=False)
         return self._watcher
 
     async def _run(self, script: str, args: list[str]) -> Any:
         with translate_redis_errors():
-            res = await retry_stale(self.redis, lambda: self._scripts[script](
-                keys=self.keys.state_keys(), args=args))
+            res = await retry_stale(
+                self.redis, lambda: self._scripts[script](keys=self.keys.state_keys(), args=args)
+            )
             rev = int(res[2] if script == "pause" else res[1])
             epoch = res[4] if len(res) > 4 and res[4] else None
             if epoch != self._last_write[1] or rev > self._last_write[0]:
@@ -171,9 +190,16 @@ class AsyncPauseClient(BaseClient):
         return res
 
     # -- changes -----------------------------------------------------------------------------------
-    async def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,
-                    ttl: float | None = None, drain: bool = False,
-                    timeout: float | None = None) -> Grant:
+    async def pause(
+        self,
+        name: str,
+        *,
+        holder: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        drain: bool = False,
+        timeout: float | None = None,
+    ) -> Grant:
         """Hold ``name`` paused. Returns the grant; ``grant.token`` fences resume/renew.
 
         With ``drain=True``, return only once every live replica process acknowledged that it
@@ -190,8 +216,9 @@ class AsyncPauseClient(BaseClient):
             await acks.wait(grant, t if t is not None else self.settings.drain_timeout_s)
         return grant
 
-    async def resume(self, name: str, *, holder: str | None = None, token: str | int | None = None,
-                     force: bool = False) -> ResumeResult:
+    async def resume(
+        self, name: str, *, holder: str | None = None, token: str | int | None = None, force: bool = False
+    ) -> ResumeResult:
         """Release ``holder``'s hold (all holds with ``force``).
 
         Raises :class:`StaleTokenError` if ``token`` is not the hold's current token and
@@ -200,8 +227,9 @@ class AsyncPauseClient(BaseClient):
         h, args = self._resume_args(name, holder, token, force)
         return self._parse_resume(name, h, token, await self._run("resume", args))
 
-    async def renew(self, name: str, holder: str | None, ttl: float, *,
-                    token: str | int | None = None) -> AdapterState:
+    async def renew(
+        self, name: str, holder: str | None, ttl: float, *, token: str | int | None = None
+    ) -> AdapterState:
         """Extend ``holder``'s lease on ``name`` to ``ttl`` seconds from now."""
         h, args = self._renew_args(name, holder, ttl, token)
         return self._parse_renew(name, h, token, await self._run("renew", args))
@@ -209,8 +237,7 @@ class AsyncPauseClient(BaseClient):
     async def reap(self) -> int:
         """Turn expired leases into resumes now (watchers also do this). Returns holds reaped."""
         with translate_redis_errors():
-            res = await self._scripts["reap"](keys=self.keys.state_keys(),
-                                              args=[self.publish_command])
+            res = await self._scripts["reap"](keys=self.keys.state_keys(), args=[self.publish_command])
         return int(res[0])
 
     # -- reads ---------------------------------------------------------------------------------------
@@ -218,15 +245,17 @@ class AsyncPauseClient(BaseClient):
         """The state of ``name`` (None: not paused). ``*`` is not folded in."""
         validate_name(name)
         with translate_redis_errors():
-            res = await retry_stale(self.redis, lambda: self._snapshot_script(
-                keys=self._snapshot_keys(), args=[name]))
+            res = await retry_stale(
+                self.redis, lambda: self._snapshot_script(keys=self._snapshot_keys(), args=[name])
+            )
         return parse_snapshot_reply(res).paused.get(name)
 
     async def snapshot(self) -> Snapshot:
         """Every paused adapter and the revision, in one round trip."""
         with translate_redis_errors():
-            res = await retry_stale(self.redis, lambda: self._snapshot_script(
-                keys=self._snapshot_keys(), args=[""]))
+            res = await retry_stale(
+                self.redis, lambda: self._snapshot_script(keys=self._snapshot_keys(), args=[""])
+            )
         return parse_snapshot_reply(res)
 
     async def is_paused(self, name: str) -> bool:
@@ -266,9 +295,16 @@ class AsyncPauseClient(BaseClient):
             w.remove_listener(listener)
 
     @contextlib.asynccontextmanager
-    async def paused(self, name: str, *, holder: str | None = None, reason: str | None = None,
-                     ttl: float | None = None, drain: bool = False,
-                     timeout: float | None = None) -> AsyncIterator[Grant]:
+    async def paused(
+        self,
+        name: str,
+        *,
+        holder: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        drain: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Grant]:
         """Pause on entry, always release this hold on exit (exceptions and cancellation too).
 
         A hold made on entry is released even when the drain wait fails or is cancelled. With
@@ -290,8 +326,7 @@ class AsyncPauseClient(BaseClient):
             try:
                 yield grant
             except asyncio.CancelledError:
-                if lease is not None and lease.lost and body is not None \
-                        and body.uncancel() == 0:
+                if lease is not None and lease.lost and body is not None and body.uncancel() == 0:
                     raise LeaseLostError(lease.message(name, grant)) from None
                 raise
             if lease is not None and lease.lost:
@@ -306,11 +341,13 @@ class AsyncPauseClient(BaseClient):
             try:
                 await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
             except ConflictError as exc:
-                logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
-                               name, grant.holder, exc)
+                logger.warning(
+                    "pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc
+                )
 
-    async def _pause_released_on_failure(self, name: str, holder: str, args: list[str],
-                                         drain: bool, timeout: float | None) -> Grant:
+    async def _pause_released_on_failure(
+        self, name: str, holder: str, args: list[str], drain: bool, timeout: float | None
+    ) -> Grant:
         """``pause`` for :meth:`paused`: if the drain wait fails or is cancelled after the hold
         was written, the hold is released before the error propagates (no leaked pause)."""
         if not drain:
@@ -329,8 +366,7 @@ class AsyncPauseClient(BaseClient):
                     await asyncio.shield(self.resume(name, holder=holder, token=g.token))
                 raise
             try:
-                await acks.wait(grant, timeout if timeout is not None
-                                else self.settings.drain_timeout_s)
+                await acks.wait(grant, timeout if timeout is not None else self.settings.drain_timeout_s)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.resume(name, holder=holder, token=grant.token))
@@ -374,11 +410,27 @@ class AsyncPauseClient(BaseClient):
                 keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks], args=args
             )
 
-    async def _ack(self, replica_id: str, name: str, revision: int, aborted: list[str], *,
-                   epoch: str | None = None, tokens: list[str] | None = None) -> None:
-        record = json.dumps({"replica": replica_id, "name": name, "rev": revision,
-                             "epoch": epoch, "tokens": tokens,
-                             "aborted": aborted, "ts": time.time()})
+    async def _ack(
+        self,
+        replica_id: str,
+        name: str,
+        revision: int,
+        aborted: list[str],
+        *,
+        epoch: str | None = None,
+        tokens: list[str] | None = None,
+    ) -> None:
+        record = json.dumps(
+            {
+                "replica": replica_id,
+                "name": name,
+                "rev": revision,
+                "epoch": epoch,
+                "tokens": tokens,
+                "aborted": aborted,
+                "ts": time.time(),
+            }
+        )
         with translate_redis_errors():
             await self._ack_script(
                 keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks],
@@ -389,7 +441,6 @@ class AsyncPauseClient(BaseClient):
         with translate_redis_errors():
             await self.redis.zrem(self.keys.replicas, replica_id)
             await self.redis.delete(self.keys.replica(replica_id))
-
 
 
 class _Lease:
@@ -414,5 +465,7 @@ class _Lease:
             self.body.cancel()
 
     def message(self, name: str, grant: Grant) -> str:
-        return (f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
-                f"the block ran: {self.reason}")
+        return (
+            f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
+            f"the block ran: {self.reason}"
+        )

@@ -30,11 +30,16 @@ async def run_demo(settings: Settings, *, speed: float = 1.0) -> None:
     async def nap(s: float) -> None:
         await asyncio.sleep(s / speed)
 
-    say("demo", f"Redis at {url} (namespace {settings.namespace!r})"
-        + (" - embedded, stops on exit" if embedded else ""))
+    say(
+        "demo",
+        f"Redis at {url} (namespace {settings.namespace!r})"
+        + (" - embedded, stops on exit" if embedded else ""),
+    )
     try:
-        async with AsyncPauseClient(url, settings=settings) as ctl, \
-                AsyncPauseClient(url, settings=settings) as smp:
+        async with (
+            AsyncPauseClient(url, settings=settings) as ctl,
+            AsyncPauseClient(url, settings=settings) as smp,
+        ):
             watcher = await smp.watcher()
             await watcher.wait_synced(5)
             say("sampler", f"one subscription, in sync at revision {watcher.revision}")
@@ -45,13 +50,14 @@ async def run_demo(settings: Settings, *, speed: float = 1.0) -> None:
                         say(f"sampler-{i}", f"{adapter} is paused: waiting (no polling)")
                         t = time.monotonic()
                         await smp.wait_unpaused(adapter, timeout=30)
-                        say(f"sampler-{i}",
-                            f"{adapter} resumed: woke {1000 * (time.monotonic() - t):.1f} ms later")
+                        say(
+                            f"sampler-{i}",
+                            f"{adapter} resumed: woke {1000 * (time.monotonic() - t):.1f} ms later",
+                        )
                     say(f"sampler-{i}", f"sampling from {adapter}")
                     await nap(0.6)
 
-            tasks = [asyncio.create_task(sampler(i, a))
-                     for i, a in enumerate(["lora-a", "lora-a", "lora-b"])]
+            tasks = [asyncio.create_task(sampler(i, a)) for i, a in enumerate(["lora-a", "lora-a", "lora-b"])]
             await nap(0.2)
             g1 = await ctl.pause("lora-a", holder="trainer-1", reason="weight sync")
             say("trainer-1", f"paused lora-a (token {g1.token})")
@@ -75,12 +81,17 @@ async def run_demo(settings: Settings, *, speed: float = 1.0) -> None:
             await smp.wait_unpaused("lora-b", timeout=30)
             say("sampler-2", f"lora-b resumed by lease expiry: woke after {time.monotonic() - t:.2f}s")
             state = await ctl.get("lora-b")
-            say("demo", f"lora-b after the lease: {'paused' if state else 'not paused'} "
-                f"(token {g3.token} expired exactly like a resume)")
+            say(
+                "demo",
+                f"lora-b after the lease: {'paused' if state else 'not paused'} "
+                f"(token {g3.token} expired exactly like a resume)",
+            )
             snap = await ctl.snapshot()
             say("demo", f"final revision {snap.revision}; paused: {sorted(snap.paused) or 'none'}")
-            say("demo", f"read it yourself: redis-cli -u {url} HGETALL "
-                f"'pausesvc:{{{settings.namespace}}}:paused'")
+            say(
+                "demo",
+                f"read it yourself: redis-cli -u {url} HGETALL 'pausesvc:{{{settings.namespace}}}:paused'",
+            )
     finally:
         if embedded is not None:
             embedded.cleanup()

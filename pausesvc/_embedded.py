@@ -111,16 +111,22 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """``with EmbeddedRedis() as r: r.url`` - a redis-server child process on a free port."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False,
-                 dir: str | None = None, extra_args: list[str] | None = None,
-                 appendfsync: str | None = None, pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        dir: str | None = None,
+        extra_args: list[str] | None = None,
+        appendfsync: str | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         cluster = bool(extra_args and "--cluster-enabled" in extra_args)
         self.port = port or free_port(with_bus=cluster)
         self.appendonly = appendonly
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.dir = dir
-        self.extra_args = [*(["--appendfsync", appendfsync] if appendfsync else []),
-                           *(extra_args or [])]
+        self.extra_args = [*(["--appendfsync", appendfsync] if appendfsync else []), *(extra_args or [])]
         self.pass_fds = pass_fds  # kept open in redis-server (DataDirLock: locked while it runs)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -133,15 +139,30 @@ class EmbeddedRedis:
             self._tmp = tempfile.TemporaryDirectory(prefix="pausesvc-redis-")
             self.dir = self._tmp.name
         args = [
-            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            self.dir,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
             *self.extra_args,
         ]
         log = Path(self.dir) / f"redis-{self.port}.log"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 pass_fds=self.pass_fds,
             )
@@ -184,15 +205,14 @@ class EmbeddedRedis:
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cleanup()
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
-
-
 
 
 def default_data_dir() -> Path:
@@ -238,8 +258,10 @@ class DataDirLock:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise PauseError(f"cannot use data directory {self.dir}: {exc.strerror or exc} "
-                             "(choose another with --data-dir DIR, or --ephemeral)") from exc
+            raise PauseError(
+                f"cannot use data directory {self.dir}: {exc.strerror or exc} "
+                "(choose another with --data-dir DIR, or --ephemeral)"
+            ) from exc
         deadline = time.monotonic() + wait_for_dead_holder
         while True:
             try:
@@ -257,9 +279,11 @@ class DataDirLock:
                 url = holder.get("url")
                 raise PauseError(
                     f"data directory {self.dir} is in use by another pausesvc serve ({who}"
-                    + (f", its Redis at {url}" if url else "") + "). Use that server "
+                    + (f", its Redis at {url}" if url else "")
+                    + "). Use that server "
                     + (f"(PAUSESVC_REDIS_URL={url}) " if url else "")
-                    + "or start this one with --data-dir DIR or --ephemeral")
+                    + "or start this one with --data-dir DIR or --ephemeral"
+                )
             time.sleep(0.1)  # its serve is gone; its redis-server is still flushing
         self._fd = fd
         self.previous = _read(self.path)
@@ -272,8 +296,7 @@ class DataDirLock:
     def record(self, *, url: str, port: int, redis_pid: int | None) -> None:
         if self._fd is None:
             raise PauseError("the data directory is not locked")
-        data = json.dumps({"pid": os.getpid(), "redis_pid": redis_pid, "url": url,
-                           "port": port}).encode()
+        data = json.dumps({"pid": os.getpid(), "redis_pid": redis_pid, "url": url, "port": port}).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data + b"\n", 0)
 
@@ -291,8 +314,9 @@ class DataDirLock:
     def __enter__(self) -> DataDirLock:
         return self.acquire()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 

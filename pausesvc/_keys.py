@@ -46,8 +46,7 @@ def validate_name(name: object, *, field: str = "name") -> str:
     bad = _BAD_CHAR.search(name)
     if bad:
         raise InvalidNameError(
-            f"{field} contains a whitespace or control character ({bad.group()!r}) "
-            f"at position {bad.start()}",
+            f"{field} contains a whitespace or control character ({bad.group()!r}) at position {bad.start()}",
             field=field,
         )
     return name
@@ -61,9 +60,7 @@ def validate_holder(holder: object) -> str:
 def validate_namespace(namespace: object) -> str:
     ns = validate_name(namespace, field="namespace")
     if any(c in ns for c in "{}:*"):
-        raise InvalidInputError(
-            "namespace must not contain '{', '}', ':' or '*'", field="namespace"
-        )
+        raise InvalidInputError("namespace must not contain '{', '}', ':' or '*'", field="namespace")
     return ns
 
 

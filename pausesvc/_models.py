@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot",
-           "token_revision"]
+__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot", "token_revision"]
 
 
 def _ms(value: Any) -> float:
@@ -104,9 +103,7 @@ class AdapterState:
 
     def without_expired(self, now: float) -> AdapterState | None:
         """This state as a reader must see it at ``now``: expired holds are gone."""
-        live = {
-            k: h for k, h in self.holders.items() if h.expires_at is None or h.expires_at > now
-        }
+        live = {k: h for k, h in self.holders.items() if h.expires_at is None or h.expires_at > now}
         if len(live) == len(self.holders):
             return self
         if not live:

@@ -20,13 +20,19 @@ from redis.sentinel import Sentinel
 
 from pausesvc._exceptions import InvalidInputError
 
-__all__ = ["aclose_client", "async_client", "close_client", "is_cluster", "redact", "retry_stale",
-           "sync_client"]
+__all__ = [
+    "aclose_client",
+    "async_client",
+    "close_client",
+    "is_cluster",
+    "redact",
+    "retry_stale",
+    "sync_client",
+]
 
 T = TypeVar("T")
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
-            "rediss+cluster")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 
 
 def _check(url: object) -> str:
@@ -35,8 +41,7 @@ def _check(url: object) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _SCHEMES:
         raise InvalidInputError(
-            f"redis_url {redact(url)!r} must start with one of "
-            + ", ".join(s + "://" for s in _SCHEMES),
+            f"redis_url {redact(url)!r} must start with one of " + ", ".join(s + "://" for s in _SCHEMES),
             field="redis_url",
         )
     return url
@@ -66,9 +71,7 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
         try:
             nodes.append((host.strip("[]"), int(port)))
         except ValueError as exc:
-            raise InvalidInputError(
-                f"bad sentinel address {hp!r} in redis_url", field="redis_url"
-            ) from exc
+            raise InvalidInputError(f"bad sentinel address {hp!r} in redis_url", field="redis_url") from exc
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise InvalidInputError(
@@ -101,8 +104,7 @@ def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
         try:
             nodes.append((host.strip("[]") or "127.0.0.1", int(port)))
         except ValueError as exc:
-            raise InvalidInputError(f"bad cluster node {hp!r} in redis_url",
-                                    field="redis_url") from exc
+            raise InvalidInputError(f"bad cluster node {hp!r} in redis_url", field="redis_url") from exc
     return nodes, kw
 
 
@@ -120,8 +122,7 @@ def async_client(url: str, **options: Any) -> Any:
         nodes, kw = _cluster_nodes(url)
         options.pop("health_check_interval", None)
         options.pop("retry", None)
-        return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes],
-                                 **kw, **options)
+        return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
@@ -145,8 +146,11 @@ def sync_client(url: str, **options: Any) -> Any:
 
         nodes, kw = _cluster_nodes(url)
         options.pop("health_check_interval", None)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
-                            **kw, **options)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+            **kw,
+            **options,
+        )
     if "+sentinel" in url.split("://", 1)[0].lower():
         nodes, service, kw, ssl = _sentinel_parts(url)
         sentinel_password = kw.pop("sentinel_password", None)
@@ -229,8 +233,7 @@ def next_message_sync(pubsub: Any, sharded: bool, timeout: float) -> Any:
     return pubsub.get_message(timeout=timeout)
 
 
-async def subscribe_confirmed(pubsub: Any, channel: str, sharded: bool,
-                              timeout: float = 5.0) -> None:
+async def subscribe_confirmed(pubsub: Any, channel: str, sharded: bool, timeout: float = 5.0) -> None:
     """(S)SUBSCRIBE and return once Redis confirmed it: only then may the key be read
     (reading first loses what changes in between). Messages before the confirmation are
     dropped: the read that follows covers them. Raises TimeoutError."""
@@ -245,8 +248,7 @@ async def subscribe_confirmed(pubsub: Any, channel: str, sharded: bool,
                 return
 
 
-def subscribe_confirmed_sync(pubsub: Any, channel: str, sharded: bool,
-                             timeout: float = 5.0) -> None:
+def subscribe_confirmed_sync(pubsub: Any, channel: str, sharded: bool, timeout: float = 5.0) -> None:
     """Blocking :func:`subscribe_confirmed`."""
     if sharded:
         pubsub.ssubscribe(channel)

@@ -75,14 +75,20 @@ def missing_acks(replicas: list[dict[str, Any]], name: str, grant: Grant) -> lis
             continue
         drains = rec.get("drains", {})
         ok = covers(drains.get(name), name, name, grant) or (
-            name != "*" and covers(drains.get("*"), name, "*", grant))
+            name != "*" and covers(drains.get("*"), name, "*", grant)
+        )
         if not ok:
             out.append(str(rec["id"]))
     return sorted(out)
 
 
-def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, float]],
-           records: list[dict[Any, Any]], now: list[Any], include_dead: bool) -> list[dict[str, Any]]:
+def _build(
+    client: AsyncPauseClient | PauseClient,
+    members: list[tuple[Any, float]],
+    records: list[dict[Any, Any]],
+    now: list[Any],
+    include_dead: bool,
+) -> list[dict[str, Any]]:
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
     timeout_ms = client.settings.replica_timeout_s * 1000
     out = []
@@ -105,8 +111,9 @@ def _build(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, floa
 async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
     k = client.keys
     with translate_redis_errors():
-        flat, now = await retry_stale(client.redis,
-                                      lambda: client._replicas_script(keys=[k.replicas], args=[]))
+        flat, now = await retry_stale(
+            client.redis, lambda: client._replicas_script(keys=[k.replicas], args=[])
+        )
         members = _pairs(flat)
         records = [await client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
     return _build(client, members, records, now, include_dead)
@@ -125,7 +132,8 @@ def _timeout_error(name: str, token: str, missing: list[str], timeout: float) ->
     return DrainTimeoutError(
         f"pause of {name!r} (token {token}) is in place, but {len(missing)} live replica "
         f"process(es) did not acknowledge the drain within {timeout:g}s: {', '.join(missing)}",
-        token=token, missing=missing,
+        token=token,
+        missing=missing,
     )
 
 
@@ -145,8 +153,7 @@ class AckWaiter:
                 if self._pubsub is not None:
                     await self._pubsub.aclose()
                 self._pubsub = self.client.redis.pubsub()
-                await subscribe_confirmed(self._pubsub, self.client.keys.acks,
-                                          self.client.sharded)
+                await subscribe_confirmed(self._pubsub, self.client.keys.acks, self.client.sharded)
 
             await retry_stale(self.client.redis, subscribe)
         return self
@@ -181,8 +188,9 @@ class AckWaiter:
                             break
 
 
-def wait_drained_sync(client: PauseClient, pubsub: Any, name: str, grant: Grant,
-                      timeout: float) -> list[dict[str, Any]]:
+def wait_drained_sync(
+    client: PauseClient, pubsub: Any, name: str, grant: Grant, timeout: float
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         replicas = list_replicas_sync(client)

@@ -20,22 +20,55 @@ __all__ = ["DEFAULT_UNGATED_PATHS", "Settings"]
 #: included) is gated.
 DEFAULT_UNGATED_PATHS: tuple[str, ...] = (
     # health, metrics, models, version (GET; listed so the allow-list is complete)
-    "/health", "/ping", "/metrics", "/load", "/version", "/server_info", "/v1/models",
+    "/health",
+    "/ping",
+    "/metrics",
+    "/load",
+    "/version",
+    "/server_info",
+    "/v1/models",
     # adapters: the weight sync a pause protects must go through while paused
-    "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/adapters", "/adapters/*",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    "/adapters",
+    "/adapters/*",
     # tokenize and render only (no engine request)
-    "/tokenize", "/detokenize", "/v1/messages/count_tokens",
-    "/v1/completions/render", "/v1/chat/completions/render", "/v1/messages/render",
-    "/v1/responses/render", "/v1/completions/derender", "/v1/chat/completions/derender",
+    "/tokenize",
+    "/detokenize",
+    "/v1/messages/count_tokens",
+    "/v1/completions/render",
+    "/v1/chat/completions/render",
+    "/v1/messages/render",
+    "/v1/responses/render",
+    "/v1/completions/derender",
+    "/v1/chat/completions/derender",
     "/v1/responses/*/cancel",
     # engine control (dev mode, RL weight transfer, elastic EP, sleep)
-    "/pause", "/resume", "/is_paused", "/abort_requests", "/inference/v1/abort_requests",
-    "/sleep", "/wake_up", "/is_sleeping", "/reset_prefix_cache", "/reset_mm_cache",
-    "/reset_encoder_cache", "/release_kv_cache_memory", "/collective_rpc",
-    "/init_weight_transfer_engine", "/update_weights", "/start_weight_update",
-    "/finish_weight_update", "/start_draft_weight_update", "/shutdown_weight_transfer_engine",
-    "/update_weight_version", "/weight_checker", "/weight_info", "/get_world_size",
-    "/scale_elastic_ep", "/is_scaling_elastic_ep",
+    "/pause",
+    "/resume",
+    "/is_paused",
+    "/abort_requests",
+    "/inference/v1/abort_requests",
+    "/sleep",
+    "/wake_up",
+    "/is_sleeping",
+    "/reset_prefix_cache",
+    "/reset_mm_cache",
+    "/reset_encoder_cache",
+    "/release_kv_cache_memory",
+    "/collective_rpc",
+    "/init_weight_transfer_engine",
+    "/update_weights",
+    "/start_weight_update",
+    "/finish_weight_update",
+    "/start_draft_weight_update",
+    "/shutdown_weight_transfer_engine",
+    "/update_weight_version",
+    "/weight_checker",
+    "/weight_info",
+    "/get_world_size",
+    "/scale_elastic_ep",
+    "/is_scaling_elastic_ep",
 )
 
 
@@ -63,13 +96,17 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Periodic full re-read of the state (safety net)."
     )
     health_check_interval_s: float = Field(
-        default=1.0, gt=0, description="The view PINGs Redis on its subscription twice per "
-        "interval; a PONG older than one interval means the link is dead (reconnect)."
+        default=1.0,
+        gt=0,
+        description="The view PINGs Redis on its subscription twice per "
+        "interval; a PONG older than one interval means the link is dead (reconnect).",
     )
     command_timeout_s: float = Field(
-        default=5.0, gt=0, description="Socket timeout of every Redis command connection "
+        default=5.0,
+        gt=0,
+        description="Socket timeout of every Redis command connection "
         "(a dead link fails a call instead of hanging it). Watchers and gates use at most "
-        "max(1, health_check_interval_s)."
+        "max(1, health_check_interval_s).",
     )
     reconnect_max_backoff_s: float = Field(default=2.0, gt=0)
     on_data_loss: Literal["hold", "release"] = Field(
@@ -82,18 +119,24 @@ class Settings(BaseSettings):
     # --- replicas and drain ----------------------------------------------------------------------
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     replica_timeout_s: float = Field(
-        default=5.0, gt=0, description="A replica silent this long is not live any more "
-        "(the drain barrier stops waiting for it). Must be >= fence_bound_s + fence_margin_s."
+        default=5.0,
+        gt=0,
+        description="A replica silent this long is not live any more "
+        "(the drain barrier stops waiting for it). Must be >= fence_bound_s + fence_margin_s.",
     )
     fence_bound_s: float = Field(
-        default=3.0, gt=0, description="A gate whose last proven round trip to Redis "
+        default=3.0,
+        gt=0,
+        description="A gate whose last proven round trip to Redis "
         "(heartbeat, or the view's PING/snapshot) is older than this fences itself: it "
         "behaves as if '*' were paused. Must be > heartbeat_interval_s and "
-        "> health_check_interval_s."
+        "> health_check_interval_s.",
     )
     fence_margin_s: float = Field(
-        default=1.0, ge=0, description="Slack between a replica fencing itself and the "
-        "barrier dropping it (clock rates, scheduling)."
+        default=1.0,
+        ge=0,
+        description="Slack between a replica fencing itself and the "
+        "barrier dropping it (clock rates, scheduling).",
     )
     drain_timeout_s: float = Field(default=30.0, gt=0)
 
@@ -200,12 +243,14 @@ class Settings(BaseSettings):
                 f"fence_bound_s ({self.fence_bound_s:g}) must be greater than "
                 f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) and "
                 f"health_check_interval_s ({self.health_check_interval_s:g}): a healthy "
-                "replica would fence itself between two round trips")
+                "replica would fence itself between two round trips"
+            )
         if self.replica_timeout_s < self.fence_bound_s + self.fence_margin_s:
             raise ValueError(
                 f"replica_timeout_s ({self.replica_timeout_s:g}) must be >= fence_bound_s "
                 f"({self.fence_bound_s:g}) + fence_margin_s ({self.fence_margin_s:g}): the "
-                "drain barrier would drop a silent replica before it has fenced itself")
+                "drain barrier would drop a silent replica before it has fenced itself"
+            )
         return self
 
     @field_validator("namespace")

@@ -47,33 +47,44 @@ RECHECK_S = 1.0
 class PauseClient(BaseClient):
     """Blocking twin of :class:`AsyncPauseClient`. ``with PauseClient(url) as c: ...``"""
 
-    def __init__(self, url: str | None = None, *, namespace: str | None = None,
-                 holder: str | None = None, redis: redis.Redis | None = None,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        holder: str | None = None,
+        redis: redis.Redis | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         s = settings or Settings()
         url = url if url is not None else s.redis_url
         if redis is None and url is None:
-            raise InvalidInputError(
-                "no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url"
-            )
+            raise InvalidInputError("no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url")
         if redis is None:
             assert url is not None
-            redis = sync_client(url, health_check_interval=s.health_check_interval_s,
-                                socket_connect_timeout=5.0,
-                                socket_timeout=max(s.command_timeout_s,
-                                                   s.replication_wait_timeout_ms / 1000 + 1))
+            redis = sync_client(
+                url,
+                health_check_interval=s.health_check_interval_s,
+                socket_connect_timeout=5.0,
+                socket_timeout=max(s.command_timeout_s, s.replication_wait_timeout_ms / 1000 + 1),
+            )
             self._owns_redis = True
         else:
             self._owns_redis = False
         sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
-        super().__init__(namespace=namespace or s.namespace, default_holder=holder or s.holder,
-                         sharded=sharded, replication_wait=s.replication_wait,
-                         replication_wait_timeout_ms=s.replication_wait_timeout_ms)
+        super().__init__(
+            namespace=namespace or s.namespace,
+            default_holder=holder or s.holder,
+            sharded=sharded,
+            replication_wait=s.replication_wait,
+            replication_wait_timeout_ms=s.replication_wait_timeout_ms,
+        )
         self.url = url
         self.settings = s
         self.redis = redis
-        self._scripts = {n: redis.register_script(state_script(n))
-                         for n in ("pause", "resume", "renew", "reap")}
+        self._scripts = {
+            n: redis.register_script(state_script(n)) for n in ("pause", "resume", "renew", "reap")
+        }
         self._snapshot_script = redis.register_script(read_script("snapshot"))
         self._replicas_script = redis.register_script(read_script("replicas"))
         self._closed = False
@@ -116,9 +127,16 @@ class PauseClient(BaseClient):
         return pubsub
 
     # -- changes -----------------------------------------------------------------------------------
-    def pause(self, name: str, *, holder: str | None = None, reason: str | None = None,
-              ttl: float | None = None, drain: bool = False,
-              timeout: float | None = None) -> Grant:
+    def pause(
+        self,
+        name: str,
+        *,
+        holder: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        drain: bool = False,
+        timeout: float | None = None,
+    ) -> Grant:
         h, args = self._pause_args(name, holder, reason, ttl, drain)
         t = validate_timeout(timeout)
         if not drain:
@@ -129,19 +147,22 @@ class PauseClient(BaseClient):
             pubsub = self._subscribe(self.keys.acks)
         try:
             grant = self._parse_grant(name, h, self._run("pause", args))
-            wait_drained_sync(self, pubsub, name, grant,
-                              t if t is not None else self.settings.drain_timeout_s)
+            wait_drained_sync(
+                self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
+            )
         finally:
             pubsub.close()
         return grant
 
-    def resume(self, name: str, *, holder: str | None = None, token: str | int | None = None,
-               force: bool = False) -> ResumeResult:
+    def resume(
+        self, name: str, *, holder: str | None = None, token: str | int | None = None, force: bool = False
+    ) -> ResumeResult:
         h, args = self._resume_args(name, holder, token, force)
         return self._parse_resume(name, h, token, self._run("resume", args))
 
-    def renew(self, name: str, holder: str | None, ttl: float, *,
-              token: str | int | None = None) -> AdapterState:
+    def renew(
+        self, name: str, holder: str | None, ttl: float, *, token: str | int | None = None
+    ) -> AdapterState:
         h, args = self._renew_args(name, holder, ttl, token)
         return self._parse_renew(name, h, token, self._run("renew", args))
 
@@ -234,8 +255,11 @@ class PauseClient(BaseClient):
                             ev = PauseEvent.from_json(msg["data"])
                         except (ValueError, KeyError, TypeError):
                             ev = None
-                    verdict = "resubscribed" if ev is None else classify_event(
-                        ev, rev, epoch, time.monotonic() - read_at)
+                    verdict = (
+                        "resubscribed"
+                        if ev is None
+                        else classify_event(ev, rev, epoch, time.monotonic() - read_at)
+                    )
                     if verdict == "skip":
                         continue
                     if ev is not None and verdict == "apply":
@@ -253,16 +277,31 @@ class PauseClient(BaseClient):
                         for n in sorted(set(view) | set(snap.paused)):
                             if view.get(n) != snap.paused.get(n):
                                 st = snap.paused.get(n)
-                                yield PauseEvent(snap.revision, snap.epoch, n, "resync",
-                                                 st is not None, None, st, snap.server_time)
+                                yield PauseEvent(
+                                    snap.revision,
+                                    snap.epoch,
+                                    n,
+                                    "resync",
+                                    st is not None,
+                                    None,
+                                    st,
+                                    snap.server_time,
+                                )
                         rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
             finally:
                 pubsub.close()
 
     @contextlib.contextmanager
-    def paused(self, name: str, *, holder: str | None = None, reason: str | None = None,
-               ttl: float | None = None, drain: bool = False,
-               timeout: float | None = None) -> Iterator[Grant]:
+    def paused(
+        self,
+        name: str,
+        *,
+        holder: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        drain: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Grant]:
         """Pause on entry, always release this hold on exit (also when the drain wait fails).
 
         With ``ttl``, a thread renews the lease every ttl/3. A blocking block cannot be
@@ -280,8 +319,9 @@ class PauseClient(BaseClient):
             try:
                 grant = self._parse_grant(name, h, self._run("pause", args))
                 try:
-                    wait_drained_sync(self, pubsub, name, grant,
-                                      t if t is not None else self.settings.drain_timeout_s)
+                    wait_drained_sync(
+                        self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
+                    )
                 except BaseException:  # a drain timeout, Ctrl-C...: no leaked hold
                     with contextlib.suppress(Exception):
                         self.resume(name, holder=h, token=grant.token)
@@ -294,15 +334,17 @@ class PauseClient(BaseClient):
         lost: list[str] = []
         renewer = None
         if ttl is not None:
-            renewer = threading.Thread(target=self._keep_renewing,
-                                       args=(name, grant, float(ttl), stop, sent, lost),
-                                       daemon=True)
+            renewer = threading.Thread(
+                target=self._keep_renewing, args=(name, grant, float(ttl), stop, sent, lost), daemon=True
+            )
             renewer.start()
         try:
             yield grant
             if lost:
-                raise LeaseLostError(f"the lease of {grant.holder!r} on {name!r} (token "
-                                     f"{grant.token}) was lost while the block ran: {lost[0]}")
+                raise LeaseLostError(
+                    f"the lease of {grant.holder!r} on {name!r} (token "
+                    f"{grant.token}) was lost while the block ran: {lost[0]}"
+                )
         finally:
             stop.set()
             if renewer is not None:
@@ -310,17 +352,18 @@ class PauseClient(BaseClient):
             try:
                 self.resume(name, holder=grant.holder, token=grant.token)
             except ConflictError as exc:
-                logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s",
-                               name, grant.holder, exc)
+                logger.warning(
+                    "pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc
+                )
 
-    def _keep_renewing(self, name: str, grant: Grant, ttl: float, stop: threading.Event,
-                       sent: float, lost: list[str]) -> None:
+    def _keep_renewing(
+        self, name: str, grant: Grant, ttl: float, stop: threading.Event, sent: float, lost: list[str]
+    ) -> None:
         deadline = sent + ttl  # from the pause's send: never later than Redis's expiry
         while not stop.wait(max(0.0, min(ttl / 3, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 lost.append("no renewal reached Redis before the lease ended")
-                logger.warning("pausesvc: lease of %r by %r lost: not renewed in time",
-                               name, grant.holder)
+                logger.warning("pausesvc: lease of %r by %r lost: not renewed in time", name, grant.holder)
                 return
             sent = time.monotonic()
             try:
@@ -328,8 +371,7 @@ class PauseClient(BaseClient):
                 deadline = sent + ttl
             except ConflictError as exc:
                 lost.append(f"the renewal was refused: {exc}")
-                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name,
-                               grant.holder)
+                logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)
                 return
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)

@@ -59,18 +59,26 @@ logger = logging.getLogger("pausesvc.watcher")
 #: every time the view of an adapter is set - including re-confirmations by a resync.
 Listener = Callable[[str, AdapterState | None, PauseEvent | None], None]
 
-_NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavailableError,
-                   TimeoutError)
-_PUBSUB_TYPES = frozenset({"message", "smessage", "pmessage", "subscribe", "ssubscribe",
-                           "psubscribe", "unsubscribe", "sunsubscribe", "punsubscribe"})
-
+_NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavailableError, TimeoutError)
+_PUBSUB_TYPES = frozenset(
+    {
+        "message",
+        "smessage",
+        "pmessage",
+        "subscribe",
+        "ssubscribe",
+        "psubscribe",
+        "unsubscribe",
+        "sunsubscribe",
+        "punsubscribe",
+    }
+)
 
 
 class WatcherStats:
     """Counters a metrics exporter can read (no dependency on prometheus-client here)."""
 
-    __slots__ = ("data_losses", "event_lag_s", "events", "gaps", "local_expiries",
-                 "reconnects", "resyncs")
+    __slots__ = ("data_losses", "event_lag_s", "events", "gaps", "local_expiries", "reconnects", "resyncs")
 
     def __init__(self) -> None:
         self.events = 0
@@ -297,8 +305,9 @@ class PauseWatcher:
                 return True
         return self._ever_synced.is_set() and self._rev >= revision
 
-    async def wait_revision(self, revision: int, epoch: str | None = None,
-                            timeout: float | None = None) -> bool:
+    async def wait_revision(
+        self, revision: int, epoch: str | None = None, timeout: float | None = None
+    ) -> bool:
         """Wait until this view has applied ``revision`` (read-your-writes for a writer in
         this process). Returns at once if ``epoch`` is not the view's any more (data loss)."""
         try:
@@ -373,7 +382,8 @@ class PauseWatcher:
         if self._in_sync:
             logger.warning(
                 "pausesvc watcher lost Redis (%s); holding %d paused adapter(s) (fail closed)",
-                exc, len(self._paused) + len(self._orphans),
+                exc,
+                len(self._paused) + len(self._orphans),
                 extra={"event": "watcher_lost", "namespace": self.keys.namespace},
             )
             self._out_of_sync_since = time.monotonic()
@@ -414,8 +424,10 @@ class PauseWatcher:
             now = time.monotonic()
             if self._proof is not None and now - self._proof > self.health_check_interval:
                 # no PONG for a whole interval: the link is dead although TCP may look open
-                raise TimeoutError(f"no PONG from Redis for {now - self._proof:.2f}s "
-                                   f"(health_check_interval {self.health_check_interval:g}s)")
+                raise TimeoutError(
+                    f"no PONG from Redis for {now - self._proof:.2f}s "
+                    f"(health_check_interval {self.health_check_interval:g}s)"
+                )
             if now >= next_ping:
                 await self._ping(pubsub)
                 next_ping = now + period
@@ -451,8 +463,9 @@ class PauseWatcher:
             logger.warning("pausesvc watcher: ignoring a malformed event: %.200r", data)
             return "malformed-event"
         last = self._last_sync
-        verdict = classify_event(ev, self._rev, self._epoch,
-                                 None if last is None else time.monotonic() - last)
+        verdict = classify_event(
+            ev, self._rev, self._epoch, None if last is None else time.monotonic() - last
+        )
         if verdict == "skip":
             return None
         if verdict != "apply":
@@ -502,8 +515,7 @@ class PauseWatcher:
             tombs = await self._tombstones(list(missing))
             for n, st in missing.items():
                 t = tombs.get(n)
-                if t is not None and ((new_epoch and snap.epoch is not None)
-                                      or t >= st.revision):
+                if t is not None and ((new_epoch and snap.epoch is not None) or t >= st.revision):
                     continue  # resumed: an event we missed (gap, reconnect) or a re-assertion
                 if st.without_expired(snap.server_time) is None:
                     continue  # its lease ran out anyway
@@ -516,9 +528,14 @@ class PauseWatcher:
             logger.error(
                 "pausesvc: Redis lost data (%s@%s -> %s@%s%s); policy=%s, %d adapter(s) this "
                 "process knew paused are gone from Redis without a resume: %s",
-                self._epoch, self._rev, snap.epoch, snap.revision,
+                self._epoch,
+                self._rev,
+                snap.epoch,
+                snap.revision,
                 "" if backwards else ", same epoch: a failover to a lagging replica?",
-                self.on_data_loss, len(orphaned), ", ".join(sorted(orphaned)) or "-",
+                self.on_data_loss,
+                len(orphaned),
+                ", ".join(sorted(orphaned)) or "-",
                 extra={"event": "data_loss", "namespace": self.keys.namespace},
             )
             if self.on_data_loss == "hold":
@@ -532,8 +549,7 @@ class PauseWatcher:
             for n, t in tombs.items():
                 epoch, at = self._orphaned_at.get(n, (None, 0))
                 if epoch != snap.epoch or t > at:
-                    logger.warning("pausesvc: orphaned pause of %r released: resumed at "
-                                   "revision %d", n, t)
+                    logger.warning("pausesvc: orphaned pause of %r released: resumed at revision %d", n, t)
                     self.release_orphan(n)
         self._mono_offset = snap.server_time - (t0 + t1) / 2
         self._mono_offset_low = snap.server_time - t1
@@ -548,19 +564,30 @@ class PauseWatcher:
                     changed = True
                 ev = None
                 if old != new:
-                    ev = PauseEvent(snap.revision, snap.epoch, name, "resync", new is not None,
-                                    None, new, snap.server_time)
+                    ev = PauseEvent(
+                        snap.revision,
+                        snap.epoch,
+                        name,
+                        "resync",
+                        new is not None,
+                        None,
+                        new,
+                        snap.server_time,
+                    )
                 self._set(name, new, ev)
         if changed or not self._in_sync:
-            logger.info("pausesvc watcher in sync at revision %d (%s)", self._rev, reason,
-                        extra={"event": "resync", "revision": self._rev, "reason": reason})
+            logger.info(
+                "pausesvc watcher in sync at revision %d (%s)",
+                self._rev,
+                reason,
+                extra={"event": "resync", "revision": self._rev, "reason": reason},
+            )
         self._in_sync = True
         self._out_of_sync_since = None
         self._last_sync = time.monotonic()
         self._ever_synced.set()
         self._schedule_expiry()
-        if snap.expired and self.reap_leases and (self._reap_task is None
-                                                  or self._reap_task.done()):
+        if snap.expired and self.reap_leases and (self._reap_task is None or self._reap_task.done()):
             # expired holds nobody reaped (no watcher was in sync at expiry): reap them now
             self._reap_task = asyncio.create_task(self._reap())
         self._wake_all()
@@ -576,8 +603,9 @@ class PauseWatcher:
             # a controller re-asserted this adapter after the data loss: Redis is the truth again
             del self._orphans[name]
             self._orphaned_at.pop(name, None)
-            logger.warning("pausesvc: orphaned pause of %r released by a new change (rev %d)",
-                           name, ev.revision)
+            logger.warning(
+                "pausesvc: orphaned pause of %r released by a new change (rev %d)", name, ev.revision
+            )
         if not self.is_paused(name):
             self._wake(name)
         if name == GLOBAL and not self.is_paused(GLOBAL):
@@ -619,8 +647,11 @@ class PauseWatcher:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
-        ends = [s.next_expiry for s in (*self._paused.values(), *self._orphans.values())
-                if s.next_expiry is not None]
+        ends = [
+            s.next_expiry
+            for s in (*self._paused.values(), *self._orphans.values())
+            if s.next_expiry is not None
+        ]
         if not ends:
             return
         delay = max(0.0, min(ends) - self.server_time_floor())
@@ -651,8 +682,7 @@ class PauseWatcher:
             if nxt is not None and nxt <= now:
                 self.stats.local_expiries += 1
                 new = st.without_expired(now)
-                ev = PauseEvent(self._rev, self._epoch, name, "expire", new is not None, None,
-                                new, now)
+                ev = PauseEvent(self._rev, self._epoch, name, "expire", new is not None, None, new, now)
                 self._set(name, new, ev)
         self._schedule_expiry()
         if self.reap_leases and (self._reap_task is None or self._reap_task.done()):

@@ -89,8 +89,7 @@ class Ctx:
                     "`pausesvc serve` with an embedded Redis is running for this user)",
                     field="redis_url",
                 )
-            click.echo(f"pausesvc: using the embedded Redis of `pausesvc serve` at {url}",
-                       err=True)
+            click.echo(f"pausesvc: using the embedded Redis of `pausesvc serve` at {url}", err=True)
             self.settings = self.settings.model_copy(update={"redis_url": url})
         return PauseClient(settings=self.settings)
 
@@ -118,10 +117,15 @@ def _describe(state: AdapterState, now: float) -> str:
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", envvar="PAUSESVC_REDIS_URL", default=None,
-              help="redis://, rediss://, unix:// or redis+sentinel:// URL.")
-@click.option("--namespace", envvar="PAUSESVC_NAMESPACE", default=None,
-              help="Deployment namespace (default: default).")
+@click.option(
+    "--redis-url",
+    envvar="PAUSESVC_REDIS_URL",
+    default=None,
+    help="redis://, rediss://, unix:// or redis+sentinel:// URL.",
+)
+@click.option(
+    "--namespace", envvar="PAUSESVC_NAMESPACE", default=None, help="Deployment namespace (default: default)."
+)
 @click.version_option(package_name="pausesvc")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, namespace: str | None) -> None:
@@ -154,8 +158,16 @@ def _print_json(data: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the grant as JSON.")
 @click.pass_obj
 @handle_errors
-def pause(obj: Ctx, name: str, holder: str | None, reason: str | None, ttl: float | None,
-          drain: bool, timeout: float | None, as_json: bool) -> None:
+def pause(
+    obj: Ctx,
+    name: str,
+    holder: str | None,
+    reason: str | None,
+    ttl: float | None,
+    drain: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
     """Pause adapter NAME (`*` pauses everything). Prints the fencing token."""
     with obj.client() as c:
         grant = c.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain, timeout=timeout)
@@ -173,8 +185,7 @@ def pause(obj: Ctx, name: str, holder: str | None, reason: str | None, ttl: floa
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def resume(obj: Ctx, name: str, holder: str | None, token: str | None, force: bool,
-           as_json: bool) -> None:
+def resume(obj: Ctx, name: str, holder: str | None, token: str | None, force: bool, as_json: bool) -> None:
     """Release a hold on NAME; NAME resumes when no hold remains."""
     with obj.client() as c:
         res = c.resume(name, holder=holder, token=token, force=force)
@@ -194,8 +205,7 @@ def resume(obj: Ctx, name: str, holder: str | None, token: str | None, force: bo
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: str | None,
-          as_json: bool) -> None:
+def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: str | None, as_json: bool) -> None:
     """Extend a hold's lease on NAME to TTL seconds from now."""
     with obj.client() as c:
         state = c.renew(name, holder, ttl, token=token)
@@ -221,10 +231,15 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
     if name is not None:
         state = snap.paused.get(name)
         if as_json:
-            _print_json({"name": name, "paused": state is not None,
-                         "paused_by_global": "*" in snap.paused,
-                         "revision": snap.revision,
-                         "state": state.to_dict() if state else None})
+            _print_json(
+                {
+                    "name": name,
+                    "paused": state is not None,
+                    "paused_by_global": "*" in snap.paused,
+                    "revision": snap.revision,
+                    "state": state.to_dict() if state else None,
+                }
+            )
         elif state is None:
             extra = " (but `*` is paused: everything is)" if "*" in snap.paused else ""
             click.echo(f"{name} is not paused{extra}  (revision {snap.revision})")
@@ -317,6 +332,7 @@ def _register_optional() -> None:
     try:
         from pausesvc.service.cli import serve
     except ImportError:
+
         @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
         def serve() -> None:
             """Run the HTTP control service (needs `pip install pausesvc[service]`)."""

@@ -136,8 +136,12 @@ def _bounded(client_timeout: httpx.Timeout, remaining: float | None) -> httpx.Ti
     def cut(v: float | None) -> float:
         return max(0.001, remaining if v is None else min(v, remaining))
 
-    return httpx.Timeout(connect=cut(client_timeout.connect), read=cut(client_timeout.read),
-                         write=cut(client_timeout.write), pool=cut(client_timeout.pool))
+    return httpx.Timeout(
+        connect=cut(client_timeout.connect),
+        read=cut(client_timeout.read),
+        write=cut(client_timeout.write),
+        pool=cut(client_timeout.pool),
+    )
 
 
 class _Driver:
@@ -163,7 +167,9 @@ class _Driver:
     def timed_out(self) -> SampleTimeoutError:
         return SampleTimeoutError(
             f"the sample of {self.state.adapter!r} did not finish within {self.timeout}s "
-            f"({len(self.state.tokens)} token(s) accumulated)", partial=self.state.result())
+            f"({len(self.state.tokens)} token(s) accumulated)",
+            partial=self.state.result(),
+        )
 
     def failed(self, what: str) -> ResumeReason:
         """A transport error or a retryable status: resume, unless too many in a row."""
@@ -171,9 +177,15 @@ class _Driver:
         if self.fail_streak > self.policy.max_failures:
             raise SampleRetryError(
                 f"giving up on the sample of {self.state.adapter!r} after {self.fail_streak} "
-                f"failures in a row (last: {what})", partial=self.state.result())
-        logger.info("pausesvc sampling: %s for %r; resuming after %d token(s)", what,
-                    self.state.adapter, len(self.state.tokens))
+                f"failures in a row (last: {what})",
+                partial=self.state.result(),
+            )
+        logger.info(
+            "pausesvc sampling: %s for %r; resuming after %d token(s)",
+            what,
+            self.state.adapter,
+            len(self.state.tokens),
+        )
         return "transport"
 
     def response(self, resp: httpx.Response) -> ResumeReason | None:
@@ -184,12 +196,17 @@ class _Driver:
         if resp.status_code != 200:
             raise SampleResponseError(
                 f"the server answered {resp.status_code}: {resp.text[:500]}",
-                partial=self.state.result(), status_code=resp.status_code)
+                partial=self.state.result(),
+                status_code=resp.status_code,
+            )
         try:
             data = resp.json()
         except ValueError as exc:
-            raise SampleResponseError("the server answered with a body that is not JSON",
-                                      partial=self.state.result(), status_code=200) from exc
+            raise SampleResponseError(
+                "the server answered with a body that is not JSON",
+                partial=self.state.result(),
+                status_code=200,
+            ) from exc
         done = self.state.absorb(data)
         self.fail_streak = 0
         if done:
@@ -201,7 +218,9 @@ class _Driver:
             if self.zero_streak > self.policy.max_zero_progress_aborts:
                 raise SampleRetryError(
                     f"giving up on the sample of {self.state.adapter!r}: {self.zero_streak} "
-                    "aborts in a row without a token", partial=self.state.result())
+                    "aborts in a row without a token",
+                    partial=self.state.result(),
+                )
         return "abort"
 
     def delay(self, reason: ResumeReason, waited: WaitResult) -> float:
@@ -218,18 +237,26 @@ class _Driver:
     def waited(self, reason: ResumeReason, res: WaitResult, waited_s: float) -> None:
         if not res.unpaused:
             raise self.timed_out()
-        self.state.add_boundary(pause_revision=res.pause_revision, revision=res.revision,
-                                reason=reason, waited_s=waited_s)
+        self.state.add_boundary(
+            pause_revision=res.pause_revision, revision=res.revision, reason=reason, waited_s=waited_s
+        )
 
 
 def _waiter_failed(state: _State, exc: PauseError) -> UnresumableAbortError:
-    return UnresumableAbortError(f"cannot wait for {state.adapter!r} to be resumed: {exc}",
-                                 partial=state.result())
+    return UnresumableAbortError(
+        f"cannot wait for {state.adapter!r} to be resumed: {exc}", partial=state.result()
+    )
 
 
-async def _run_async(http: httpx.AsyncClient, url: str, state: _State, waiter: object,
-                     timeout: float | None, policy: RetryPolicy | None,
-                     headers: dict[str, str] | None) -> SampleResult:
+async def _run_async(
+    http: httpx.AsyncClient,
+    url: str,
+    state: _State,
+    waiter: object,
+    timeout: float | None,
+    policy: RetryPolicy | None,
+    headers: dict[str, str] | None,
+) -> SampleResult:
     drv = _Driver(state, policy, timeout)
     w = await resolve_async_waiter(waiter)
     name = state.adapter
@@ -241,8 +268,9 @@ async def _run_async(http: httpx.AsyncClient, url: str, state: _State, waiter: o
         reason: ResumeReason | None
         try:
             async with asyncio.timeout(drv.remaining()):
-                resp = await http.post(url, json=body, headers=headers,
-                                       timeout=_bounded(http.timeout, drv.remaining()))
+                resp = await http.post(
+                    url, json=body, headers=headers, timeout=_bounded(http.timeout, drv.remaining())
+                )
         except TimeoutError:
             raise drv.timed_out() from None
         except httpx.TransportError as exc:
@@ -268,8 +296,13 @@ class _Overrun(Exception):
     """The worker of :func:`_post_within` read past the deadline."""
 
 
-def _post_within(http: httpx.Client, url: str, body: dict[str, Any],
-                 headers: dict[str, str] | None, remaining: float | None) -> httpx.Response:
+def _post_within(
+    http: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None,
+    remaining: float | None,
+) -> httpx.Response:
     """``http.post`` that returns (or raises TimeoutError) within ``remaining`` seconds.
 
     httpx's timeouts apply to each network operation: a server that sends its body one byte at
@@ -286,8 +319,9 @@ def _post_within(http: httpx.Client, url: str, body: dict[str, Any],
 
     def work() -> None:
         try:
-            with http.stream("POST", url, json=body, headers=headers,
-                             timeout=_bounded(http.timeout, remaining)) as resp:
+            with http.stream(
+                "POST", url, json=body, headers=headers, timeout=_bounded(http.timeout, remaining)
+            ) as resp:
                 if resp.is_stream_consumed:  # a transport that answered with the whole body
                     box.append(resp)
                     return
@@ -297,8 +331,11 @@ def _post_within(http: httpx.Client, url: str, body: dict[str, Any],
                         raise _Overrun
                     chunks.append(chunk)
                 # the raw bytes with the server's headers: decoded once, as http.post would
-                box.append(httpx.Response(resp.status_code, headers=resp.headers,
-                                          content=b"".join(chunks), request=resp.request))
+                box.append(
+                    httpx.Response(
+                        resp.status_code, headers=resp.headers, content=b"".join(chunks), request=resp.request
+                    )
+                )
         except BaseException as exc:  # handed to the caller (or dropped once it left)
             box.append(exc)
         finally:
@@ -314,9 +351,15 @@ def _post_within(http: httpx.Client, url: str, body: dict[str, Any],
     return result
 
 
-def _run_sync(http: httpx.Client, url: str, state: _State, waiter: object,
-              timeout: float | None, policy: RetryPolicy | None,
-              headers: dict[str, str] | None) -> SampleResult:
+def _run_sync(
+    http: httpx.Client,
+    url: str,
+    state: _State,
+    waiter: object,
+    timeout: float | None,
+    policy: RetryPolicy | None,
+    headers: dict[str, str] | None,
+) -> SampleResult:
     drv = _Driver(state, policy, timeout)
     w = resolve_sync_waiter(waiter)
     name = state.adapter
@@ -350,9 +393,15 @@ def _run_sync(http: httpx.Client, url: str, state: _State, waiter: object,
 
 
 async def sample_with_retry(
-    http: httpx.AsyncClient, base_url: str, request: dict[str, Any], *, waiter: object,
-    adapter: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-    policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
+    http: httpx.AsyncClient,
+    base_url: str,
+    request: dict[str, Any],
+    *,
+    waiter: object,
+    adapter: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    policy: RetryPolicy | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """Sample ``request`` (a ``/v1/completions`` body, n=1) through pauses; see the module docs.
 
@@ -368,42 +417,55 @@ async def sample_with_retry(
     carrying the partial result when a sample cannot be finished.
     """
     state = CompletionState(request, adapter)
-    return await _run_async(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout,
-                            policy, headers)
+    return await _run_async(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
 
 
 async def chat_with_retry(
-    http: httpx.AsyncClient, base_url: str, request: dict[str, Any], *, waiter: object,
-    adapter: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-    policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
+    http: httpx.AsyncClient,
+    base_url: str,
+    request: dict[str, Any],
+    *,
+    waiter: object,
+    adapter: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    policy: RetryPolicy | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """:func:`sample_with_retry` for ``/v1/chat/completions``: an aborted answer is continued as
     the final assistant message (``continue_final_message: true``, ``add_generation_prompt:
     false``, reduced ``max_completion_tokens``/``max_tokens``)."""
     state = ChatState(request, adapter)
-    return await _run_async(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy,
-                            headers)
+    return await _run_async(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)
 
 
 def sample_with_retry_sync(
-    http: httpx.Client, base_url: str, request: dict[str, Any], *, waiter: object,
-    adapter: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-    policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
+    http: httpx.Client,
+    base_url: str,
+    request: dict[str, Any],
+    *,
+    waiter: object,
+    adapter: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    policy: RetryPolicy | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """Blocking :func:`sample_with_retry` (an ``httpx.Client``; ``waiter``: a PauseClient, a
     SyncServiceWaiter, a SyncAutoWaiter or anything with a blocking ``wait_unpaused``)."""
     state = CompletionState(request, adapter)
-    return _run_sync(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy,
-                     headers)
+    return _run_sync(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
 
 
 def chat_with_retry_sync(
-    http: httpx.Client, base_url: str, request: dict[str, Any], *, waiter: object,
-    adapter: str | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-    policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
+    http: httpx.Client,
+    base_url: str,
+    request: dict[str, Any],
+    *,
+    waiter: object,
+    adapter: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    policy: RetryPolicy | None = None,
+    headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """Blocking :func:`chat_with_retry`."""
     state = ChatState(request, adapter)
     return _run_sync(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)
-
-

@@ -120,8 +120,9 @@ class SampleTimeoutError(SampleError, PauseTimeoutError):
 class SampleResponseError(SampleError):
     """The server's answer cannot be used (a non-retryable status, a malformed body)."""
 
-    def __init__(self, message: str, *, partial: SampleResult | None = None,
-                 status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, partial: SampleResult | None = None, status_code: int | None = None
+    ) -> None:
         super().__init__(message, partial=partial)
         self.status_code = status_code
 
@@ -193,18 +194,15 @@ def _common_checks(request: object) -> dict[str, Any]:
     if best_of is not None and (not _is_int(best_of) or best_of != 1):
         raise InvalidInputError(f"best_of must be 1, got {best_of!r}", field="best_of")
     if body.get("stream"):
-        raise InvalidInputError("stream is not supported: send a non-streaming request",
-                                field="stream")
+        raise InvalidInputError("stream is not supported: send a non-streaming request", field="stream")
     if body.get("echo"):
-        raise InvalidInputError("echo is not supported: a resubmission would echo the tokens",
-                                field="echo")
+        raise InvalidInputError("echo is not supported: a resubmission would echo the tokens", field="echo")
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise InvalidInputError(f"seed must be an integer, got {seed!r}", field="seed")
     min_tokens = body.get("min_tokens")
     if min_tokens is not None and (not _is_int(min_tokens) or min_tokens < 0):
-        raise InvalidInputError(f"min_tokens must be an integer >= 0, got {min_tokens!r}",
-                                field="min_tokens")
+        raise InvalidInputError(f"min_tokens must be an integer >= 0, got {min_tokens!r}", field="min_tokens")
     return body
 
 
@@ -232,9 +230,7 @@ def _token_ids(choice: Mapping[str, Any], aborted: bool, has_output: bool) -> li
 
 def _check_logprobs(values: list[Any], n_tokens: int) -> list[float]:
     if len(values) != n_tokens:
-        raise MissingLogprobError(
-            f"{n_tokens} token(s) but {len(values)} logprob(s) in the response"
-        )
+        raise MissingLogprobError(f"{n_tokens} token(s) but {len(values)} logprob(s) in the response")
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise MissingLogprobError(f"the logprob of generated token {i} is missing ({v!r})")
@@ -252,8 +248,9 @@ class _State:
         self.request = body
         name = adapter if adapter is not None else body.get("model")
         if not isinstance(name, str) or not name:
-            raise InvalidInputError("the adapter name is required: set request['model'] or "
-                                    "pass adapter=...", field="model")
+            raise InvalidInputError(
+                "the adapter name is required: set request['model'] or pass adapter=...", field="model"
+            )
         self.adapter = name
         self.max_tokens = self._max_tokens(body)
         self.want_logprobs = self._wants_logprobs(body)
@@ -275,8 +272,9 @@ class _State:
     def _max_tokens(self, body: Mapping[str, Any]) -> int:
         present = [f for f in self.max_fields if body.get(f) is not None]
         if not present:
-            raise InvalidInputError(f"{self.max_fields[0]} is required (a positive integer)",
-                                    field=self.max_fields[0])
+            raise InvalidInputError(
+                f"{self.max_fields[0]} is required (a positive integer)", field=self.max_fields[0]
+            )
         return min(_positive_int(body, f) for f in present)
 
     @property
@@ -307,14 +305,21 @@ class _State:
     def _continue(self, body: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def add_boundary(self, *, pause_revision: int | None, revision: int | None,
-                     reason: ResumeReason, waited_s: float) -> None:
+    def add_boundary(
+        self, *, pause_revision: int | None, revision: int | None, reason: ResumeReason, waited_s: float
+    ) -> None:
         k = len(self.tokens)
-        self.boundaries.append(Boundary(
-            index=k, pause_revision=pause_revision, revision=revision, reason=reason,
-            attempt=len(self.responses) + 1,
-            seed=None if self.seed is None else derive_seed(self.seed, k), waited_s=waited_s,
-        ))
+        self.boundaries.append(
+            Boundary(
+                index=k,
+                pause_revision=pause_revision,
+                revision=revision,
+                reason=reason,
+                attempt=len(self.responses) + 1,
+                seed=None if self.seed is None else derive_seed(self.seed, k),
+                waited_s=waited_s,
+            )
+        )
 
     # accumulation ------------------------------------------------------------------------------
     def absorb(self, resp: object) -> bool:
@@ -331,8 +336,15 @@ class _State:
     def _absorb(self, resp: object) -> bool:
         raise NotImplementedError
 
-    def _accumulate(self, ids: list[int], lps: list[float] | None, top: list[Any] | None,
-                    text: str, finish: object, stop_reason: object) -> bool:
+    def _accumulate(
+        self,
+        ids: list[int],
+        lps: list[float] | None,
+        top: list[Any] | None,
+        text: str,
+        finish: object,
+        stop_reason: object,
+    ) -> bool:
         aborted = finish is None or finish == "abort"
         if len(ids) > self.remaining:
             raise SampleResponseError(
@@ -378,26 +390,35 @@ class _State:
         else:
             response = self._merged()
         return SampleResult(
-            kind=self.kind, tokens=list(self.tokens), text="".join(self.text_parts),
-            finish_reason=self.finish_reason, stop_reason=self.stop_reason,
+            kind=self.kind,
+            tokens=list(self.tokens),
+            text="".join(self.text_parts),
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
             logprobs=None if self.logprobs is None else list(self.logprobs),
             top_logprobs=None if self.top_logprobs is None else list(self.top_logprobs),
-            prompt_token_ids=self.prompt_token_ids, prompt_logprobs=self.prompt_logprobs,
-            boundaries=tuple(self.boundaries), attempts=len(self.responses), response=response,
+            prompt_token_ids=self.prompt_token_ids,
+            prompt_logprobs=self.prompt_logprobs,
+            boundaries=tuple(self.boundaries),
+            attempts=len(self.responses),
+            response=response,
         )
 
     def _merged(self) -> dict[str, Any]:
-        base: dict[str, Any] = (copy.deepcopy(self.responses[-1]) if self.responses
-                                else {"object": self.kind})
+        base: dict[str, Any] = copy.deepcopy(self.responses[-1]) if self.responses else {"object": self.kind}
         choices = base.get("choices")
         choice: dict[str, Any] = dict(choices[0]) if choices else {"index": 0}
-        choice.update(finish_reason=self.finish_reason, stop_reason=self.stop_reason,
-                      token_ids=list(self.tokens))
+        choice.update(
+            finish_reason=self.finish_reason, stop_reason=self.stop_reason, token_ids=list(self.tokens)
+        )
         self._merge_choice(choice)
         base["choices"] = [choice]
         n_prompt = len(self.prompt_token_ids or [])
-        base["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": len(self.tokens),
-                         "total_tokens": n_prompt + len(self.tokens)}
+        base["usage"] = {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": len(self.tokens),
+            "total_tokens": n_prompt + len(self.tokens),
+        }
         return base
 
     def _merge_choice(self, choice: dict[str, Any]) -> None:
@@ -415,15 +436,14 @@ class CompletionState(_State):
         prompt = body.get("prompt")
         if isinstance(prompt, list):
             if not prompt or not all(_is_int(t) and t >= 0 for t in prompt):
-                raise InvalidInputError("prompt must be one non-empty list of token ids "
-                                        "(or one string)", field="prompt")
+                raise InvalidInputError(
+                    "prompt must be one non-empty list of token ids (or one string)", field="prompt"
+                )
         elif not isinstance(prompt, str):
-            raise InvalidInputError("prompt must be a list of token ids or a string",
-                                    field="prompt")
+            raise InvalidInputError("prompt must be a list of token ids or a string", field="prompt")
         lp = body.get("logprobs")
         if lp is not None and (not _is_int(lp) or lp < 0):
-            raise InvalidInputError(f"logprobs must be an integer >= 0, got {lp!r}",
-                                    field="logprobs")
+            raise InvalidInputError(f"logprobs must be an integer >= 0, got {lp!r}", field="logprobs")
         body["return_token_ids"] = True
         super().__init__(body, adapter)
         self.text_offsets: list[int] = []
@@ -434,8 +454,9 @@ class CompletionState(_State):
 
     def _continue(self, body: dict[str, Any]) -> None:
         if self.prompt_token_ids is None:
-            raise UnresumableAbortError("cannot resume: the server never returned the prompt's "
-                                        "token ids", partial=self.result())
+            raise UnresumableAbortError(
+                "cannot resume: the server never returned the prompt's token ids", partial=self.result()
+            )
         body["prompt"] = self.prompt_token_ids + self.tokens
 
     def _absorb(self, resp: object) -> bool:
@@ -449,12 +470,14 @@ class CompletionState(_State):
         prompt = choice.get("prompt_token_ids")
         if prompt is None and isinstance(self.request["prompt"], list):
             prompt = self.request["prompt"] + self.tokens
-        if isinstance(prompt, list) and self.prompt_token_ids is not None and \
-                prompt != self.prompt_token_ids + self.tokens:
+        if (
+            isinstance(prompt, list)
+            and self.prompt_token_ids is not None
+            and prompt != self.prompt_token_ids + self.tokens
+        ):
             raise SampleResponseError("the server saw a different prompt than was sent")
         self._prompt_logprobs(prompt, choice.get("prompt_logprobs"))
-        if self.request.get("prompt_logprobs") is not None and self.prompt_logprobs is None \
-                and not aborted:
+        if self.request.get("prompt_logprobs") is not None and self.prompt_logprobs is None and not aborted:
             raise MissingLogprobError("prompt_logprobs were requested but not returned")
         lps = top = None
         if self.want_logprobs:
@@ -476,10 +499,12 @@ class CompletionState(_State):
         if "prompt_logprobs" in choice or self.prompt_logprobs is not None:
             choice["prompt_logprobs"] = self.prompt_logprobs
         if self.logprobs is not None:
-            choice["logprobs"] = {"text_offset": self.text_offsets,
-                                  "token_logprobs": list(self.logprobs),
-                                  "tokens": self.token_strs,
-                                  "top_logprobs": self.top_logprobs}
+            choice["logprobs"] = {
+                "text_offset": self.text_offsets,
+                "token_logprobs": list(self.logprobs),
+                "tokens": self.token_strs,
+                "top_logprobs": self.top_logprobs,
+            }
 
 
 class ChatState(_State):
@@ -497,16 +522,15 @@ class ChatState(_State):
         body = _common_checks(request)
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, Mapping) for m in msgs):
-            raise InvalidInputError("messages must be a non-empty list of objects",
-                                    field="messages")
+            raise InvalidInputError("messages must be a non-empty list of objects", field="messages")
         top = body.get("top_logprobs")
         if top is not None and (not _is_int(top) or top < 0):
-            raise InvalidInputError(f"top_logprobs must be an integer >= 0, got {top!r}",
-                                    field="top_logprobs")
+            raise InvalidInputError(
+                f"top_logprobs must be an integer >= 0, got {top!r}", field="top_logprobs"
+            )
         body["return_token_ids"] = True
         super().__init__(body, adapter)
-        self.prefill = bool(body.get("continue_final_message")) and \
-            msgs[-1].get("role") == "assistant"
+        self.prefill = bool(body.get("continue_final_message")) and msgs[-1].get("role") == "assistant"
         self.role = "assistant"
 
     def _wants_logprobs(self, body: Mapping[str, Any]) -> bool:
@@ -515,8 +539,9 @@ class ChatState(_State):
     def _continue(self, body: dict[str, Any]) -> None:
         partial = "".join(self.text_parts)
         if partial.endswith("\ufffd"):
-            raise UnresumableAbortError("cannot resume: the partial message ends inside a "
-                                        "character", partial=self.result())
+            raise UnresumableAbortError(
+                "cannot resume: the partial message ends inside a character", partial=self.result()
+            )
         msgs = [dict(m) for m in self.request["messages"]]
         if self.prefill:
             msgs[-1]["content"] = str(msgs[-1].get("content") or "") + partial
@@ -536,10 +561,10 @@ class ChatState(_State):
         text = msg.get("content") or ""
         if not isinstance(text, str):
             raise SampleResponseError("choices[0].message.content must be a string")
-        if aborted and (msg.get("tool_calls") or msg.get("reasoning_content")
-                        or msg.get("reasoning")):
-            raise UnresumableAbortError("cannot resume a partial message with tool calls or "
-                                        "reasoning (the server parsed it)")
+        if aborted and (msg.get("tool_calls") or msg.get("reasoning_content") or msg.get("reasoning")):
+            raise UnresumableAbortError(
+                "cannot resume a partial message with tool calls or reasoning (the server parsed it)"
+            )
         self.role = str(msg.get("role") or "assistant")
         ids = _token_ids(choice, aborted, bool(text))
         assert isinstance(resp, Mapping)
@@ -551,8 +576,9 @@ class ChatState(_State):
             if content is None and ids:
                 raise MissingLogprobError("logprobs were requested but not returned")
             content = list(content or [])
-            lps = _check_logprobs([c.get("logprob") if isinstance(c, Mapping) else None
-                                   for c in content], len(ids))
+            lps = _check_logprobs(
+                [c.get("logprob") if isinstance(c, Mapping) else None for c in content], len(ids)
+            )
             top = content
         return self._accumulate(ids, lps, top, text, finish, choice.get("stop_reason"))
 

@@ -161,8 +161,9 @@ class WatcherWaiter:
 class _ServiceBase:
     """Request building and parsing of ``GET /v1/pauses/{name}/wait`` (no I/O)."""
 
-    def __init__(self, service_url: str, *, poll_s: float = SERVICE_POLL_S,
-                 max_backoff_s: float = 2.0) -> None:
+    def __init__(
+        self, service_url: str, *, poll_s: float = SERVICE_POLL_S, max_backoff_s: float = 2.0
+    ) -> None:
         self.service_url = service_url.rstrip("/")
         self.poll_s = poll_s
         self.max_backoff_s = max_backoff_s
@@ -176,11 +177,13 @@ class _ServiceBase:
 
     def _parse(self, name: str, resp: httpx.Response) -> tuple[bool, int | None, int | None]:
         if resp.status_code >= 500:
-            raise httpx.HTTPStatusError(f"control service answered {resp.status_code}",
-                                        request=resp.request, response=resp)
+            raise httpx.HTTPStatusError(
+                f"control service answered {resp.status_code}", request=resp.request, response=resp
+            )
         if resp.status_code != 200:
-            raise PauseError(f"control service refused to wait on {name!r}: "
-                             f"{resp.status_code} {resp.text[:200]}")
+            raise PauseError(
+                f"control service refused to wait on {name!r}: {resp.status_code} {resp.text[:200]}"
+            )
         data = resp.json()
         if not isinstance(data, Mapping) or not isinstance(data.get("paused"), bool):
             raise PauseError(f"control service answered a malformed wait: {resp.text[:200]}")
@@ -188,8 +191,7 @@ class _ServiceBase:
         prev = data.get("pause_revision")
         if isinstance(prev, int) and prev > self.latest.get(name, 0):
             self.latest[name] = prev
-        return data["paused"], rev if isinstance(rev, int) else None, \
-            prev if isinstance(prev, int) else None
+        return data["paused"], rev if isinstance(rev, int) else None, prev if isinstance(prev, int) else None
 
     def _chunk(self, deadline: float | None) -> float:
         if deadline is None:
@@ -205,8 +207,14 @@ class ServiceWaiter(_ServiceBase):
     """Long-polls a control service. ``async with ServiceWaiter(url) as w:`` (owns its client
     unless ``http`` is given). Transport errors and 5xx are retried: it fails closed."""
 
-    def __init__(self, service_url: str, *, http: httpx.AsyncClient | None = None,
-                 poll_s: float = SERVICE_POLL_S, max_backoff_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        service_url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        poll_s: float = SERVICE_POLL_S,
+        max_backoff_s: float = 2.0,
+    ) -> None:
         super().__init__(service_url, poll_s=poll_s, max_backoff_s=max_backoff_s)
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(poll_s + 10, connect=5))
         self._owns_http = http is None
@@ -230,14 +238,16 @@ class ServiceWaiter(_ServiceBase):
         while True:  # every pass long-polls or backs off; ends at the deadline
             chunk = self._chunk(deadline)
             try:
-                resp = await self._http.get(self._url(name), params={"timeout_s": f"{chunk:.3f}"},
-                                            timeout=httpx.Timeout(chunk + 10, connect=5))
+                resp = await self._http.get(
+                    self._url(name),
+                    params={"timeout_s": f"{chunk:.3f}"},
+                    timeout=httpx.Timeout(chunk + 10, connect=5),
+                )
                 paused, rev, _ = self._parse(name, resp)
                 failures = 0
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 failures += 1
-                logger.warning("pausesvc sampling: control service wait failed (%s); retrying",
-                               exc)
+                logger.warning("pausesvc sampling: control service wait failed (%s); retrying", exc)
                 paused = True
                 await asyncio.sleep(self._backoff(failures, deadline))
             seen = seen or (paused and failures == 0)
@@ -251,8 +261,14 @@ class ServiceWaiter(_ServiceBase):
 class SyncServiceWaiter(_ServiceBase):
     """Blocking twin of :class:`ServiceWaiter` (an ``httpx.Client``)."""
 
-    def __init__(self, service_url: str, *, http: httpx.Client | None = None,
-                 poll_s: float = SERVICE_POLL_S, max_backoff_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        service_url: str,
+        *,
+        http: httpx.Client | None = None,
+        poll_s: float = SERVICE_POLL_S,
+        max_backoff_s: float = 2.0,
+    ) -> None:
         super().__init__(service_url, poll_s=poll_s, max_backoff_s=max_backoff_s)
         self._http = http or httpx.Client(timeout=httpx.Timeout(poll_s + 10, connect=5))
         self._owns_http = http is None
@@ -276,14 +292,16 @@ class SyncServiceWaiter(_ServiceBase):
         while True:
             chunk = self._chunk(deadline)
             try:
-                resp = self._http.get(self._url(name), params={"timeout_s": f"{chunk:.3f}"},
-                                      timeout=httpx.Timeout(chunk + 10, connect=5))
+                resp = self._http.get(
+                    self._url(name),
+                    params={"timeout_s": f"{chunk:.3f}"},
+                    timeout=httpx.Timeout(chunk + 10, connect=5),
+                )
                 paused, rev, _ = self._parse(name, resp)
                 failures = 0
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 failures += 1
-                logger.warning("pausesvc sampling: control service wait failed (%s); retrying",
-                               exc)
+                logger.warning("pausesvc sampling: control service wait failed (%s); retrying", exc)
                 paused = True
                 time.sleep(self._backoff(failures, deadline))
             seen = seen or (paused and failures == 0)
@@ -303,9 +321,15 @@ class AutoWaiter:
     again once it is in sync.
     """
 
-    def __init__(self, *, redis_url: str | None = None, service_url: str | None = None,
-                 namespace: str = "default", connect_timeout: float = 2.0,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        service_url: str | None = None,
+        namespace: str = "default",
+        connect_timeout: float = 2.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         if redis_url is None and service_url is None:
             raise PauseError("AutoWaiter needs a redis_url, a service_url or both")
         self.redis_url, self.namespace = redis_url, namespace
@@ -318,8 +342,11 @@ class AutoWaiter:
             w = await shared_watcher(self.redis_url, self.namespace)
             self._watcher = WatcherWaiter(w)
             if not await w.wait_synced(self.connect_timeout):
-                logger.warning("pausesvc sampling: Redis unreachable (%s); waiting through %s",
-                               w.last_error, "the service" if self.service else "the watcher")
+                logger.warning(
+                    "pausesvc sampling: Redis unreachable (%s); waiting through %s",
+                    w.last_error,
+                    "the service" if self.service else "the watcher",
+                )
 
     async def aclose(self) -> None:
         if self._watcher is not None and self.redis_url is not None:
@@ -379,8 +406,14 @@ class SyncClientWaiter:
 class SyncAutoWaiter:
     """Blocking :class:`AutoWaiter`: Redis through a :class:`PauseClient`, else the service."""
 
-    def __init__(self, *, redis_url: str | None = None, service_url: str | None = None,
-                 namespace: str = "default", http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        service_url: str | None = None,
+        namespace: str = "default",
+        http: httpx.Client | None = None,
+    ) -> None:
         if redis_url is None and service_url is None:
             raise PauseError("SyncAutoWaiter needs a redis_url, a service_url or both")
         self.client = None if redis_url is None else PauseClient(redis_url, namespace=namespace)
@@ -458,8 +491,7 @@ async def resolve_async_waiter(waiter: object) -> ResumeWaiter:
         return WatcherWaiter(await waiter.watcher())
     if isinstance(waiter, (WatcherWaiter, ServiceWaiter, AutoWaiter)):
         return waiter
-    if callable(getattr(waiter, "wait_resumable", None)) and callable(getattr(waiter, "mark",
-                                                                               None)):
+    if callable(getattr(waiter, "wait_resumable", None)) and callable(getattr(waiter, "mark", None)):
         return waiter  # type: ignore[return-value]
     if callable(getattr(waiter, "wait_unpaused", None)):
         return _DuckWaiter(waiter)
@@ -473,11 +505,8 @@ def resolve_sync_waiter(waiter: object) -> SyncResumeWaiter:
         raise PauseError(f"{type(waiter).__name__} is asynchronous: use sample_with_retry")
     if isinstance(waiter, (SyncClientWaiter, SyncServiceWaiter, SyncAutoWaiter)):
         return waiter
-    if callable(getattr(waiter, "wait_resumable", None)) and callable(getattr(waiter, "mark",
-                                                                               None)):
+    if callable(getattr(waiter, "wait_resumable", None)) and callable(getattr(waiter, "mark", None)):
         return waiter  # type: ignore[return-value]
     if callable(getattr(waiter, "wait_unpaused", None)):
         return _SyncDuck(_DuckWaiter(waiter))
     raise PauseError(f"not a waiter: {type(waiter).__name__} (needs wait_unpaused)")
-
-

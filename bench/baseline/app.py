@@ -26,8 +26,9 @@ class SkyRLReplica:
     ``on_change(name, paused)`` is called the instant the flag changes (the benchmark's probe).
     """
 
-    def __init__(self, app: Any, on_change: Callable[[str, bool], None] | None = None,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, app: Any, on_change: Callable[[str, bool], None] | None = None, delay: float = 0.0
+    ) -> None:
         self.app = app
         self.paused_loras: dict[str, asyncio.Event] = {}
         self.on_change = on_change
@@ -121,7 +122,11 @@ class SkyRLReplica:
 
 
 async def _json(send: Any, status: int, data: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})

@@ -45,8 +45,7 @@ class FanoutController:
         if kind == "skyrl":
             self._shared = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
         elif kind == "httpx-per-replica":
-            self._per = [httpx.AsyncClient(base_url=u, timeout=httpx.Timeout(timeout))
-                         for u in self.urls]
+            self._per = [httpx.AsyncClient(base_url=u, timeout=httpx.Timeout(timeout)) for u in self.urls]
         else:
             self._raw = [RawConnection("127.0.0.1", p) for p in ports]
 
@@ -81,8 +80,7 @@ class FanoutController:
 
             async def one_r(conn: RawConnection) -> Any:
                 async with asyncio.timeout(self.timeout):
-                    status, data, _ = await conn.request(build_post(conn.host, conn.port, path,
-                                                                    body))
+                    status, data, _ = await conn.request(build_post(conn.host, conn.port, path, body))
                 if status != 200:
                     raise FanoutError(f"{conn.port}: HTTP {status}")
                 return data
@@ -93,8 +91,9 @@ class FanoutController:
                 # the lean client waits for every replica (a connection left mid-request must not
                 # be reused) and closes the ones that failed; then raises the first failure
                 results = await asyncio.gather(*coros, return_exceptions=True)
-                errors = [(c, r) for c, r in zip(self._raw, results, strict=True)
-                          if isinstance(r, BaseException)]
+                errors = [
+                    (c, r) for c, r in zip(self._raw, results, strict=True) if isinstance(r, BaseException)
+                ]
                 for c, _ in errors:
                     await c.close()
                 if errors:

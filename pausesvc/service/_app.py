@@ -62,8 +62,9 @@ def _describe_auth(schema: dict[str, Any], s: Settings) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings | None = None, *, heartbeat_s: float = 15.0,
-               max_wait_s: float | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, heartbeat_s: float = 15.0, max_wait_s: float | None = None
+) -> FastAPI:
     """The control service for ``settings`` (default: from the environment).
 
     ``settings.redis_url`` must be set (``pausesvc serve`` starts an embedded Redis when not).
@@ -83,8 +84,9 @@ def create_app(settings: Settings | None = None, *, heartbeat_s: float = 15.0,
 
     from pausesvc import __version__
 
-    app = FastAPI(title="pausesvc control service", version=__version__,
-                  description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="pausesvc control service", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.svc = state
     state.metrics.registry.register(WatcherCollector(lambda: state.watcher))
     install_error_handlers(app)
@@ -95,8 +97,9 @@ def create_app(settings: Settings | None = None, *, heartbeat_s: float = 15.0,
     app.include_router(_routes.router)
     app.include_router(_events.router)
     app.include_router(_skyrl.router)
-    app.state.api_routes = [r for router in (_routes.router, _events.router, _skyrl.router)
-                            for r in router.routes]
+    app.state.api_routes = [
+        r for router in (_routes.router, _events.router, _skyrl.router) for r in router.routes
+    ]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -113,7 +116,6 @@ def create_app(settings: Settings | None = None, *, heartbeat_s: float = 15.0,
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(state.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -30,15 +30,26 @@ def _check(request: Request) -> None:
     header = request.headers.get("authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="pausesvc"'}
     if not header:
-        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token> header",
-                       field="Authorization", headers=challenge)
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing Authorization: Bearer <token> header",
+            field="Authorization",
+            headers=challenge,
+        )
     scheme, _, presented = header.partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'",
-                       field="Authorization", headers=challenge)
-    if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"),
-                               expected.encode("utf-8", "surrogateescape")):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the Authorization header must be 'Bearer <token>'",
+            field="Authorization",
+            headers=challenge,
+        )
+    if not hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    ):
         raise ApiError(403, "forbidden", "wrong API token", field="Authorization")
 
 

@@ -1,15 +1,15 @@
 """Every failure becomes one JSON shape (:class:`ErrorOut`) with the right status code.
 
-    422 invalid_input       malformed JSON, wrong types, unknown fields, bad names/timeouts
-    400 invalid_input       the same, on the SkyRL endpoints (SkyRL's own status code)
-    401 unauthorized        no / malformed ``Authorization: Bearer`` header
-    403 forbidden           wrong token
-    403 redis_forbidden     Redis refused the command for the service's user (ACL)
-    404 not_found / 405 method_not_allowed
-    409 not_holder, stale_token
-    503 redis_unavailable   Redis cannot be reached (``Retry-After: 1``)
-    504 drain_timeout       the pause is in place, but not every live replica acknowledged
-    500 internal            a bug (logged with its traceback)
+422 invalid_input       malformed JSON, wrong types, unknown fields, bad names/timeouts
+400 invalid_input       the same, on the SkyRL endpoints (SkyRL's own status code)
+401 unauthorized        no / malformed ``Authorization: Bearer`` header
+403 forbidden           wrong token
+403 redis_forbidden     Redis refused the command for the service's user (ACL)
+404 not_found / 405 method_not_allowed
+409 not_holder, stale_token
+503 redis_unavailable   Redis cannot be reached (``Retry-After: 1``)
+504 drain_timeout       the pause is in place, but not every live replica acknowledged
+500 internal            a bug (logged with its traceback)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _DESCRIPTIONS = {
     400: "Invalid input (SkyRL endpoints): the body names the field.",
     401: "Authorization: Bearer <token> is required (PAUSESVC_API_TOKEN is set).",
     403: "The bearer token is wrong (forbidden), a cross-site browser request (cross_site), "
-         "or Redis refused the service's user (redis_forbidden).",
+    "or Redis refused the service's user (redis_forbidden).",
     404: "No such route.",
     405: "Method not allowed on this sub-resource (e.g. DELETE .../wait).",
     409: "Refused: not_holder (this holder holds no pause of it) or stale_token.",
@@ -64,8 +64,16 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str, *, field: str | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
@@ -107,14 +115,29 @@ def pause_error_response(exc: PauseError) -> tuple[int, dict[str, Any], dict[str
         field = _FIELDS.get(exc.field or "", exc.field)
         return 422, {"detail": str(exc), "error": "invalid_input", "field": field}, None
     if isinstance(exc, StaleTokenError):
-        return 409, {"detail": str(exc), "error": "stale_token", "field": "token",
-                     "presented": exc.presented, "current": exc.current}, None
+        return (
+            409,
+            {
+                "detail": str(exc),
+                "error": "stale_token",
+                "field": "token",
+                "presented": exc.presented,
+                "current": exc.current,
+            },
+            None,
+        )
     if isinstance(exc, NotHolderError):
-        return 409, {"detail": str(exc), "error": "not_holder", "field": "holder",
-                     "holders": exc.holders}, None
+        return (
+            409,
+            {"detail": str(exc), "error": "not_holder", "field": "holder", "holders": exc.holders},
+            None,
+        )
     if isinstance(exc, DrainTimeoutError):
-        return 504, {"detail": str(exc), "error": "drain_timeout", "token": exc.token,
-                     "missing": exc.missing}, None
+        return (
+            504,
+            {"detail": str(exc), "error": "drain_timeout", "token": exc.token, "missing": exc.missing},
+            None,
+        )
     if isinstance(exc, PauseTimeoutError):
         return 504, {"detail": str(exc), "error": "timeout"}, None
     if isinstance(exc, RedisPermissionError):  # configuration, not an outage: no retry helps
@@ -128,8 +151,7 @@ def pause_error_response(exc: PauseError) -> tuple[int, dict[str, Any], dict[str
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this request's path (for ``Allow``)."""
     routes = getattr(request.app.state, "api_routes", None) or request.app.router.routes
-    matching = [r for r in routes
-                if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
+    matching = [r for r in routes if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE]
     # /v1/pauses/x/wait also matches /v1/pauses/{name:path}; the sub-resource is what is meant
     sub = [r for r in matching if r.path.endswith(("}/wait", "}/renew"))]
     methods: set[str] = set()
@@ -147,8 +169,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = list(exc.errors())
-        items = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-                  "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+        items = [
+            {
+                "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in errors
+        ]
         first = errors[0] if errors else {"msg": "invalid request"}
         field = _loc_field(first.get("loc", ())) or None
         if first.get("type") == "json_invalid":
@@ -157,11 +185,13 @@ def install_error_handlers(app: FastAPI) -> None:
         status = 422
         if request.url.path.startswith("/skyrl/"):
             status = 400  # SkyRL's status code for bad input
-            if any(_loc_field(e.get("loc", ())) in ("lora_name", "body")
-                   and e.get("type") in ("missing", "string_too_short") for e in errors):
+            if any(
+                _loc_field(e.get("loc", ())) in ("lora_name", "body")
+                and e.get("type") in ("missing", "string_too_short")
+                for e in errors
+            ):
                 detail, field = "'lora_name' required", "lora_name"
-        return _json(status, {"detail": detail, "error": "invalid_input", "field": field,
-                              "errors": items})
+        return _json(status, {"detail": detail, "error": "invalid_input", "field": field, "errors": items})
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -170,8 +200,7 @@ def install_error_handlers(app: FastAPI) -> None:
         body: dict[str, Any] = {"detail": str(exc.detail)}
         if status == 400:  # FastAPI could not read the body (e.g. not UTF-8)
             status = 400 if request.url.path.startswith("/skyrl/") else 422
-            body.update(error="invalid_input", field="body",
-                        detail=f"body: {exc.detail} (send UTF-8 JSON)")
+            body.update(error="invalid_input", field="body", detail=f"body: {exc.detail} (send UTF-8 JSON)")
         elif status == 405:
             body["error"] = "method_not_allowed"
             headers["Allow"] = ", ".join(allowed_methods(request))

@@ -50,9 +50,13 @@ def _frame(event: str, rev: int, data: dict[str, Any]) -> bytes:
 def _snapshot(s: ServiceState) -> dict[str, Any]:
     w = s.w
     paused = {**w.orphans, **w.paused}
-    return {"revision": w.revision, "epoch": w.epoch, "in_sync": w.in_sync,
-            "server_time": w.server_time(),
-            "paused": {n: st.to_dict() for n, st in sorted(paused.items())}}
+    return {
+        "revision": w.revision,
+        "epoch": w.epoch,
+        "in_sync": w.in_sync,
+        "server_time": w.server_time(),
+        "paused": {n: st.to_dict() for n, st in sorted(paused.items())},
+    }
 
 
 async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
@@ -81,8 +85,7 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
         yield _frame("snapshot", first["revision"], first)
         while not closing.done():
             getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, closing}, timeout=s.heartbeat_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, closing}, timeout=s.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()  # an item that raced in stays queued (asyncio.Queue semantics)
                 if not closing.done():
@@ -106,20 +109,31 @@ async def _stream(s: ServiceState) -> AsyncIterator[bytes]:
 
 
 @router.get(
-    "/v1/events", dependencies=[Depends(require_read)], tags=["events"],
+    "/v1/events",
+    dependencies=[Depends(require_read)],
+    tags=["events"],
     summary="Server-sent events: a snapshot, then one event per change.",
-    description=_SSE_DOC, response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                     "description": "An endless event stream."},
-               **responses(401, 403, 503)},
+    description=_SSE_DOC,
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "An endless event stream.",
+        },
+        **responses(401, 403, 503),
+    },
 )
 async def events(request: Request) -> StreamingResponse:
     s: ServiceState = request.app.state.svc
     if not await s.w.wait_synced(SYNC_WAIT_S):
-        raise ApiError(503, "redis_unavailable",
-                       f"the pause state could not be read within {SYNC_WAIT_S:g}s: "
-                       f"{s.w.last_error}", headers={"Retry-After": "1"})
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            f"the pause state could not be read within {SYNC_WAIT_S:g}s: {s.w.last_error}",
+            headers={"Retry-After": "1"},
+        )
     return StreamingResponse(
-        _stream(s), media_type="text/event-stream",
+        _stream(s),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

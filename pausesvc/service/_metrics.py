@@ -31,23 +31,30 @@ class WatcherCollector(Collector):
         if w is None:
             return
         names = w.paused_names()
-        g = GaugeMetricFamily("pausesvc_paused_adapters",
-                              "Adapters paused in this process's view (`*` counts as one).")
+        g = GaugeMetricFamily(
+            "pausesvc_paused_adapters", "Adapters paused in this process's view (`*` counts as one)."
+        )
         g.add_metric([], len(names))
         yield g
-        per = GaugeMetricFamily("pausesvc_adapter_paused", "1 for each paused adapter.",
-                                labels=["adapter"])
+        per = GaugeMetricFamily("pausesvc_adapter_paused", "1 for each paused adapter.", labels=["adapter"])
         for n in names:
             per.add_metric([n], 1)
         yield per
         # What a stuck-pause alert needs: how long each pause has lasted, and whether it ends
         # by itself (every hold is a lease) or waits for someone to resume it.
         now = w.server_time()
-        age = GaugeMetricFamily("pausesvc_adapter_paused_seconds", "Seconds since each paused "
-                                "adapter's pause began (Redis clock).", labels=["adapter"])
-        leased = GaugeMetricFamily("pausesvc_adapter_leased", "1 when every hold on the paused "
-                                   "adapter is a lease (the pause ends by itself), 0 when some "
-                                   "hold has no lease.", labels=["adapter"])
+        age = GaugeMetricFamily(
+            "pausesvc_adapter_paused_seconds",
+            "Seconds since each paused adapter's pause began (Redis clock).",
+            labels=["adapter"],
+        )
+        leased = GaugeMetricFamily(
+            "pausesvc_adapter_leased",
+            "1 when every hold on the paused "
+            "adapter is a lease (the pause ends by itself), 0 when some "
+            "hold has no lease.",
+            labels=["adapter"],
+        )
         for n in names:
             a = w.state(n)
             if a is None:
@@ -56,28 +63,35 @@ class WatcherCollector(Collector):
             leased.add_metric([n], 0.0 if a.expires_at is None else 1.0)
         yield age
         yield leased
-        orphans = GaugeMetricFamily("pausesvc_orphaned_adapters",
-                                    "Adapters held after a Redis data loss (policy hold).")
+        orphans = GaugeMetricFamily(
+            "pausesvc_orphaned_adapters", "Adapters held after a Redis data loss (policy hold)."
+        )
         orphans.add_metric([], len(w.orphans))
         yield orphans
         sync = GaugeMetricFamily("pausesvc_watcher_in_sync", "1 while the view is in sync.")
         sync.add_metric([], 1.0 if w.in_sync else 0.0)
         yield sync
-        st = GaugeMetricFamily("pausesvc_watcher_staleness_seconds",
-                               "Seconds since the view stopped being in sync (0 in sync).")
+        st = GaugeMetricFamily(
+            "pausesvc_watcher_staleness_seconds", "Seconds since the view stopped being in sync (0 in sync)."
+        )
         st.add_metric([], w.staleness)
         yield st
         rev = GaugeMetricFamily("pausesvc_revision", "Namespace revision the view has applied.")
         rev.add_metric([], w.revision)
         yield rev
-        lag = GaugeMetricFamily("pausesvc_watcher_event_lag_seconds",
-                                "Publish-to-apply lag of the last event (Redis clock).")
+        lag = GaugeMetricFamily(
+            "pausesvc_watcher_event_lag_seconds", "Publish-to-apply lag of the last event (Redis clock)."
+        )
         lag.add_metric([], w.stats.event_lag_s)
         yield lag
-        for attr, help_ in (("events", "Events applied."), ("gaps", "Revision gaps seen."),
-                            ("resyncs", "Snapshot reads."), ("reconnects", "Reconnects."),
-                            ("data_losses", "Revision went backwards (Redis lost data)."),
-                            ("local_expiries", "Leases expired from the local clock.")):
+        for attr, help_ in (
+            ("events", "Events applied."),
+            ("gaps", "Revision gaps seen."),
+            ("resyncs", "Snapshot reads."),
+            ("reconnects", "Reconnects."),
+            ("data_losses", "Revision went backwards (Redis lost data)."),
+            ("local_expiries", "Leases expired from the local clock."),
+        ):
             c = CounterMetricFamily(f"pausesvc_watcher_{attr}", help_)
             c.add_metric([], getattr(w.stats, attr))
             yield c
@@ -87,27 +101,41 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("pausesvc_http_requests", "HTTP requests answered.",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("pausesvc_http_request_duration_seconds",
-                                 "Time to answer (long-polls and streams excluded).",
-                                 ["method", "route"], registry=r)
-        self.changes = Counter("pausesvc_state_changes", "State changes seen by the view.",
-                               ["op"], registry=r)
-        self.drain = Histogram("pausesvc_drain_seconds", "Time for a drained pause to be "
-                               "acknowledged by every live replica.", registry=r,
-                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.drain_timeouts = Counter("pausesvc_drain_timeouts", "Drains not acknowledged in "
-                                      "time.", registry=r)
-        self.aborted = Counter("pausesvc_aborted_requests", "Requests replicas reported "
-                               "aborted for drains made through this service.", registry=r)
-        self.sse_clients = Counter("pausesvc_sse_connections", "Event-stream connections.",
-                                   registry=r)
+        self.requests = Counter(
+            "pausesvc_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "pausesvc_http_request_duration_seconds",
+            "Time to answer (long-polls and streams excluded).",
+            ["method", "route"],
+            registry=r,
+        )
+        self.changes = Counter(
+            "pausesvc_state_changes", "State changes seen by the view.", ["op"], registry=r
+        )
+        self.drain = Histogram(
+            "pausesvc_drain_seconds",
+            "Time for a drained pause to be acknowledged by every live replica.",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.drain_timeouts = Counter(
+            "pausesvc_drain_timeouts", "Drains not acknowledged in time.", registry=r
+        )
+        self.aborted = Counter(
+            "pausesvc_aborted_requests",
+            "Requests replicas reported aborted for drains made through this service.",
+            registry=r,
+        )
+        self.sse_clients = Counter("pausesvc_sse_connections", "Event-stream connections.", registry=r)
         self.sse_open = Gauge("pausesvc_sse_open", "Open event streams.", registry=r)
         self.long_polls_open = Gauge("pausesvc_long_polls_open", "Open long-polls.", registry=r)
-        self.refused = Counter("pausesvc_http_refused", "Requests refused before any route "
-                               "(foreign Host, cross-site, not JSON, too many streams).",
-                               ["reason"], registry=r)
+        self.refused = Counter(
+            "pausesvc_http_refused",
+            "Requests refused before any route (foreign Host, cross-site, not JSON, too many streams).",
+            ["reason"],
+            registry=r,
+        )
 
 
 class RequestMetrics:

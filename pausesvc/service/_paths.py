@@ -53,12 +53,23 @@ class AdapterPathMiddleware:
                 try:
                     path = rebuild_path(raw)
                 except UnicodeDecodeError:
-                    body = json.dumps({"detail": "name: the URL path is not valid UTF-8 once "
-                                       "percent-decoded", "error": "invalid_input",
-                                       "field": "name"}).encode()
-                    await send({"type": "http.response.start", "status": 422,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode())]})
+                    body = json.dumps(
+                        {
+                            "detail": "name: the URL path is not valid UTF-8 once percent-decoded",
+                            "error": "invalid_input",
+                            "field": "name",
+                        }
+                    ).encode()
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 422,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
                     await send({"type": "http.response.body", "body": body})
                     return
                 scope = dict(scope)
@@ -94,9 +105,11 @@ def adapter_name_exact(name: str = NamePath) -> str:
     head, sep, last = name.rpartition("/")
     if sep and head and last in ("wait", "renew"):
         raise ApiError(
-            405, "method_not_allowed",
+            405,
+            "method_not_allowed",
             f"/{last} does not accept this method (to address an adapter whose name ends in "
             f"'/{last}', percent-encode the name: '/' as %2F)",
-            field="name", headers={"Allow": _SUB[last]},
+            field="name",
+            headers={"Allow": _SUB[last]},
         )
     return adapter_name(name)

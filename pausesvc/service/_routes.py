@@ -53,62 +53,108 @@ def svc(request: Request) -> ServiceState:
 Svc = Annotated[ServiceState, Depends(svc)]
 
 
-@router.get("/v1/pauses", response_model=SnapshotOut, dependencies=READ,
-            responses=responses(401, 403, 503), tags=["pauses"],
-            summary="Every paused adapter and the revision (read from Redis).")
+@router.get(
+    "/v1/pauses",
+    response_model=SnapshotOut,
+    dependencies=READ,
+    responses=responses(401, 403, 503),
+    tags=["pauses"],
+    summary="Every paused adapter and the revision (read from Redis).",
+)
 async def list_pauses(s: Svc) -> dict[str, Any]:
     snap = await s.c.snapshot()
     return snap.to_dict()
 
 
-@router.get("/v1/pauses/{name:path}/wait", response_model=WaitOut, dependencies=READ,
-            responses=R_READ, tags=["pauses"],
-            summary="Long-poll: answer as soon as NAME is not paused (200 either way).")
+@router.get(
+    "/v1/pauses/{name:path}/wait",
+    response_model=WaitOut,
+    dependencies=READ,
+    responses=R_READ,
+    tags=["pauses"],
+    summary="Long-poll: answer as soon as NAME is not paused (200 either way).",
+)
 async def wait_unpaused(
-    request: Request, s: Svc, name: Name,
-    timeout_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
-                                      description="Seconds to wait at most.")] = 30.0,
+    request: Request,
+    s: Svc,
+    name: Name,
+    timeout_s: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False, description="Seconds to wait at most.")
+    ] = 30.0,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     ok = await s.wait_or_disconnect(request, name, timeout_s)
     return {"paused": not ok, "revision": s.w.revision, "waited_s": time.monotonic() - t0}
 
 
-@router.post("/v1/pauses/{name:path}/renew", response_model=AdapterStateOut, dependencies=WRITE,
-             responses=R_WRITE, tags=["pauses"],
-             summary="Extend a holder's lease on NAME to ttl_s seconds from now.")
+@router.post(
+    "/v1/pauses/{name:path}/renew",
+    response_model=AdapterStateOut,
+    dependencies=WRITE,
+    responses=R_WRITE,
+    tags=["pauses"],
+    summary="Extend a holder's lease on NAME to ttl_s seconds from now.",
+)
 async def renew(s: Svc, name: Name, body: RenewRequest) -> dict[str, Any]:
     state = await s.c.renew(name, body.holder, body.ttl_s, token=body.token)
-    logger.info("renew %s", name, extra={"event": "api_renew", "adapter": name,
-                                          "holder": body.holder, "revision": state.revision})
+    logger.info(
+        "renew %s",
+        name,
+        extra={"event": "api_renew", "adapter": name, "holder": body.holder, "revision": state.revision},
+    )
     return state.to_dict()
 
 
-@router.get("/v1/pauses/{name:path}", response_model=AdapterStatusOut, dependencies=READ,
-            responses=responses(401, 403, 405, 422, 503), tags=["pauses"],
-            summary="One adapter's pause state.")
+@router.get(
+    "/v1/pauses/{name:path}",
+    response_model=AdapterStatusOut,
+    dependencies=READ,
+    responses=responses(401, 403, 405, 422, 503),
+    tags=["pauses"],
+    summary="One adapter's pause state.",
+)
 async def get_pause(s: Svc, name: ExactName) -> dict[str, Any]:
     snap = await s.c.snapshot()
     state = snap.paused.get(name)
-    return {"name": name, "paused": state is not None, "paused_by_global": "*" in snap.paused,
-            "revision": snap.revision, "state": state.to_dict() if state else None}
+    return {
+        "name": name,
+        "paused": state is not None,
+        "paused_by_global": "*" in snap.paused,
+        "revision": snap.revision,
+        "state": state.to_dict() if state else None,
+    }
 
 
-@router.post("/v1/pauses/{name:path}", response_model=GrantOut, dependencies=WRITE,
-             responses=responses(401, 403, 405, 409, 422, 503, 504), tags=["pauses"],
-             summary="Pause NAME (`*`: everything). Returns the hold's fencing token.")
-async def pause(s: Svc, name: ExactName,
-                body: Annotated[PauseRequest | None, Body()] = None) -> dict[str, Any]:
+@router.post(
+    "/v1/pauses/{name:path}",
+    response_model=GrantOut,
+    dependencies=WRITE,
+    responses=responses(401, 403, 405, 409, 422, 503, 504),
+    tags=["pauses"],
+    summary="Pause NAME (`*`: everything). Returns the hold's fencing token.",
+)
+async def pause(
+    s: Svc, name: ExactName, body: Annotated[PauseRequest | None, Body()] = None
+) -> dict[str, Any]:
     b = body or PauseRequest()
     t0 = time.monotonic()
     try:
-        grant = await s.c.pause(name, holder=b.holder, reason=b.reason, ttl=b.ttl_s,
-                                drain=b.drain, timeout=b.timeout_s)
+        grant = await s.c.pause(
+            name, holder=b.holder, reason=b.reason, ttl=b.ttl_s, drain=b.drain, timeout=b.timeout_s
+        )
     except DrainTimeoutError as exc:
         s.metrics.drain_timeouts.inc()
-        logger.warning("drain of %s timed out", name,
-                       extra={"event": "drain_timeout", "adapter": name, "holder": b.holder,
-                              "token": exc.token, "missing": exc.missing})
+        logger.warning(
+            "drain of %s timed out",
+            name,
+            extra={
+                "event": "drain_timeout",
+                "adapter": name,
+                "holder": b.holder,
+                "token": exc.token,
+                "missing": exc.missing,
+            },
+        )
         raise
     out = grant.to_dict()
     if b.drain:
@@ -116,34 +162,74 @@ async def pause(s: Svc, name: ExactName,
         acked, aborted = await s.drained_replicas(name, grant)
         s.metrics.aborted.inc(len(aborted))
         out["drain"] = {"replicas": acked, "aborted": aborted, "count": len(aborted)}
-    logger.info("pause %s", name, extra={
-        "event": "api_pause", "adapter": name, "holder": grant.holder, "token": grant.token,
-        "revision": grant.revision, "new_hold": grant.created, "drain": b.drain})
+    logger.info(
+        "pause %s",
+        name,
+        extra={
+            "event": "api_pause",
+            "adapter": name,
+            "holder": grant.holder,
+            "token": grant.token,
+            "revision": grant.revision,
+            "new_hold": grant.created,
+            "drain": b.drain,
+        },
+    )
     return out
 
 
-@router.delete("/v1/pauses/{name:path}", response_model=ResumeOut, dependencies=WRITE,
-               responses=responses(401, 403, 405, 409, 422, 503), tags=["pauses"],
-               summary="Release a hold on NAME (all holds with force=true).")
+@router.delete(
+    "/v1/pauses/{name:path}",
+    response_model=ResumeOut,
+    dependencies=WRITE,
+    responses=responses(401, 403, 405, 409, 422, 503),
+    tags=["pauses"],
+    summary="Release a hold on NAME (all holds with force=true).",
+)
 async def resume(
-    s: Svc, name: ExactName,
-    holder: Annotated[str | None, Query(min_length=1, max_length=256, json_schema_extra=NAME_SCHEMA,
-                                        description="Whose hold (default holder if absent).")] = None,
-    token: Annotated[str | None, Query(pattern=TOKEN_PATTERN, max_length=84,
-                                       description="Fencing token; refused if stale.")] = None,
+    s: Svc,
+    name: ExactName,
+    holder: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=256,
+            json_schema_extra=NAME_SCHEMA,
+            description="Whose hold (default holder if absent).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        Query(pattern=TOKEN_PATTERN, max_length=84, description="Fencing token; refused if stale."),
+    ] = None,
     force: Annotated[bool, Query(description="Release every hold.")] = False,
 ) -> dict[str, Any]:
     res = await s.c.resume(name, holder=holder, token=token, force=force)
-    logger.info("resume %s", name, extra={
-        "event": "api_resume", "adapter": name, "holder": res.holder, "token": token,
-        "force": force, "revision": res.revision, "released": res.released,
-        "still_paused": res.paused})
+    logger.info(
+        "resume %s",
+        name,
+        extra={
+            "event": "api_resume",
+            "adapter": name,
+            "holder": res.holder,
+            "token": token,
+            "force": force,
+            "revision": res.revision,
+            "released": res.released,
+            "still_paused": res.paused,
+        },
+    )
     return res.to_dict()
 
 
-@router.get("/v1/replicas", response_model=ReplicasOut, dependencies=READ,
-            responses=responses(401, 403, 422, 503), tags=["replicas"],
-            summary="Replica processes: heartbeat age, drain acknowledgements.")
+@router.get(
+    "/v1/replicas",
+    response_model=ReplicasOut,
+    dependencies=READ,
+    responses=responses(401, 403, 422, 503),
+    tags=["replicas"],
+    summary="Replica processes: heartbeat age, drain acknowledgements.",
+)
 async def replicas(
     s: Svc,
     all: Annotated[bool, Query(description="Include replicas that stopped heartbeating.")] = False,
@@ -152,15 +238,23 @@ async def replicas(
     return {"replicas": recs, "live": sum(1 for r in recs if r.get("live"))}
 
 
-@router.get("/healthz", response_model=HealthOut, tags=["health"],
-            summary="The process is up (no dependency checked).")
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    tags=["health"],
+    summary="The process is up (no dependency checked).",
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=ReadyOut, tags=["health"],
-            responses={503: {"model": ReadyOut, "description": "Not ready."}},
-            summary="Redis reachable and the view in sync.")
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    tags=["health"],
+    responses={503: {"model": ReadyOut, "description": "Not ready."}},
+    summary="Redis reachable and the view in sync.",
+)
 async def readyz(s: Svc) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -173,6 +267,12 @@ async def readyz(s: Svc) -> Any:
         redis_ok = False
         logger.warning("readyz: Redis ping failed: %s", exc, extra={"event": "not_ready"})
     ready = redis_ok and w.in_sync
-    body = ReadyOut(status="ready" if ready else "not_ready", redis=redis_ok, in_sync=w.in_sync,
-                    revision=w.revision, staleness_s=w.staleness, last_error=w.last_error)
+    body = ReadyOut(
+        status="ready" if ready else "not_ready",
+        redis=redis_ok,
+        in_sync=w.in_sync,
+        revision=w.revision,
+        staleness_s=w.staleness,
+        last_error=w.last_error,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

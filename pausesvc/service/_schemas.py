@@ -24,9 +24,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 #: JSON-schema pattern of a valid adapter or holder name, at least as strict as
 #: :func:`pausesvc.validate_name` (which the service runs): no whitespace, no control characters.
-NAME_PATTERN = (
-    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]{1,256}$"
-)
+NAME_PATTERN = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]{1,256}$"
 NAME_SCHEMA: JsonDict = {"pattern": NAME_PATTERN}
 REASON_PATTERN = r"^[^\x00-\x08\x0a-\x1f]*$"
 _NAME_SCHEMA = NAME_SCHEMA
@@ -57,16 +55,24 @@ class PauseRequest(BaseModel):
     model_config = _STRICT
 
     holder: str | None = Field(
-        default=None, min_length=1, max_length=MAX_NAME_LENGTH, json_schema_extra=_NAME_SCHEMA,
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
         description="Who holds this pause (default: the service's default holder). Pausing "
         "again with the same holder is idempotent.",
     )
-    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH,
-                               json_schema_extra=_REASON_SCHEMA,
-                               description="Free text shown in status and on the dashboard "
-                               "(no control characters except tab).")
+    reason: str | None = Field(
+        default=None,
+        max_length=MAX_REASON_LENGTH,
+        json_schema_extra=_REASON_SCHEMA,
+        description="Free text shown in status and on the dashboard (no control characters except tab).",
+    )
     ttl_s: float | None = Field(
-        default=None, gt=0, le=MAX_TTL_S, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        le=MAX_TTL_S,
+        allow_inf_nan=False,
         description="Lease in seconds: the hold disappears unless renewed. Null: no lease.",
     )
     drain: bool = Field(
@@ -75,7 +81,10 @@ class PauseRequest(BaseModel):
         "request of this adapter in flight (504 drain_timeout otherwise; the pause stays).",
     )
     timeout_s: float | None = Field(
-        default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+        default=None,
+        ge=0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
         description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S). Only "
         "meaningful with drain=true.",
     )
@@ -93,13 +102,17 @@ class RenewRequest(BaseModel):
 
     model_config = _STRICT
 
-    ttl_s: float = Field(gt=0, le=MAX_TTL_S, allow_inf_nan=False,
-                         description="New lease length, counted from now.")
-    holder: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH,
-                               json_schema_extra=_NAME_SCHEMA,
-                               description="Whose lease (default: the default holder).")
-    token: Token | None = Field(default=None,
-                                description="Fencing token from the pause; refused if stale.")
+    ttl_s: float = Field(
+        gt=0, le=MAX_TTL_S, allow_inf_nan=False, description="New lease length, counted from now."
+    )
+    holder: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
+        description="Whose lease (default: the default holder).",
+    )
+    token: Token | None = Field(default=None, description="Fencing token from the pause; refused if stale.")
 
     _v_holder = field_validator("holder")(_holder)
 
@@ -109,12 +122,19 @@ class SkyRLLoraRequest(BaseModel):
 
     model_config = _STRICT
 
-    lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
-                           json_schema_extra=_NAME_SCHEMA,
-                           description="The LoRA adapter's name as vLLM serves it.")
-    holder: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH,
-                               json_schema_extra=_NAME_SCHEMA,
-                               description="Hold to release (default: `skyrl`).")
+    lora_name: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
+        description="The LoRA adapter's name as vLLM serves it.",
+    )
+    holder: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
+        description="Hold to release (default: `skyrl`).",
+    )
 
     @field_validator("lora_name")
     @classmethod
@@ -128,7 +148,10 @@ class SkyRLAbortRequest(SkyRLLoraRequest):
     """Body of ``/skyrl/v1/abort_lora_requests``."""
 
     timeout_s: float | None = Field(
-        default=None, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+        default=None,
+        ge=0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
         description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S); a numeric "
         'string ("0.3") is accepted, as SkyRL\'s server did.',
     )
@@ -141,11 +164,15 @@ class SkyRLWaitRequest(BaseModel):
 
     model_config = _STRICT
 
-    lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
-                           json_schema_extra=_NAME_SCHEMA)
-    timeout_s: float = Field(default=60.0, ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
-                             description="Give up (and answer paused=true) after this long; a "
-                             'numeric string ("0.3") is accepted, as SkyRL\'s server did.')
+    lora_name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, json_schema_extra=_NAME_SCHEMA)
+    timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
+        description="Give up (and answer paused=true) after this long; a "
+        'numeric string ("0.3") is accepted, as SkyRL\'s server did.',
+    )
 
     _seconds = field_validator("timeout_s", mode="before")(number_from_text)
 
@@ -173,7 +200,8 @@ class AdapterStateOut(BaseModel):
     token: str = Field(description="The newest hold's fencing token.")
     reason: str | None = None
     expires_at: float | None = Field(
-        default=None, description="When the pause ends by itself (every hold is a lease).")
+        default=None, description="When the pause ends by itself (every hold is a lease)."
+    )
     holders: dict[str, HoldOut]
 
 
@@ -218,8 +246,10 @@ class ResumeOut(BaseModel):
 
 
 class WaitOut(BaseModel):
-    paused: bool = Field(description="False: not paused (returned as soon as that was true). "
-                         "True: still paused when timeout_s expired.")
+    paused: bool = Field(
+        description="False: not paused (returned as soon as that was true). "
+        "True: still paused when timeout_s expired."
+    )
     revision: int
     waited_s: float
 
@@ -232,8 +262,9 @@ class ReplicaOut(BaseModel):
     id: str
     live: bool
     heartbeat_age_s: float
-    drains: dict[str, Any] = Field(description="adapter -> last drain acknowledgement "
-                                   "({replica, name, rev, aborted, ts}).")
+    drains: dict[str, Any] = Field(
+        description="adapter -> last drain acknowledgement ({replica, name, rev, aborted, ts})."
+    )
 
 
 class ReplicasOut(BaseModel):
@@ -281,15 +312,17 @@ class ErrorOut(BaseModel):
     """Every error the service answers has this shape."""
 
     detail: str = Field(description="What went wrong, in one sentence.")
-    error: str = Field(description="Machine-readable code: invalid_input, unauthorized, "
-                       "forbidden, not_found, method_not_allowed, not_holder, stale_token, "
-                       "drain_timeout, redis_unavailable, internal.")
+    error: str = Field(
+        description="Machine-readable code: invalid_input, unauthorized, "
+        "forbidden, not_found, method_not_allowed, not_holder, stale_token, "
+        "drain_timeout, redis_unavailable, internal."
+    )
     field: str | None = Field(default=None, description="The offending input, when one is.")
     errors: list[ErrorItem] | None = Field(default=None, description="Every validation issue.")
     holders: list[str] | None = Field(default=None, description="not_holder: who holds it.")
     presented: str | None = Field(default=None, description="stale_token: the token sent.")
     current: str | None = Field(default=None, description="stale_token: the hold's token.")
-    token: str | None = Field(default=None, description="drain_timeout: the pause's token "
-                              "(the pause IS in place).")
-    missing: list[str] | None = Field(default=None,
-                                      description="drain_timeout: replicas that did not ack.")
+    token: str | None = Field(
+        default=None, description="drain_timeout: the pause's token (the pause IS in place)."
+    )
+    missing: list[str] | None = Field(default=None, description="drain_timeout: replicas that did not ack.")

@@ -23,8 +23,7 @@ __all__ = ["ServiceState", "collect_aborted", "until_disconnected"]
 logger = logging.getLogger("pausesvc.service")
 
 
-def collect_aborted(replicas: list[dict[str, Any]], name: str,
-                    grant: Grant) -> tuple[list[str], list[str]]:
+def collect_aborted(replicas: list[dict[str, Any]], name: str, grant: Grant) -> tuple[list[str], list[str]]:
     """(replica ids that acknowledged, request ids they aborted) for the pause ``grant``.
 
     Reads the drain acknowledgements the replicas stored in their records (``drain:<name>``,
@@ -52,8 +51,9 @@ async def until_disconnected(request: Request) -> None:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, *, heartbeat_s: float = 15.0,
-                 max_wait_s: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, heartbeat_s: float = 15.0, max_wait_s: float | None = None
+    ) -> None:
         self.settings = settings
         self.heartbeat_s = heartbeat_s
         #: a single long-poll answers (paused=true) after at most this long; clients loop
@@ -101,10 +101,19 @@ class ServiceState:
             return
         self.metrics.changes.labels(ev.op).inc()
         logger.info(
-            "%s %s -> %s", ev.op, name, "paused" if ev.paused else "not paused",
-            extra={"event": "change", "adapter": name, "op": ev.op, "holder": ev.holder,
-                   "revision": ev.revision, "paused": ev.paused,
-                   "holders": sorted(state.holders) if state else []},
+            "%s %s -> %s",
+            ev.op,
+            name,
+            "paused" if ev.paused else "not paused",
+            extra={
+                "event": "change",
+                "adapter": name,
+                "op": ev.op,
+                "holder": ev.holder,
+                "revision": ev.revision,
+                "paused": ev.paused,
+                "holders": sorted(state.holders) if state else [],
+            },
         )
 
     async def redis_revision(self) -> tuple[int, str | None]:
@@ -154,6 +163,10 @@ class ServiceState:
         replicas = await self.c.replicas()
         still = missing_acks(replicas, name, grant)
         if still:  # raced with a replica that just registered: report what we have
-            logger.info("drain of %s: replicas registered after the barrier: %s", name, still,
-                        extra={"event": "drain_late_replicas", "adapter": name})
+            logger.info(
+                "drain of %s: replicas registered after the barrier: %s",
+                name,
+                still,
+                extra={"event": "drain_late_replicas", "adapter": name},
+            )
         return collect_aborted(replicas, name, grant)

@@ -59,27 +59,52 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-@click.command(epilog="Environment: every PAUSESVC_* setting (docs/settings.md); the API token "
-               "only from PAUSESVC_API_TOKEN.")
-@click.option("--host", default=None, help="Interface to listen on (PAUSESVC_HOST, default "
-              "127.0.0.1).")
-@click.option("--port", type=int, default=None, help="TCP port (PAUSESVC_PORT, default 8470; "
-              "0 = any free port).")
-@click.option("--redis-url", "serve_redis_url", default=None,
-              help="Redis to use (PAUSESVC_REDIS_URL). Unset: start an embedded redis-server.")
+@click.command(
+    epilog="Environment: every PAUSESVC_* setting (docs/settings.md); the API token "
+    "only from PAUSESVC_API_TOKEN."
+)
+@click.option("--host", default=None, help="Interface to listen on (PAUSESVC_HOST, default 127.0.0.1).")
+@click.option(
+    "--port", type=int, default=None, help="TCP port (PAUSESVC_PORT, default 8470; 0 = any free port)."
+)
+@click.option(
+    "--redis-url",
+    "serve_redis_url",
+    default=None,
+    help="Redis to use (PAUSESVC_REDIS_URL). Unset: start an embedded redis-server.",
+)
 @click.option("--log-level", default=None, help="debug, info, warning, error (PAUSESVC_LOG_LEVEL).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Embedded Redis only: keep its append-only file here (PAUSESVC_DATA_DIR, "
-              "default $XDG_DATA_HOME/pausesvc/redis or ~/.local/share/pausesvc/redis).")
-@click.option("--embedded-dir", "data_dir_alias", type=click.Path(file_okay=False), default=None,
-              hidden=True, help="Old name of --data-dir.")
-@click.option("--ephemeral/--persistent", default=None,
-              help="Embedded Redis only: keep nothing when it stops (PAUSESVC_EPHEMERAL; "
-              "default: persistent).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Embedded Redis only: keep its append-only file here (PAUSESVC_DATA_DIR, "
+    "default $XDG_DATA_HOME/pausesvc/redis or ~/.local/share/pausesvc/redis).",
+)
+@click.option(
+    "--embedded-dir",
+    "data_dir_alias",
+    type=click.Path(file_okay=False),
+    default=None,
+    hidden=True,
+    help="Old name of --data-dir.",
+)
+@click.option(
+    "--ephemeral/--persistent",
+    default=None,
+    help="Embedded Redis only: keep nothing when it stops (PAUSESVC_EPHEMERAL; default: persistent).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_url: str | None,
-          log_level: str | None, data_dir: str | None, data_dir_alias: str | None,
-          ephemeral: bool | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    serve_redis_url: str | None,
+    log_level: str | None,
+    data_dir: str | None,
+    data_dir_alias: str | None,
+    ephemeral: bool | None,
+) -> None:
     """Run the HTTP control service, the dashboard and /metrics."""
     from pydantic import ValidationError
 
@@ -89,9 +114,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_ur
     base: Settings = ctx.obj.settings if ctx.obj is not None else Settings()
     overrides: dict[str, Any] = {}
     data_dir = data_dir or data_dir_alias
-    for key, value in (("host", host), ("port", port), ("redis_url", serve_redis_url),
-                       ("log_level", log_level), ("data_dir", data_dir),
-                       ("ephemeral", ephemeral)):
+    for key, value in (
+        ("host", host),
+        ("port", port),
+        ("redis_url", serve_redis_url),
+        ("log_level", log_level),
+        ("data_dir", data_dir),
+        ("ephemeral", ephemeral),
+    ):
         if value is not None:
             overrides[key] = value
     try:
@@ -104,8 +134,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_ur
     if settings.ephemeral and data_dir:
         _fail(2, "invalid data_dir: --data-dir and --ephemeral exclude each other")
     if settings.redis_url and (data_dir or ephemeral is not None):
-        _fail(2, "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
-              "(no --redis-url / PAUSESVC_REDIS_URL)")
+        _fail(
+            2,
+            "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
+            "(no --redis-url / PAUSESVC_REDIS_URL)",
+        )
 
     embedded: EmbeddedRedis | None = None
     lock: DataDirLock | None = None
@@ -117,21 +150,25 @@ def serve(ctx: click.Context, host: str | None, port: int | None, serve_redis_ur
         if not settings.redis_url:
             embedded, lock, kept = _start_embedded(settings)
             settings = settings.model_copy(update={"redis_url": embedded.url})
-            click.echo(f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
-                       f"({kept}). Point replicas and the CLI at it:")
+            click.echo(
+                f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
+                f"({kept}). Point replicas and the CLI at it:"
+            )
             click.echo(f"    export PAUSESVC_REDIS_URL={embedded.url}")
             if settings.namespace != "default":
                 click.echo(f"    export PAUSESVC_NAMESPACE={settings.namespace}")
         else:
-            click.echo(f"pausesvc: using Redis {redact(settings.redis_url)} "
-                       f"(namespace {settings.namespace})")
+            click.echo(f"pausesvc: using Redis {redact(settings.redis_url)} (namespace {settings.namespace})")
         bound_port = sock.getsockname()[1]
         base_url = f"http://{_url_host(settings.host)}:{bound_port}"
         click.echo(f"pausesvc: control service on {base_url}  (API docs: {base_url}/docs)")
         click.echo(f"pausesvc: dashboard: {base_url}/")
         if not settings.api_token:
-            click.echo("pausesvc: warning: PAUSESVC_API_TOKEN is not set: anyone who can reach "
-                       "this port can pause and resume adapters", err=True)
+            click.echo(
+                "pausesvc: warning: PAUSESVC_API_TOKEN is not set: anyone who can reach "
+                "this port can pause and resume adapters",
+                err=True,
+            )
         sys.stdout.flush()
         _run(settings, sock)
     finally:
@@ -172,8 +209,9 @@ def _start_embedded(settings: Settings) -> tuple[EmbeddedRedis, DataDirLock | No
     port = previous if previous is not None and port_is_free(previous) else None
     # appendfsync everysec: Redis write()s the AOF before it answers, so a pause survives any
     # death of the processes (SIGKILL included); only an OS crash can lose its last second
-    embedded = EmbeddedRedis(port=port, appendonly=True, appendfsync="everysec",
-                             dir=directory, pass_fds=(lock.fileno(),))
+    embedded = EmbeddedRedis(
+        port=port, appendonly=True, appendfsync="everysec", dir=directory, pass_fds=(lock.fileno(),)
+    )
     try:
         try:
             embedded.start(timeout=60)  # a long AOF takes a moment to load
@@ -206,10 +244,15 @@ def _run(settings: Any, sock: socket.socket) -> None:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        app, log_config=logging_config(settings.log_level),
-        log_level=settings.log_level.lower(), ws="none", lifespan="on",
-        timeout_graceful_shutdown=3, access_log=False,
+        app,
+        log_config=logging_config(settings.log_level),
+        log_level=settings.log_level.lower(),
+        ws="none",
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        access_log=False,
     )
+
     # uvicorn re-raises the signal that stopped it once it has shut down; make that a clean
     # exit so the embedded Redis is stopped too (the default SIGTERM action would skip it)
     def _exit(signum: int, frame: object) -> None:

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--no-docs", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=140,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((tmp_path / "bench-quick.json").read_text())
@@ -29,7 +32,10 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
             assert x[design]["controller_pause_ms"]["n"] > 0
             assert x[design]["propagation_pause_ms"]["median"] > 0
     assert {w["design"] for w in data["wakeup"]["one_process"]} == {
-        "pausesvc-wait", "pausesvc-gate", "baseline-gate"}
+        "pausesvc-wait",
+        "pausesvc-gate",
+        "baseline-gate",
+    }
     assert {g["variant"] for g in data["gate"]["summary"]} == {"none", "pausesvc", "skyrl"}
     assert data["memory"]["held"] and data["memory"]["connections"]
     # a slow or dead replica never fails pausesvc's (non-drain) controller calls

@@ -14,12 +14,14 @@ import pytest
 from pausesvc import PauseClient
 
 
-def run(args: list[str], *, env: dict[str, str] | None = None,
-        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")}
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pausesvc", *args], capture_output=True,
-                          text=True, env=e, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pausesvc", *args], capture_output=True, text=True, env=e, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -28,8 +30,7 @@ def env(redis_url: str, namespace: str) -> dict[str, str]:
 
 
 def test_pause_status_resume(env: dict[str, str]) -> None:
-    p = run(["pause", "lora-a", "--holder", "trainer", "--reason", "weight sync", "--ttl", "60"],
-            env=env)
+    p = run(["pause", "lora-a", "--holder", "trainer", "--reason", "weight sync", "--ttl", "60"], env=env)
     assert p.returncode == 0, p.stderr
     token = p.stdout.strip()
     assert re.fullmatch(r"[0-9]+-[0-9a-f]+", token), token  # opaque: '<revision>-<nonce>'
@@ -56,14 +57,18 @@ def test_flags_override_environment(redis_url: str, namespace: str) -> None:
         assert c.is_paused("x")
 
 
-def test_wait_returns_on_resume_and_times_out(env: dict[str, str], redis_url: str,
-                                              namespace: str) -> None:
+def test_wait_returns_on_resume_and_times_out(env: dict[str, str], redis_url: str, namespace: str) -> None:
     assert run(["pause", "a"], env=env).returncode == 0
     t = run(["wait", "a", "--timeout", "0.3"], env=env)
     assert t.returncode == 3 and "still paused" in t.stderr
     e = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "pausesvc", "wait", "a", "--timeout", "20"],
-                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pausesvc", "wait", "a", "--timeout", "20"],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)
     assert proc.poll() is None
     with PauseClient(redis_url, namespace=namespace) as c:
@@ -74,8 +79,13 @@ def test_wait_returns_on_resume_and_times_out(env: dict[str, str], redis_url: st
 
 def test_watch_prints_changes(env: dict[str, str], redis_url: str, namespace: str) -> None:
     e = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "pausesvc", "watch", "--json", "--count", "2"],
-                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pausesvc", "watch", "--json", "--count", "2"],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with PauseClient(redis_url, namespace=namespace) as c:
         channel = c.keys.events
         deadline = time.monotonic() + 30
@@ -91,23 +101,26 @@ def test_watch_prints_changes(env: dict[str, str], redis_url: str, namespace: st
     assert [(x["op"], x["paused"]) for x in lines] == [("pause", True), ("resume", False)]
 
 
-@pytest.mark.parametrize("args", [
-    ["pause", "bad name"],
-    ["pause", ""],
-    ["pause", "a", "--ttl", "abc"],
-    ["pause", "a", "--ttl", "-3"],
-    ["pause", "a", "--holder", "has space"],
-    ["resume", "a", "--token", "x"],
-    ["resume", "a", "--token", "0"],
-    ["wait", "a", "--timeout", "-1"],
-    ["status", "bad\tname"],
-    ["watch", "--count", "0"],
-    ["nosuchcommand"],
-    ["pause"],
-])
-def test_invalid_input_exit_2_one_line_and_nothing_changes(env: dict[str, str], redis_url: str,
-                                                           namespace: str,
-                                                           args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pause", "bad name"],
+        ["pause", ""],
+        ["pause", "a", "--ttl", "abc"],
+        ["pause", "a", "--ttl", "-3"],
+        ["pause", "a", "--holder", "has space"],
+        ["resume", "a", "--token", "x"],
+        ["resume", "a", "--token", "0"],
+        ["wait", "a", "--timeout", "-1"],
+        ["status", "bad\tname"],
+        ["watch", "--count", "0"],
+        ["nosuchcommand"],
+        ["pause"],
+    ],
+)
+def test_invalid_input_exit_2_one_line_and_nothing_changes(
+    env: dict[str, str], redis_url: str, namespace: str, args: list[str]
+) -> None:
     with PauseClient(redis_url, namespace=namespace) as c:
         before = c.snapshot().revision
     p = run(args, env=env)

@@ -22,18 +22,31 @@ def cluster_url() -> Iterator[str]:
     nodes = []
     try:
         for i in range(3):
-            n = EmbeddedRedis(dir=f"{tmp.name}", extra_args=[
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf",
-                "--cluster-node-timeout", "2000"])
+            n = EmbeddedRedis(
+                dir=f"{tmp.name}",
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{i}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
             n.start()
             nodes.append(n)
         addrs = [f"127.0.0.1:{n.port}" for n in nodes]
-        subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         deadline = time.monotonic() + 20
         while True:
-            out = subprocess.run(["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
             if "cluster_state:ok" in out:
                 break
             assert time.monotonic() < deadline, out
@@ -62,8 +75,10 @@ def test_sync_protocol_on_cluster(cluster_url: str, namespace: str) -> None:
 
 
 async def test_watcher_and_waiters_on_cluster(cluster_url: str, namespace: str) -> None:
-    async with PauseWatcher(cluster_url, namespace=namespace) as w, \
-            AsyncPauseClient(cluster_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(cluster_url, namespace=namespace) as w,
+        AsyncPauseClient(cluster_url, namespace=namespace) as c,
+    ):
         g = await c.pause("a")
         deadline = time.monotonic() + 5
         while not w.is_paused("a"):

@@ -49,7 +49,8 @@ def _restart_empty(server: EmbeddedRedis) -> None:
 
 # -- 4. fencing tokens are unique across incarnations ----------------------------------------------
 def test_a_token_from_before_a_data_loss_never_releases_the_new_pause(
-        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
     with PauseClient(fresh_redis.url, namespace=namespace) as old:
         g_old = old.pause("a", holder="trainer")
     _restart_empty(fresh_redis)
@@ -74,9 +75,12 @@ def test_tokens_are_opaque_strings_the_cli_round_trips(client: PauseClient) -> N
 
 # -- 3. data loss and failover never release a pause -------------------------------------------------
 async def test_restart_without_aof_orphans_the_pause_and_the_next_pause_is_new(
-        fresh_redis: EmbeddedRedis, namespace: str) -> None:
-    async with PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w, \
-            AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
+    async with (
+        PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w,
+        AsyncPauseClient(fresh_redis.url, namespace=namespace) as c,
+    ):
         await c.pause("a", holder="ctl")
         await _eventually(lambda: w.is_paused("a"))
         epoch = w.epoch
@@ -93,7 +97,8 @@ async def test_restart_without_aof_orphans_the_pause_and_the_next_pause_is_new(
 
 
 async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revision(
-        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
     async with AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
         w = await c.watcher()
         for _ in range(20):  # this client's last write is at revision 40
@@ -108,13 +113,16 @@ async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revisi
 
 
 async def test_failover_to_a_lagging_replica_never_releases_a_pause(
-        redis_url: str, namespace: str, raw_redis: redis.Redis) -> None:
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
     """The promoted replica has the same epoch but lacks the newest writes (asynchronous
     replication); a controller's writes then bring the revision back up. The pause the watcher
     knew must stay held (an orphan), however high the revision climbs."""
     k = f"pausesvc:{{{namespace}}}"
-    async with PauseWatcher(redis_url, namespace=namespace, resync_interval=0.3) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace, resync_interval=0.3) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("base-work", holder="ctl")
         before = {key: raw_redis.dump(key) for key in (f"{k}:paused", f"{k}:rev", f"{k}:epoch")}
         await c.pause("a", holder="ctl")  # the write the replica never got
@@ -130,9 +138,12 @@ async def test_failover_to_a_lagging_replica_never_releases_a_pause(
 
 
 async def test_an_orphaned_lease_ends_when_the_lease_would_have_ended(
-        fresh_redis: EmbeddedRedis, namespace: str) -> None:
-    async with PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w, \
-            AsyncPauseClient(fresh_redis.url, namespace=namespace) as c:
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
+    async with (
+        PauseWatcher(fresh_redis.url, namespace=namespace, max_backoff=0.2) as w,
+        AsyncPauseClient(fresh_redis.url, namespace=namespace) as c,
+    ):
         await c.pause("a", holder="ctl", ttl=2.0)
         t0 = time.monotonic()
         await _eventually(lambda: w.is_paused("a"))
@@ -144,8 +155,7 @@ async def test_an_orphaned_lease_ends_when_the_lease_would_have_ended(
 
 
 # -- 5. smaller breaks -------------------------------------------------------------------------------
-async def test_sharded_pubsub_on_is_honoured_by_the_shared_watcher(
-        redis_url: str, namespace: str) -> None:
+async def test_sharded_pubsub_on_is_honoured_by_the_shared_watcher(redis_url: str, namespace: str) -> None:
     s = Settings(redis_url=redis_url, namespace=namespace, sharded_pubsub="on")
     async with AsyncPauseClient(settings=s) as c:
         assert c.sharded
@@ -161,9 +171,12 @@ async def test_sharded_pubsub_on_is_honoured_by_the_shared_watcher(
 
 
 async def test_paused_with_ttl_cancels_the_block_when_the_lease_is_lost(
-        redis_url: str, namespace: str) -> None:
-    async with AsyncPauseClient(redis_url, namespace=namespace) as c, \
-            AsyncPauseClient(redis_url, namespace=namespace) as operator:
+    redis_url: str, namespace: str
+) -> None:
+    async with (
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+        AsyncPauseClient(redis_url, namespace=namespace) as operator,
+    ):
         ran = 0.0
         t0 = time.monotonic()
         with pytest.raises(LeaseLostError):
@@ -184,7 +197,8 @@ def test_paused_sync_raises_when_the_lease_was_lost(redis_url: str, namespace: s
 
 
 async def test_paused_does_not_leak_a_hold_when_the_drain_fails_or_is_cancelled(
-        redis_url: str, namespace: str) -> None:
+    redis_url: str, namespace: str
+) -> None:
     async with AsyncPauseClient(redis_url, namespace=namespace) as c:
         await c._heartbeat("silent", {"url": "http://silent"})  # live, never acknowledges
         with pytest.raises(DrainTimeoutError):
@@ -204,14 +218,14 @@ async def test_paused_does_not_leak_a_hold_when_the_drain_fails_or_is_cancelled(
             await task
         assert not await c.is_paused("b")
     with PauseClient(redis_url, namespace=namespace) as sc:
-        with pytest.raises(DrainTimeoutError), sc.paused("c", holder="t", drain=True,
-                                                         timeout=0.3):
+        with pytest.raises(DrainTimeoutError), sc.paused("c", holder="t", drain=True, timeout=0.3):
             pytest.fail("the block must not run")
         assert not sc.is_paused("c")
 
 
 async def test_an_expired_hold_nobody_reaped_is_reaped_by_the_next_watcher(
-        redis_url: str, namespace: str, raw_redis: redis.Redis) -> None:
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
     k = f"pausesvc:{{{namespace}}}"
     async with AsyncPauseClient(redis_url, namespace=namespace) as c:
         await c.pause("a", ttl=0.2)
@@ -225,10 +239,11 @@ async def test_an_expired_hold_nobody_reaped_is_reaped_by_the_next_watcher(
         assert raw_redis.zscore(f"{k}:tombstones", "a") == rev + 1
 
 
-async def test_a_lease_expiry_wake_up_never_runs_ahead_of_redis(
-        redis_url: str, namespace: str) -> None:
-    async with AsyncPauseClient(redis_url, namespace=namespace) as c, \
-            AsyncPauseClient(redis_url, namespace=namespace) as reader:
+async def test_a_lease_expiry_wake_up_never_runs_ahead_of_redis(redis_url: str, namespace: str) -> None:
+    async with (
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+        AsyncPauseClient(redis_url, namespace=namespace) as reader,
+    ):
         for i in range(8):
             await c.pause(f"l{i}", ttl=0.15)
             assert await c.wait_unpaused(f"l{i}", timeout=5)
@@ -237,8 +252,7 @@ async def test_a_lease_expiry_wake_up_never_runs_ahead_of_redis(
             assert f"l{i}" not in (await reader.snapshot()).paused
 
 
-def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis,
-                                namespace: str) -> None:
+def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis, namespace: str) -> None:
     k = f"pausesvc:{{{namespace}}}:tombstones"
     pipe_client = client
     for i in range(10_050):
@@ -248,19 +262,23 @@ def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis,
 
 
 # -- one rule for applying events (the watcher and the blocking events() share it) -------------
-@pytest.mark.parametrize(("ev_rev", "ev_epoch", "rev", "epoch", "since", "verdict"), [
-    (6, "e1", 5, "e1", 0.1, "apply"),
-    (8, "e1", 5, "e1", 0.1, "gap"),
-    (5, "e1", 5, "e1", 0.1, "skip"),            # already in the snapshot
-    (3, "e1", 5, "e1", 0.1, "skip"),            # buffered before the snapshot
-    (3, "e1", 5, "e1", 5.0, "revision-behind"),  # long after it: a failover went back
-    (6, "e2", 5, "e1", 0.1, "epoch-changed"),
-    (1, "e2", 5, "e1", 0.1, "epoch-changed"),    # a new incarnation's revision 1
-    (1, "e1", 0, None, 0.1, "apply"),            # the first write ever
-    (0, "e1", 0, None, 0.1, "epoch-unknown"),
-])
-def test_classify_event(ev_rev: int, ev_epoch: str, rev: int, epoch: str | None, since: float,
-                        verdict: str) -> None:
+@pytest.mark.parametrize(
+    ("ev_rev", "ev_epoch", "rev", "epoch", "since", "verdict"),
+    [
+        (6, "e1", 5, "e1", 0.1, "apply"),
+        (8, "e1", 5, "e1", 0.1, "gap"),
+        (5, "e1", 5, "e1", 0.1, "skip"),  # already in the snapshot
+        (3, "e1", 5, "e1", 0.1, "skip"),  # buffered before the snapshot
+        (3, "e1", 5, "e1", 5.0, "revision-behind"),  # long after it: a failover went back
+        (6, "e2", 5, "e1", 0.1, "epoch-changed"),
+        (1, "e2", 5, "e1", 0.1, "epoch-changed"),  # a new incarnation's revision 1
+        (1, "e1", 0, None, 0.1, "apply"),  # the first write ever
+        (0, "e1", 0, None, 0.1, "epoch-unknown"),
+    ],
+)
+def test_classify_event(
+    ev_rev: int, ev_epoch: str, rev: int, epoch: str | None, since: float, verdict: str
+) -> None:
     from pausesvc._base import classify_event
     from pausesvc._models import PauseEvent
 

@@ -24,8 +24,9 @@ def client(redis_url: str, namespace: str) -> PauseClient:
         yield c
 
 
-def test_pause_resume_roundtrip_and_keys_readable(client: PauseClient, raw_redis: redis.Redis,
-                                                  namespace: str) -> None:
+def test_pause_resume_roundtrip_and_keys_readable(
+    client: PauseClient, raw_redis: redis.Redis, namespace: str
+) -> None:
     g = client.pause("lora-a", holder="trainer", reason="swap", ttl=30)
     assert g.created and g.token.split("-")[0] == str(g.revision)
     # plain redis-cli readable state
@@ -44,9 +45,9 @@ def test_pause_resume_roundtrip_and_keys_readable(client: PauseClient, raw_redis
     assert raw_redis.zcard(f"pausesvc:{{{namespace}}}:leases") == 0
 
 
-def test_every_change_bumps_revision_and_publishes_one_event(client: PauseClient,
-                                                             raw_redis: redis.Redis,
-                                                             namespace: str) -> None:
+def test_every_change_bumps_revision_and_publishes_one_event(
+    client: PauseClient, raw_redis: redis.Redis, namespace: str
+) -> None:
     ps = raw_redis.pubsub()
     ps.subscribe(f"pausesvc:{{{namespace}}}:events")
     assert ps.get_message(timeout=2)["type"] == "subscribe"
@@ -171,15 +172,16 @@ def test_snapshot_one_round_trip(client: PauseClient) -> None:
 
 
 def test_namespaces_are_isolated(redis_url: str, namespace: str) -> None:
-    with PauseClient(redis_url, namespace=namespace + "x") as a, \
-            PauseClient(redis_url, namespace=namespace + "y") as b:
+    with (
+        PauseClient(redis_url, namespace=namespace + "x") as a,
+        PauseClient(redis_url, namespace=namespace + "y") as b,
+    ):
         a.pause("lora")
         assert a.is_paused("lora") and not b.is_paused("lora")
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "tab\there", "nl\n", "x" * 257, "ctl\x00", "nb\u2028"])
-def test_invalid_names_raise_typed_value_error_and_change_nothing(client: PauseClient,
-                                                                 bad: str) -> None:
+def test_invalid_names_raise_typed_value_error_and_change_nothing(client: PauseClient, bad: str) -> None:
     before = client.snapshot().revision
     with pytest.raises(InvalidNameError) as ei:
         client.pause(bad)
@@ -193,9 +195,19 @@ def test_invalid_names_raise_typed_value_error_and_change_nothing(client: PauseC
     assert client.snapshot().revision == before
 
 
-@pytest.mark.parametrize("kwargs", [{"ttl": 0}, {"ttl": -1}, {"ttl": float("nan")},
-                                    {"ttl": "5"}, {"ttl": 10**9}, {"reason": 5},
-                                    {"reason": "x" * 5000}, {"timeout": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ttl": 0},
+        {"ttl": -1},
+        {"ttl": float("nan")},
+        {"ttl": "5"},
+        {"ttl": 10**9},
+        {"reason": 5},
+        {"reason": "x" * 5000},
+        {"timeout": -1},
+    ],
+)
 def test_invalid_arguments(client: PauseClient, kwargs: dict[str, object]) -> None:
     before = client.snapshot().revision
     with pytest.raises(InvalidInputError):
@@ -223,7 +235,8 @@ def test_paused_context_manager_releases_on_error(client: PauseClient) -> None:
 
 
 async def test_async_paused_context_manager_renews_and_releases_on_cancel(
-        redis_url: str, namespace: str) -> None:
+    redis_url: str, namespace: str
+) -> None:
     import asyncio
 
     async with AsyncPauseClient(redis_url, namespace=namespace) as c:
@@ -267,8 +280,9 @@ def test_sync_wait_wakes_on_lease_expiry(client: PauseClient) -> None:
     assert 0.2 < time.monotonic() - t0 < 1.5
 
 
-def test_sync_wait_wakes_on_resume_from_another_thread(client: PauseClient, redis_url: str,
-                                                       namespace: str) -> None:
+def test_sync_wait_wakes_on_resume_from_another_thread(
+    client: PauseClient, redis_url: str, namespace: str
+) -> None:
     import threading
 
     client.pause("a")
@@ -312,8 +326,9 @@ def test_drain_without_replicas_returns_at_once(client: PauseClient) -> None:
     assert g.created and client.replicas() == []
 
 
-async def test_drain_waits_for_every_live_replica_and_names_the_missing(redis_url: str,
-                                                                       namespace: str) -> None:
+async def test_drain_waits_for_every_live_replica_and_names_the_missing(
+    redis_url: str, namespace: str
+) -> None:
     import asyncio
 
     from pausesvc import DrainTimeoutError
@@ -366,8 +381,7 @@ async def test_drain_waits_for_every_live_replica_and_names_the_missing(redis_ur
         beating.cancel()
 
 
-def test_replication_wait_without_replicas_reports_a_timeout(redis_url: str,
-                                                             namespace: str) -> None:
+def test_replication_wait_without_replicas_reports_a_timeout(redis_url: str, namespace: str) -> None:
     from pausesvc import ReplicationTimeoutError, Settings
 
     s = Settings(replication_wait=1, replication_wait_timeout_ms=50)
@@ -388,8 +402,10 @@ def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[
     import subprocess
     import sys
 
-    code = ("import sys, time; from pausesvc import EmbeddedRedis; r = EmbeddedRedis().start(); "
-            "print(r.pid, flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from pausesvc import EmbeddedRedis; r = EmbeddedRedis().start(); "
+        "print(r.pid, flush=True); time.sleep(60)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
@@ -410,8 +426,7 @@ def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[
         time.sleep(0.05)
 
 
-def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Redis,
-                                        namespace: str) -> None:
+def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Redis, namespace: str) -> None:
     """Revisions restart after Redis loses its data: the iterator resyncs instead of dropping
     every later event as 'old'."""
     import threading

@@ -14,21 +14,41 @@ from pausesvc._exceptions import PauseError, RedisUnavailableError, translate_re
 def test_exported_members() -> None:
     exported = {name for name in pausesvc.__all__ if not name.startswith("__")}
     assert exported == {
-        "GLOBAL", "AdapterState", "AsyncPauseClient", "ConflictError", "DataLossError",
-        "DrainTimeoutError", "EmbeddedRedis", "Grant", "Hold", "InvalidInputError",
-        "InvalidNameError", "Keys", "LeaseLostError", "NotHolderError", "PauseClient",
-        "PauseError", "PauseEvent",
-        "PauseTimeoutError", "PauseWatcher", "RedisPermissionError", "RedisUnavailableError",
-        "ReplicationTimeoutError", "ResumeResult",
-        "Settings", "Snapshot", "StaleTokenError", "shared_watcher", "validate_name",
+        "GLOBAL",
+        "AdapterState",
+        "AsyncPauseClient",
+        "ConflictError",
+        "DataLossError",
+        "DrainTimeoutError",
+        "EmbeddedRedis",
+        "Grant",
+        "Hold",
+        "InvalidInputError",
+        "InvalidNameError",
+        "Keys",
+        "LeaseLostError",
+        "NotHolderError",
+        "PauseClient",
+        "PauseError",
+        "PauseEvent",
+        "PauseTimeoutError",
+        "PauseWatcher",
+        "RedisPermissionError",
+        "RedisUnavailableError",
+        "ReplicationTimeoutError",
+        "ResumeResult",
+        "Settings",
+        "Snapshot",
+        "StaleTokenError",
+        "shared_watcher",
+        "validate_name",
     }
     for name in exported:
         assert getattr(pausesvc, name) is not None
 
 
 def _all_redis_exceptions() -> list[type[BaseException]]:
-    return [obj for _, obj in inspect.getmembers(rexc, inspect.isclass)
-            if issubclass(obj, rexc.RedisError)]
+    return [obj for _, obj in inspect.getmembers(rexc, inspect.isclass) if issubclass(obj, rexc.RedisError)]
 
 
 @pytest.mark.parametrize("exc_type", _all_redis_exceptions(), ids=lambda t: t.__name__)

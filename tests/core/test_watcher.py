@@ -21,8 +21,10 @@ async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-un
 
 
 async def test_is_paused_from_memory_and_waiters_wake(redis_url: str, namespace: str) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         assert w.in_sync and not w.is_paused("a")
         g = await c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
@@ -38,16 +40,20 @@ async def test_is_paused_from_memory_and_waiters_wake(redis_url: str, namespace:
 
 
 async def test_wait_times_out_false(redis_url: str, namespace: str) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
         assert await w.wait_unpaused("a", timeout=0.1) is False
 
 
 async def test_global_pause_holds_everyone(redis_url: str, namespace: str) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("*")
         await _eventually(lambda: w.is_paused("anything"))
         waiters = [asyncio.create_task(w.wait_unpaused(n, 10)) for n in ("x", "y", "*")]
@@ -66,8 +72,10 @@ async def test_client_wait_sees_its_own_pause(redis_url: str, namespace: str) ->
 
 
 async def test_lease_expiry_wakes_waiters_within_a_second(redis_url: str, namespace: str) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("a", holder="dead-controller", ttl=0.5)
         await _eventually(lambda: w.is_paused("a"))
         t0 = time.monotonic()
@@ -79,8 +87,7 @@ async def test_lease_expiry_wakes_waiters_within_a_second(redis_url: str, namesp
         assert await c.get("a") is None
 
 
-async def test_randomized_interleaving_never_loses_a_wakeup(redis_url: str,
-                                                           namespace: str) -> None:
+async def test_randomized_interleaving_never_loses_a_wakeup(redis_url: str, namespace: str) -> None:
     """Many waiters start at random moments around many pause/resume cycles in several
     processes' worth of watchers; every one must return True soon after the final resume."""
     rng = random.Random(1234)
@@ -118,14 +125,16 @@ async def test_randomized_interleaving_never_loses_a_wakeup(redis_url: str,
                 await w.aclose()
 
 
-async def test_thousand_waiters_one_subscription(redis_url: str, namespace: str,
-                                                 raw_redis: redis.Redis) -> None:
+async def test_thousand_waiters_one_subscription(
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
     channel = f"pausesvc:{{{namespace}}}:events"
-    async with AsyncPauseClient(redis_url, namespace=namespace) as c1, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c2:
+    async with (
+        AsyncPauseClient(redis_url, namespace=namespace) as c1,
+        AsyncPauseClient(redis_url, namespace=namespace) as c2,
+    ):
         await c1.pause("a")
-        tasks = [asyncio.create_task((c1 if i % 2 else c2).wait_unpaused("a", 20))
-                 for i in range(1000)]
+        tasks = [asyncio.create_task((c1 if i % 2 else c2).wait_unpaused("a", 20)) for i in range(1000)]
         await asyncio.sleep(0.3)
         assert raw_redis.pubsub_numsub(channel) == [(channel, 1)]
         assert not any(t.done() for t in tasks)
@@ -134,10 +143,13 @@ async def test_thousand_waiters_one_subscription(redis_url: str, namespace: str,
         assert raw_redis.pubsub_numsub(channel) == [(channel, 1)]
 
 
-async def test_killed_pubsub_connection_resyncs_and_waiters_wake(redis_url: str, namespace: str,
-                                                                 raw_redis: redis.Redis) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+async def test_killed_pubsub_connection_resyncs_and_waiters_wake(
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
         waiter = asyncio.create_task(w.wait_unpaused("a", 20))
@@ -151,10 +163,13 @@ async def test_killed_pubsub_connection_resyncs_and_waiters_wake(redis_url: str,
         await _eventually(lambda: w.is_paused("b"))
 
 
-async def test_gap_in_revisions_triggers_resync(redis_url: str, namespace: str,
-                                                raw_redis: redis.Redis) -> None:
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace) as c:
+async def test_gap_in_revisions_triggers_resync(
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
         await c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
         # simulate a lost message: resume behind the channel's back (state and tombstone)
@@ -166,8 +181,9 @@ async def test_gap_in_revisions_triggers_resync(redis_url: str, namespace: str,
         assert w.stats.gaps >= 1
 
 
-async def test_redis_restart_with_aof_keeps_pause_and_waiters_wake(fresh_redis: EmbeddedRedis,
-                                                                   namespace: str) -> None:
+async def test_redis_restart_with_aof_keeps_pause_and_waiters_wake(
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
     fresh_redis.stop()
     server = EmbeddedRedis(port=fresh_redis.port, appendonly=True, dir=fresh_redis.dir)
     server.start()
@@ -194,7 +210,8 @@ async def test_redis_restart_with_aof_keeps_pause_and_waiters_wake(fresh_redis: 
 
 
 async def test_redis_restart_without_persistence_holds_known_pauses(
-        fresh_redis: EmbeddedRedis, namespace: str) -> None:
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
     url = fresh_redis.url
     async with PauseWatcher(url, namespace=namespace, max_backoff=0.2) as w:
         with PauseClient(url, namespace=namespace) as c:
@@ -217,11 +234,9 @@ async def test_redis_restart_without_persistence_holds_known_pauses(
         assert not w.orphans
 
 
-async def test_release_policy_trusts_empty_state(fresh_redis: EmbeddedRedis,
-                                                 namespace: str) -> None:
+async def test_release_policy_trusts_empty_state(fresh_redis: EmbeddedRedis, namespace: str) -> None:
     url = fresh_redis.url
-    async with PauseWatcher(url, namespace=namespace, max_backoff=0.2,
-                            on_data_loss="release") as w:
+    async with PauseWatcher(url, namespace=namespace, max_backoff=0.2, on_data_loss="release") as w:
         with PauseClient(url, namespace=namespace) as c:
             c.pause("a")
         await _eventually(lambda: w.is_paused("a"))
@@ -245,9 +260,10 @@ async def test_start_fails_clearly_when_redis_is_down(namespace: str) -> None:
     await w.aclose()
 
 
-async def test_orphan_released_by_a_resume_the_watcher_missed(fresh_redis: EmbeddedRedis,
-                                                              namespace: str,
-                                                              ) -> None:
+async def test_orphan_released_by_a_resume_the_watcher_missed(
+    fresh_redis: EmbeddedRedis,
+    namespace: str,
+) -> None:
     """After a data loss the watcher holds 'a'; a controller's resume lands while the watcher's
     subscription is down: the tombstone in Redis releases the orphan at the next resync."""
     url = fresh_redis.url

@@ -36,8 +36,10 @@ async def test_a_swallowed_cancellation_still_stops_the_read() -> None:
 async def test_any_paused_follows_the_view(redis_url: str, namespace: str) -> None:
     from pausesvc import AsyncPauseClient
 
-    async with PauseWatcher(redis_url, namespace=namespace) as w, \
-            AsyncPauseClient(redis_url, namespace=namespace, holder="t") as c:
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace, holder="t") as c,
+    ):
         assert not w.any_paused
         grant = await c.pause("lora-a")
         assert await w.wait_revision(grant.revision, timeout=5)

@@ -32,8 +32,7 @@ sys.path.insert(0, str(HERE))
 
 from vllm_server import VllmServer, free_port  # noqa: E402
 
-VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
-                           Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
+VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
 PY = VENV / "bin" / "python"
 GATE = "pausesvc_vllm.PauseGateMiddleware"
 HOLDER = "e2e"
@@ -42,25 +41,30 @@ PROMPT = "def parse(self, data):"
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(not PY.exists(), reason=f"no vLLM venv at {VENV} (build it with "
-                       "tests/e2e/vllm_venv.sh or set PAUSESVC_VLLM_VENV)"),
+    pytest.mark.skipif(
+        not PY.exists(),
+        reason=f"no vLLM venv at {VENV} (build it with tests/e2e/vllm_venv.sh or set PAUSESVC_VLLM_VENV)",
+    ),
 ]
 
 
 def _venv_has_plugin() -> bool:
-    return subprocess.run([str(PY), "-c", "import pausesvc_vllm, pausesvc"],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run([str(PY), "-c", "import pausesvc_vllm, pausesvc"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not _venv_has_plugin():  # install this checkout into the venv (editable, seconds)
-        subprocess.run([str(HERE / "vllm_venv.sh"), "--install-project", str(ROOT)], check=True,
-                       env={**os.environ, "PAUSESVC_VLLM_VENV": str(VENV)},
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(HERE / "vllm_venv.sh"), "--install-project", str(ROOT)],
+            check=True,
+            env={**os.environ, "PAUSESVC_VLLM_VENV": str(VENV)},
+            stdout=subprocess.DEVNULL,
+        )
     out = tmp_path_factory.mktemp("tiny")
-    subprocess.run([str(PY), str(HERE / "build_tiny.py"), str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([str(PY), str(HERE / "build_tiny.py"), str(out)], check=True, stdout=subprocess.DEVNULL)
     return out
 
 
@@ -71,8 +75,7 @@ def e2e_redis() -> Iterator[EmbeddedRedis]:
 
 
 class Fleet:
-    def __init__(self, servers: list[VllmServer], redis_url: str, namespace: str,
-                 tiny: Path) -> None:
+    def __init__(self, servers: list[VllmServer], redis_url: str, namespace: str, tiny: Path) -> None:
         self.servers = servers
         self.redis_url = redis_url
         self.namespace = namespace
@@ -84,8 +87,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny: Path, e2e_redis: EmbeddedRedis,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tiny: Path, e2e_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     ns = f"e2e{uuid.uuid4().hex[:8]}"
     logs = tmp_path_factory.mktemp("vllm-logs")
     env = {
@@ -103,13 +105,18 @@ def fleet(tiny: Path, e2e_redis: EmbeddedRedis,
     }
     loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
     servers = [
-        VllmServer(PY, tiny / "model", loras, port=free_port(),
-                   # one core each: two CPU engines binding their OpenMP threads to the same
-                   # cores starve one of them (one server finished 480 tokens before the
-                   # other produced 3)
-                   env_extra={**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))},
-                   middleware=["_passthrough_mw.Passthrough", GATE],  # the last is outermost
-                   log_path=logs / f"vllm-{i}.log")
+        VllmServer(
+            PY,
+            tiny / "model",
+            loras,
+            port=free_port(),
+            # one core each: two CPU engines binding their OpenMP threads to the same
+            # cores starve one of them (one server finished 480 tokens before the
+            # other produced 3)
+            env_extra={**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))},
+            middleware=["_passthrough_mw.Passthrough", GATE],  # the last is outermost
+            log_path=logs / f"vllm-{i}.log",
+        )
         for i in range(2)
     ]
     try:
@@ -129,8 +136,7 @@ def _warm_up(url: str) -> None:
     """The first requests of a cold CPU server are slow: make them before measuring anything."""
     with httpx.Client(timeout=300) as c:
         for model in ("lora-a", "lora-b", "tiny"):
-            r = c.post(url + "/v1/completions",
-                       json={"model": model, "prompt": PROMPT, "max_tokens": 16})
+            r = c.post(url + "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16})
             assert r.status_code == 200, r.text
 
 
@@ -152,8 +158,9 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 class Stream:
     """One streaming completion; remembers every token and how it ended."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str, model: str, max_tokens: int = 480,
-                 **extra: Any) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, url: str, model: str, max_tokens: int = 480, **extra: Any
+    ) -> None:
         self.model = model
         self.url = url
         self.tokens: list[int] = []
@@ -161,8 +168,16 @@ class Stream:
         self.ended_at: float | None = None
         self.status: int | None = None
         self.first = asyncio.Event()
-        body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True,
-                "ignore_eos": True, "return_token_ids": True, "temperature": 0, **extra}
+        body = {
+            "model": model,
+            "prompt": PROMPT,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "ignore_eos": True,
+            "return_token_ids": True,
+            "temperature": 0,
+            **extra,
+        }
         self.task = asyncio.create_task(self._run(http, body))
 
     async def _run(self, http: httpx.AsyncClient, body: dict[str, Any]) -> None:
@@ -180,9 +195,10 @@ class Stream:
 
 
 async def complete(http: httpx.AsyncClient, url: str, model: str, **body: Any) -> dict[str, Any]:
-    r = await http.post(url + "/v1/completions",
-                        json={"model": model, "prompt": PROMPT, "max_tokens": 8,
-                              "temperature": 0, **body})
+    r = await http.post(
+        url + "/v1/completions",
+        json={"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, **body},
+    )
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -210,8 +226,9 @@ async def held(http: httpx.AsyncClient, url: str, adapter: str) -> int:
 
 
 # -- 1. streams of A and B on both replicas; pause A with drain; hold; resume -------------------
-async def test_pause_with_drain_aborts_a_and_spares_b(fleet: Fleet, pc: AsyncPauseClient,
-                                                      http: httpx.AsyncClient) -> None:
+async def test_pause_with_drain_aborts_a_and_spares_b(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     await until(lambda: _live(pc, 2))
     streams = [Stream(http, u, m) for u in fleet.urls for m in ("lora-a", "lora-b")]
     async with asyncio.timeout(60):
@@ -219,8 +236,11 @@ async def test_pause_with_drain_aborts_a_and_spares_b(fleet: Fleet, pc: AsyncPau
             await s.first.wait()
     assert not any(s.task.done() for s in streams), (
         "precondition: every stream still running",
-        [(s.model, s.url, s.status, s.finish, len(s.tokens), s.task.done() and s.task.exception())
-         for s in streams])
+        [
+            (s.model, s.url, s.status, s.finish, len(s.tokens), s.task.done() and s.task.exception())
+            for s in streams
+        ],
+    )
     t0 = time.monotonic()
     grant = await pc.pause("lora-a", drain=True, timeout=60)
     drained_at = time.monotonic()
@@ -260,14 +280,17 @@ async def test_pause_with_drain_aborts_a_and_spares_b(fleet: Fleet, pc: AsyncPau
 
 
 # -- 2. in-place weight swap between pause and resume, token-exact -----------------------------
-async def test_weight_swap_is_token_exact(fleet: Fleet, pc: AsyncPauseClient,
-                                          http: httpx.AsyncClient) -> None:
+async def test_weight_swap_is_token_exact(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     url = fleet.urls[0]
     n = 480
-    ref_old = (await complete(http, url, "lora-a", max_tokens=n, ignore_eos=True,
-                              return_token_ids=True))["choices"][0]
-    prompt_ids = (await complete(http, url, "lora-a", max_tokens=1, return_token_ids=True)
-                  )["choices"][0]["prompt_token_ids"]
+    ref_old = (await complete(http, url, "lora-a", max_tokens=n, ignore_eos=True, return_token_ids=True))[
+        "choices"
+    ][0]
+    prompt_ids = (await complete(http, url, "lora-a", max_tokens=1, return_token_ids=True))["choices"][0][
+        "prompt_token_ids"
+    ]
     old = ref_old["token_ids"]
     assert len(old) == n
     s = Stream(http, url, "lora-a", max_tokens=n)
@@ -280,26 +303,49 @@ async def test_weight_swap_is_token_exact(fleet: Fleet, pc: AsyncPauseClient,
         # every token decoded before the pause came from the old weights
         assert s.tokens == old[:k]
         for u in fleet.urls:  # the weight sync a pause protects
-            r = await http.post(u + "/v1/load_lora_adapter", json={
-                "lora_name": "lora-a", "lora_path": str(fleet.tiny / "lora-a2"),
-                "load_inplace": True})
+            r = await http.post(
+                u + "/v1/load_lora_adapter",
+                json={"lora_name": "lora-a", "lora_path": str(fleet.tiny / "lora-a2"), "load_inplace": True},
+            )
             assert r.status_code == 200, r.text
     # resubmit the continuation, as a sampler retrying an abort does
-    cont = (await complete(http, url, "lora-a", prompt=prompt_ids + s.tokens, max_tokens=n - k,
-                           ignore_eos=True, return_token_ids=True))["choices"][0]["token_ids"]
-    fresh = (await complete(http, url, "lora-a", prompt=prompt_ids + s.tokens, max_tokens=n - k,
-                            ignore_eos=True, return_token_ids=True))["choices"][0]["token_ids"]
+    cont = (
+        await complete(
+            http,
+            url,
+            "lora-a",
+            prompt=prompt_ids + s.tokens,
+            max_tokens=n - k,
+            ignore_eos=True,
+            return_token_ids=True,
+        )
+    )["choices"][0]["token_ids"]
+    fresh = (
+        await complete(
+            http,
+            url,
+            "lora-a",
+            prompt=prompt_ids + s.tokens,
+            max_tokens=n - k,
+            ignore_eos=True,
+            return_token_ids=True,
+        )
+    )["choices"][0]["token_ids"]
     assert cont == fresh  # exactly what the new weights produce for that prefix
     assert cont != old[k:]  # and the new weights are really different
     # the other replica swapped too: same continuation
-    other = (await complete(http, fleet.urls[1], "lora-a", prompt=prompt_ids + s.tokens,
-                            max_tokens=8, return_token_ids=True))["choices"][0]["token_ids"]
+    other = (
+        await complete(
+            http, fleet.urls[1], "lora-a", prompt=prompt_ids + s.tokens, max_tokens=8, return_token_ids=True
+        )
+    )["choices"][0]["token_ids"]
     assert other == cont[:8]
 
 
 # -- 3. a client that disconnects while held never reaches the engine --------------------------
 async def test_disconnect_while_held_never_reaches_the_engine(
-        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     url = fleet.urls[1]
     await pc.pause("lora-b")
     await until(lambda: _paused_on(http, url, "lora-b"))
@@ -322,8 +368,9 @@ async def test_disconnect_while_held_never_reaches_the_engine(
 
 
 # -- 4. a replica restarted while A is paused comes back gated for A ---------------------------
-async def test_restarted_replica_comes_back_gated(fleet: Fleet, pc: AsyncPauseClient,
-                                                  http: httpx.AsyncClient) -> None:
+async def test_restarted_replica_comes_back_gated(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     grant = await pc.pause("lora-a")
     srv = fleet.servers[1]
     srv.stop()
@@ -346,8 +393,7 @@ async def test_restarted_replica_comes_back_gated(fleet: Fleet, pc: AsyncPauseCl
 
 
 # -- 5. SkyRL's endpoints on a real replica ----------------------------------------------------
-async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient,
-                               http: httpx.AsyncClient) -> None:
+async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
     u0, u1 = fleet.urls
     await until(lambda: _live(pc, 2), timeout=20)
     r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a"})
@@ -371,20 +417,25 @@ async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient,
     assert (await pc.get("lora-a")) is not None
     r = await http.post(u1 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
     assert r.status_code == 200 and r.json()["status"] == "ok"  # idempotent
-    r = await http.post(u1 + "/skyrl/v1/wait_lora_unpaused",
-                        json={"lora_name": "lora-a", "timeout_s": 0.5})
+    r = await http.post(u1 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a", "timeout_s": 0.5})
     assert r.json() == {"paused": True}
-    for body in (b"not json", b'{"timeout_s": 1}', b'{"lora_name": ""}',
-                 b'{"lora_name": "lora-a", "timeout_s": "x"}',
-                 b'{"lora_name": "lora-a", "timeout_s": -3}'):
-        r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", content=body,
-                            headers={"content-type": "application/json"})
+    for body in (
+        b"not json",
+        b'{"timeout_s": 1}',
+        b'{"lora_name": ""}',
+        b'{"lora_name": "lora-a", "timeout_s": "x"}',
+        b'{"lora_name": "lora-a", "timeout_s": -3}',
+    ):
+        r = await http.post(
+            u0 + "/skyrl/v1/wait_lora_unpaused", content=body, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, (body, r.status_code, r.text)
         assert r.json()["detail"]
     r = await http.post(u0 + "/skyrl/v1/abort_lora_requests", json={})
     assert r.status_code == 400 and r.json()["detail"] == "'lora_name' required"
-    waiter = asyncio.create_task(http.post(u0 + "/skyrl/v1/wait_lora_unpaused",
-                                           json={"lora_name": "lora-a", "timeout_s": 30}))
+    waiter = asyncio.create_task(
+        http.post(u0 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a", "timeout_s": 30})
+    )
     await asyncio.sleep(0.3)
     r = await http.post(u1 + "/skyrl/v1/resume_lora_requests", json={"lora_name": "lora-a"})
     assert r.json()["status"] == "ok"
@@ -410,27 +461,47 @@ async def _paused_on(http: httpx.AsyncClient, url: str, name: str) -> bool:
 
 async def _prompt_tokens(http: httpx.AsyncClient, url: str) -> float:
     text = (await http.get(url + "/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:prompt_tokens_total"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:prompt_tokens_total")
+    )
 
 
 # -- 6. every route that can generate is gated (issue 14.2) ------------------------------------
 #: Routes of vLLM 0.32 that generate or embed with an adapter named by the request: each must be
 #: gated (those this server does not serve - pooling, audio - are simply absent).
-GENERATING = {("POST", p) for p in (
-    "/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages",
-    "/v1/chat/completions/batch", "/inference/v1/generate", "/invocations", "/v1/embeddings",
-    "/v2/embed", "/v1/score", "/v1/rerank", "/v2/rerank", "/classify", "/pooling",
-    "/v1/audio/transcriptions", "/v1/audio/translations", "/generative_scoring")} | {
-    ("WEBSOCKET", "/v1/realtime")}
+GENERATING = {
+    ("POST", p)
+    for p in (
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/chat/completions/batch",
+        "/inference/v1/generate",
+        "/invocations",
+        "/v1/embeddings",
+        "/v2/embed",
+        "/v1/score",
+        "/v1/rerank",
+        "/v2/rerank",
+        "/classify",
+        "/pooling",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/generative_scoring",
+    )
+} | {("WEBSOCKET", "/v1/realtime")}
 
 
 def _concrete(template: str) -> str:
     return "/".join("x" if s.startswith("{") else s for s in template.split("/"))
 
 
-async def test_every_route_is_gated_or_on_the_allow_list(fleet: Fleet, pc: AsyncPauseClient,
-                                                         http: httpx.AsyncClient) -> None:
+async def test_every_route_is_gated_or_on_the_allow_list(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     from pausesvc_vllm._routes import GatedPaths
 
     from pausesvc import Settings
@@ -478,21 +549,29 @@ async def _held_total(http: httpx.AsyncClient, url: str) -> int:
 
 
 async def test_messages_and_sagemaker_header_are_held_while_the_adapter_is_paused(
-        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     url = fleet.urls[0]
     messages = {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
     grant = await pc.pause("lora-a")
     await until(lambda: _paused_on(http, url, "lora-a"))
     msg = asyncio.create_task(http.post(url + "/v1/messages", json={"model": "lora-a", **messages}))
-    inv = asyncio.create_task(http.post(
-        url + "/invocations", json={"prompt": PROMPT, "max_tokens": 8},
-        headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-a"}))
+    inv = asyncio.create_task(
+        http.post(
+            url + "/invocations",
+            json={"prompt": PROMPT, "max_tokens": 8},
+            headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-a"},
+        )
+    )
     await until(lambda: _eq(held(http, url, "lora-a"), 2))
     # another adapter is served on both paths meanwhile
     r = await http.post(url + "/v1/messages", json={"model": "lora-b", **messages})
     assert r.status_code == 200, r.text
-    r = await http.post(url + "/invocations", json={"prompt": PROMPT, "max_tokens": 8},
-                        headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-b"})
+    r = await http.post(
+        url + "/invocations",
+        json={"prompt": PROMPT, "max_tokens": 8},
+        headers={"X-Amzn-SageMaker-Adapter-Identifier": "lora-b"},
+    )
     assert r.status_code == 200, r.text
     assert not msg.done() and not inv.done()
     await pc.resume("lora-a", token=grant.token)
@@ -501,17 +580,20 @@ async def test_messages_and_sagemaker_header_are_held_while_the_adapter_is_pause
 
 
 async def test_base_model_paused_by_served_name_holds_and_drains_requests_without_model(
-        fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient) -> None:
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
     url = fleet.urls[1]
     s = Stream(http, url, None)  # type: ignore[arg-type]  # "model": null is the base model
     await asyncio.wait_for(s.first.wait(), 60)
     grant = await pc.pause("tiny", drain=True, timeout=60)
     await asyncio.wait_for(s.task, 10)
     assert s.status == 200 and s.finish == "abort" and 0 < len(s.tokens) < 480
-    held_task = asyncio.create_task(http.post(
-        url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 8}))
-    by_path = asyncio.create_task(http.post(
-        url + "/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8}))
+    held_task = asyncio.create_task(
+        http.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 8})
+    )
+    by_path = asyncio.create_task(
+        http.post(url + "/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 8})
+    )
     await until(lambda: _eq(held(http, url, "tiny"), 2))
     b = await complete(http, url, "lora-b")
     assert b["choices"][0]["finish_reason"] == "length"

@@ -161,8 +161,7 @@ class VllmServer:
                         return time.monotonic() - t0
                 if time.monotonic() > deadline:
                     raise VllmServerError(
-                        f"vLLM server not healthy after {timeout} s; "
-                        f"log {self.log_path}:\n{self.log_tail()}"
+                        f"vLLM server not healthy after {timeout} s; log {self.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(0.5)
 

@@ -36,15 +36,20 @@ def _tool(name: str) -> str:
 
 
 def test_promtool_check_rules() -> None:
-    out = subprocess.run([_tool("promtool"), "check", "rules", str(RULES)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [_tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_promtool_test_rules() -> None:
     assert RULE_TESTS
-    out = subprocess.run([_tool("promtool"), "test", "rules", *map(str, RULE_TESTS)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [_tool("promtool"), "test", "rules", *map(str, RULE_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -55,8 +60,9 @@ def _short_rules(tmp: Path) -> Path:
     start = text.index("- alert: PausesvcPausedWithoutLease")
     end = text.index("- alert:", start + 1)
     rule = text[start:end]
-    short = rule.replace("pausesvc_adapter_paused_seconds > 1800",
-                         "pausesvc_adapter_paused_seconds > 2").replace("for: 1m", "for: 0s")
+    short = rule.replace(
+        "pausesvc_adapter_paused_seconds > 1800", "pausesvc_adapter_paused_seconds > 2"
+    ).replace("for: 1m", "for: 0s")
     assert short.count("> 2") == 1 and "for: 0s" in short, short
     path = tmp / "rules.yml"
     path.write_text("groups:\n  - name: pausesvc-short\n    rules:\n      " + short)
@@ -73,11 +79,17 @@ def fleet(redis_url: str, namespace: str, tmp_path: Path) -> Iterator[Fleet]:
 
 
 @pytest.mark.slow
-def test_real_prometheus_fires_the_stuck_pause_alert(redis_url: str, namespace: str,
-                                                    fleet: Fleet, tmp_path: Path) -> None:
+def test_real_prometheus_fires_the_stuck_pause_alert(
+    redis_url: str, namespace: str, fleet: Fleet, tmp_path: Path
+) -> None:
     prometheus = _tool("prometheus")
-    settings = Settings(redis_url=redis_url, namespace=namespace, replica_timeout_s=3.0,
-                        fence_bound_s=1.5, drain_timeout_s=10.0)
+    settings = Settings(
+        redis_url=redis_url,
+        namespace=namespace,
+        replica_timeout_s=3.0,
+        fence_bound_s=1.5,
+        drain_timeout_s=10.0,
+    )
     (gate,) = fleet.start(1)
     with run_server(settings) as svc:
         port = free_port()
@@ -89,11 +101,19 @@ def test_real_prometheus_fires_the_stuck_pause_alert(redis_url: str, namespace: 
             "scrape_configs:\n"
             f"  - {{job_name: pausesvc, static_configs: [{{targets: ['{svc_target}']}}]}}\n"
             "  - {job_name: vllm, metrics_path: /pausesvc/metrics,"
-            f" static_configs: [{{targets: ['127.0.0.1:{gate.port}']}}]}}\n")
+            f" static_configs: [{{targets: ['127.0.0.1:{gate.port}']}}]}}\n"
+        )
         log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
         proc = subprocess.Popen(
-            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         api = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -110,13 +130,15 @@ def test_real_prometheus_fires_the_stuck_pause_alert(redis_url: str, namespace: 
                         alerts = prom.get("/api/v1/alerts").json()["data"]["alerts"]
                     except httpx.HTTPError:
                         continue
-                    firing = [a for a in alerts if a["state"] == "firing"
-                              and a["labels"]["alertname"] == "PausesvcPausedWithoutLease"]
+                    firing = [
+                        a
+                        for a in alerts
+                        if a["state"] == "firing" and a["labels"]["alertname"] == "PausesvcPausedWithoutLease"
+                    ]
                 assert [a["labels"]["adapter"] for a in firing] == ["stuck"]
                 # both targets were scraped: the gate's new gauges came through Prometheus
                 targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
-                assert {t["labels"]["job"]: t["health"] for t in targets} == {
-                    "pausesvc": "up", "vllm": "up"}
+                assert {t["labels"]["job"]: t["health"] for t in targets} == {"pausesvc": "up", "vllm": "up"}
                 fenced = prom.get("/api/v1/query", params={"query": "pausesvc_gate_fenced"}).json()
                 assert [r["value"][1] for r in fenced["data"]["result"]] == ["0"]
         finally:
@@ -130,8 +152,7 @@ def test_real_prometheus_fires_the_stuck_pause_alert(redis_url: str, namespace: 
 
 
 def _names(text: str) -> set[str]:
-    return {line.split("{")[0].split()[0] for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def test_dashboard_queries_name_exported_metrics(redis_url: str, namespace: str) -> None:
@@ -162,6 +183,10 @@ def test_dashboard_queries_name_exported_metrics(redis_url: str, namespace: str)
         assert used, expr
         assert used <= exported, (expr, used - exported)
     # the alert rules too
-    rules = set(re.findall(r"\b(pausesvc_[a-z_]+)\b", "\n".join(
-        line for line in RULES.read_text().splitlines() if not line.lstrip().startswith("#"))))
+    rules = set(
+        re.findall(
+            r"\b(pausesvc_[a-z_]+)\b",
+            "\n".join(line for line in RULES.read_text().splitlines() if not line.lstrip().startswith("#")),
+        )
+    )
     assert rules <= exported | {"pausesvc_watcher_staleness_seconds"}, rules - exported

@@ -47,8 +47,7 @@ class Recorder:
 
     @property
     def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.messages
-                        if m["type"] == "http.response.body")
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
 
     def json(self) -> Any:
         import json
@@ -82,13 +81,25 @@ class Receiver:
         return await self.queue.get()
 
 
-def http_scope(path: str = "/v1/completions", method: str = "POST",
-               headers: list[tuple[bytes, bytes]] | None = None, app: Any = None) -> dict[str, Any]:
+def http_scope(
+    path: str = "/v1/completions",
+    method: str = "POST",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    app: Any = None,
+) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": headers or [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers or [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
         "app": app if app is not None else SimpleNamespace(state=SimpleNamespace()),
     }
 
@@ -123,12 +134,16 @@ class StreamingApp:
         call = {"scope": scope, "body": body}
         self.calls.append(call)
         self.started.set()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for i in range(self.chunks):
             await self.step.acquire()
-            await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(),
-                        "more_body": True})
+            await send({"type": "http.response.body", "body": f"data: {i}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -150,15 +165,25 @@ class EchoApp:
             if not m.get("more_body"):
                 break
         self.calls.append({"scope": scope, "body": body})
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 @pytest.fixture
 def settings(redis_url: str, namespace: str) -> Settings:
-    return Settings(redis_url=redis_url, namespace=namespace, heartbeat_interval_s=0.2,
-                    gate_hold_timeout_s=10.0, gate_retry_after_s=7)
+    return Settings(
+        redis_url=redis_url,
+        namespace=namespace,
+        heartbeat_interval_s=0.2,
+        gate_hold_timeout_s=10.0,
+        gate_retry_after_s=7,
+    )
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from pausesvc import AsyncPauseClient, Settings
 from tests.plugin.test_gate import EngineApp, FakeEngine, _start, call, seen
 
 
-async def test_plain_pause_aborts_but_writes_no_ack(gate_factory: Any,
-                                                    client: AsyncPauseClient) -> None:
+async def test_plain_pause_aborts_but_writes_no_ack(gate_factory: Any, client: AsyncPauseClient) -> None:
     engine = FakeEngine()
     app = EngineApp(engine)
     mw = await gate_factory(app)
@@ -40,8 +39,7 @@ async def test_skyrl_abort_is_acknowledged(gate_factory: Any, client: AsyncPause
     app = EngineApp(engine)
     mw = await gate_factory(app)
     await asyncio.sleep(0.3)
-    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                      app=app.app)
+    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}', app=app.app)
     assert send.status == 200
     state = await client.get("lora-a")
     assert state is not None and state.drain_requested
@@ -57,7 +55,8 @@ async def _connections(redis_url: str) -> int:
 
 
 async def test_start_with_many_drain_requests_is_bounded_and_closes(
-        settings: Settings, client: AsyncPauseClient, redis_url: str) -> None:
+    settings: Settings, client: AsyncPauseClient, redis_url: str
+) -> None:
     """A process that starts while 300 adapters wait for acks: a few connections, all acked,
     and shutdown leaves no task of ours behind."""
     names = [f"lora-{i}" for i in range(300)]

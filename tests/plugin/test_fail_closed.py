@@ -25,8 +25,9 @@ from tests.plugin.test_gate import FakeEngine, req, seen
 SM = b"x-amzn-sagemaker-adapter-identifier"
 
 
-async def held_or_served(mw: PauseGateMiddleware, scope: dict[str, Any], body: bytes,
-                         wait: float = 0.3) -> tuple[bool, asyncio.Task[None], Recorder]:
+async def held_or_served(
+    mw: PauseGateMiddleware, scope: dict[str, Any], body: bytes, wait: float = 0.3
+) -> tuple[bool, asyncio.Task[None], Recorder]:
     """Send one request; (was it still held after ``wait`` s?, its task, its send)."""
     send = Recorder()
     task = asyncio.create_task(mw(scope, Receiver(body_message(body)), send))
@@ -39,12 +40,24 @@ async def finish(*tasks: asyncio.Task[None]) -> None:
 
 
 # -- paths -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/v1/messages", "/invocations", "/v1/embeddings", "/pooling",
-                                  "/v1/audio/transcriptions", "/v2/rerank", "/classify",
-                                  "/v1/chat/completions/batch", "/v1/next-release-path",
-                                  "/v1/completions/render/x"])
-async def test_every_post_path_is_gated_by_default(gate_factory: Any, client: AsyncPauseClient,
-                                                   path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/messages",
+        "/invocations",
+        "/v1/embeddings",
+        "/pooling",
+        "/v1/audio/transcriptions",
+        "/v2/rerank",
+        "/classify",
+        "/v1/chat/completions/batch",
+        "/v1/next-release-path",
+        "/v1/completions/render/x",
+    ],
+)
+async def test_every_post_path_is_gated_by_default(
+    gate_factory: Any, client: AsyncPauseClient, path: str
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
@@ -57,13 +70,26 @@ async def test_every_post_path_is_gated_by_default(gate_factory: Any, client: As
     assert len(app.calls) == 2
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/v1/load_lora_adapter"),
-    ("POST", "/v1/unload_lora_adapter"), ("POST", "/adapters"), ("DELETE", "/adapters/lora-a"),
-    ("POST", "/ping"), ("POST", "/v1/messages/count_tokens"), ("POST", "/v1/responses/r1/cancel"),
-    ("POST", "/update_weights"), ("GET", "/v1/anything"), ("POST", "/extra/ok")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/tokenize"),
+        ("POST", "/detokenize"),
+        ("POST", "/v1/load_lora_adapter"),
+        ("POST", "/v1/unload_lora_adapter"),
+        ("POST", "/adapters"),
+        ("DELETE", "/adapters/lora-a"),
+        ("POST", "/ping"),
+        ("POST", "/v1/messages/count_tokens"),
+        ("POST", "/v1/responses/r1/cancel"),
+        ("POST", "/update_weights"),
+        ("GET", "/v1/anything"),
+        ("POST", "/extra/ok"),
+    ],
+)
 async def test_the_allow_list_passes_untouched_while_everything_is_paused(
-        gate_factory: Any, client: AsyncPauseClient, method: str, path: str) -> None:
+    gate_factory: Any, client: AsyncPauseClient, method: str, path: str
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app, gate_extra_ungated_paths=["/extra/ok"])
     await seen(mw, await client.pause("*"))
@@ -72,8 +98,7 @@ async def test_the_allow_list_passes_untouched_while_everything_is_paused(
     assert not held and send.status == 200 and len(app.calls) == 1
 
 
-async def test_forced_paths_win_over_the_allow_list(gate_factory: Any,
-                                                    client: AsyncPauseClient) -> None:
+async def test_forced_paths_win_over_the_allow_list(gate_factory: Any, client: AsyncPauseClient) -> None:
     app = EchoApp()
     mw = await gate_factory(app, gate_extra_paths=["/tokenize"])
     await seen(mw, await client.pause("lora-a"))
@@ -107,14 +132,21 @@ def test_route_table_of_a_starlette_app() -> None:
     async def h(*_: Any) -> None:  # never called
         raise AssertionError
 
-    app = Starlette(routes=[
-        Route("/v1/completions", h, methods=["POST"]), Route("/v1/models", h, methods=["GET"]),
-        Route("/tokenize", h, methods=["POST"]), Route("/ping", h, methods=["GET", "POST"]),
-        Route("/adapters/{adapter_name}", h, methods=["DELETE"]),
-        WebSocketRoute("/v1/realtime", h), Mount("/sub", routes=[Route("/gen", h, methods=["POST"])]),
-    ])
-    table = {(r["method"], r["path"]): r["gated"]
-             for r in route_table(app, GatedPaths(Settings().gate_ungated_paths))}
+    app = Starlette(
+        routes=[
+            Route("/v1/completions", h, methods=["POST"]),
+            Route("/v1/models", h, methods=["GET"]),
+            Route("/tokenize", h, methods=["POST"]),
+            Route("/ping", h, methods=["GET", "POST"]),
+            Route("/adapters/{adapter_name}", h, methods=["DELETE"]),
+            WebSocketRoute("/v1/realtime", h),
+            Mount("/sub", routes=[Route("/gen", h, methods=["POST"])]),
+        ]
+    )
+    table = {
+        (r["method"], r["path"]): r["gated"]
+        for r in route_table(app, GatedPaths(Settings().gate_ungated_paths))
+    }
     assert table[("POST", "/v1/completions")] and table[("WEBSOCKET", "/v1/realtime")]
     assert table[("POST", "/sub/gen")]
     assert not table[("GET", "/v1/models")] and not table[("POST", "/tokenize")]
@@ -122,20 +154,17 @@ def test_route_table_of_a_starlette_app() -> None:
 
 
 # -- where the adapter is read ------------------------------------------------------------------
-async def test_sagemaker_header_names_the_adapter(gate_factory: Any,
-                                                  client: AsyncPauseClient) -> None:
+async def test_sagemaker_header_names_the_adapter(gate_factory: Any, client: AsyncPauseClient) -> None:
     """vLLM writes the header into body["model"] on /invocations: held while either is paused."""
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
     hdr = [(b"content-type", b"application/json"), (SM, b"lora-a")]
     held1, t1, _ = await held_or_served(mw, http_scope("/invocations", headers=hdr), req(None))
-    held2, t2, _ = await held_or_served(mw, http_scope("/invocations", headers=hdr),
-                                        req("lora-b"))
+    held2, t2, _ = await held_or_served(mw, http_scope("/invocations", headers=hdr), req("lora-b"))
     assert held1 and held2 and app.calls == []
     other = [(b"content-type", b"application/json"), (SM, b"lora-b")]
-    held3, t3, send = await held_or_served(mw, http_scope("/invocations", headers=other),
-                                           req("lora-c"))
+    held3, t3, send = await held_or_served(mw, http_scope("/invocations", headers=other), req("lora-c"))
     assert not held3 and send.status == 200
     await client.resume("lora-a")
     await finish(t1, t2, t3)
@@ -145,44 +174,65 @@ async def test_form_bodies_name_the_adapter(gate_factory: Any, client: AsyncPaus
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
-    multipart = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
-                 b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n--XyZ\r\n"
-                 b"Content-Disposition: form-data; name=\"model\"\r\n\r\nlora-a\r\n--XyZ--\r\n")
+    multipart = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n--XyZ\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\nlora-a\r\n--XyZ--\r\n'
+    )
     mp = [(b"content-type", b"multipart/form-data; boundary=XyZ")]
-    held1, t1, _ = await held_or_served(mw, http_scope("/v1/audio/transcriptions", headers=mp),
-                                        multipart)
+    held1, t1, _ = await held_or_served(mw, http_scope("/v1/audio/transcriptions", headers=mp), multipart)
     form = [(b"content-type", b"application/x-www-form-urlencoded")]
-    held2, t2, _ = await held_or_served(mw, http_scope("/v1/audio/translations", headers=form),
-                                        b"model=lora-a&language=en")
-    held3, t3, send = await held_or_served(mw, http_scope("/v1/audio/translations", headers=form),
-                                           b"model=lora-b")
+    held2, t2, _ = await held_or_served(
+        mw, http_scope("/v1/audio/translations", headers=form), b"model=lora-a&language=en"
+    )
+    held3, t3, send = await held_or_served(
+        mw, http_scope("/v1/audio/translations", headers=form), b"model=lora-b"
+    )
     assert held1 and held2 and not held3 and send.status == 200
     await client.resume("lora-a")
     await finish(t1, t2, t3)
 
 
-@pytest.mark.parametrize(("body", "ctype", "model"), [
-    (b'{"model": "a"}', b"application/json", "a"), (b'{"x": 1}', None, ""),
-    (b'{"model": null}', None, ""), (b"", None, ""), (b"  ", b"text/plain", ""),
-    (b'{"model": 3}', None, None), (b"[1]", None, None), (b"{bad", None, None),
-    (b"\xff", None, None), (b"model=b", b"application/x-www-form-urlencoded", "b"),
-    (b"x=1", b"application/x-www-form-urlencoded", ""),
-    (b"--B\r\nContent-Disposition: form-data; name=model\r\n\r\nm1\r\n--B--",
-     b"multipart/form-data; boundary=B", "m1"),
-    (b"--B\r\nContent-Disposition: form-data; name=\"modelx\"\r\n\r\nm1\r\n--B--",
-     b"multipart/form-data; boundary=\"B\"", ""),
-    (b"no boundary here", b"multipart/form-data", None),
-])
+@pytest.mark.parametrize(
+    ("body", "ctype", "model"),
+    [
+        (b'{"model": "a"}', b"application/json", "a"),
+        (b'{"x": 1}', None, ""),
+        (b'{"model": null}', None, ""),
+        (b"", None, ""),
+        (b"  ", b"text/plain", ""),
+        (b'{"model": 3}', None, None),
+        (b"[1]", None, None),
+        (b"{bad", None, None),
+        (b"\xff", None, None),
+        (b"model=b", b"application/x-www-form-urlencoded", "b"),
+        (b"x=1", b"application/x-www-form-urlencoded", ""),
+        (
+            b"--B\r\nContent-Disposition: form-data; name=model\r\n\r\nm1\r\n--B--",
+            b"multipart/form-data; boundary=B",
+            "m1",
+        ),
+        (
+            b'--B\r\nContent-Disposition: form-data; name="modelx"\r\n\r\nm1\r\n--B--',
+            b'multipart/form-data; boundary="B"',
+            "",
+        ),
+        (b"no boundary here", b"multipart/form-data", None),
+    ],
+)
 def test_body_model(body: bytes, ctype: bytes | None, model: str | None) -> None:
     assert body_model(body, ctype) == model
 
 
 # -- the base model: one name ------------------------------------------------------------------
 def test_base_names_are_learned_from_the_vllm_app() -> None:
-    paths = [SimpleNamespace(name="tiny", model_path="/m/tiny"),
-             SimpleNamespace(name="tiny-2", model_path="/m/tiny")]
-    app = SimpleNamespace(state=SimpleNamespace(
-        openai_serving_models=SimpleNamespace(base_model_paths=paths)))
+    paths = [
+        SimpleNamespace(name="tiny", model_path="/m/tiny"),
+        SimpleNamespace(name="tiny-2", model_path="/m/tiny"),
+    ]
+    app = SimpleNamespace(
+        state=SimpleNamespace(openai_serving_models=SimpleNamespace(base_model_paths=paths))
+    )
     names = BaseNames(["alias"])
     assert names.canonical == "alias" and not names.learned
     assert names.learn(app) and names.learned
@@ -194,13 +244,17 @@ def test_base_names_are_learned_from_the_vllm_app() -> None:
     assert not BaseNames().learn(SimpleNamespace(state=SimpleNamespace()))
 
 
-async def test_no_model_and_every_base_name_are_one_name(gate_factory: Any,
-                                                         client: AsyncPauseClient) -> None:
-    paths = [SimpleNamespace(name="tiny", model_path="/m/tiny"),
-             SimpleNamespace(name="tiny-2", model_path="/m/tiny")]
+async def test_no_model_and_every_base_name_are_one_name(gate_factory: Any, client: AsyncPauseClient) -> None:
+    paths = [
+        SimpleNamespace(name="tiny", model_path="/m/tiny"),
+        SimpleNamespace(name="tiny-2", model_path="/m/tiny"),
+    ]
     engine = FakeEngine()
-    vllm_app = SimpleNamespace(state=SimpleNamespace(
-        engine_client=engine, openai_serving_models=SimpleNamespace(base_model_paths=paths)))
+    vllm_app = SimpleNamespace(
+        state=SimpleNamespace(
+            engine_client=engine, openai_serving_models=SimpleNamespace(base_model_paths=paths)
+        )
+    )
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("tiny-2"))
@@ -219,7 +273,8 @@ async def test_no_model_and_every_base_name_are_one_name(gate_factory: Any,
 
 
 async def test_a_pause_of_a_served_name_drains_requests_without_a_model(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     engine = FakeEngine()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # reaches the engine, runs
@@ -233,12 +288,15 @@ async def test_a_pause_of_a_served_name_drains_requests_without_a_model(
     vllm_app = SimpleNamespace(state=SimpleNamespace(engine_client=engine))
     mw = await gate_factory(app, base_model_names=["tiny", "/m/tiny"])
     await asyncio.sleep(0.3)  # registered
-    no_model = asyncio.create_task(mw(http_scope(app=vllm_app),
-                                      Receiver(body_message(req(None))), Recorder()))
-    by_path = asyncio.create_task(mw(http_scope(app=vllm_app),
-                                     Receiver(body_message(req("/m/tiny"))), Recorder()))
-    lora = asyncio.create_task(mw(http_scope(app=vllm_app),
-                                  Receiver(body_message(req("lora-a"))), Recorder()))
+    no_model = asyncio.create_task(
+        mw(http_scope(app=vllm_app), Receiver(body_message(req(None))), Recorder())
+    )
+    by_path = asyncio.create_task(
+        mw(http_scope(app=vllm_app), Receiver(body_message(req("/m/tiny"))), Recorder())
+    )
+    lora = asyncio.create_task(
+        mw(http_scope(app=vllm_app), Receiver(body_message(req("lora-a"))), Recorder())
+    )
     await asyncio.sleep(0.2)
     assert len(engine.output_processor.request_states) == 3
     await client.pause("tiny", drain=True, timeout=5)
@@ -250,7 +308,8 @@ async def test_a_pause_of_a_served_name_drains_requests_without_a_model(
 
 
 async def test_an_unreadable_body_in_flight_is_drained_by_any_pause(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     gate_open = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -274,11 +333,20 @@ async def test_an_unreadable_body_in_flight_is_drained_by_any_pause(
 
 # -- websockets ----------------------------------------------------------------------------------
 def ws_scope(path: str = "/v1/realtime", http_response: bool = True) -> dict[str, Any]:
-    return {"type": "websocket", "asgi": {"version": "3.0"}, "path": path, "raw_path": path.encode(),
-            "root_path": "", "query_string": b"", "headers": [], "scheme": "ws",
-            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
-            "extensions": {"websocket.http.response": {}} if http_response else {},
-            "app": SimpleNamespace(state=SimpleNamespace())}
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "scheme": "ws",
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "extensions": {"websocket.http.response": {}} if http_response else {},
+        "app": SimpleNamespace(state=SimpleNamespace()),
+    }
 
 
 class RealtimeApp:
@@ -307,25 +375,29 @@ def frame(event: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("http_response", [True, False])
 async def test_websocket_connect_is_refused_while_anything_is_paused(
-        gate_factory: Any, client: AsyncPauseClient, http_response: bool) -> None:
+    gate_factory: Any, client: AsyncPauseClient, http_response: bool
+) -> None:
     app = RealtimeApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
     send = Recorder()
-    await asyncio.wait_for(mw(ws_scope(http_response=http_response),
-                              Receiver({"type": "websocket.connect"}), send), 5)
+    await asyncio.wait_for(
+        mw(ws_scope(http_response=http_response), Receiver({"type": "websocket.connect"}), send), 5
+    )
     assert not app.accepted.is_set()
     if http_response:
         assert send.messages[0]["type"] == "websocket.http.response.start"
         assert send.messages[0]["status"] == 503
         assert json.loads(send.messages[1]["body"])["error"]["code"] == "adapter_paused"
     else:
-        assert send.messages == [{"type": "websocket.close", "code": 1013,
-                                  "reason": send.messages[0]["reason"]}]
+        assert send.messages == [
+            {"type": "websocket.close", "code": 1013, "reason": send.messages[0]["reason"]}
+        ]
 
 
 async def test_open_websocket_is_closed_1013_when_its_model_is_paused(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = RealtimeApp()
     mw = await gate_factory(app)
     receive, send = Receiver({"type": "websocket.connect"}), Recorder()
@@ -342,14 +414,14 @@ async def test_open_websocket_is_closed_1013_when_its_model_is_paused(
     pause = asyncio.create_task(client.pause("lora-a", drain=True, timeout=5))
     await asyncio.wait_for(task, 5)
     await asyncio.wait_for(pause, 5)  # the drain waited for the socket to be closed
-    assert {"type": "websocket.close", "code": 1013,
-            "reason": "adapter 'lora-a' is paused"} in send.messages
+    assert {"type": "websocket.close", "code": 1013, "reason": "adapter 'lora-a' is paused"} in send.messages
     assert app.disconnect == {"type": "websocket.disconnect", "code": 1013}
     assert mw.runtime.in_flight("lora-a") == []
 
 
 async def test_session_update_naming_a_paused_model_closes_the_socket(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = RealtimeApp()
     mw = await gate_factory(app)
     receive, send = Receiver({"type": "websocket.connect"}), Recorder()
@@ -367,7 +439,8 @@ async def test_session_update_naming_a_paused_model_closes_the_socket(
 
 
 async def test_websocket_with_no_model_yet_is_closed_by_any_pause(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = RealtimeApp()
     mw = await gate_factory(app)
     receive, send = Receiver({"type": "websocket.connect"}), Recorder()
@@ -379,8 +452,7 @@ async def test_websocket_with_no_model_yet_is_closed_by_any_pause(
     assert send.messages[-1]["code"] == 1013
 
 
-async def test_ungated_websocket_path_passes_through(gate_factory: Any,
-                                                     client: AsyncPauseClient) -> None:
+async def test_ungated_websocket_path_passes_through(gate_factory: Any, client: AsyncPauseClient) -> None:
     app = RealtimeApp()
     mw = await gate_factory(app, gate_extra_ungated_paths=["/ws/echo"])
     await seen(mw, await client.pause("*"))

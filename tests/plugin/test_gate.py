@@ -39,8 +39,7 @@ def test_import_does_not_import_vllm() -> None:
     assert "vllm" not in sys.modules
 
 
-def test_constructed_with_app_only_from_environment(monkeypatch: pytest.MonkeyPatch,
-                                                     redis_url: str) -> None:
+def test_constructed_with_app_only_from_environment(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
     monkeypatch.setenv("PAUSESVC_REDIS_URL", redis_url)
     monkeypatch.setenv("PAUSESVC_NAMESPACE", "envns")
     monkeypatch.setenv("PAUSESVC_GATE_EXTRA_UNGATED_PATHS", '["/v2/status"]')
@@ -56,13 +55,26 @@ def test_missing_redis_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         PauseGateMiddleware(EchoApp())
 
 
-@pytest.mark.parametrize(("path", "gated"), [
-    ("/v1/completions", True), ("/v1/completions/", True), ("//v1//completions", True),
-    ("/v1/chat/completions", True), ("/v1/responses", True), ("/inference/v1/generate", True),
-    ("/v1/completionsX", True), ("/v1/embeddings", True), ("/v1/messages", True),
-    ("/invocations", True), ("/v9/next-release", True), ("/v1/models", False),
-    ("/health", False), ("/v1/load_lora_adapter", False), ("/tokenize", False),
-])
+@pytest.mark.parametrize(
+    ("path", "gated"),
+    [
+        ("/v1/completions", True),
+        ("/v1/completions/", True),
+        ("//v1//completions", True),
+        ("/v1/chat/completions", True),
+        ("/v1/responses", True),
+        ("/inference/v1/generate", True),
+        ("/v1/completionsX", True),
+        ("/v1/embeddings", True),
+        ("/v1/messages", True),
+        ("/invocations", True),
+        ("/v9/next-release", True),
+        ("/v1/models", False),
+        ("/health", False),
+        ("/v1/load_lora_adapter", False),
+        ("/tokenize", False),
+    ],
+)
 def test_path_matching(settings: Settings, path: str, gated: bool) -> None:
     assert PauseGateMiddleware(EchoApp(), settings=settings).matches(http_scope(path)) is gated
 
@@ -150,15 +162,13 @@ async def test_not_paused_passes_and_sets_a_request_id(gate_factory: Any) -> Non
     headers = dict(app.calls[0]["scope"]["headers"])
     assert len(headers[b"x-request-id"]) == 32
     # a client's own id is kept; the body's request_id is used when there is no header
-    await mw(http_scope(headers=[(b"x-request-id", b"mine")]), Receiver(body_message(req())),
-             Recorder())
+    await mw(http_scope(headers=[(b"x-request-id", b"mine")]), Receiver(body_message(req())), Recorder())
     assert dict(app.calls[1]["scope"]["headers"])[b"x-request-id"] == b"mine"
     await mw(http_scope(), Receiver(body_message(req(request_id="fromBody"))), Recorder())
     assert dict(app.calls[2]["scope"]["headers"])[b"x-request-id"] == b"fromBody"
 
 
-async def test_held_request_is_released_on_resume(gate_factory: Any,
-                                                  client: AsyncPauseClient) -> None:
+async def test_held_request_is_released_on_resume(gate_factory: Any, client: AsyncPauseClient) -> None:
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
@@ -178,12 +188,15 @@ async def test_held_request_is_released_on_resume(gate_factory: Any,
 
 
 async def test_global_pause_holds_every_model_and_requests_without_one(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("*"))
-    tasks = [asyncio.create_task(mw(http_scope(), Receiver(body_message(req(m))), Recorder()))
-             for m in ("lora-a", "tiny", None)]
+    tasks = [
+        asyncio.create_task(mw(http_scope(), Receiver(body_message(req(m))), Recorder()))
+        for m in ("lora-a", "tiny", None)
+    ]
     await asyncio.sleep(0.3)
     assert app.calls == [] and not any(t.done() for t in tasks)
     await client.resume("*")
@@ -191,8 +204,9 @@ async def test_global_pause_holds_every_model_and_requests_without_one(
     assert len(app.calls) == 3
 
 
-async def test_hold_deadline_answers_503_with_retry_after(gate_factory: Any,
-                                                          client: AsyncPauseClient) -> None:
+async def test_hold_deadline_answers_503_with_retry_after(
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app, gate_hold_timeout_s=0.3, gate_deadline_response="503")
     await seen(mw, await client.pause("lora-a"))
@@ -207,26 +221,24 @@ async def test_hold_deadline_answers_503_with_retry_after(gate_factory: Any,
     assert app.calls == [] and mw.runtime.stats.hold_timeouts == 1
 
 
-async def _held_past_the_deadline(mw: PauseGateMiddleware, path: str,
-                                  body: dict[str, Any]) -> Recorder:
+async def _held_past_the_deadline(mw: PauseGateMiddleware, path: str, body: dict[str, Any]) -> Recorder:
     send = Recorder()
     t0 = time.monotonic()
-    await asyncio.wait_for(mw(http_scope(path), Receiver(body_message(json.dumps(body).encode())),
-                              send), 5)
+    await asyncio.wait_for(mw(http_scope(path), Receiver(body_message(json.dumps(body).encode())), send), 5)
     assert time.monotonic() - t0 >= 0.25
     return send
 
 
-async def test_hold_deadline_answers_abort_by_default(gate_factory: Any,
-                                                      client: AsyncPauseClient) -> None:
+async def test_hold_deadline_answers_abort_by_default(gate_factory: Any, client: AsyncPauseClient) -> None:
     """The default: what a request the drain aborted gets - zero tokens, finish_reason "abort"
     - which SkyRL's and Tinker's retry loops wait out and resubmit (a 503 makes them raise)."""
     app = EchoApp()
     mw = await gate_factory(app, gate_hold_timeout_s=0.3)
     assert mw.settings.gate_deadline_response == "abort"
     await seen(mw, await client.pause("lora-a"))
-    send = await _held_past_the_deadline(mw, "/v1/completions",
-                                         {"model": "lora-a", "prompt": [1, 2], "max_tokens": 8})
+    send = await _held_past_the_deadline(
+        mw, "/v1/completions", {"model": "lora-a", "prompt": [1, 2], "max_tokens": 8}
+    )
     assert send.status == 200 and send.headers["content-type"] == "application/json"
     body = send.json()
     assert body["object"] == "text_completion" and body["model"] == "lora-a"
@@ -235,9 +247,11 @@ async def test_hold_deadline_answers_abort_by_default(gate_factory: Any,
     assert choice["finish_reason"] == "abort" and choice["text"] == ""
     assert choice["token_ids"] == [] and body["usage"]["completion_tokens"] == 0
 
-    send = await _held_past_the_deadline(mw, "/v1/chat/completions", {
-        "model": "lora-a", "messages": [{"role": "user", "content": "hi"}], "n": 2,
-        "logprobs": True})
+    send = await _held_past_the_deadline(
+        mw,
+        "/v1/chat/completions",
+        {"model": "lora-a", "messages": [{"role": "user", "content": "hi"}], "n": 2, "logprobs": True},
+    )
     body = send.json()
     assert send.status == 200 and body["object"] == "chat.completion"
     assert [c["index"] for c in body["choices"]] == [0, 1]
@@ -250,13 +264,16 @@ async def test_hold_deadline_answers_abort_by_default(gate_factory: Any,
     assert app.calls == [] and mw.runtime.stats.hold_timeouts == 3
 
 
-@pytest.mark.parametrize(("path", "obj", "include_usage"), [
-    ("/v1/completions", "text_completion", False),
-    ("/v1/chat/completions", "chat.completion.chunk", True),
-])
+@pytest.mark.parametrize(
+    ("path", "obj", "include_usage"),
+    [
+        ("/v1/completions", "text_completion", False),
+        ("/v1/chat/completions", "chat.completion.chunk", True),
+    ],
+)
 async def test_hold_deadline_abort_streams_one_chunk_then_done(
-        gate_factory: Any, client: AsyncPauseClient, path: str, obj: str,
-        include_usage: bool) -> None:
+    gate_factory: Any, client: AsyncPauseClient, path: str, obj: str, include_usage: bool
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app, gate_hold_timeout_s=0.3)
     await seen(mw, await client.pause("lora-a"))
@@ -289,8 +306,9 @@ async def test_reject_policy_answers_at_once(gate_factory: Any, client: AsyncPau
     assert ok.status == 200 and len(app.calls) == 1
 
 
-async def test_disconnect_while_held_never_reaches_the_app(gate_factory: Any,
-                                                           client: AsyncPauseClient) -> None:
+async def test_disconnect_while_held_never_reaches_the_app(
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     app = EchoApp()
     mw = await gate_factory(app)
     await seen(mw, await client.pause("lora-a"))
@@ -316,8 +334,9 @@ async def test_over_the_cap_is_413(gate_factory: Any) -> None:
     assert send.status == 413 and send.json()["error"]["code"] == "body_too_large"
     # chunked, no length: refused once the cap is passed
     send = Recorder()
-    await mw(http_scope(), Receiver(body_message(big[:80], more=True),
-                                    body_message(big[80:], more=True)), send)
+    await mw(
+        http_scope(), Receiver(body_message(big[:80], more=True), body_message(big[80:], more=True)), send
+    )
     assert send.status == 413
     assert app.calls == [] and mw.runtime.stats.too_large == 2
 
@@ -330,10 +349,10 @@ async def test_slow_body_gets_408(gate_factory: Any) -> None:
     assert send.status == 408 and app.calls == []
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b'"str"',
-                                  b'{"model": 7}'])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b'"str"', b'{"model": 7}'])
 async def test_unreadable_bodies_are_held_while_anything_is_paused(
-        gate_factory: Any, client: AsyncPauseClient, body: bytes) -> None:
+    gate_factory: Any, client: AsyncPauseClient, body: bytes
+) -> None:
     """A body the gate cannot read a model from could be for any adapter (fail closed)."""
     app = EchoApp()
     mw = await gate_factory(app)
@@ -351,12 +370,20 @@ async def test_unreadable_bodies_are_held_while_anything_is_paused(
     assert send.status == 200 and len(app.calls) == 2
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/models"), ("POST", "/tokenize"),
-                                              ("GET", "/v1/completions"), ("POST", "/ping"),
-                                              ("POST", "/v1/load_lora_adapter"),
-                                              ("DELETE", "/adapters/lora-a")])
-async def test_other_paths_pass_through_untouched(gate_factory: Any, client: AsyncPauseClient,
-                                                  method: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models"),
+        ("POST", "/tokenize"),
+        ("GET", "/v1/completions"),
+        ("POST", "/ping"),
+        ("POST", "/v1/load_lora_adapter"),
+        ("DELETE", "/adapters/lora-a"),
+    ],
+)
+async def test_other_paths_pass_through_untouched(
+    gate_factory: Any, client: AsyncPauseClient, method: str, path: str
+) -> None:
     calls: list[tuple[Any, Any, Any]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -373,9 +400,16 @@ async def test_other_paths_pass_through_untouched(gate_factory: Any, client: Asy
 async def test_held_before_the_first_sync(settings: Settings, redis_url: str) -> None:
     """Fail closed: until the watcher has read the state once, gated requests wait."""
     app = EchoApp()
-    mw = PauseGateMiddleware(app, settings=settings.model_copy(
-        update={"redis_url": "redis://127.0.0.1:1/0", "gate_hold_timeout_s": 0.5,
-                "gate_deadline_response": "503"}))
+    mw = PauseGateMiddleware(
+        app,
+        settings=settings.model_copy(
+            update={
+                "redis_url": "redis://127.0.0.1:1/0",
+                "gate_hold_timeout_s": 0.5,
+                "gate_deadline_response": "503",
+            }
+        ),
+    )
     try:
         send = Recorder()
         await asyncio.wait_for(mw(http_scope(), Receiver(body_message(req())), send), 5)
@@ -474,7 +508,8 @@ async def _start(mw: PauseGateMiddleware, app: EngineApp, model: str) -> asyncio
 
 
 async def test_pause_with_drain_aborts_in_flight_and_returns_once_drained(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     engine = FakeEngine()
     app = EngineApp(engine)
     mw = await gate_factory(app)
@@ -499,7 +534,8 @@ async def test_pause_with_drain_aborts_in_flight_and_returns_once_drained(
 
 
 async def test_drain_waits_for_a_request_admitted_just_before_the_pause(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     """Admitted, not yet in the engine when the pause lands: aborted once it gets there."""
     engine = FakeEngine()
     app = EngineApp(engine, delay=0.5)
@@ -514,8 +550,7 @@ async def test_drain_waits_for_a_request_admitted_just_before_the_pause(
     assert task.done() and len(engine.aborted) == 1
 
 
-async def test_drain_times_out_naming_the_replica(gate_factory: Any,
-                                                  client: AsyncPauseClient) -> None:
+async def test_drain_times_out_naming_the_replica(gate_factory: Any, client: AsyncPauseClient) -> None:
     """A request that cannot be aborted (never reaches the engine) keeps the drain open."""
     from pausesvc import DrainTimeoutError
 
@@ -532,7 +567,8 @@ async def test_drain_times_out_naming_the_replica(gate_factory: Any,
 
 
 async def test_replica_that_starts_while_paused_acks_and_holds(
-        gate_factory: Any, client: AsyncPauseClient) -> None:
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
     grant: Grant = await client.pause("lora-a")
     app = EchoApp()
     mw = await gate_factory(app)
@@ -543,13 +579,17 @@ async def test_replica_that_starts_while_paused_acks_and_holds(
 
 
 # -- SkyRL endpoints and the gate's own paths ------------------------------------------------------
-async def call(mw: PauseGateMiddleware, path: str, body: bytes | None,
-               method: str = "POST", app: Any = None,
-               headers: list[tuple[bytes, bytes]] | None = None) -> Recorder:
+async def call(
+    mw: PauseGateMiddleware,
+    path: str,
+    body: bytes | None,
+    method: str = "POST",
+    app: Any = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> Recorder:
     send = Recorder()
     receive = Receiver(body_message(body or b""))
-    await asyncio.wait_for(mw(http_scope(path, method, headers=headers, app=app), receive, send),
-                           10)
+    await asyncio.wait_for(mw(http_scope(path, method, headers=headers, app=app), receive, send), 10)
     return send
 
 
@@ -557,24 +597,31 @@ async def call(mw: PauseGateMiddleware, path: str, body: bytes | None,
 AUTH = [(b"content-type", b"application/json"), (b"authorization", b"Bearer s3cret")]
 
 
-@pytest.mark.parametrize(("path", "body", "field"), [
-    ("/skyrl/v1/abort_lora_requests", b"{}", "lora_name"),
-    ("/skyrl/v1/abort_lora_requests", b'{"lora_name": ""}', "lora_name"),
-    ("/skyrl/v1/abort_lora_requests", b'{"lora_name": 3}', "lora_name"),
-    ("/skyrl/v1/abort_lora_requests", b'{"lora_name": "a b"}', "lora_name"),
-    ("/skyrl/v1/resume_lora_requests", b"not json", "body"),
-    ("/skyrl/v1/resume_lora_requests", b"[]", "body"),
-    ("/skyrl/v1/wait_lora_unpaused", b"", "body"),
-    ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": "soon"}', "timeout_s"),
-    ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": -1}', "timeout_s"),
-    ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": true}', "timeout_s"),
-    ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": 1e400}', "timeout_s"),
-    *[("/skyrl/v1/wait_lora_unpaused",
-       json.dumps({"lora_name": "a", "timeout_s": bad}).encode(), "timeout_s")
-      for bad in ("-1", "nan", "inf", "1e400", "1_0", "", "0x1")],
-])
-async def test_skyrl_bad_input_is_400(gate_factory: Any, path: str, body: bytes,
-                                      field: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/skyrl/v1/abort_lora_requests", b"{}", "lora_name"),
+        ("/skyrl/v1/abort_lora_requests", b'{"lora_name": ""}', "lora_name"),
+        ("/skyrl/v1/abort_lora_requests", b'{"lora_name": 3}', "lora_name"),
+        ("/skyrl/v1/abort_lora_requests", b'{"lora_name": "a b"}', "lora_name"),
+        ("/skyrl/v1/resume_lora_requests", b"not json", "body"),
+        ("/skyrl/v1/resume_lora_requests", b"[]", "body"),
+        ("/skyrl/v1/wait_lora_unpaused", b"", "body"),
+        ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": "soon"}', "timeout_s"),
+        ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": -1}', "timeout_s"),
+        ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": true}', "timeout_s"),
+        ("/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "a", "timeout_s": 1e400}', "timeout_s"),
+        *[
+            (
+                "/skyrl/v1/wait_lora_unpaused",
+                json.dumps({"lora_name": "a", "timeout_s": bad}).encode(),
+                "timeout_s",
+            )
+            for bad in ("-1", "nan", "inf", "1e400", "1_0", "", "0x1")
+        ],
+    ],
+)
+async def test_skyrl_bad_input_is_400(gate_factory: Any, path: str, body: bytes, field: str) -> None:
     mw = await gate_factory(EchoApp())
     send = await call(mw, path, body)
     assert send.status == 400, send.body
@@ -582,14 +629,12 @@ async def test_skyrl_bad_input_is_400(gate_factory: Any, path: str, body: bytes,
     assert send.json()["detail"]
 
 
-async def test_skyrl_wait_takes_a_numeric_string(gate_factory: Any,
-                                                 client: AsyncPauseClient) -> None:
+async def test_skyrl_wait_takes_a_numeric_string(gate_factory: Any, client: AsyncPauseClient) -> None:
     """SkyRL's server did ``float(timeout_s)``: ``"0.3"`` waits 0.3 s, as a number would."""
     mw = await gate_factory(EchoApp())
     await seen(mw, await client.pause("lora-a"))
     t0 = time.monotonic()
-    send = await call(mw, "/skyrl/v1/wait_lora_unpaused",
-                      b'{"lora_name": "lora-a", "timeout_s": "0.3"}')
+    send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "lora-a", "timeout_s": "0.3"}')
     assert send.status == 200 and send.json() == {"paused": True}
     assert 0.25 <= time.monotonic() - t0 < 5
     send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "b", "timeout_s": "5"}')
@@ -612,31 +657,29 @@ async def test_skyrl_abort_resume_wait(gate_factory: Any, client: AsyncPauseClie
     # not paused: wait answers at once
     send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "lora-a"}')
     assert send.json() == {"paused": False}
-    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                      app=app.app, headers=AUTH)
+    send = await call(
+        mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}', app=app.app, headers=AUTH
+    )
     assert send.status == 200
     assert send.json() == {"status": "ok", "aborted": engine.aborted, "count": 1}
     assert running.done()
     state = await client.get("lora-a")  # paused in Redis, for the whole fleet
     assert state is not None and "skyrl" in state.holders
-    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                       headers=AUTH)
+    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}', headers=AUTH)
     assert again.status == 200  # idempotent
     t0 = time.monotonic()
-    send = await call(mw, "/skyrl/v1/wait_lora_unpaused",
-                      b'{"lora_name": "lora-a", "timeout_s": 0.3}')
+    send = await call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "lora-a", "timeout_s": 0.3}')
     assert send.json() == {"paused": True} and time.monotonic() - t0 >= 0.25
-    waiter = asyncio.create_task(call(mw, "/skyrl/v1/wait_lora_unpaused",
-                                      b'{"lora_name": "lora-a", "timeout_s": 30}'))
+    waiter = asyncio.create_task(
+        call(mw, "/skyrl/v1/wait_lora_unpaused", b'{"lora_name": "lora-a", "timeout_s": 30}')
+    )
     await asyncio.sleep(0.1)
-    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}',
-                      headers=AUTH)
+    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}', headers=AUTH)
     assert send.json() == {"status": "ok", "paused": False}
     assert (await asyncio.wait_for(waiter, 5)).json() == {"paused": False}
     assert await client.get("lora-a") is None
     # idempotent: resuming what is not paused is still ok
-    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}',
-                      headers=AUTH)
+    send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}', headers=AUTH)
     assert send.status == 200 and send.json()["status"] == "ok"
 
 
@@ -658,8 +701,7 @@ class StuckEngine(FakeEngine):
         return None
 
 
-async def test_skyrl_abort_drain_timeout_keeps_the_pause(gate_factory: Any,
-                                                         client: AsyncPauseClient) -> None:
+async def test_skyrl_abort_drain_timeout_keeps_the_pause(gate_factory: Any, client: AsyncPauseClient) -> None:
     """A caller that knows only SkyRL's contract gets a non-2xx (it must not swap the weights),
     and the pause is never released by the failure: new requests stay held, a retry is
     idempotent, and only resume_lora_requests releases it."""
@@ -669,8 +711,7 @@ async def test_skyrl_abort_drain_timeout_keeps_the_pause(gate_factory: Any,
     await asyncio.sleep(0.3)
     stuck = await _start(mw, app, "lora-a")
     await asyncio.sleep(0.1)
-    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                      app=app.app)
+    send = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}', app=app.app)
     assert send.status == 504
     err = send.json()["error"]
     assert err["code"] == "drain_timeout" and err["paused"] is True and err["in_flight"] == 1
@@ -679,8 +720,7 @@ async def test_skyrl_abort_drain_timeout_keeps_the_pause(gate_factory: Any,
     assert state is not None and "skyrl-anon" in state.holders
     assert err["token"] in state.tokens
     held = await _start(mw, app, "lora-a")
-    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}',
-                       app=app.app)
+    again = await call(mw, "/skyrl/v1/abort_lora_requests", b'{"lora_name": "lora-a"}', app=app.app)
     assert again.status == 504 and not held.done()
     send = await call(mw, "/skyrl/v1/resume_lora_requests", b'{"lora_name": "lora-a"}')
     assert send.json() == {"status": "ok", "paused": False}

@@ -10,16 +10,14 @@ from tests.plugin.conftest import EchoApp, Receiver, Recorder, body_message, htt
 from tests.plugin.test_gate import req, seen
 
 
-async def test_many_held_requests_wake_together(gate_factory: Any,
-                                                client: AsyncPauseClient) -> None:
+async def test_many_held_requests_wake_together(gate_factory: Any, client: AsyncPauseClient) -> None:
     app = EchoApp()
     # above the default per-adapter cap (256): an operator who expects this many raises it
     mw = await gate_factory(app, gate_max_held_requests_per_adapter=500)
     grant = await client.pause("lora-a")
     await seen(mw, grant)
     sends = [Recorder() for _ in range(500)]
-    tasks = [asyncio.create_task(mw(http_scope(), Receiver(body_message(req("lora-a"))), s))
-             for s in sends]
+    tasks = [asyncio.create_task(mw(http_scope(), Receiver(body_message(req("lora-a"))), s)) for s in sends]
     await asyncio.sleep(0.2)
     assert not app.calls and mw.runtime.stats.held["lora-a"] == 500
     # one task waits for the resume on behalf of every request held for lora-a
@@ -31,8 +29,7 @@ async def test_many_held_requests_wake_together(gate_factory: Any,
     assert not mw.runtime.stats.held
 
 
-async def test_a_message_read_while_held_reaches_the_app(gate_factory: Any,
-                                                         client: AsyncPauseClient) -> None:
+async def test_a_message_read_while_held_reaches_the_app(gate_factory: Any, client: AsyncPauseClient) -> None:
     """The receive() the hold started to see a disconnect is handed to the app, not dropped:
     a client that leaves after the release is seen leaving by the app."""
     got: list[Any] = []

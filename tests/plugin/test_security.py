@@ -349,8 +349,7 @@ def test_the_process_cap_holds_across_adapters(replica: Any, pauses: PauseClient
 
 
 def test_requests_without_vllms_api_key_are_not_held(replica: Any, pauses: PauseClient) -> None:
-    url, fake = replica(api_key="vllm-key", gate_hold_timeout_s=1.0,
-                        gate_deadline_response="503")
+    url, fake = replica(api_key="vllm-key", gate_hold_timeout_s=1.0, gate_deadline_response="503")
     pauses.pause("lora-a")
     time.sleep(0.3)
     t0 = time.monotonic()

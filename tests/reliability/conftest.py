@@ -33,15 +33,18 @@ signal.signal(signal.SIGTERM, _interrupt)
 
 FULL = os.environ.get("PAUSESVC_RELIABILITY_FULL") == "1"
 full_only = pytest.mark.skipif(not FULL, reason="minutes long: set PAUSESVC_RELIABILITY_FULL=1")
-FIGURES = Path(os.environ.get("PAUSESVC_RELIABILITY_FIGURES",
-                              "/tmp/pausesvc-reliability-figures.jsonl"))
+FIGURES = Path(os.environ.get("PAUSESVC_RELIABILITY_FIGURES", "/tmp/pausesvc-reliability-figures.jsonl"))
 
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
     def record(**values: Any) -> None:
-        entry = {"test": request.node.nodeid.split("::")[-1], "full": FULL,
-                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **values}
+        entry = {
+            "test": request.node.nodeid.split("::")[-1],
+            "full": FULL,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **values,
+        }
         print("FIGURES", json.dumps(entry))
         with open(FIGURES, "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -63,8 +66,7 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture
 def redis_srv(workdir: Path) -> Iterator[EmbeddedRedis]:
     """A private redis-server (AOF on, fsync always) this test may kill and restart."""
-    server = EmbeddedRedis(appendonly=True, dir=str(workdir),
-                           extra_args=["--appendfsync", "always"])
+    server = EmbeddedRedis(appendonly=True, dir=str(workdir), extra_args=["--appendfsync", "always"])
     server.start()
     try:
         yield server

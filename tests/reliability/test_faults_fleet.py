@@ -32,8 +32,9 @@ async def _long_request(rep: Replica, adapter: str, tokens: int = 400) -> asynci
     async def go() -> Any:
         async with httpx.AsyncClient(timeout=60) as c:
             try:
-                r = await c.post(rep.url + "/v1/completions",
-                                 json={"model": adapter, "prompt": [1], "max_tokens": tokens})
+                r = await c.post(
+                    rep.url + "/v1/completions", json={"model": adapter, "prompt": [1], "max_tokens": tokens}
+                )
                 data = r.json()
                 if r.status_code != 200:  # e.g. 503 replica_fenced: cut by a fenced gate
                     return data["error"].get("code") or str(r.status_code)
@@ -50,8 +51,7 @@ async def _long_request(rep: Replica, adapter: str, tokens: int = 400) -> asynci
     raise AssertionError(f"the request of {adapter} never reached {rep.name}'s engine")
 
 
-async def _registry_drained(client: AsyncPauseClient, rid_prefix: str, name: str,
-                            token: str) -> bool:
+async def _registry_drained(client: AsyncPauseClient, rid_prefix: str, name: str, token: str) -> bool:
     """Has that replica acknowledged draining ``name`` for the pause holding ``token``?"""
     for rec in await client.replicas():
         if rec["id"].split(":")[1] == rid_prefix:
@@ -61,9 +61,9 @@ async def _registry_drained(client: AsyncPauseClient, rid_prefix: str, name: str
 
 
 @pytest.mark.timeout(120)
-async def test_replica_killed_mid_drain(redis_srv: EmbeddedRedis, ns: str,
-                                        make_fleet: Callable[..., Fleet],
-                                        figures: Callable[..., None]) -> None:
+async def test_replica_killed_mid_drain(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     """r2's engine takes 5 s to abort; r2 is SIGKILLed 0.3 s into the drain. The drain returns
     once r2's heartbeat is older than replica_timeout_s (1.5 s here) - not after 5 s."""
     fleet = make_fleet(redis_srv.url, ns)
@@ -105,9 +105,9 @@ async def test_replica_killed_mid_drain(redis_srv: EmbeddedRedis, ns: str,
 
 
 @pytest.mark.timeout(120)
-async def test_replica_that_stops_heartbeating(redis_srv: EmbeddedRedis, ns: str,
-                                               make_fleet: Callable[..., Fleet],
-                                               figures: Callable[..., None]) -> None:
+async def test_replica_that_stops_heartbeating(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     """r2 is SIGSTOPped with a request of a0 decoding: the drain gives up on it after
     replica_timeout_s; r2 is SIGCONTed INSIDE the window (before the resume). What r2 emits
     before it learns the pause is counted (``zombie_tokens``): the barrier cannot cover a
@@ -132,17 +132,24 @@ async def test_replica_that_stops_heartbeating(redis_srv: EmbeddedRedis, ns: str
         wl.exempt[r2.name] = time.monotonic_ns()
         fleet.signal(r2, signal.SIGCONT)
         t_cont = time.monotonic()
-        m["rejoined_and_drained_s"] = round(await until(
-            lambda: _registry_drained(wl.client, str(r2.pid), "a0", grant.token), 10,  # type: ignore[arg-type]
-            "r2 acknowledges the drain after SIGCONT"), 3)
+        m["rejoined_and_drained_s"] = round(
+            await until(
+                lambda: _registry_drained(wl.client, str(r2.pid), "a0", grant.token),
+                10,  # type: ignore[arg-type]
+                "r2 acknowledges the drain after SIGCONT",
+            ),
+            3,
+        )
         m["victim"] = await victim
         await asyncio.sleep(0.2)
         t_res = time.monotonic_ns()
         wl.windows.append(Window("a0", t_ret, t_res, version, swapped))
         await wl._resume("a0", grant.token, holder="swapper")
-        m["zombie_tokens"] = sum(1 for line in r2.log.read_text().splitlines()
-                                 if line.startswith("a0\t")
-                                 and t_ret < int(line.split("\t")[3]) < t_res)
+        m["zombie_tokens"] = sum(
+            1
+            for line in r2.log.read_text().splitlines()
+            if line.startswith("a0\t") and t_ret < int(line.split("\t")[3]) < t_res
+        )
         m["stopped_s"] = round(t_cont - t_stop, 3)
 
     async with Workload(fleet) as wl:
@@ -159,9 +166,9 @@ async def test_replica_that_stops_heartbeating(redis_srv: EmbeddedRedis, ns: str
 
 
 @pytest.mark.timeout(120)
-async def test_replica_started_mid_pause(redis_srv: EmbeddedRedis, ns: str,
-                                         make_fleet: Callable[..., Fleet],
-                                         figures: Callable[..., None]) -> None:
+async def test_replica_started_mid_pause(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     fleet = make_fleet(redis_srv.url, ns)
     fleet.start(2)
     m: dict[str, Any] = {}
@@ -179,23 +186,27 @@ async def test_replica_started_mid_pause(redis_srv: EmbeddedRedis, ns: str,
         m["started_s"] = round(time.monotonic() - t0, 3)
         # its first request of a0 is held
         async with httpx.AsyncClient(timeout=30) as c:
-            held = asyncio.create_task(c.post(r3.url + "/v1/completions", json={
-                "model": "a0", "prompt": [1], "max_tokens": 3}))
-            m["acked_after_ready_s"] = round(await until(
-                lambda: _registry_drained(wl.client, str(r3.pid), "a0", grant.token), 10,  # type: ignore[arg-type]
-                "r3 acknowledges the drain"), 3)
+            held = asyncio.create_task(
+                c.post(r3.url + "/v1/completions", json={"model": "a0", "prompt": [1], "max_tokens": 3})
+            )
+            m["acked_after_ready_s"] = round(
+                await until(
+                    lambda: _registry_drained(wl.client, str(r3.pid), "a0", grant.token),
+                    10,  # type: ignore[arg-type]
+                    "r3 acknowledges the drain",
+                ),
+                3,
+            )
             await asyncio.sleep(0.5)
             assert not held.done(), "r3 served a0 while a0 was paused"
             st = await status(r3)
             m["r3_held_while_paused"] = st["stats"]["held"].get("a0", 0)
-            wl.windows.append(Window("a0", t_ret, time.monotonic_ns(), version,
-                                     swapped | {r3.name}))
+            wl.windows.append(Window("a0", t_ret, time.monotonic_ns(), version, swapped | {r3.name}))
             t1 = time.monotonic()
             await wl._resume("a0", grant.token, holder="swapper")
             resp = await held
             m["held_released_after_resume_s"] = round(time.monotonic() - t1, 3)
-            assert resp.status_code == 200 and resp.json()["choices"][0]["token_ids"][0] \
-                // 100_000 == version
+            assert resp.status_code == 200 and resp.json()["choices"][0]["token_ids"][0] // 100_000 == version
 
     async with Workload(fleet) as wl:
         wl.adapters_for_controller = ["a1", "a2", "a3"]
@@ -212,15 +223,17 @@ async def _run(args: list[str]) -> str:
     return out.decode()
 
 
-def _controller(redis_url: str, ns: str, name: str, holder: str,
-                ttl: float | None) -> subprocess.Popen[str]:
-    env = {**os.environ, "PAUSESVC_REDIS_URL": redis_url, "PAUSESVC_NAMESPACE": ns,
-           "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)])}
+def _controller(redis_url: str, ns: str, name: str, holder: str, ttl: float | None) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PAUSESVC_REDIS_URL": redis_url,
+        "PAUSESVC_NAMESPACE": ns,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)]),
+    }
     args = [sys.executable, "-m", "reliability.harness.controller_proc", name, holder]
     if ttl is not None:
         args.append(str(ttl))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("HELD"), line
@@ -229,9 +242,9 @@ def _controller(redis_url: str, ns: str, name: str, holder: str,
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("ttl", [2.0, None], ids=["lease", "no-lease"])
-async def test_controller_killed_while_holding_a_pause(redis_srv: EmbeddedRedis, ns: str,
-                                                       ttl: float | None,
-                                                       figures: Callable[..., None]) -> None:
+async def test_controller_killed_while_holding_a_pause(
+    redis_srv: EmbeddedRedis, ns: str, ttl: float | None, figures: Callable[..., None]
+) -> None:
     proc = _controller(redis_srv.url, ns, "a0", "trainer-7", ttl)
     try:
         async with AsyncPauseClient(redis_srv.url, namespace=ns) as c:
@@ -255,8 +268,12 @@ async def test_controller_killed_while_holding_a_pause(redis_srv: EmbeddedRedis,
             assert st["paused"] and list(st["state"]["holders"]) == ["trainer-7"]
             assert "trainer-7" in text
             age = time.time() - st["state"]["since"]  # seconds in the JSON
-            figures(still_paused_after_kill_s=3.0, status_holder="trainer-7",
-                    status_age_s=round(age, 1), status_line=text.strip().splitlines()[0])
+            figures(
+                still_paused_after_kill_s=3.0,
+                status_holder="trainer-7",
+                status_age_s=round(age, 1),
+                status_line=text.strip().splitlines()[0],
+            )
             assert age >= 3.0
             await c.resume("a0", force=True)  # the operator's repair
             assert all(await asyncio.gather(*waiters))

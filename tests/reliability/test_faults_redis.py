@@ -25,10 +25,11 @@ pytestmark = pytest.mark.reliability
 @pytest.mark.parametrize("aof", [True, False], ids=["aof", "no-persistence"])
 @pytest.mark.timeout(180)
 async def test_redis_killed_and_restarted_during_a_pause(
-        aof: bool, workdir: Path, ns: str, make_fleet: Callable[..., Any],
-        figures: Callable[..., None]) -> None:
-    srv = EmbeddedRedis(appendonly=aof, dir=str(workdir / "redis"),
-                        extra_args=["--appendfsync", "always"] if aof else [])
+    aof: bool, workdir: Path, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
+    srv = EmbeddedRedis(
+        appendonly=aof, dir=str(workdir / "redis"), extra_args=["--appendfsync", "always"] if aof else []
+    )
     (workdir / "redis").mkdir()
     srv.start()
     try:
@@ -37,8 +38,9 @@ async def test_redis_killed_and_restarted_during_a_pause(
         srv.cleanup()
 
 
-async def _restart_scenario(srv: EmbeddedRedis, aof: bool, ns: str,
-                            make_fleet: Callable[..., Any], figures: Callable[..., None]) -> None:
+async def _restart_scenario(
+    srv: EmbeddedRedis, aof: bool, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
     fleet = make_fleet(srv.url, ns)
     fleet.start(2)
     measured: dict[str, Any] = {}
@@ -52,8 +54,11 @@ async def _restart_scenario(srv: EmbeddedRedis, aof: bool, ns: str,
         swapped = await wl.swap("a0", version)
         wl.versions["a0"] = version
         # a request of a0 arrives during the outage: it must be held, not decoded
-        held = asyncio.create_task(wl.http.post(  # type: ignore[union-attr]
-            "/v1/completions", json={"model": "a0", "prompt": [1], "max_tokens": 3}))
+        held = asyncio.create_task(
+            wl.http.post(  # type: ignore[union-attr]
+                "/v1/completions", json={"model": "a0", "prompt": [1], "max_tokens": 3}
+            )
+        )
         await asyncio.sleep(0.2)
         srv.stop(kill=True)  # SIGKILL
         t_kill = time.monotonic()
@@ -68,9 +73,14 @@ async def _restart_scenario(srv: EmbeddedRedis, aof: bool, ns: str,
             wl.initial_versions.setdefault(b, 0)
         measured["outage_s"] = round(t_up - t_kill, 2)
         # heal: every replica back in sync, and still holding a0 (paused or orphaned)
-        measured["resync_s"] = round(await until(lambda: all_views(
-            fleet, lambda v: v["in_sync"] and "a0" in v["paused"]), 20,
-            "replicas in sync again and still holding a0"), 3)
+        measured["resync_s"] = round(
+            await until(
+                lambda: all_views(fleet, lambda v: v["in_sync"] and "a0" in v["paused"]),
+                20,
+                "replicas in sync again and still holding a0",
+            ),
+            3,
+        )
         views = [await _status(r) for r in fleet.live]
         measured["orphans"] = sorted({o for v in views for o in v["orphans"]})
         # Any other orphan is a pause of the controller loop caught by the kill; its own resume
@@ -89,15 +99,20 @@ async def _restart_scenario(srv: EmbeddedRedis, aof: bool, ns: str,
         t0 = time.monotonic()
         # the controller re-asserts: its own resume (announced even if Redis forgot the pause)
         await wl._resume("a0", grant.token, holder="swapper")
-        measured["release_after_resume_s"] = round(await until(lambda: all_views(
-            fleet, lambda v: "a0" not in v["paused"]), 10, "a0 released everywhere"), 3)
+        measured["release_after_resume_s"] = round(
+            await until(
+                lambda: all_views(fleet, lambda v: "a0" not in v["paused"]), 10, "a0 released everywhere"
+            ),
+            3,
+        )
         resp = await held
         measured["held_request_status"] = resp.status_code
         measured["held_request_waited_s"] = round(time.monotonic() - t0, 3)
         assert resp.status_code == 200 and resp.json()["choices"][0]["finish_reason"] == "length"
 
-    async with Workload(fleet, adapters=["a0", "a1", "a2", "a3"],
-                        settings=fast_settings(drain_timeout_s=5)) as wl:
+    async with Workload(
+        fleet, adapters=["a0", "a1", "a2", "a3"], settings=fast_settings(drain_timeout_s=5)
+    ) as wl:
         wl.adapters_for_controller = ["a1", "a2", "a3"]
         rep = await wl.run(25, samplers=2, streamers=2, waiters=10, fault=fault)
     figures(aof=aof, **measured, **rep.figures())
@@ -116,8 +131,8 @@ async def _status(rep: Any) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 async def test_pubsub_connections_killed_while_events_are_published(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any],
-        figures: Callable[..., None]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
     """CLIENT KILL TYPE pubsub, 10 times, while the controller publishes: every view (replicas
     and this process's watcher) detects the loss and is back in step within the bound."""
     fleet = make_fleet(redis_srv.url, ns)
@@ -135,8 +150,13 @@ async def test_pubsub_connections_killed_while_events_are_published(
             name = f"k{i}"
             t0 = time.monotonic()
             g = await wl.client.pause(name, holder="killer")
-            heal.append(await until(lambda n=name: all_views(
-                fleet, lambda v: n in v["paused"]), 10, f"{name} seen by every replica"))
+            heal.append(
+                await until(
+                    lambda n=name: all_views(fleet, lambda v: n in v["paused"]),
+                    10,
+                    f"{name} seen by every replica",
+                )
+            )
             await wl.client.resume(name, token=g.token, holder="killer")
             w = await wl.client.watcher()
             await until(lambda w=w, n=name: w.in_sync and not w.is_paused(n), 10, "own watcher")
@@ -146,13 +166,17 @@ async def test_pubsub_connections_killed_while_events_are_published(
         async with Workload(fleet) as wl:
             rep = await wl.run(30, samplers=2, streamers=2, waiters=10, fault=fault)
             w = await wl.client.watcher()  # type: ignore[union-attr]
-            own = {"reconnects": w.stats.reconnects, "resyncs": w.stats.resyncs,
-                   "gaps": w.stats.gaps}
+            own = {"reconnects": w.stats.reconnects, "resyncs": w.stats.resyncs, "gaps": w.stats.gaps}
     finally:
         raw.close()
-    figures(kills=len(killed), connections_killed=sum(killed),
-            heal_max_ms=round(1000 * max(heal)), heal_p50_ms=round(1000 * sorted(heal)[5]),
-            own_watcher=own, **rep.figures())
+    figures(
+        kills=len(killed),
+        connections_killed=sum(killed),
+        heal_max_ms=round(1000 * max(heal)),
+        heal_p50_ms=round(1000 * sorted(heal)[5]),
+        own_watcher=own,
+        **rep.figures(),
+    )
     assert sum(killed) >= 10 * 3  # 2 replicas + this process (+ drain ack subscriptions)
     assert max(heal) < 3.0
     rep.assert_green()
@@ -176,8 +200,9 @@ def _pubsub_ids(raw: redis.Redis) -> set[str]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("tiny_buffer", [False, True], ids=["buffered", "server-disconnects"])
-async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, tiny_buffer: bool,
-                                             figures: Callable[..., None]) -> None:
+async def test_slow_subscriber_under_a_burst(
+    redis_srv: EmbeddedRedis, ns: str, tiny_buffer: bool, figures: Callable[..., None]
+) -> None:
     """This process's event loop is blocked while thousands of changes are published.
 
     ``buffered`` (Redis's default pubsub limit): the loop is blocked 3 s; Redis must NOT drop the
@@ -194,8 +219,10 @@ async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, 
     if tiny_buffer:
         raw.config_set("client-output-buffer-limit", "pubsub 32kb 16kb 1")
     try:
-        async with PauseWatcher(redis_srv.url, namespace=ns, resync_interval=30) as w, \
-                AsyncPauseClient(redis_srv.url, namespace=ns) as c:
+        async with (
+            PauseWatcher(redis_srv.url, namespace=ns, resync_interval=30) as w,
+            AsyncPauseClient(redis_srv.url, namespace=ns) as c,
+        ):
             names = [f"s{i}" for i in range(20)]
             for n in names:
                 await c.pause(n, holder="h")
@@ -209,6 +236,7 @@ async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, 
 
             def burst() -> None:
                 with PauseClient(redis_srv.url, namespace=ns) as sc:
+
                     def change(name: str, holder: str) -> None:
                         sc.pause(name, holder=holder, reason="r" * 1000)
                         sc.resume(name, holder=holder)
@@ -256,16 +284,22 @@ async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, 
             else:
                 assert drops == 0, "Redis dropped a subscriber under its default pubsub limit"
             snap = await c.snapshot()
-            heal = await until(lambda: w.revision >= snap.revision and w.in_sync, 20,
-                               "view caught up")
+            heal = await until(lambda: w.revision >= snap.revision and w.in_sync, 20, "view caught up")
             woke = await asyncio.wait_for(asyncio.gather(*waiters), 20)
             t_woke = time.monotonic() - t0
-            figures(buffer="pubsub 32kb 16kb 1" if tiny_buffer else "default",
-                    changes=proof["changes"], burst_s=round(burst_s, 2),
-                    blocked_s=round(blocked, 2), redis_dropped=drops,
-                    caught_up_after_unblock_s=round(heal, 3),
-                    waiters=500, all_woke_after_s=round(t_woke, 3), gaps=w.stats.gaps,
-                    reconnects=w.stats.reconnects, resyncs=w.stats.resyncs)
+            figures(
+                buffer="pubsub 32kb 16kb 1" if tiny_buffer else "default",
+                changes=proof["changes"],
+                burst_s=round(burst_s, 2),
+                blocked_s=round(blocked, 2),
+                redis_dropped=drops,
+                caught_up_after_unblock_s=round(heal, 3),
+                waiters=500,
+                all_woke_after_s=round(t_woke, 3),
+                gaps=w.stats.gaps,
+                reconnects=w.stats.reconnects,
+                resyncs=w.stats.resyncs,
+            )
             assert all(woke) and len(woke) == 500
             assert set(w.paused_names()) == set(snap.paused)
             if tiny_buffer:
@@ -277,7 +311,8 @@ async def test_slow_subscriber_under_a_burst(redis_srv: EmbeddedRedis, ns: str, 
 
 @pytest.mark.timeout(60)
 async def test_drain_after_data_loss_of_an_adapter_drained_before(
-        workdir: Path, ns: str, make_fleet: Callable[..., Any]) -> None:
+    workdir: Path, ns: str, make_fleet: Callable[..., Any]
+) -> None:
     srv = EmbeddedRedis(dir=str(workdir))
     srv.start()
     try:
@@ -301,8 +336,10 @@ async def test_resume_racing_the_resync_after_data_loss(workdir: Path, ns: str) 
     srv = EmbeddedRedis(dir=str(workdir))
     srv.start()
     try:
-        async with PauseWatcher(srv.url, namespace=ns, max_backoff=2.0) as w, \
-                AsyncPauseClient(srv.url, namespace=ns) as c:
+        async with (
+            PauseWatcher(srv.url, namespace=ns, max_backoff=2.0) as w,
+            AsyncPauseClient(srv.url, namespace=ns) as c,
+        ):
             g = await c.pause("a")
             await until(lambda: w.is_paused("a"), 5, "paused")
             srv.stop(kill=True)
@@ -317,8 +354,8 @@ async def test_resume_racing_the_resync_after_data_loss(workdir: Path, ns: str) 
 
 @pytest.mark.timeout(60)
 async def test_skyrl_abort_after_a_restart_without_aof_aborts_what_is_in_flight(
-        workdir: Path, ns: str, make_fleet: Callable[..., Any],
-        figures: Callable[..., None]) -> None:
+    workdir: Path, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
     """Redis restarts empty (its epoch goes old -> none -> new): the gate's drain bookkeeping
     of the old incarnation must not make the next pause look drained already. SkyRL's abort on
     the replica aborts the stream in flight, reports it, and no token follows its answer."""
@@ -329,26 +366,34 @@ async def test_skyrl_abort_after_a_restart_without_aof_aborts_what_is_in_flight(
     try:
         fleet = make_fleet(srv.url, ns)
         (rep,) = fleet.start(1)
-        async with AsyncPauseClient(srv.url, namespace=ns, settings=fast_settings()) as c, \
-                httpx.AsyncClient(timeout=30) as http:
+        async with (
+            AsyncPauseClient(srv.url, namespace=ns, settings=fast_settings()) as c,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
             for _ in range(3):  # drained before, at revisions the next incarnation repeats
                 g = await c.pause("a", drain=True, timeout=5)
                 await c.resume("a", token=g.token)
             srv.stop(kill=True)
             srv.start()
-            await until(lambda: all_views(fleet, lambda v: v["in_sync"] and not v["fenced"]),
-                        15, "in sync with the empty Redis")
+            await until(
+                lambda: all_views(fleet, lambda v: v["in_sync"] and not v["fenced"]),
+                15,
+                "in sync with the empty Redis",
+            )
             stream = Stream(rep, "a")
             await asyncio.wait_for(stream.started.wait(), 10)
             t0 = time.monotonic()
-            r = await http.post(rep.url + "/skyrl/v1/abort_lora_requests",
-                                json={"lora_name": "a"})
+            r = await http.post(rep.url + "/skyrl/v1/abort_lora_requests", json={"lora_name": "a"})
             t_answer = time.monotonic()
             assert r.status_code == 200, r.text
             body = r.json()
             await asyncio.wait_for(stream.task, 10)
-            figures(abort_answer_s=round(t_answer - t0, 3), count=body["count"],
-                    tokens_after_answer=stream.after(t_answer), finish=stream.finish)
+            figures(
+                abort_answer_s=round(t_answer - t0, 3),
+                count=body["count"],
+                tokens_after_answer=stream.after(t_answer),
+                finish=stream.finish,
+            )
             assert body["count"] >= 1 and body["aborted"]
             assert stream.finish == "abort"
             assert stream.after(t_answer) == 0

@@ -42,11 +42,12 @@ class Stream:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        body = {"model": self.adapter, "prompt": [1], "max_tokens": self.max_tokens,
-                "stream": True}
+        body = {"model": self.adapter, "prompt": [1], "max_tokens": self.max_tokens, "stream": True}
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=60)) as c, \
-                    c.stream("POST", self.rep.url + "/v1/completions", json=body) as r:
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(60, read=60)) as c,
+                c.stream("POST", self.rep.url + "/v1/completions", json=body) as r,
+            ):
                 async for line in r.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -71,8 +72,9 @@ async def _post(rep: Replica, model: str, timeout: float) -> httpx.Response | No
     async with httpx.AsyncClient(timeout=timeout + 5) as c:
         try:
             return await asyncio.wait_for(
-                c.post(rep.url + "/v1/completions",
-                       json={"model": model, "prompt": [1], "max_tokens": 2}), timeout)
+                c.post(rep.url + "/v1/completions", json={"model": model, "prompt": [1], "max_tokens": 2}),
+                timeout,
+            )
         except TimeoutError:
             return None
 
@@ -83,8 +85,9 @@ async def _keep_requesting(rep: Replica, model: str, stop: asyncio.Event) -> int
     async with httpx.AsyncClient(timeout=30) as c:
         while not stop.is_set():
             try:
-                r = await c.post(rep.url + "/v1/completions",
-                                 json={"model": model, "prompt": [1], "max_tokens": 1})
+                r = await c.post(
+                    rep.url + "/v1/completions", json={"model": model, "prompt": [1], "max_tokens": 1}
+                )
                 ok += r.status_code == 200
             except httpx.HTTPError:
                 await asyncio.sleep(0.05)
@@ -104,8 +107,8 @@ def test_settings_refuse_a_barrier_that_drops_unfenced_replicas() -> None:
 
 
 async def test_partitioned_replica_fences_before_the_barrier_drops_it(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet],
-        figures: Callable[..., None]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     """Packets dropped, TCP open: the cut-off replica fences itself (parks new requests, aborts
     and cuts in-flight ones) BEFORE ``pause(drain=True)`` gives up on it and returns; no token of
     the paused adapter reaches a client after that. Healed, it serves again."""
@@ -122,8 +125,7 @@ async def test_partitioned_replica_fences_before_the_barrier_drops_it(
             # requests keep arriving while the fence goes up: parked ones must not spin the
             # replica's loop (it must keep answering its status)
             stop = asyncio.Event()
-            traffic = [asyncio.create_task(_keep_requesting(victim, "a1", stop))
-                       for _ in range(8)]
+            traffic = [asyncio.create_task(_keep_requesting(victim, "a1", stop)) for _ in range(8)]
             await asyncio.sleep(0.3)
             proxy.blackhole()
             t_cut = time.monotonic()
@@ -158,11 +160,14 @@ async def test_partitioned_replica_fences_before_the_barrier_drops_it(
             stop.set()
             served_loops = await asyncio.wait_for(asyncio.gather(*traffic), 20)
             assert all(n >= 1 for n in served_loops)
-    figures(partition_to_fenced_s=round(fenced_after, 3),
-            drain_returned_after_partition_s=round(t_ret - t_cut, 3),
-            tokens_after_drain_returned=stream.after(t_ret),
-            tokens_after_fenced=late, heal_to_unfenced_s=round(healed, 3),
-            victim_stream_end=stream.ended)
+    figures(
+        partition_to_fenced_s=round(fenced_after, 3),
+        drain_returned_after_partition_s=round(t_ret - t_cut, 3),
+        tokens_after_drain_returned=stream.after(t_ret),
+        tokens_after_fenced=late,
+        heal_to_unfenced_s=round(healed, 3),
+        victim_stream_end=stream.ended,
+    )
     assert fenced_after < 0.8 + 0.4 + 1.0  # the bound, a health-check period and slack
 
 
@@ -171,7 +176,8 @@ async def _not(coro: Any) -> bool:
 
 
 async def test_partitioned_replica_never_expires_a_lease_the_controller_renews(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet]
+) -> None:
     """The controller keeps renewing a 1 s lease in Redis while the replica is cut off: the
     replica must not expire it locally and serve the adapter (it cannot see the renewals)."""
     with BlackholeProxy(redis_srv.port) as proxy:
@@ -194,8 +200,8 @@ async def _paused_on(rep: Replica, name: str) -> bool:
 
 
 async def test_sigstopped_replica_forwards_nothing_when_it_wakes(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet],
-        figures: Callable[..., None]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     """SIGSTOP a replica with a stream of a0 decoding; the drain gives up on it after
     replica_timeout_s; SIGCONT it before the resume. It wakes fenced (its proofs are old), so
     not one token reaches the client after the drain returned - the stream is cut - and it
@@ -211,17 +217,22 @@ async def test_sigstopped_replica_forwards_nothing_when_it_wakes(
         t_ret = time.monotonic()
         fleet.signal(r2, signal.SIGCONT)
         t_cont = time.monotonic()
-        await until(lambda: _acked(ctl, str(r2.pid), "a0", grant.token), 10,
-                    "r2 acknowledges the drain after SIGCONT")
+        await until(
+            lambda: _acked(ctl, str(r2.pid), "a0", grant.token), 10, "r2 acknowledges the drain after SIGCONT"
+        )
         await asyncio.sleep(0.3)
         emitted = stream.after(t_ret)
         await ctl.resume("a0", token=grant.token)
         await asyncio.wait_for(stream.task, 10)
         st = await status(r2)
-    figures(drain_returned_after_stop_s=round(t_ret - t_stop, 3),
-            stopped_s=round(t_cont - t_stop, 3), tokens_after_drain_returned=emitted,
-            fenced_cuts=st["stats"]["fenced_cuts"], stream_end=stream.ended,
-            stream_finish=stream.finish)
+    figures(
+        drain_returned_after_stop_s=round(t_ret - t_stop, 3),
+        stopped_s=round(t_cont - t_stop, 3),
+        tokens_after_drain_returned=emitted,
+        fenced_cuts=st["stats"]["fenced_cuts"],
+        stream_end=stream.ended,
+        stream_finish=stream.finish,
+    )
     assert emitted == 0
     assert st["stats"]["fences"] >= 1
 

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.reliability
 
 
 @pytest.mark.timeout(300)
-async def test_checker_green_on_a_healthy_fleet(redis_srv: EmbeddedRedis, ns: str,
-                                                make_fleet: Callable[..., Any],
-                                                figures: Callable[..., None]) -> None:
+async def test_checker_green_on_a_healthy_fleet(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
     fleet = make_fleet(redis_srv.url, ns)
     fleet.start(3)
     cycles = 300 if FULL else 40
@@ -35,17 +35,22 @@ async def test_checker_green_on_a_healthy_fleet(redis_srv: EmbeddedRedis, ns: st
 
 
 async def test_checker_catches_a_controller_that_does_not_drain(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any]
+) -> None:
     """The checker is not vacuous: a controller that swaps without waiting for the drain, on an
     engine whose aborts are slow, is caught (tokens inside the window, swap while decoding)."""
     fleet = make_fleet(redis_srv.url, ns, interval=0.01)
     (r,) = fleet.start(1)
-    async with Workload(fleet, adapters=["a0"]) as wl, httpx.AsyncClient(timeout=30) as http, \
-            AsyncPauseClient(redis_srv.url, namespace=ns) as c:
+    async with (
+        Workload(fleet, adapters=["a0"]) as wl,
+        httpx.AsyncClient(timeout=30) as http,
+        AsyncPauseClient(redis_srv.url, namespace=ns) as c,
+    ):
         # a slow engine: an abort takes effect 0.5 s after it is asked for
         (await http.post(r.url + "/fake/config", json={"abort_delay_s": 0.5})).raise_for_status()
-        task = asyncio.create_task(http.post(r.url + "/v1/completions", json={
-            "model": "a0", "prompt": [1], "max_tokens": 100}))
+        task = asyncio.create_task(
+            http.post(r.url + "/v1/completions", json={"model": "a0", "prompt": [1], "max_tokens": 100})
+        )
         for _ in range(500):  # decoding (not merely sent) before the pause lands
             if "a0" in (await http.get(r.url + "/fake/state")).json()["live"]:
                 break
@@ -63,9 +68,9 @@ async def test_checker_catches_a_controller_that_does_not_drain(
     assert f.window and f.swap_while_decoding, f.summary()
 
 
-async def test_slow_aborts_still_drain_before_the_swap(redis_srv: EmbeddedRedis, ns: str,
-                                                       make_fleet: Callable[..., Any],
-                                                       figures: Callable[..., None]) -> None:
+async def test_slow_aborts_still_drain_before_the_swap(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Any], figures: Callable[..., None]
+) -> None:
     """The same slow engine with drain=True: pause returns only after the aborts took effect."""
     fleet = make_fleet(redis_srv.url, ns)
     reps = fleet.start(2)

@@ -39,8 +39,7 @@ SKYRL = "/skyrl/v1"
 class Sampler:
     """SkyRL's ``sample_with_retry`` for n=1 against one replica, with every attempt recorded."""
 
-    def __init__(self, c: httpx.AsyncClient, rep: Replica, prompt: list[int],
-                 max_tokens: int) -> None:
+    def __init__(self, c: httpx.AsyncClient, rep: Replica, prompt: list[int], max_tokens: int) -> None:
         self.c, self.rep, self.prompt, self.max_tokens = c, rep, prompt, max_tokens
         self.tokens: list[int] = []
         self.attempts: list[dict[str, Any]] = []  # {"id", "finish", "tokens", "sent_at"}
@@ -54,25 +53,28 @@ class Sampler:
                 self.finish = "length"  # SkyRL: no further call
                 return
             sent = time.monotonic_ns()
-            r = await self.c.post(self.rep.url + "/v1/completions", json={
-                "model": LORA, "prompt": self.prompt + self.tokens, "max_tokens": left})
+            r = await self.c.post(
+                self.rep.url + "/v1/completions",
+                json={"model": LORA, "prompt": self.prompt + self.tokens, "max_tokens": left},
+            )
             r.raise_for_status()  # SkyRL raises on anything but 200
             body = r.json()
             choice = body["choices"][0]
             finish = choice.get("finish_reason") or "abort"  # missing counts as abort
-            self.attempts.append({"id": body["id"], "finish": finish,
-                                  "tokens": list(choice["token_ids"]), "sent_at": sent})
+            self.attempts.append(
+                {"id": body["id"], "finish": finish, "tokens": list(choice["token_ids"]), "sent_at": sent}
+            )
             self.tokens += choice["token_ids"]
             if finish != "abort":
                 self.finish = finish
                 return
-            while (await post(self.c, self.rep, "wait_lora_unpaused",
-                              {"lora_name": LORA, "timeout_s": 60.0})).json()["paused"]:
+            while (
+                await post(self.c, self.rep, "wait_lora_unpaused", {"lora_name": LORA, "timeout_s": 60.0})
+            ).json()["paused"]:
                 pass
 
 
-async def post(c: httpx.AsyncClient, rep: Replica, endpoint: str,
-               body: dict[str, Any]) -> httpx.Response:
+async def post(c: httpx.AsyncClient, rep: Replica, endpoint: str, body: dict[str, Any]) -> httpx.Response:
     return await c.post(f"{rep.url}{SKYRL}/{endpoint}", json=body)
 
 
@@ -86,9 +88,9 @@ def lora_tokens(rep: Replica) -> list[tuple[int, int, str]]:
     return out
 
 
-async def test_skyrl_fan_out_pause_swap_resume(redis_srv: EmbeddedRedis, ns: str,
-                                               make_fleet: Callable[..., Fleet],
-                                               figures: Callable[..., None]) -> None:
+async def test_skyrl_fan_out_pause_swap_resume(
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     fleet = make_fleet(redis_srv.url, ns, interval=0.01)
     reps = fleet.start(3)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60)) as c:
@@ -103,8 +105,7 @@ async def test_skyrl_fan_out_pause_swap_resume(redis_srv: EmbeddedRedis, ns: str
 
         # 1. SkyRL's fan-out: abort on every replica at once
         t_abort = time.monotonic_ns()
-        aborts = await asyncio.gather(*(post(c, r, "abort_lora_requests", {"lora_name": LORA})
-                                        for r in reps))
+        aborts = await asyncio.gather(*(post(c, r, "abort_lora_requests", {"lora_name": LORA}) for r in reps))
         t_aborted = time.monotonic_ns()
         for r, a in zip(reps, aborts, strict=True):
             assert a.status_code == 200, (r.name, a.text)
@@ -116,7 +117,7 @@ async def test_skyrl_fan_out_pause_swap_resume(redis_srv: EmbeddedRedis, ns: str
 
         # 2. the weight load, on every replica
         for r in reps:
-            swap = (await c.post(r.url + "/fake/swap", json={"adapter": LORA, "version": 1}))
+            swap = await c.post(r.url + "/fake/swap", json={"adapter": LORA, "version": 1})
             assert swap.json()["live"] == [], f"{r.name} still decodes {LORA} at the swap"
         await asyncio.sleep(0.2)
         assert not any(s.task.done() for s in fresh.values()), "a request ran while paused"
@@ -124,12 +125,13 @@ async def test_skyrl_fan_out_pause_swap_resume(redis_srv: EmbeddedRedis, ns: str
 
         # 3. resume on every replica at once, 4. wait until unpaused
         t_resume = time.monotonic_ns()
-        resumes = await asyncio.gather(*(post(c, r, "resume_lora_requests", {"lora_name": LORA})
-                                         for r in reps))
+        resumes = await asyncio.gather(
+            *(post(c, r, "resume_lora_requests", {"lora_name": LORA}) for r in reps)
+        )
         assert all(x.status_code == 200 and x.json()["status"] == "ok" for x in resumes)
-        waits = await asyncio.gather(*(post(c, r, "wait_lora_unpaused",
-                                            {"lora_name": LORA, "timeout_s": 5.0})
-                                       for r in reps))
+        waits = await asyncio.gather(
+            *(post(c, r, "wait_lora_unpaused", {"lora_name": LORA, "timeout_s": 5.0}) for r in reps)
+        )
         assert [w.json() for w in waits] == [{"paused": False}] * len(reps)
 
         everything = [s.task for ss in samplers.values() for s in ss]
@@ -168,6 +170,9 @@ async def test_skyrl_fan_out_pause_swap_resume(redis_srv: EmbeddedRedis, ns: str
         assert f.finish == "length" and len(f.attempts) == 1
         assert {t // VERSION_BASE for t in f.tokens} == {1}
 
-    figures(replicas=len(reps), abort_fan_out_ms=round((t_aborted - t_abort) / 1e6, 1),
-            aborted={n: a["count"] for n, a in answers.items()},
-            total_s=round((t_done - t_abort) / 1e9, 2))
+    figures(
+        replicas=len(reps),
+        abort_fan_out_ms=round((t_aborted - t_abort) / 1e6, 1),
+        aborted={n: a["count"] for n, a in answers.items()},
+        total_s=round((t_done - t_abort) / 1e9, 2),
+    )

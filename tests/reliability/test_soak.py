@@ -43,8 +43,8 @@ def _adapter(i: int) -> str:
 
 @pytest.mark.timeout(3600 if FULL else 170)
 async def test_soak_cycles_with_held_requests_and_waiters(
-        redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet],
-        figures: Callable[..., None]) -> None:
+    redis_srv: EmbeddedRedis, ns: str, make_fleet: Callable[..., Fleet], figures: Callable[..., None]
+) -> None:
     fleet = make_fleet(redis_srv.url, ns)
     fleet.start(2)
     raw = redis.Redis.from_url(redis_srv.url, decode_responses=True)
@@ -52,15 +52,24 @@ async def test_soak_cycles_with_held_requests_and_waiters(
     gen = dict.fromkeys(ADAPTERS, 0)  # bumped by every pause the controller completes
     repaused = {a: asyncio.Condition() for a in ADAPTERS}
     stop = asyncio.Event()
-    done = {"cycles": 0, "completions": 0, "wakes": 0, "wait_false": 0, "errors": 0,
-            "statuses": {}, "pinned_leaks": 0}
+    done = {
+        "cycles": 0,
+        "completions": 0,
+        "wakes": 0,
+        "wait_false": 0,
+        "errors": 0,
+        "statuses": {},
+        "pinned_leaks": 0,
+    }
     releasing = asyncio.Event()  # set once the final release of the pinned adapters starts
     samples: list[dict[str, Any]] = []
 
-    async with AsyncPauseClient(redis_srv.url, namespace=ns, settings=fast_settings(),
-                                holder="soak") as c, \
-            httpx.AsyncClient(transport=LBTransport(fleet), base_url="http://fleet",
-                              timeout=httpx.Timeout(120, connect=10)) as http:
+    async with (
+        AsyncPauseClient(redis_srv.url, namespace=ns, settings=fast_settings(), holder="soak") as c,
+        httpx.AsyncClient(
+            transport=LBTransport(fleet), base_url="http://fleet", timeout=httpx.Timeout(120, connect=10)
+        ) as http,
+    ):
         await (await c.watcher()).wait_synced(10)
         for a in PINNED:
             await c.pause(a, holder="pin")
@@ -72,8 +81,7 @@ async def test_soak_cycles_with_held_requests_and_waiters(
             a = _adapter(i)
             while not stop.is_set():
                 try:
-                    r = await http.post("/v1/completions",
-                                        json={"model": a, "prompt": [1], "max_tokens": 1})
+                    r = await http.post("/v1/completions", json={"model": a, "prompt": [1], "max_tokens": 1})
                     done["statuses"][r.status_code] = done["statuses"].get(r.status_code, 0) + 1
                     done["completions"] += 1
                     if a in PINNED and not releasing.is_set():
@@ -102,11 +110,15 @@ async def test_soak_cycles_with_held_requests_and_waiters(
 
         def sample() -> None:
             clients = raw.client_list()
-            samples.append({"cycle": done["cycles"],
-                            "rss_kb": [rss_kb(r.pid) for r in fleet.live],
-                            "self_rss_kb": rss_kb(os.getpid()),
-                            "redis_clients": len(clients),
-                            "redis_used_memory": raw.info("memory")["used_memory"]})
+            samples.append(
+                {
+                    "cycle": done["cycles"],
+                    "rss_kb": [rss_kb(r.pid) for r in fleet.live],
+                    "self_rss_kb": rss_kb(os.getpid()),
+                    "redis_clients": len(clients),
+                    "redis_used_memory": raw.info("memory")["used_memory"],
+                }
+            )
 
         async def controller(mine: list[str], n: int) -> None:
             for _ in range(n):
@@ -155,24 +167,33 @@ async def test_soak_cycles_with_held_requests_and_waiters(
         for t in pending:
             t.cancel()
         async with httpx.AsyncClient(timeout=5) as direct:
-            gates = [(await direct.get(r.url + "/pausesvc/status")).json()["stats"]
-                     for r in fleet.live]
+            gates = [(await direct.get(r.url + "/pausesvc/status")).json()["stats"] for r in fleet.live]
     raw.close()
 
     warm, last = samples[1], samples[-1]
     rss_growth_kb = max(b - a for a, b in zip(warm["rss_kb"], last["rss_kb"], strict=True))
-    figures(cycles=done["cycles"], adapters=len(ADAPTERS), held_requests=HELD, waiters=WAITERS,
-            cycle_rate_per_s=round(done["cycles"] / elapsed, 1), completions=done["completions"],
-            wakes=done["wakes"], wait_timeouts=done["wait_false"],
-            transport_errors=done["errors"], error_kinds=done.get("error_kinds", {}),
-            statuses=done["statuses"],
-            left_pending=len(pending), settle_s=round(settle, 2),
-            replica_rss_mb=[[round(k / 1024, 1) for k in s["rss_kb"]] for s in samples],
-            redis_clients=[s["redis_clients"] for s in samples],
-            redis_used_memory=[s["redis_used_memory"] for s in samples],
-            rss_growth_mb=round(rss_growth_kb / 1024, 1), pinned_leaks=done["pinned_leaks"],
-            gates_held=[g["held_total"] for g in gates],
-            gates_in_flight=[g["in_flight"] for g in gates])
+    figures(
+        cycles=done["cycles"],
+        adapters=len(ADAPTERS),
+        held_requests=HELD,
+        waiters=WAITERS,
+        cycle_rate_per_s=round(done["cycles"] / elapsed, 1),
+        completions=done["completions"],
+        wakes=done["wakes"],
+        wait_timeouts=done["wait_false"],
+        transport_errors=done["errors"],
+        error_kinds=done.get("error_kinds", {}),
+        statuses=done["statuses"],
+        left_pending=len(pending),
+        settle_s=round(settle, 2),
+        replica_rss_mb=[[round(k / 1024, 1) for k in s["rss_kb"]] for s in samples],
+        redis_clients=[s["redis_clients"] for s in samples],
+        redis_used_memory=[s["redis_used_memory"] for s in samples],
+        rss_growth_mb=round(rss_growth_kb / 1024, 1),
+        pinned_leaks=done["pinned_leaks"],
+        gates_held=[g["held_total"] for g in gates],
+        gates_in_flight=[g["in_flight"] for g in gates],
+    )
     assert done["cycles"] == CYCLES // 4 * 4
     assert not pending, f"{len(pending)} held requests / waiters never finished (lost wake-ups)"
     assert done["wait_false"] == 0

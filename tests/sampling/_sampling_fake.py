@@ -84,8 +84,9 @@ class FakeVLLM:
         if isinstance(step, Status):
             return step.code, {"error": {"message": f"scripted {step.code}"}}
         assert isinstance(step, Gen), step
-        return 200, (self._chat(body, step) if path.endswith("chat/completions")
-                     else self._completion(body, step))
+        return 200, (
+            self._chat(body, step) if path.endswith("chat/completions") else self._completion(body, step)
+        )
 
     @staticmethod
     def _lps(step: Gen) -> list[float | None]:
@@ -97,9 +98,14 @@ class FakeVLLM:
         prompt = body["prompt"] if isinstance(body["prompt"], list) else [1, 2, 3]
         text = step.text if step.text is not None else text_of(step.tokens)
         choice: dict[str, Any] = {
-            "index": 0, "text": text, "logprobs": None, "finish_reason": step.finish,
-            "stop_reason": None, "token_ids": None if step.no_token_ids else step.tokens,
-            "prompt_logprobs": None, "prompt_token_ids": prompt,
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": step.finish,
+            "stop_reason": None,
+            "token_ids": None if step.no_token_ids else step.tokens,
+            "prompt_logprobs": None,
+            "prompt_token_ids": prompt,
         }
         if step.omit_finish:
             del choice["finish_reason"]
@@ -109,7 +115,8 @@ class FakeVLLM:
                 offs.append(o)
                 o += len(text_of([t]))
             choice["logprobs"] = {
-                "text_offset": offs, "token_logprobs": self._lps(step),
+                "text_offset": offs,
+                "token_logprobs": self._lps(step),
                 "tokens": [text_of([t]) for t in step.tokens],
                 "top_logprobs": [{text_of([t]): -t / 1000} for t in step.tokens],
             }
@@ -118,29 +125,52 @@ class FakeVLLM:
                 {str(t): {"logprob": -(i + 1) / 100, "rank": 1, "decoded_token": f"<{t}>"}}
                 for i, t in enumerate(prompt[1:])
             ]
-        return {"id": f"cmpl-{len(self.requests)}", "object": "text_completion",
-                "created": 1, "model": body.get("model"), "choices": [choice],
-                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(step.tokens),
-                          "total_tokens": len(prompt) + len(step.tokens)}}
+        return {
+            "id": f"cmpl-{len(self.requests)}",
+            "object": "text_completion",
+            "created": 1,
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(step.tokens),
+                "total_tokens": len(prompt) + len(step.tokens),
+            },
+        }
 
     def _chat(self, body: dict[str, Any], step: Gen) -> dict[str, Any]:
         text = step.text if step.text is not None else text_of(step.tokens)
         # the "template": one token per character of every message, then the partial answer
         rendered = [ord(c) % 2000 for m in body["messages"] for c in m["content"]]
         choice: dict[str, Any] = {
-            "index": 0, "message": {"role": "assistant", "content": text},
-            "logprobs": None, "finish_reason": step.finish, "stop_reason": None,
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": step.finish,
+            "stop_reason": None,
             "token_ids": None if step.no_token_ids else step.tokens,
         }
         if body.get("logprobs"):
-            choice["logprobs"] = {"content": [
-                {"token": text_of([t]), "logprob": lp, "bytes": None, "top_logprobs": []}
-                for t, lp in zip(step.tokens, self._lps(step), strict=True)]}
-        return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
-                "created": 1, "model": body.get("model"), "choices": [choice],
-                "usage": {"prompt_tokens": len(rendered), "completion_tokens": len(step.tokens),
-                          "total_tokens": len(rendered) + len(step.tokens)},
-                "prompt_token_ids": rendered, "prompt_logprobs": None}
+            choice["logprobs"] = {
+                "content": [
+                    {"token": text_of([t]), "logprob": lp, "bytes": None, "top_logprobs": []}
+                    for t, lp in zip(step.tokens, self._lps(step), strict=True)
+                ]
+            }
+        return {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": len(rendered),
+                "completion_tokens": len(step.tokens),
+                "total_tokens": len(rendered) + len(step.tokens),
+            },
+            "prompt_token_ids": rendered,
+            "prompt_logprobs": None,
+        }
 
     # -- serving ------------------------------------------------------------------------------
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -161,13 +191,19 @@ class FakeVLLM:
             raise _DropError
         status, payload = self.answer(scope["path"], body, step)
         data = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     def async_client(self, **kw: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=_Dropping(httpx.ASGITransport(app=self.app)),
-                                 base_url="http://vllm", **kw)
+        return httpx.AsyncClient(
+            transport=_Dropping(httpx.ASGITransport(app=self.app)), base_url="http://vllm", **kw
+        )
 
     def sync_client(self, **kw: Any) -> httpx.Client:
         def handler(request: httpx.Request) -> httpx.Response:

@@ -47,10 +47,8 @@ async def test_chat_continues_the_partial_assistant_message() -> None:
     assert (second["max_completion_tokens"], second["max_tokens"]) == (8, 10)
     assert third["messages"][-1]["content"] == text_of([1, 2, 3])
     assert third["max_completion_tokens"] == 7
-    assert [p.endswith("/v1/chat/completions") for p in (r.path for r in fake.requests)] == [
-        True] * 3
-    assert result.response["choices"][0]["message"] == {"role": "assistant",
-                                                        "content": result.text}
+    assert [p.endswith("/v1/chat/completions") for p in (r.path for r in fake.requests)] == [True] * 3
+    assert result.response["choices"][0]["message"] == {"role": "assistant", "content": result.text}
     assert len(result.response["choices"][0]["logprobs"]["content"]) == 5
     assert result.prompt_token_ids == [ord("h"), ord("i")]
     assert [b.index for b in result.boundaries] == [2, 3]
@@ -63,9 +61,10 @@ async def test_chat_never_aborting_is_one_call() -> None:
 
 async def test_chat_prefill_is_extended_not_duplicated() -> None:
     msgs = [*MSGS, {"role": "assistant", "content": "Sure: "}]
-    result, fake = await run_chat([Gen([1], "abort"), Gen([2], "stop")],
-                                  chat(messages=msgs, continue_final_message=True,
-                                       add_generation_prompt=False))
+    result, fake = await run_chat(
+        [Gen([1], "abort"), Gen([2], "stop")],
+        chat(messages=msgs, continue_final_message=True, add_generation_prompt=False),
+    )
     assert fake.bodies[1]["messages"] == [*MSGS, {"role": "assistant", "content": "Sure: " + text_of([1])}]
     assert result.tokens == [1, 2]
 
@@ -81,12 +80,17 @@ async def test_chat_missing_logprob() -> None:
         await run_chat([Gen([1, 2], "stop", logprobs=[-0.5, None])], chat(logprobs=True))
 
 
-@pytest.mark.parametrize(("patch", "fieldname"), [
-    ({"max_completion_tokens": None}, "max_completion_tokens"),
-    ({"max_completion_tokens": 0}, "max_completion_tokens"), ({"n": 3}, "n"),
-    ({"messages": []}, "messages"), ({"stream": True}, "stream"),
-    ({"top_logprobs": -2}, "top_logprobs"),
-])
+@pytest.mark.parametrize(
+    ("patch", "fieldname"),
+    [
+        ({"max_completion_tokens": None}, "max_completion_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"n": 3}, "n"),
+        ({"messages": []}, "messages"),
+        ({"stream": True}, "stream"),
+        ({"top_logprobs": -2}, "top_logprobs"),
+    ],
+)
 async def test_chat_validation(patch: dict[str, Any], fieldname: str) -> None:
     fake = FakeVLLM([Gen([1])])
     async with fake.async_client() as http:
@@ -99,8 +103,9 @@ def test_sync_wrapper_the_skyrl_example() -> None:
     fake = FakeVLLM([Gen(list(range(100, 105)), "abort"), Gen(list(range(200, 204)), "stop")])
     waiter = SyncNeverPaused(pause_revision=3)
     with fake.sync_client() as http:
-        result = sample_with_retry_sync(http, "", {"model": "lora-a", "prompt": [10, 20, 30],
-                                                   "max_tokens": 16}, waiter=waiter)
+        result = sample_with_retry_sync(
+            http, "", {"model": "lora-a", "prompt": [10, 20, 30], "max_tokens": 16}, waiter=waiter
+        )
     assert result.tokens == [*range(100, 105), *range(200, 204)]
     assert result.finish_reason == "stop"
     assert fake.bodies[1]["prompt"] == [10, 20, 30, *range(100, 105)]
@@ -114,17 +119,28 @@ def test_sync_chat_and_sync_waiter_checks() -> None:
         result = chat_with_retry_sync(http, "", chat(), waiter=SyncNeverPaused())
         assert result.tokens == [1, 2]
         with pytest.raises(PauseError):  # an async waiter cannot block
-            sample_with_retry_sync(http, "", {"model": "a", "prompt": [1], "max_tokens": 2},
-                                   waiter=sampling.ServiceWaiter("http://x"))
+            sample_with_retry_sync(
+                http,
+                "",
+                {"model": "a", "prompt": [1], "max_tokens": 2},
+                waiter=sampling.ServiceWaiter("http://x"),
+            )
 
 
 def test_exported_members() -> None:
     assert set(sampling.__all__) == {n for n in dir(sampling) if not n.startswith("_")} & set(
-        sampling.__all__)
+        sampling.__all__
+    )
     for name in sampling.__all__:
         assert getattr(sampling, name) is not None
-    for exc in ("SampleError", "UnresumableAbortError", "SampleRetryError",
-                "SampleTimeoutError", "SampleResponseError", "MissingLogprobError"):
+    for exc in (
+        "SampleError",
+        "UnresumableAbortError",
+        "SampleRetryError",
+        "SampleTimeoutError",
+        "SampleResponseError",
+        "MissingLogprobError",
+    ):
         assert issubclass(getattr(sampling, exc), PauseError)
     assert "fastapi" not in sampling.__dict__ and "vllm" not in sampling.__dict__
 
@@ -141,10 +157,16 @@ async def test_tinker_response_with_an_honest_stop_reason() -> None:
     fake = FakeVLLM([Gen([1, 2], "abort"), Gen([3], "length")])
     params = types.SamplingParams(max_tokens=3, temperature=0.5, seed=9, stop=[7])
     async with fake.async_client() as http:
-        resp = await sample_tinker(http, "", model="lora-a",
-                                   prompt=types.ModelInput.from_ints([10, 20, 30]),
-                                   sampling_params=params, waiter=NeverPaused(),
-                                   prompt_logprobs=True, policy=FAST)
+        resp = await sample_tinker(
+            http,
+            "",
+            model="lora-a",
+            prompt=types.ModelInput.from_ints([10, 20, 30]),
+            sampling_params=params,
+            waiter=NeverPaused(),
+            prompt_logprobs=True,
+            policy=FAST,
+        )
     assert isinstance(resp, types.SampleResponse)
     (seq,) = resp.sequences
     assert isinstance(seq, types.SampledSequence)
@@ -160,9 +182,15 @@ async def test_tinker_num_samples_use_distinct_seeds() -> None:
 
     fake = FakeVLLM([Gen([5], "stop")])
     async with fake.async_client() as http:
-        resp = await sample_tinker(http, "", model="a", prompt=[1, 2],
-                                   sampling_params={"max_tokens": 4, "seed": 1, "stop": []},
-                                   waiter=NeverPaused(), num_samples=3)
+        resp = await sample_tinker(
+            http,
+            "",
+            model="a",
+            prompt=[1, 2],
+            sampling_params={"max_tokens": 4, "seed": 1, "stop": []},
+            waiter=NeverPaused(),
+            num_samples=3,
+        )
     assert [s.stop_reason for s in resp.sequences] == ["stop"] * 3
     assert len({b["seed"] for b in fake.bodies}) == 3
     assert all(b["ignore_eos"] for b in fake.bodies)
@@ -174,15 +202,20 @@ async def test_tinker_an_unresumable_abort_raises_never_length() -> None:
     fake = FakeVLLM([Gen([1, 2], "abort", no_token_ids=True)])
     async with fake.async_client() as http:
         with pytest.raises(UnresumableAbortError):
-            await sample_tinker(http, "", model="a", prompt=[1],
-                                sampling_params={"max_tokens": 4}, waiter=NeverPaused())
+            await sample_tinker(
+                http, "", model="a", prompt=[1], sampling_params={"max_tokens": 4}, waiter=NeverPaused()
+            )
     # a partial (aborted) result can never be dressed up as a Tinker sequence
     fake3 = FakeVLLM([Gen([], "abort")])
     async with fake3.async_client() as http:
         with pytest.raises(sampling.SampleRetryError) as ei:
             await sampling.sample_with_retry(
-                http, "", {"model": "a", "prompt": [1], "max_tokens": 4}, waiter=NeverPaused(),
-                policy=RetryPolicy(max_zero_progress_aborts=0))
+                http,
+                "",
+                {"model": "a", "prompt": [1], "max_tokens": 4},
+                waiter=NeverPaused(),
+                policy=RetryPolicy(max_zero_progress_aborts=0),
+            )
     assert ei.value.partial is not None
     with pytest.raises(UnresumableAbortError):
         to_sampled_sequence(ei.value.partial)

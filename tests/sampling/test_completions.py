@@ -53,8 +53,7 @@ async def test_a_sample_that_never_aborts_makes_one_call_and_returns_it_unchange
 
 
 async def test_the_skyrl_example() -> None:
-    result, fake = await run([Gen(list(range(100, 105)), "abort"),
-                              Gen(list(range(200, 204)), "stop")], req())
+    result, fake = await run([Gen(list(range(100, 105)), "abort"), Gen(list(range(200, 204)), "stop")], req())
     assert result.tokens == [100, 101, 102, 103, 104, 200, 201, 202, 203]
     assert result.finish_reason == "stop"
     assert len(fake.requests) == 2
@@ -71,19 +70,25 @@ async def test_accumulation_across_several_aborts() -> None:
     assert result.top_logprobs == [{f"<{t}>": -t / 1000} for t in range(1, 8)]
     assert result.finish_reason == "length"
     assert result.text == text_of(list(range(1, 8)))
-    assert [b["prompt"] for b in fake.bodies] == [PROMPT, [*PROMPT, 1, 2], [*PROMPT, 1, 2, 3],
-                                                  [*PROMPT, 1, 2, 3, 4, 5, 6]]
+    assert [b["prompt"] for b in fake.bodies] == [
+        PROMPT,
+        [*PROMPT, 1, 2],
+        [*PROMPT, 1, 2, 3],
+        [*PROMPT, 1, 2, 3, 4, 5, 6],
+    ]
     assert [b["max_tokens"] for b in fake.bodies] == [7, 5, 4, 1]
     assert [b["min_tokens"] for b in fake.bodies] == [5, 3, 2, 0]
     assert [(b.index, b.attempt, b.reason) for b in result.boundaries] == [
-        (2, 2, "abort"), (3, 3, "abort"), (6, 4, "abort")]
+        (2, 2, "abort"),
+        (3, 3, "abort"),
+        (6, 4, "abort"),
+    ]
     choice = result.response["choices"][0]
     assert choice["token_ids"] == result.tokens and choice["text"] == result.text
     assert choice["prompt_token_ids"] == PROMPT
     offsets = choice["logprobs"]["text_offset"]
-    assert [result.text[o:o + 3] for o in offsets] == [f"<{t}>" for t in range(1, 8)]
-    assert result.response["usage"] == {"prompt_tokens": 3, "completion_tokens": 7,
-                                        "total_tokens": 10}
+    assert [result.text[o : o + 3] for o in offsets] == [f"<{t}>" for t in range(1, 8)]
+    assert result.response["usage"] == {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}
 
 
 async def test_missing_finish_reason_counts_as_abort() -> None:
@@ -104,8 +109,10 @@ async def test_prompt_logprobs_are_the_original_prompts_only() -> None:
     assert second["prompt_logprobs"] == 0 and second["prompt"] == [*PROMPT, 1, 2]
     assert result.prompt_token_ids == PROMPT
     assert result.prompt_logprobs == [
-        None, {"20": {"logprob": -0.01, "rank": 1, "decoded_token": "<20>"}},
-        {"30": {"logprob": -0.02, "rank": 1, "decoded_token": "<30>"}}]
+        None,
+        {"20": {"logprob": -0.01, "rank": 1, "decoded_token": "<20>"}},
+        {"30": {"logprob": -0.02, "rank": 1, "decoded_token": "<30>"}},
+    ]
     assert result.response["choices"][0]["prompt_logprobs"] == result.prompt_logprobs
 
 
@@ -134,8 +141,9 @@ async def test_zero_progress_aborts_are_capped() -> None:
 async def test_a_zero_progress_abort_explained_by_a_pause_is_resent_at_once() -> None:
     policy = RetryPolicy(backoff_s=1.0, max_backoff_s=1.0)
     t0 = time.monotonic()
-    result, _ = await run([Gen([], "abort"), Gen([4], "stop")], req(), policy=policy,
-                          waiter=NeverPaused(pause_revision=7))
+    result, _ = await run(
+        [Gen([], "abort"), Gen([4], "stop")], req(), policy=policy, waiter=NeverPaused(pause_revision=7)
+    )
     assert time.monotonic() - t0 < 0.5
     assert [(b.index, b.pause_revision) for b in result.boundaries] == [(0, 7)]
 
@@ -212,8 +220,7 @@ async def test_an_abort_is_never_reported_as_length_when_the_waiter_fails() -> N
 async def test_boundaries_record_the_index_and_the_pause_revision() -> None:
     script = [Gen([1, 2, 3], "abort"), Gen([4], "abort"), Gen([5], "stop")]
     result, _ = await run(script, req(), waiter=NeverPaused(pause_revision=42))
-    assert [(b.index, b.pause_revision, b.attempt) for b in result.boundaries] == [
-        (3, 42, 2), (4, 42, 3)]
+    assert [(b.index, b.pause_revision, b.attempt) for b in result.boundaries] == [(3, 42, 2), (4, 42, 3)]
 
 
 async def test_a_continuation_gets_a_derived_seed() -> None:
@@ -230,18 +237,29 @@ async def test_a_string_prompt_resumes_from_the_servers_prompt_token_ids() -> No
 
 
 BAD: list[tuple[dict[str, Any], str]] = [
-    ({"n": 2}, "n"), ({"best_of": 3}, "best_of"), ({"max_tokens": None}, "max_tokens"),
-    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": -3}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
-    ({"stream": True}, "stream"), ({"echo": True}, "echo"), ({"prompt": [[1, 2]]}, "prompt"),
-    ({"prompt": []}, "prompt"), ({"prompt": None}, "prompt"), ({"model": None}, "model"),
-    ({"logprobs": -1}, "logprobs"), ({"seed": "x"}, "seed"), ({"min_tokens": -1}, "min_tokens"),
+    ({"n": 2}, "n"),
+    ({"best_of": 3}, "best_of"),
+    ({"max_tokens": None}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -3}, "max_tokens"),
+    ({"max_tokens": 1.5}, "max_tokens"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"stream": True}, "stream"),
+    ({"echo": True}, "echo"),
+    ({"prompt": [[1, 2]]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": None}, "prompt"),
+    ({"model": None}, "model"),
+    ({"logprobs": -1}, "logprobs"),
+    ({"seed": "x"}, "seed"),
+    ({"min_tokens": -1}, "min_tokens"),
 ]
 
 
 @pytest.mark.parametrize(("patch", "fieldname"), BAD)
-async def test_every_validation_error_is_raised_before_any_call(patch: dict[str, Any],
-                                                                fieldname: str) -> None:
+async def test_every_validation_error_is_raised_before_any_call(
+    patch: dict[str, Any], fieldname: str
+) -> None:
     request = req(**patch)
     if patch.get("max_tokens", 1) is None:
         del request["max_tokens"]
@@ -264,7 +282,8 @@ async def test_other_bad_arguments() -> None:
             RetryPolicy(max_failures=-1)
         with pytest.raises(PauseError):
             await sample_with_retry(http, "", req(), waiter=object())
-        result = await sample_with_retry(http, "http://vllm/v1/completions", req(),
-                                         waiter=NeverPaused(), adapter="other")
+        result = await sample_with_retry(
+            http, "http://vllm/v1/completions", req(), waiter=NeverPaused(), adapter="other"
+        )
         assert result.tokens == [1]
     assert [r.path for r in fake.requests] == ["/v1/completions"]

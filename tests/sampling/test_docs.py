@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def vllm_url() -> Iterator[tuple[str, FakeVLLM]]:
     fake = FakeVLLM([Gen([1, 2], "abort"), Gen([3], "stop")] * 20)
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="off",
-                                           interface="asgi3"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fake.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", interface="asgi3"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -34,12 +36,14 @@ def vllm_url() -> Iterator[tuple[str, FakeVLLM]]:
     thread.join(5)
 
 
-def test_sampling_doc_examples_run(vllm_url: tuple[str, FakeVLLM], redis_url: str,
-                                   monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_sampling_doc_examples_run(
+    vllm_url: tuple[str, FakeVLLM],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     url, fake = vllm_url
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "sampling.md").read_text(),
-                        flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "sampling.md").read_text(), flags=re.S)
     scope: dict[str, Any] = {}
     for block in blocks:
         exec(compile(block, "docs/sampling.md", "exec"), scope)
@@ -55,8 +59,20 @@ def test_sampling_doc_examples_run(vllm_url: tuple[str, FakeVLLM], redis_url: st
     assert len(partial) == 6
     from pausesvc.sampling import Boundary, SampleResult
 
-    result = SampleResult("completion", [1, 2, 3, 4], "", "stop", None, None, None, None, None,
-                          (Boundary(2, 5, 9, "abort", 2),), 2, {})
+    result = SampleResult(
+        "completion",
+        [1, 2, 3, 4],
+        "",
+        "stop",
+        None,
+        None,
+        None,
+        None,
+        None,
+        (Boundary(2, 5, 9, "abort", 2),),
+        2,
+        {},
+    )
     assert scope["on_policy_mask"](result) == [1, 1, 0, 0]
     pytest.importorskip("tinker")
     resp = asyncio.run(scope["tinker_sample"](url, redis_url))

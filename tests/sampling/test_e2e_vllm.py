@@ -25,8 +25,7 @@ from pausesvc.sampling import sample_with_retry
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV",
-                           Path.home() / ".cache" / "pausesvc" / "vllm-venv-0.32.0"))
+VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache" / "pausesvc" / "vllm-venv-0.32.0"))
 PY = VENV / "bin" / "python"
 TINY = Path(os.environ.get("PAUSESVC_TINY_DIR", Path.home() / ".cache" / "pausesvc" / "tiny"))
 N = 320  # ~2 s of decode here: the pause at 0.8 s lands mid-sample even on a quiet machine
@@ -36,38 +35,55 @@ PROMPT = [5, 17, 42, 99, 123, 7, 300]
 def _have_vllm() -> bool:
     if not PY.exists():
         return False
-    probe = subprocess.run([str(PY), "-c", "import vllm, pausesvc_vllm"], capture_output=True,
-                           timeout=300)
+    probe = subprocess.run([str(PY), "-c", "import vllm, pausesvc_vllm"], capture_output=True, timeout=300)
     return probe.returncode == 0
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[dict[str, Any]]:
+def fleet(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not _have_vllm():
         why = f"no vLLM venv with pausesvc_vllm at {VENV} (tests/e2e/vllm_venv.sh)"
         if os.environ.get("PAUSESVC_REQUIRE_VLLM") == "1":
             pytest.fail(why)
         pytest.skip(why)
-    subprocess.run([str(PY), str(ROOT / "tests" / "e2e" / "build_tiny.py"), str(TINY)],
-                   check=True, timeout=900, capture_output=True)
+    subprocess.run(
+        [str(PY), str(ROOT / "tests" / "e2e" / "build_tiny.py"), str(TINY)],
+        check=True,
+        timeout=900,
+        capture_output=True,
+    )
     sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     from vllm_server import VllmServer, free_port
 
     ns = f"e2e{uuid.uuid4().hex[:8]}"
     env = {"PAUSESVC_REDIS_URL": redis_server.url, "PAUSESVC_NAMESPACE": ns}
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with VllmServer(PY, TINY / "model", {"lora-a": TINY / "lora-a"}, port=free_port(),
-                    env_extra=env, middleware=["pausesvc_vllm.PauseGateMiddleware"],
-                    log_path=log) as srv:
+    with VllmServer(
+        PY,
+        TINY / "model",
+        {"lora-a": TINY / "lora-a"},
+        port=free_port(),
+        env_extra=env,
+        middleware=["pausesvc_vllm.PauseGateMiddleware"],
+        log_path=log,
+    ) as srv:
         srv.wait_healthy()
         yield {"url": srv.url, "redis_url": redis_server.url, "namespace": ns}
 
 
 async def _greedy(http: httpx.AsyncClient, url: str, prompt: list[int], n: int) -> list[int]:
-    r = await http.post(url + "/v1/completions", json={
-        "model": "lora-a", "prompt": prompt, "max_tokens": n, "temperature": 0,
-        "ignore_eos": True, "return_token_ids": True, "logprobs": 0})
+    r = await http.post(
+        url + "/v1/completions",
+        json={
+            "model": "lora-a",
+            "prompt": prompt,
+            "max_tokens": n,
+            "temperature": 0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+            "logprobs": 0,
+        },
+    )
     assert r.status_code == 200, r.text
     ids: list[int] = r.json()["choices"][0]["token_ids"]
     return ids
@@ -75,19 +91,27 @@ async def _greedy(http: httpx.AsyncClient, url: str, prompt: list[int], n: int) 
 
 async def test_a_sample_survives_pause_swap_resume(fleet: dict[str, Any]) -> None:
     url = fleet["url"]
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as http, \
-            AsyncPauseClient(fleet["redis_url"], namespace=fleet["namespace"],
-                             holder="trainer") as pauses:
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as http,
+        AsyncPauseClient(fleet["redis_url"], namespace=fleet["namespace"], holder="trainer") as pauses,
+    ):
         old = await _greedy(http, url, PROMPT, N)  # also warms up the logprobs path
         assert len(old) == N
-        request = {"model": "lora-a", "prompt": PROMPT, "max_tokens": N, "temperature": 0,
-                   "ignore_eos": True, "logprobs": 0}
-        task = asyncio.create_task(sample_with_retry(http, url, request, waiter=pauses,
-                                                     timeout=300))
+        request = {
+            "model": "lora-a",
+            "prompt": PROMPT,
+            "max_tokens": N,
+            "temperature": 0,
+            "ignore_eos": True,
+            "logprobs": 0,
+        }
+        task = asyncio.create_task(sample_with_retry(http, url, request, waiter=pauses, timeout=300))
         await asyncio.sleep(0.8)  # part of the sample is decoded with the old weights
         grant = await pauses.pause("lora-a", reason="weight sync", drain=True, timeout=30)
-        swap = await http.post(url + "/v1/load_lora_adapter", json={
-            "lora_name": "lora-a", "lora_path": str(TINY / "lora-a2"), "load_inplace": True})
+        swap = await http.post(
+            url + "/v1/load_lora_adapter",
+            json={"lora_name": "lora-a", "lora_path": str(TINY / "lora-a2"), "load_inplace": True},
+        )
         assert swap.status_code == 200, swap.text
         await asyncio.sleep(0.3)
         assert not task.done(), "the sample finished while its adapter was paused"

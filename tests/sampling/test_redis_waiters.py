@@ -59,8 +59,7 @@ async def paused_sample(pauses: AsyncPauseClient, waiter: object, counted: list[
     counted.append(len(counted) - n_before)
 
 
-async def test_watcher_blocks_without_polling_and_continues_promptly(
-        redis_url: str, namespace: str) -> None:
+async def test_watcher_blocks_without_polling_and_continues_promptly(redis_url: str, namespace: str) -> None:
     async with AsyncPauseClient(redis_url, namespace=namespace) as pauses:
         watcher = await pauses.watcher()
         assert await watcher.wait_synced(5)
@@ -84,8 +83,13 @@ def _control_service(pauses: AsyncPauseClient, calls: list[float]) -> Any:
         body = {"paused": not ok, "revision": w.revision}
         if st is not None:
             body["pause_revision"] = st.pause_revision
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
     return app
@@ -95,8 +99,9 @@ async def test_service_waiter_long_polls(redis_url: str, namespace: str) -> None
     calls: list[float] = []
     async with AsyncPauseClient(redis_url, namespace=namespace) as pauses:
         assert await (await pauses.watcher()).wait_synced(5)
-        svc_http = httpx.AsyncClient(transport=httpx.ASGITransport(
-            app=_control_service(pauses, calls)), base_url="http://svc")
+        svc_http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=_control_service(pauses, calls)), base_url="http://svc"
+        )
         async with ServiceWaiter("http://svc", http=svc_http, poll_s=0.4) as waiter:
             await paused_sample(pauses, waiter, [])
         await svc_http.aclose()
@@ -122,18 +127,21 @@ async def test_service_waiter_fails_closed_and_rejects_4xx() -> None:
 
 
 async def test_auto_waiter_prefers_redis_and_falls_back_to_the_service(
-        redis_url: str, namespace: str) -> None:
+    redis_url: str, namespace: str
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/pauses/lora-a/wait"
         return httpx.Response(200, json={"paused": False, "revision": 1})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as svc:
-        async with AutoWaiter(redis_url=redis_url, service_url="http://svc", http=svc,
-                              namespace=namespace) as auto:
+        async with AutoWaiter(
+            redis_url=redis_url, service_url="http://svc", http=svc, namespace=namespace
+        ) as auto:
             assert auto.using == "watcher"
             assert await auto.wait_unpaused("lora-a", 1.0)
-        async with AutoWaiter(redis_url="redis://127.0.0.1:1", service_url="http://svc",
-                              http=svc, connect_timeout=0.2) as auto:
+        async with AutoWaiter(
+            redis_url="redis://127.0.0.1:1", service_url="http://svc", http=svc, connect_timeout=0.2
+        ) as auto:
             assert auto.using == "service"
             assert await auto.wait_unpaused("lora-a", 1.0)
     with pytest.raises(PauseError):
@@ -150,20 +158,45 @@ def test_sync_client_blocks_and_continues(redis_url: str, namespace: str) -> Non
         arrived.set()
         if len(seen) == 1:
             release.wait(10)
-            return httpx.Response(200, json={"choices": [{
-                "index": 0, "text": "x", "finish_reason": "abort", "token_ids": FIRST,
-                "prompt_token_ids": body["prompt"],
-                "logprobs": {"token_logprobs": [-1.0] * 5, "tokens": ["x"] * 5}}]})
-        return httpx.Response(200, json={"choices": [{
-            "index": 0, "text": "y", "finish_reason": "stop", "token_ids": SECOND,
-            "prompt_token_ids": body["prompt"],
-            "logprobs": {"token_logprobs": [-2.0] * 4, "tokens": ["y"] * 4}}]})
+            return httpx.Response(
+                200,
+                json={
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": "x",
+                            "finish_reason": "abort",
+                            "token_ids": FIRST,
+                            "prompt_token_ids": body["prompt"],
+                            "logprobs": {"token_logprobs": [-1.0] * 5, "tokens": ["x"] * 5},
+                        }
+                    ]
+                },
+            )
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "y",
+                        "finish_reason": "stop",
+                        "token_ids": SECOND,
+                        "prompt_token_ids": body["prompt"],
+                        "logprobs": {"token_logprobs": [-2.0] * 4, "tokens": ["y"] * 4},
+                    }
+                ]
+            },
+        )
 
     out: list[Any] = []
-    with PauseClient(redis_url, namespace=namespace) as pauses, \
-            httpx.Client(transport=httpx.MockTransport(handler), base_url="http://v") as http:
-        t = threading.Thread(target=lambda: out.append(
-            sample_with_retry_sync(http, "", REQ, waiter=pauses, timeout=30)))
+    with (
+        PauseClient(redis_url, namespace=namespace) as pauses,
+        httpx.Client(transport=httpx.MockTransport(handler), base_url="http://v") as http,
+    ):
+        t = threading.Thread(
+            target=lambda: out.append(sample_with_retry_sync(http, "", REQ, waiter=pauses, timeout=30))
+        )
         t.start()
         assert arrived.wait(5)
         grant = pauses.pause("lora-a")
@@ -176,8 +209,7 @@ def test_sync_client_blocks_and_continues(redis_url: str, namespace: str) -> Non
     (result,) = out
     assert seen[1][1] - t0 < 1.5
     assert result.tokens == FIRST + SECOND and result.logprobs == [-1.0] * 5 + [-2.0] * 4
-    assert [(b.index, b.pause_revision) for b in result.boundaries] == [
-        (5, grant.state.pause_revision)]
+    assert [(b.index, b.pause_revision) for b in result.boundaries] == [(5, grant.state.pause_revision)]
 
 
 def test_sync_auto_waiter_falls_back(redis_url: str, namespace: str) -> None:
@@ -185,12 +217,12 @@ def test_sync_auto_waiter_falls_back(redis_url: str, namespace: str) -> None:
         return httpx.Response(200, json={"paused": False, "revision": 2})
 
     with httpx.Client(transport=httpx.MockTransport(handler)) as svc:
-        with SyncAutoWaiter(redis_url=redis_url, service_url="http://svc", http=svc,
-                            namespace=namespace) as auto:
+        with SyncAutoWaiter(
+            redis_url=redis_url, service_url="http://svc", http=svc, namespace=namespace
+        ) as auto:
             res = auto.wait_resumable("lora-a", 1.0, 0)
             assert res.unpaused and res.revision is None  # answered by Redis
-        with SyncAutoWaiter(redis_url="redis://127.0.0.1:1", service_url="http://svc",
-                            http=svc) as auto:
+        with SyncAutoWaiter(redis_url="redis://127.0.0.1:1", service_url="http://svc", http=svc) as auto:
             res = auto.wait_resumable("lora-a", 1.0, 0)
             assert res.unpaused and res.revision == 2  # answered by the service
         with SyncServiceWaiter("http://svc", http=svc) as waiter:

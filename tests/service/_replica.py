@@ -12,8 +12,15 @@ from pausesvc import AdapterState, AsyncPauseClient, PauseEvent
 
 
 class FakeReplica:
-    def __init__(self, redis_url: str, namespace: str, replica_id: str, *,
-                 aborted: dict[str, list[str]] | None = None, ack: bool = True) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        namespace: str,
+        replica_id: str,
+        *,
+        aborted: dict[str, list[str]] | None = None,
+        ack: bool = True,
+    ) -> None:
         self.client = AsyncPauseClient(redis_url, namespace=namespace)
         self.id = replica_id
         self.aborted = aborted or {}
@@ -53,7 +60,12 @@ class FakeReplica:
         while True:
             ev = await self._queue.get()
             if self.ack:
-                await self.client._ack(self.id, ev.name, ev.revision,
-                                       self.aborted.pop(ev.name, []), epoch=ev.epoch,
-                                       tokens=sorted(ev.state.tokens) if ev.state else None)
+                await self.client._ack(
+                    self.id,
+                    ev.name,
+                    ev.revision,
+                    self.aborted.pop(ev.name, []),
+                    epoch=ev.epoch,
+                    tokens=sorted(ev.state.tokens) if ev.state else None,
+                )
                 self.acked.append((ev.name, ev.revision))

@@ -34,10 +34,10 @@ class Live:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the real ``pausesvc`` CLI against this server's Redis and namespace."""
-        env = {**os.environ, "PAUSESVC_REDIS_URL": self.redis_url,
-               "PAUSESVC_NAMESPACE": self.namespace}
-        proc = subprocess.run([sys.executable, "-m", "pausesvc.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=30)
+        env = {**os.environ, "PAUSESVC_REDIS_URL": self.redis_url, "PAUSESVC_NAMESPACE": self.namespace}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pausesvc.cli", *args], env=env, capture_output=True, text=True, timeout=30
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"pausesvc {args} failed: {proc.stderr}")
         return proc
@@ -50,8 +50,7 @@ def run_server(settings: Settings, *, wait_ready: bool = True, **app_kw: Any) ->
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(settings, **app_kw)
-    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="on", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -80,14 +79,16 @@ def make_live(redis_url: str, namespace: str) -> Iterator[Callable[..., Live]]:
     """``make_live(api_token=..., auth_reads=..., heartbeat_s=...)`` -> a running server."""
     stack = contextlib.ExitStack()
 
-    def make(*, heartbeat_s: float = 15.0, max_wait_s: float | None = None,
-             **overrides: Any) -> Live:
-        settings = Settings(redis_url=redis_url, namespace=namespace,
-                            replica_timeout_s=overrides.pop("replica_timeout_s", 3.0),
-                            fence_bound_s=overrides.pop("fence_bound_s", 1.5),
-                            drain_timeout_s=overrides.pop("drain_timeout_s", 5.0), **overrides)
-        url = stack.enter_context(run_server(settings, heartbeat_s=heartbeat_s,
-                                             max_wait_s=max_wait_s))
+    def make(*, heartbeat_s: float = 15.0, max_wait_s: float | None = None, **overrides: Any) -> Live:
+        settings = Settings(
+            redis_url=redis_url,
+            namespace=namespace,
+            replica_timeout_s=overrides.pop("replica_timeout_s", 3.0),
+            fence_bound_s=overrides.pop("fence_bound_s", 1.5),
+            drain_timeout_s=overrides.pop("drain_timeout_s", 5.0),
+            **overrides,
+        )
+        url = stack.enter_context(run_server(settings, heartbeat_s=heartbeat_s, max_wait_s=max_wait_s))
         return Live(url, settings, redis_url, namespace)
 
     with stack:

@@ -37,8 +37,7 @@ def test_pause_read_resume_roundtrip(http: httpx.Client, name: str) -> None:
     one = http.get(f"/v1/pauses/{enc(name)}").json()
     assert one["paused"] is True and one["state"]["holders"]["trainer"]["token"] == grant["token"]
 
-    r = http.delete(f"/v1/pauses/{enc(name)}",
-                    params={"holder": "trainer", "token": grant["token"]})
+    r = http.delete(f"/v1/pauses/{enc(name)}", params={"holder": "trainer", "token": grant["token"]})
     assert r.status_code == 200, r.text
     assert r.json()["released"] is True and r.json()["paused"] is False
     assert http.get("/v1/pauses").json()["paused"] == {}
@@ -73,8 +72,13 @@ def test_holders_and_fencing(http: httpx.Client) -> None:
     forged = a["token"].split("-")[0] + "-000000000000"
     stale = http.delete("/v1/pauses/x", params={"holder": "a", "token": forged})
     assert stale.status_code == 409
-    assert stale.json() | {"detail": ""} == {"detail": "", "error": "stale_token", "field": "token",
-                                              "presented": forged, "current": a["token"]}
+    assert stale.json() | {"detail": ""} == {
+        "detail": "",
+        "error": "stale_token",
+        "field": "token",
+        "presented": forged,
+        "current": a["token"],
+    }
     not_holder = http.delete("/v1/pauses/x", params={"holder": "c"})
     assert not_holder.status_code == 409 and not_holder.json()["error"] == "not_holder"
     assert not_holder.json()["holders"] == ["a", "b"]
@@ -165,8 +169,13 @@ def test_redis_unreachable_is_503(make_live: Callable[..., Live]) -> None:
         assert c.get("/healthz").status_code == 200
         ready = c.get("/readyz")
         assert ready.status_code == 503 and ready.json()["redis"] is False
-        for r in (c.get("/v1/pauses"), c.post("/v1/pauses/a"), c.delete("/v1/pauses/a"),
-                  c.get("/v1/replicas"), c.get("/v1/events")):
+        for r in (
+            c.get("/v1/pauses"),
+            c.post("/v1/pauses/a"),
+            c.delete("/v1/pauses/a"),
+            c.get("/v1/replicas"),
+            c.get("/v1/events"),
+        ):
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "redis_unavailable" and r.headers["retry-after"] == "1"
         # the long-poll fails closed: unknown state counts as paused, 200 with paused=true
@@ -182,16 +191,21 @@ def test_metrics(http: httpx.Client) -> None:
         assert time.monotonic() < deadline, text
         time.sleep(0.05)
     assert 'pausesvc_adapter_paused{adapter="m1"} 1.0' in text
-    assert ('pausesvc_http_requests_total{method="POST",route="/v1/pauses/{name:path}",'
-            'status="422"} 1.0') in text
-    for metric in ("pausesvc_watcher_in_sync 1.0", "pausesvc_watcher_resyncs_total",
-                   "pausesvc_watcher_reconnects_total", "pausesvc_watcher_staleness_seconds",
-                   "pausesvc_watcher_event_lag_seconds", 'pausesvc_state_changes_total{op="pause"}'):
+    assert (
+        'pausesvc_http_requests_total{method="POST",route="/v1/pauses/{name:path}",status="422"} 1.0'
+    ) in text
+    for metric in (
+        "pausesvc_watcher_in_sync 1.0",
+        "pausesvc_watcher_resyncs_total",
+        "pausesvc_watcher_reconnects_total",
+        "pausesvc_watcher_staleness_seconds",
+        "pausesvc_watcher_event_lag_seconds",
+        'pausesvc_state_changes_total{op="pause"}',
+    ):
         assert metric in text
 
 
-def test_one_structured_log_line_per_change(http: httpx.Client,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_one_structured_log_line_per_change(http: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pausesvc.service")
     g = http.post("/v1/pauses/logged", json={"holder": "h1"}).json()
     deadline = time.monotonic() + 5

@@ -13,16 +13,20 @@ TOKEN = "s3cret-token"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.mark.parametrize(("headers", "status"), [
-    ({}, 401),
-    ({"Authorization": "Basic czNjcmV0"}, 401),
-    ({"Authorization": "Bearer"}, 401),
-    ({"Authorization": "Bearer wrong"}, 403),
-    ({"Authorization": f"Bearer {TOKEN}x"}, 403),
-    ({"Authorization": "Bearer sécret".encode()}, 403),
-])
-def test_mutations_need_the_token(make_live: Callable[..., Live], headers: dict[str, Any],
-                                  status: int) -> None:
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Basic czNjcmV0"}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"Authorization": "Bearer wrong"}, 403),
+        ({"Authorization": f"Bearer {TOKEN}x"}, 403),
+        ({"Authorization": "Bearer sécret".encode()}, 403),
+    ],
+)
+def test_mutations_need_the_token(
+    make_live: Callable[..., Live], headers: dict[str, Any], status: int
+) -> None:
     live = make_live(api_token=TOKEN)
     with live.client() as c:
         for method, path, kw in (
@@ -47,8 +51,9 @@ def test_right_token_and_open_reads(make_live: Callable[..., Live]) -> None:
         assert g.status_code == 200
         assert c.get("/v1/pauses").json()["paused"].keys() == {"a"}  # reads are open
         assert c.get("/v1/pauses/a/wait", params={"timeout_s": 0}).status_code == 200
-        assert c.post("/skyrl/v1/wait_lora_unpaused",
-                      json={"lora_name": "a", "timeout_s": 0}).json() == {"paused": True}
+        assert c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "a", "timeout_s": 0}).json() == {
+            "paused": True
+        }
         assert c.delete("/v1/pauses/a", headers=GOOD).json()["released"] is True
         doc = c.get("/openapi.json").json()
         assert "security" in doc["paths"]["/v1/pauses/{name}"]["post"]
@@ -58,8 +63,7 @@ def test_right_token_and_open_reads(make_live: Callable[..., Live]) -> None:
 def test_auth_reads_closes_reads(make_live: Callable[..., Live]) -> None:
     live = make_live(api_token=TOKEN, auth_reads=True)
     with live.client() as c:
-        for path in ("/v1/pauses", "/v1/pauses/a", "/v1/pauses/a/wait", "/v1/replicas",
-                     "/v1/events"):
+        for path in ("/v1/pauses", "/v1/pauses/a", "/v1/pauses/a/wait", "/v1/replicas", "/v1/events"):
             assert c.get(path).status_code == 401, path
             assert c.get(path, headers={"Authorization": "Bearer nope"}).status_code == 403
         assert c.get("/v1/pauses", headers=GOOD).status_code == 200

@@ -20,8 +20,15 @@ from .conftest import Live
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("PAUSESVC_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 
 
@@ -43,13 +50,15 @@ class ReplicaThread:
         self.loop = asyncio.new_event_loop()
         self.stop = asyncio.Event()
         self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete,
-                                       args=(self._main(live, ids),), daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(live, ids),), daemon=True
+        )
 
     async def _main(self, live: Live, ids: list[str]) -> None:
         self.stop = asyncio.Event()
-        reps = [FakeReplica(live.redis_url, live.namespace, i, aborted={"org/lora-b": [f"{i}-req"]})
-                for i in ids]
+        reps = [
+            FakeReplica(live.redis_url, live.namespace, i, aborted={"org/lora-b": [f"{i}-req"]}) for i in ids
+        ]
         for r in reps:
             await r.__aenter__()
         self.ready.set()
@@ -71,16 +80,14 @@ class ReplicaThread:
 def _wait_row(page: Any, name: str, present: bool, timeout_s: float) -> float:
     t0 = time.monotonic()
     sel = f'#paused tr[data-name="{name}"]'
-    page.wait_for_selector(sel, state="attached" if present else "detached",
-                           timeout=timeout_s * 1000)
+    page.wait_for_selector(sel, state="attached" if present else "detached", timeout=timeout_s * 1000)
     return time.monotonic() - t0
 
 
 def test_page_follows_the_cli_and_resumes(browser: Any, live: Live) -> None:
     page = browser.new_page()
     page.goto(live.url + "/")
-    page.wait_for_function("document.getElementById('conn').textContent === 'live'",
-                           timeout=10_000)
+    page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=10_000)
     live.cli("pause", "lora-x", "--holder", "cli", "--reason", "weight swap", "--ttl", "120")
     took = _wait_row(page, "lora-x", True, 1.0)  # within a second of the CLI returning
     row = page.locator('#paused tr[data-name="lora-x"]')
@@ -95,16 +102,14 @@ def test_page_follows_the_cli_and_resumes(browser: Any, live: Live) -> None:
     page.close()
 
 
-def test_resume_button_needs_the_token_when_auth_is_on(browser: Any,
-                                                       make_live: Callable[..., Live]) -> None:
+def test_resume_button_needs_the_token_when_auth_is_on(browser: Any, make_live: Callable[..., Live]) -> None:
     live = make_live(api_token="tok-123")
     live.cli("pause", "guarded")
     page = browser.new_page()
     page.goto(live.url + "/")
     _wait_row(page, "guarded", True, 5.0)
     page.locator('#paused tr[data-name="guarded"] button.resume').click()
-    page.wait_for_function("document.getElementById('msg').textContent.includes('token')",
-                           timeout=5_000)
+    page.wait_for_function("document.getElementById('msg').textContent.includes('token')", timeout=5_000)
     assert page.locator('#paused tr[data-name="guarded"]').count() == 1  # still paused
     page.fill("#token", "tok-123")
     page.click("#save-token")
@@ -114,14 +119,17 @@ def test_resume_button_needs_the_token_when_auth_is_on(browser: Any,
 
 
 def test_screenshot_for_the_docs(browser: Any, live: Live) -> None:
-    with ReplicaThread(live, ["vllm-0:pid-4242", "vllm-1:pid-4243"]), \
-            httpx.Client(base_url=live.url, timeout=10) as c:
+    with (
+        ReplicaThread(live, ["vllm-0:pid-4242", "vllm-1:pid-4243"]),
+        httpx.Client(base_url=live.url, timeout=10) as c,
+    ):
         page = browser.new_page(viewport={"width": 1280, "height": 760})
         page.goto(live.url + "/")
-        page.wait_for_function("document.getElementById('conn').textContent === 'live'",
-                               timeout=10_000)
-        c.post("/v1/pauses/org%2Flora-b", json={"holder": "trainer-7", "reason": "weight swap",
-                                                 "ttl_s": 90, "drain": True})
+        page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=10_000)
+        c.post(
+            "/v1/pauses/org%2Flora-b",
+            json={"holder": "trainer-7", "reason": "weight swap", "ttl_s": 90, "drain": True},
+        )
         c.post("/v1/pauses/lora-a", json={"holder": "trainer-3", "reason": "eval", "ttl_s": 300})
         c.post("/v1/pauses/lora-a", json={"holder": "ops", "reason": "investigating"})
         c.post("/v1/pauses/lora-c", json={"holder": "trainer-3"})
@@ -129,8 +137,8 @@ def test_screenshot_for_the_docs(browser: Any, live: Live) -> None:
         _wait_row(page, "lora-a", True, 3.0)
         page.wait_for_selector('#replicas tr[data-replica="vllm-1:pid-4243"]', timeout=5_000)
         page.wait_for_function(
-            "document.getElementById('replicas').innerText.includes('(1 aborted)')",
-            timeout=5_000)
+            "document.getElementById('replicas').innerText.includes('(1 aborted)')", timeout=5_000
+        )
         page.wait_for_timeout(300)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)

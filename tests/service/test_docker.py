@@ -40,8 +40,20 @@ def compose() -> dict[str, Any]:
 def test_dockerfile_copies_exist(name: str) -> None:
     ins = instructions(DOCKER / name)
     assert ins[0][0] in ("FROM", "ARG")
-    known = {"FROM", "ARG", "ENV", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "HEALTHCHECK",
-             "ENTRYPOINT", "CMD", "LABEL"}
+    known = {
+        "FROM",
+        "ARG",
+        "ENV",
+        "WORKDIR",
+        "COPY",
+        "RUN",
+        "USER",
+        "EXPOSE",
+        "HEALTHCHECK",
+        "ENTRYPOINT",
+        "CMD",
+        "LABEL",
+    }
     for op, rest in ins:
         assert op in known, op
         if op == "COPY":
@@ -58,8 +70,9 @@ def test_service_image_entry_point_is_the_cli() -> None:
     cli = importlib.import_module(module)
     assert callable(getattr(cli, func))
     assert "serve" in cli.cli.commands  # type: ignore[attr-defined]
-    assert "service" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+    assert (
+        "service" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     assert 'pip install ".[service]"' in (DOCKER / "Dockerfile.service").read_text()
 
 
@@ -79,11 +92,9 @@ def test_compose_wires_redis_service_and_two_gated_replicas() -> None:
     assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
 
-    urls = {name: s["environment"]["PAUSESVC_REDIS_URL"] for name, s in services.items()
-            if name != "redis"}
+    urls = {name: s["environment"]["PAUSESVC_REDIS_URL"] for name, s in services.items() if name != "redis"}
     assert set(urls.values()) == {"redis://redis:6379/0"}
-    namespaces = {s["environment"]["PAUSESVC_NAMESPACE"] for n, s in services.items()
-                  if n != "redis"}
+    namespaces = {s["environment"]["PAUSESVC_NAMESPACE"] for n, s in services.items() if n != "redis"}
     assert len(namespaces) == 1
 
     for name in ("pausesvc", "vllm-0", "vllm-1"):

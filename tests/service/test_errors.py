@@ -66,24 +66,38 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("POST", "/skyrl/v1/abort_lora_requests", {"content": b"nope", "headers": JSON}, 400, "body"),
     ("POST", "/skyrl/v1/abort_lora_requests", {"json": {"lora_name": "a b"}}, 400, "lora_name"),
     ("POST", "/skyrl/v1/resume_lora_requests", {"json": {"lora_name": 3}}, 400, "lora_name"),
-    ("POST", "/skyrl/v1/wait_lora_unpaused", {"json": {"lora_name": "A", "timeout_s": "x"}},
-     400, "timeout_s"),
-    ("POST", "/skyrl/v1/wait_lora_unpaused", {"json": {"lora_name": "A", "timeout_s": -1}},
-     400, "timeout_s"),
-    ("POST", "/skyrl/v1/wait_lora_unpaused", {"content": b'{"lora_name": "A", "timeout_s": NaN}',
-                                              "headers": JSON}, 400, "timeout_s"),
+    (
+        "POST",
+        "/skyrl/v1/wait_lora_unpaused",
+        {"json": {"lora_name": "A", "timeout_s": "x"}},
+        400,
+        "timeout_s",
+    ),
+    ("POST", "/skyrl/v1/wait_lora_unpaused", {"json": {"lora_name": "A", "timeout_s": -1}}, 400, "timeout_s"),
+    (
+        "POST",
+        "/skyrl/v1/wait_lora_unpaused",
+        {"content": b'{"lora_name": "A", "timeout_s": NaN}', "headers": JSON},
+        400,
+        "timeout_s",
+    ),
     # a numeric string is a number (SkyRL's server did float(timeout_s)); these are not
-    *[("POST", path, {"json": {"lora_name": "A", "timeout_s": bad}}, 400, "timeout_s")
-      for path in ("/skyrl/v1/wait_lora_unpaused", "/skyrl/v1/abort_lora_requests")
-      for bad in ("soon", "-1", "-0.5", "nan", "inf", "1e400", "1_0", "", True)],
+    *[
+        ("POST", path, {"json": {"lora_name": "A", "timeout_s": bad}}, 400, "timeout_s")
+        for path in ("/skyrl/v1/wait_lora_unpaused", "/skyrl/v1/abort_lora_requests")
+        for bad in ("soon", "-1", "-0.5", "nan", "inf", "1e400", "1_0", "", True)
+    ],
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status", "field"), CASES,
-                         ids=[f"{c[0]} {c[1][:40]} {str(c[2])[:40]}" for c in CASES])
-def test_malformed_input_is_a_named_4xx(http: httpx.Client, method: str, path: str,
-                                        kwargs: dict[str, Any], status: int,
-                                        field: str | None) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "field"),
+    CASES,
+    ids=[f"{c[0]} {c[1][:40]} {str(c[2])[:40]}" for c in CASES],
+)
+def test_malformed_input_is_a_named_4xx(
+    http: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, field: str | None
+) -> None:
     before = http.get("/v1/pauses").json()["revision"]
     r = http.request(method, path, **kwargs)
     assert r.status_code == status, r.text

@@ -43,8 +43,7 @@ class Stream:
     def _run(self) -> None:
         try:
             with self._client.stream("GET", "/v1/events", headers=self._headers) as resp:
-                self.frames.put({"status": resp.status_code,
-                                 "content-type": resp.headers["content-type"]})
+                self.frames.put({"status": resp.status_code, "content-type": resp.headers["content-type"]})
                 for frame in read_events(resp):
                     self.frames.put(frame)
                     if self._stop:
@@ -80,13 +79,20 @@ def test_snapshot_then_one_event_per_change_with_revision_ids(live: Live) -> Non
 
             # a change made by the CLI (another process) arrives on the open stream
             t0 = time.monotonic()
-            token = int(live.cli("pause", "org/lora", "--holder", "cli", "--reason", "swap")
-                        .stdout.strip().split("-")[0])
+            token = int(
+                live.cli("pause", "org/lora", "--holder", "cli", "--reason", "swap")
+                .stdout.strip()
+                .split("-")[0]
+            )
             ev = s.next()
             assert time.monotonic() - t0 < 5
             assert ev["event"] == "change" and ev["id"] == str(token)
-            assert (ev["data"]["name"], ev["data"]["op"], ev["data"]["holder"],
-                    ev["data"]["paused"]) == ("org/lora", "pause", "cli", True)
+            assert (ev["data"]["name"], ev["data"]["op"], ev["data"]["holder"], ev["data"]["paused"]) == (
+                "org/lora",
+                "pause",
+                "cli",
+                True,
+            )
             assert ev["data"]["state"]["reason"] == "swap"
 
             c.delete("/v1/pauses/org%2Flora", params={"holder": "cli"})

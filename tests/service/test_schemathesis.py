@@ -31,11 +31,29 @@ def _run_st(url: str, *extra: str, examples: int, cwd: str) -> tuple[int, int, s
     if st is None:
         pytest.skip("schemathesis is not installed (pip install schemathesis)")
     proc = subprocess.run(
-        [st, "run", f"{url}/openapi.json", "--checks", "all",
-         "--exclude-checks", "use_after_free", "--exclude-path", "/v1/events",
-         "--max-examples", str(examples), "--request-timeout", "10", "--seed", "1234",
-         "--no-color", *extra],
-        capture_output=True, text=True, timeout=800, cwd=cwd,
+        [
+            st,
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "use_after_free",
+            "--exclude-path",
+            "/v1/events",
+            "--max-examples",
+            str(examples),
+            "--request-timeout",
+            "10",
+            "--seed",
+            "1234",
+            "--no-color",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=800,
+        cwd=cwd,
     )
     out = proc.stdout + proc.stderr
     m = re.search(r"(\d+) generated", out)
@@ -53,7 +71,6 @@ def test_schemathesis_open(make_live: Callable[..., Live], tmp_path: Path) -> No
 
 def test_schemathesis_with_auth(make_live: Callable[..., Live], tmp_path: Path) -> None:
     live = make_live(max_wait_s=1.0, api_token="st-token", auth_reads=True)
-    rc, cases, out = _run_st(live.url, "-H", "Authorization: Bearer st-token", examples=8,
-                             cwd=str(tmp_path))
+    rc, cases, out = _run_st(live.url, "-H", "Authorization: Bearer st-token", examples=8, cwd=str(tmp_path))
     print(f"schemathesis (auth on): {cases} test cases")
     assert rc == 0, out[-8000:]

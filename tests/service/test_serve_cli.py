@@ -32,8 +32,13 @@ def _line(proc: subprocess.Popen[str], pattern: str, timeout: float = 15.0) -> r
 def test_serve_starts_embedded_redis_and_prints_the_urls(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")}
     env["XDG_DATA_HOME"] = str(tmp_path)  # its state goes here, not into the user's own
-    proc = subprocess.Popen([sys.executable, "-m", "pausesvc.cli", "serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pausesvc.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         redis_url = _line(proc, r"export PAUSESVC_REDIS_URL=(\S+)").group(1)
         base = _line(proc, r"control service on (http://\S+)").group(1)
@@ -45,9 +50,13 @@ def test_serve_starts_embedded_redis_and_prints_the_urls(tmp_path: Path) -> None
         assert httpx.post(f"{base}/v1/pauses/lora-a").status_code == 200
         assert "<title>pausesvc" in httpx.get(base + "/").text
         # the printed URL is the one replicas and the CLI use
-        out = subprocess.run([sys.executable, "-m", "pausesvc.cli", "status", "--json"],
-                             env={**env, "PAUSESVC_REDIS_URL": redis_url},
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "pausesvc.cli", "status", "--json"],
+            env={**env, "PAUSESVC_REDIS_URL": redis_url},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert '"lora-a"' in out.stdout, out.stderr
         # an open event stream does not hold the shutdown up: it ends cleanly
         with httpx.stream("GET", f"{base}/v1/events", timeout=10) as stream:
@@ -70,7 +79,11 @@ def test_serve_starts_embedded_redis_and_prints_the_urls(tmp_path: Path) -> None
 
 
 def test_serve_rejects_bad_flags(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pausesvc.cli", "serve", "--port", "99999"],
-                       capture_output=True, text=True, timeout=30,
-                       env={**os.environ, "XDG_DATA_HOME": str(tmp_path)})
+    r = subprocess.run(
+        [sys.executable, "-m", "pausesvc.cli", "serve", "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+    )
     assert r.returncode == 2 and "port" in r.stderr and "Traceback" not in r.stderr

@@ -28,15 +28,15 @@ def _default(name: str) -> str:
 EXTRA = {
     "replication_wait_timeout_ms": "How long that WAIT may take (ms).",
     "reconnect_max_backoff_s": "Longest pause between the watcher's reconnect attempts "
-                               "(jittered exponential backoff).",
+    "(jittered exponential backoff).",
     "heartbeat_interval_s": "Replica processes heartbeat into the registry this often.",
     "drain_timeout_s": "Default deadline of a drained pause (POST /v1/pauses/{name} with "
-                       "drain, /skyrl/v1/abort_lora_requests); 504 drain_timeout after it.",
+    "drain, /skyrl/v1/abort_lora_requests); 504 drain_timeout after it.",
     "gate_policy": "Gate: hold paused requests until resume, or reject them with 503 at once.",
     "gate_hold_timeout_s": "Gate: longest hold; then the gate_deadline_response. Must exceed "
-                           "the longest pause a weight sync makes (abort on every replica, "
-                           "load, resume; see skyrl.md, Deadlines), or held requests are "
-                           "answered before the new weights are in.",
+    "the longest pause a weight sync makes (abort on every replica, "
+    "load, resume; see skyrl.md, Deadlines), or held requests are "
+    "answered before the new weights are in.",
     "gate_retry_after_s": "Gate: Retry-After on its 503s.",
     "gate_max_body_bytes": "Gate: body cap on gated paths (413 over it).",
     "host": "Control service: interface to listen on (`pausesvc serve --host`).",
@@ -55,12 +55,10 @@ def _type(name: str) -> str:
 
 
 def render() -> str:
-    rows = ["| Setting | Environment variable | Type | Default | Meaning |",
-            "|---|---|---|---|---|"]
+    rows = ["| Setting | Environment variable | Type | Default | Meaning |", "|---|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         desc = (field.description or EXTRA.get(name, "")).replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{name}` | `PAUSESVC_{name.upper()}` | {_type(name)} | "
-                    f"{_default(name)} | {desc} |")
+        rows.append(f"| `{name}` | `PAUSESVC_{name.upper()}` | {_type(name)} | {_default(name)} | {desc} |")
     return "\n".join(rows)
 
 

@@ -48,11 +48,11 @@ async def test_skyrl_abort_resume_wait(live: Live) -> None:
         state = (await c.get("/v1/pauses/lora-A")).json()
         assert state["paused"] and list(state["state"]["holders"]) == ["skyrl"]
 
-        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-A",
-                                                                "timeout_s": 0.2})
+        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-A", "timeout_s": 0.2})
         assert w.json() == {"paused": True}
-        waiter = asyncio.create_task(c.post("/skyrl/v1/wait_lora_unpaused",
-                                            json={"lora_name": "lora-A", "timeout_s": 20}))
+        waiter = asyncio.create_task(
+            c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-A", "timeout_s": 20})
+        )
         await asyncio.sleep(0.3)
         assert not waiter.done()
         t0 = time.monotonic()
@@ -64,8 +64,9 @@ async def test_skyrl_abort_resume_wait(live: Live) -> None:
         r = await c.post("/skyrl/v1/resume_lora_requests", json={"lora_name": "lora-A"})
         assert r.status_code == 200 and r.json()["status"] == "ok"
         # never paused: at once
-        assert (await c.post("/skyrl/v1/wait_lora_unpaused",
-                             json={"lora_name": "other"})).json() == {"paused": False}
+        assert (await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "other"})).json() == {
+            "paused": False
+        }
 
 
 async def test_skyrl_resume_leaves_other_holders_alone(live: Live) -> None:
@@ -88,23 +89,19 @@ async def test_drain_timeout_is_504_and_the_pause_stays(live: Live) -> None:
         assert body["error"] == "drain_timeout" and body["missing"] == ["silent"]
         assert body["token"].split("-")[0].isdigit()
         assert (await c.get("/v1/pauses/B")).json()["paused"] is True
-        r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "C",
-                                                                "timeout_s": 0.3})
+        r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "C", "timeout_s": 0.3})
         assert r.status_code == 504 and r.json()["missing"] == ["silent"]
 
 
 async def test_numeric_string_timeouts_are_numbers(live: Live) -> None:
     """SkyRL's server did ``float(timeout_s)``: ``"0.3"`` is 0.3 s here too."""
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as c:
-        r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "S",
-                                                                "timeout_s": "5"})
+        r = await c.post("/skyrl/v1/abort_lora_requests", json={"lora_name": "S", "timeout_s": "5"})
         assert r.status_code == 200, r.text
         t0 = time.monotonic()
-        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S",
-                                                                "timeout_s": "0.3"})
+        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S", "timeout_s": "0.3"})
         assert w.status_code == 200 and w.json() == {"paused": True}
         assert time.monotonic() - t0 >= 0.25
         await c.post("/skyrl/v1/resume_lora_requests", json={"lora_name": "S"})
-        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S",
-                                                                "timeout_s": " 1e1 "})
+        w = await c.post("/skyrl/v1/wait_lora_unpaused", json={"lora_name": "S", "timeout_s": " 1e1 "})
         assert w.json() == {"paused": False}

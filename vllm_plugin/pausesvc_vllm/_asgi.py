@@ -44,7 +44,7 @@ def route_path(scope: Scope) -> str:
     path = normalize_path(scope.get("path", ""))
     root = normalize_path(scope.get("root_path", "") or "")
     if root != "/" and (path == root or path.startswith(root + "/")):
-        path = path[len(root):] or "/"
+        path = path[len(root) :] or "/"
     return path
 
 
@@ -64,18 +64,21 @@ class PathMatcher:
         return any(path == p or path.startswith(p + "/") for p in self.paths)
 
 
-async def send_json(send: Send, status: int, body: object,
-                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(
+    send: Send, status: int, body: object, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     data = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-            *headers,
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -125,8 +128,9 @@ class _Deadline:
         return self.fired and self.task is not None and self.task.uncancel() == 0
 
 
-async def read_body(receive: Receive, scope: Scope, *, max_bytes: int, timeout: float,
-                    declared: int | None = -1) -> bytes:
+async def read_body(
+    receive: Receive, scope: Scope, *, max_bytes: int, timeout: float, declared: int | None = -1
+) -> bytes:
     """Read the whole request body, at most ``max_bytes``, within ``timeout`` seconds.
 
     Raises :class:`BodyError`: 413 over the cap (checked against Content-Length first),
@@ -136,8 +140,9 @@ async def read_body(receive: Receive, scope: Scope, *, max_bytes: int, timeout: 
     if declared == -1:
         declared = _content_length(scope)
     if declared is not None and declared > max_bytes:
-        raise BodyError(413, "body_too_large",
-                        f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
+        raise BodyError(
+            413, "body_too_large", f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes"
+        )
     loop = asyncio.get_running_loop()
     deadline = _Deadline(loop, loop.time() + timeout)
     try:
@@ -154,28 +159,33 @@ async def read_body(receive: Receive, scope: Scope, *, max_bytes: int, timeout: 
             more = message.get("more_body", False)
             if not more and not chunks:  # the usual case: the whole body in one message
                 if len(chunk) > max_bytes:
-                    raise BodyError(413, "body_too_large",
-                                    f"request body exceeds the limit of {max_bytes} bytes")
+                    raise BodyError(
+                        413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
+                    )
                 return bytes(chunk)
             if chunk:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise BodyError(413, "body_too_large",
-                                    f"request body exceeds the limit of {max_bytes} bytes")
+                    raise BodyError(
+                        413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
+                    )
                 chunks.append(chunk)
             if not more:
                 return b"".join(chunks)
     except asyncio.CancelledError:
         if deadline.expired():
-            raise BodyError(408, "body_timeout",
-                            f"request body not received within {timeout:g}s") from None
+            raise BodyError(408, "body_timeout", f"request body not received within {timeout:g}s") from None
         raise
     finally:
         deadline.handle.cancel()
 
 
-def replaying_receive(body: bytes, receive: Receive, pending: list[Message] | None = None,
-                      next_message: asyncio.Future[Message] | None = None) -> Receive:
+def replaying_receive(
+    body: bytes,
+    receive: Receive,
+    pending: list[Message] | None = None,
+    next_message: asyncio.Future[Message] | None = None,
+) -> Receive:
     """Hand ``body`` over once (then any ``pending`` messages already taken from the real
     ``receive``, then the result of ``next_message``, a ``receive()`` already running), then
     delegate every later call to the real ``receive``.

@@ -66,8 +66,7 @@ def _choice(kind: str, index: int, data: dict[str, Any], *, stream: bool) -> dic
     return choice
 
 
-async def send_abort(send: Send, kind: str, data: dict[str, Any] | None, request_id: str,
-                     model: str) -> None:
+async def send_abort(send: Send, kind: str, data: dict[str, Any] | None, request_id: str, model: str) -> None:
     """Answer zero tokens with ``finish_reason: "abort"`` in the shape ``kind`` and the
     request's ``stream`` flag ask for."""
     data = data or {}
@@ -75,15 +74,26 @@ async def send_abort(send: Send, kind: str, data: dict[str, Any] | None, request
     created = int(time.time())
     chat = kind == "chat"
     obj = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
-    head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{request_id}", "object": obj,
-            "created": created, "model": model}
+    head = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{request_id}",
+        "object": obj,
+        "created": created,
+        "model": model,
+    }
     choices = [_choice(kind, i, data, stream=stream) for i in range(_choices(data))]
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     if not stream:
         body = json.dumps({**head, "choices": choices, "usage": usage}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         return
     chunk = {**head, "choices": choices}
@@ -92,12 +102,15 @@ async def send_abort(send: Send, kind: str, data: dict[str, Any] | None, request
         chunk["usage"] = None
     events = [b"data: " + json.dumps(chunk).encode() + b"\n\n"]
     if isinstance(opts, dict) and opts.get("include_usage"):
-        events.append(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode()
-                      + b"\n\n")
+        events.append(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n")
     events.append(b"data: [DONE]\n\n")
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"),
-                            (b"cache-control", b"no-cache")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        }
+    )
     for ev in events:
         await send({"type": "http.response.body", "body": ev, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

@@ -66,8 +66,7 @@ DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 24 * 3600.0
 MAX_SKYRL_BODY = 64 * 1024
 
-Handler = Callable[[GateRuntime, dict[str, Any], Receive, str],
-                   Awaitable[tuple[int, dict[str, Any]]]]
+Handler = Callable[[GateRuntime, dict[str, Any], Receive, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class _BadRequest(Exception):
@@ -87,18 +86,21 @@ def _lora_name(data: dict[str, Any]) -> str:
         raise _BadRequest("lora_name", str(exc)) from None
 
 
-async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive,
-                 holder: str) -> tuple[int, dict[str, Any]]:
+async def _abort(
+    rt: GateRuntime, data: dict[str, Any], receive: Receive, holder: str
+) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     assert rt.client is not None
     # a hold that asks for a drain (every process aborts AND acknowledges it), but we wait for
     # THIS process's drain only, as SkyRL's endpoint answers for its own replica
     reason = "skyrl abort_lora_requests" + (
-        f" (unauthenticated, via {rt.replica_id})" if holder == ANON_HOLDER else "")
+        f" (unauthenticated, via {rt.replica_id})" if holder == ANON_HOLDER else ""
+    )
     grant = await _pause_requesting_drain(rt.client, name, holder, reason)
     try:
-        aborted = await rt.wait_drained(name, grant.revision, rt.settings.drain_timeout_s,
-                                        token=grant.token, epoch=grant.epoch)
+        aborted = await rt.wait_drained(
+            name, grant.revision, rt.settings.drain_timeout_s, token=grant.token, epoch=grant.epoch
+        )
     except TimeoutError:
         # never a 200 (SkyRL's caller would swap the weights under a live request) and never a
         # silent release: the pause stays, and the answer says so and how to go on
@@ -107,21 +109,25 @@ async def _abort(rt: GateRuntime, data: dict[str, Any], receive: Receive,
             f"{name!r} is paused and stays paused, but this replica did not drain it within "
             f"{rt.settings.drain_timeout_s:g}s: do not load new weights yet; call "
             "abort_lora_requests again (idempotent) until it answers 200, or release the pause "
-            "with resume_lora_requests", adapter=name, paused=True, token=grant.token,
-            in_flight=len(rt.in_flight(name)))
+            "with resume_lora_requests",
+            adapter=name,
+            paused=True,
+            token=grant.token,
+            in_flight=len(rt.in_flight(name)),
+        )
     return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
 
 
-async def _pause_requesting_drain(client: AsyncPauseClient, name: str, holder: str,
-                                  reason: str) -> Grant:
+async def _pause_requesting_drain(client: AsyncPauseClient, name: str, holder: str, reason: str) -> Grant:
     """``client.pause(name, drain=True)`` without its wait for the whole fleet's acks: the hold
     records the drain request (so every process acknowledges), the caller waits as it likes."""
     holder, args = client._pause_args(name, holder, reason, None, drain=True)
     return client._parse_grant(name, holder, await client._run("pause", args))
 
 
-async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive,
-                  holder: str) -> tuple[int, dict[str, Any]]:
+async def _resume(
+    rt: GateRuntime, data: dict[str, Any], receive: Receive, holder: str
+) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     assert rt.client is not None and rt.watcher is not None
     try:
@@ -134,8 +140,9 @@ async def _resume(rt: GateRuntime, data: dict[str, Any], receive: Receive,
     return 200, {"status": "ok", "paused": res.paused}
 
 
-async def _wait(rt: GateRuntime, data: dict[str, Any], receive: Receive,
-                holder: str) -> tuple[int, dict[str, Any]]:
+async def _wait(
+    rt: GateRuntime, data: dict[str, Any], receive: Receive, holder: str
+) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     # a numeric string ("0.3") is a number, as it was for SkyRL's server (float(timeout_s))
     raw = number_from_text(data.get("timeout_s", DEFAULT_WAIT_S))
@@ -176,8 +183,7 @@ _SKYRL: dict[str, Handler] = {
 MUTATING = frozenset({"/skyrl/v1/abort_lora_requests", "/skyrl/v1/resume_lora_requests"})
 
 
-async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
-                     send: Send) -> bool:
+async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
     """Answer ``path`` if it is one of ours; False: not ours, pass it on."""
     method = scope.get("method")
     if path == "/pausesvc/status":
@@ -192,19 +198,30 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
             return True
         w = rt.watcher
         rendered = render_prometheus(
-            rt.stats, {"replica": rt.replica_id, "namespace": rt.settings.namespace},
-            {"in_sync": float(bool(w and w.in_sync)), "fenced": float(rt.fenced),
-             "staleness_seconds": w.staleness if w else 0.0,
-             "paused_adapters": float(len(w.paused_names())) if w else 0.0},
+            rt.stats,
+            {"replica": rt.replica_id, "namespace": rt.settings.namespace},
+            {
+                "in_sync": float(bool(w and w.in_sync)),
+                "fenced": float(rt.fenced),
+                "staleness_seconds": w.staleness if w else 0.0,
+                "paused_adapters": float(len(w.paused_names())) if w else 0.0,
+            },
         )
         if rendered is None:
-            await send_json(send, 404, error_body(
-                "metrics_unavailable", "install prometheus-client for /pausesvc/metrics"))
+            await send_json(
+                send,
+                404,
+                error_body("metrics_unavailable", "install prometheus-client for /pausesvc/metrics"),
+            )
             return True
         text, ctype = rendered
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", ctype.encode()),
-                                (b"content-length", str(len(text)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(text)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": text})
         return True
     handler = _SKYRL.get(path)
@@ -213,9 +230,15 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
     s = rt.settings
     mutating = path in MUTATING
     if mutating and s.gate_control_endpoints == "off":
-        await send_json(send, 404, error_body(
-            "not_found", f"{path} is switched off on this replica "
-            "(PAUSESVC_GATE_CONTROL_ENDPOINTS=off): pause through a controller"))
+        await send_json(
+            send,
+            404,
+            error_body(
+                "not_found",
+                f"{path} is switched off on this replica "
+                "(PAUSESVC_GATE_CONTROL_ENDPOINTS=off): pause through a controller",
+            ),
+        )
         return True
     if method != "POST":
         await _not_allowed(send, "POST")
@@ -225,23 +248,30 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
         refused = authorize(scope, expected)
         if refused is not None:
             status, code, message, headers = refused
-            await send_json(send, status, error_body(code, message, field="Authorization"),
-                            headers=headers)
+            await send_json(send, status, error_body(code, message, field="Authorization"), headers=headers)
             return True
     why = cross_site(scope) if mutating else None
     if why is not None:
-        await send_json(send, 403, error_body(
-            "cross_site", f"cross-site request refused ({why})", field="Origin"))
+        await send_json(
+            send, 403, error_body("cross_site", f"cross-site request refused ({why})", field="Origin")
+        )
         return True
     if not is_json(scope):
-        await send_json(send, 415, error_body(
-            "unsupported_media_type", "send the body as Content-Type: application/json",
-            field="Content-Type"))
+        await send_json(
+            send,
+            415,
+            error_body(
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+                field="Content-Type",
+            ),
+        )
         return True
     holder = AUTH_HOLDER if expected is not None else ANON_HOLDER
     try:
-        body = await read_body(receive, scope, max_bytes=MAX_SKYRL_BODY,
-                               timeout=rt.settings.gate_body_timeout_s)
+        body = await read_body(
+            receive, scope, max_bytes=MAX_SKYRL_BODY, timeout=rt.settings.gate_body_timeout_s
+        )
     except BodyError as exc:
         if exc.status:
             await send_json(send, exc.status, error_body(exc.code, exc.message))
@@ -251,22 +281,25 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        await send_json(send, 400, error_body("invalid_json", "the body must be a JSON object",
-                                              field="body"))
+        await send_json(send, 400, error_body("invalid_json", "the body must be a JSON object", field="body"))
         return True
     try:
         status, answer = await handler(rt, data, receive, holder)
     except _BadRequest as exc:
         status, answer = 400, error_body("invalid_input", exc.message, field=exc.field)
     except InvalidInputError as exc:
-        status, answer = 400, error_body("invalid_input", str(exc),
-                                         field=getattr(exc, "field", None))
+        status, answer = 400, error_body("invalid_input", str(exc), field=getattr(exc, "field", None))
     except DrainTimeoutError as exc:
         status, answer = 504, error_body("drain_timeout", str(exc))
     except RedisPermissionError as exc:  # a least-privilege replica user: configuration
-        status, answer = 403, error_body(
-            "redis_forbidden", f"{exc}; this replica's Redis user may not change the pause "
-            "state: pause through the control service or a controller")
+        status, answer = (
+            403,
+            error_body(
+                "redis_forbidden",
+                f"{exc}; this replica's Redis user may not change the pause "
+                "state: pause through the control service or a controller",
+            ),
+        )
     except RedisUnavailableError as exc:
         status, answer = 503, error_body("redis_unavailable", str(exc))
     except PauseError as exc:
@@ -278,5 +311,6 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
 
 
 async def _not_allowed(send: Send, allow: str) -> None:
-    await send_json(send, 405, error_body("method_not_allowed", f"use {allow}"),
-                    headers=[(b"allow", allow.encode())])
+    await send_json(
+        send, 405, error_body("method_not_allowed", f"use {allow}"), headers=[(b"allow", allow.encode())]
+    )

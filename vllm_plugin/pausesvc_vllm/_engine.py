@@ -45,13 +45,14 @@ def external_id_matches(external_id: str, base: str) -> bool:
     if external_id in (base, f"chatcmpl-{base}", f"generate-tokens-{base}"):
         return True
     for prefix, sep in ((f"cmpl-{base}", "-"), (base, "_")):
-        if external_id.startswith(prefix + sep) and external_id[len(prefix) + 1:].isdigit():
+        if external_id.startswith(prefix + sep) and external_id[len(prefix) + 1 :].isdigit():
             return True
     return False
 
 
-def find_requests(engine: Any, adapter: str | None, bases: Collection[str],
-                  *, everything: bool = False) -> list[EngineRequest]:
+def find_requests(
+    engine: Any, adapter: str | None, bases: Collection[str], *, everything: bool = False
+) -> list[EngineRequest]:
     """The engine's live requests of ``adapter`` (by LoRA name) or derived from ``bases``.
 
     ``everything``: every live request (a ``*`` pause).
@@ -65,8 +66,11 @@ def find_requests(engine: Any, adapter: str | None, bases: Collection[str],
     for internal_id, st in list(states.items()):
         lora = getattr(st, "lora_name", None)
         ext = str(getattr(st, "external_req_id", None) or internal_id)
-        if (everything or (adapter is not None and lora == adapter)
-                or any(external_id_matches(ext, b) for b in bases)):
+        if (
+            everything
+            or (adapter is not None and lora == adapter)
+            or any(external_id_matches(ext, b) for b in bases)
+        ):
             out.append(EngineRequest(str(internal_id), ext, lora))
     return out
 

@@ -76,8 +76,9 @@ class PauseGateMiddleware:
                 field="redis_url",
             )
         s = self.settings
-        self.paths = GatedPaths([*s.gate_ungated_paths, *s.gate_extra_ungated_paths],
-                                forced=s.gate_extra_paths)
+        self.paths = GatedPaths(
+            [*s.gate_ungated_paths, *s.gate_extra_ungated_paths], forced=s.gate_extra_paths
+        )
         self.base_names = BaseNames(s.base_model_names)
         #: the wrapped app's routes with the decision for each (read at lifespan startup)
         self.route_table: list[dict[str, Any]] = []
@@ -93,8 +94,9 @@ class PauseGateMiddleware:
         if kind == "websocket":
             self.runtime.bind(scope)
             if self.paths.path_gated(route_path(scope), scope):
-                await serve_websocket(self.app, self.runtime, self.base_names, self._blocked,
-                                      scope, receive, send)
+                await serve_websocket(
+                    self.app, self.runtime, self.base_names, self._blocked, scope, receive, send
+                )
             else:
                 await self.app(scope, receive, send)
             return
@@ -129,8 +131,7 @@ class PauseGateMiddleware:
         """(our own path, normalized, or None; is the path gated for a non-GET method?),
         cached per raw path."""
         path = route_path(scope)
-        route = (path if path.startswith(OWN_PREFIXES) else None,
-                 self.paths.path_gated(path, scope))
+        route = (path if path.startswith(OWN_PREFIXES) else None, self.paths.path_gated(path, scope))
         if len(self._routes) >= _ROUTE_CACHE:  # a client sending endless distinct paths
             self._routes.clear()
         self._routes[key] = route
@@ -162,32 +163,48 @@ class PauseGateMiddleware:
         if app is None:
             return
         if self.base_names.learn(app):
-            logger.info("pausesvc gate: base model names %s (canonical %r)",
-                        sorted(self.base_names.names), self.base_names.canonical)
+            logger.info(
+                "pausesvc gate: base model names %s (canonical %r)",
+                sorted(self.base_names.names),
+                self.base_names.canonical,
+            )
         table = route_table(app, self.paths)
         if table:
             self.route_table = table
-            ungated = [f"{r['method']} {r['path']}" for r in table
-                       if not r["gated"] and r["method"] not in SAFE_METHODS]
+            ungated = [
+                f"{r['method']} {r['path']}"
+                for r in table
+                if not r["gated"] and r["method"] not in SAFE_METHODS
+            ]
             gated = [f"{r['method']} {r['path']}" for r in table if r["gated"]]
-            logger.info("pausesvc gate: %d route(s) gated: %s; allow-listed: %s",
-                        len(gated), ", ".join(gated), ", ".join(ungated) or "-")
+            logger.info(
+                "pausesvc gate: %d route(s) gated: %s; allow-listed: %s",
+                len(gated),
+                ", ".join(gated),
+                ", ".join(ungated) or "-",
+            )
 
     async def _answer_routes(self, scope: Scope, send: Send) -> None:
         if scope.get("method") not in ("GET", "HEAD"):
-            await send_json(send, 405, error_body("method_not_allowed", "use GET"),
-                            headers=[(b"allow", b"GET")])
+            await send_json(
+                send, 405, error_body("method_not_allowed", "use GET"), headers=[(b"allow", b"GET")]
+            )
             return
         if not self.route_table:
             self._learn_app(self.runtime.app)
-        await send_json(send, 200, {
-            "routes": self.route_table,
-            "ungated_paths": sorted({*self.settings.gate_ungated_paths,
-                                     *self.settings.gate_extra_ungated_paths}),
-            "forced_paths": list(self.settings.gate_extra_paths),
-            "base_model_names": sorted(self.base_names.names),
-            "base_model": self.base_names.canonical,
-        })
+        await send_json(
+            send,
+            200,
+            {
+                "routes": self.route_table,
+                "ungated_paths": sorted(
+                    {*self.settings.gate_ungated_paths, *self.settings.gate_extra_ungated_paths}
+                ),
+                "forced_paths": list(self.settings.gate_extra_paths),
+                "base_model_names": sorted(self.base_names.names),
+                "base_model": self.base_names.canonical,
+            },
+        )
 
     def _blocked(self, target: Target) -> str | None:
         """The first paused name that holds a request of ``target`` (None: it may go on).
@@ -233,8 +250,13 @@ class PauseGateMiddleware:
             elif k == SAGEMAKER_ADAPTER_HEADER:
                 header_adapter = v.decode("latin-1").strip()
         try:
-            body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes,
-                                   timeout=s.gate_body_timeout_s, declared=declared)
+            body = await read_body(
+                receive,
+                scope,
+                max_bytes=s.gate_max_body_bytes,
+                timeout=s.gate_body_timeout_s,
+                declared=declared,
+            )
         except BodyError as exc:
             if exc.status == 413:
                 rt.stats.too_large += 1
@@ -251,11 +273,9 @@ class PauseGateMiddleware:
         if rt.admissible(GLOBAL) and not watcher.any_paused:
             # the fast path: nothing is paused, so the adapter does not matter now; the body is
             # parsed only if a drain (or a status) asks which adapter it was for
-            target = Target(self.base_names, body=body, content_type=ctype,
-                            header=header_adapter, lazy=True)
+            target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=True)
         else:
-            target = Target(self.base_names, body=body, content_type=ctype,
-                            header=header_adapter)
+            target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter)
             # held until no name it may run on is paused (each wait ends on a resume of the
             # name it waited for; then every name is checked again, with no await before the
             # admission below)
@@ -275,13 +295,15 @@ class PauseGateMiddleware:
                     rt.stats.rejections += 1
                     if outcome == "timeout":
                         rt.stats.hold_timeouts += 1
-                        kind = (abort_kind(route_path(scope))
-                                if s.gate_deadline_response == "abort" else None)
+                        kind = abort_kind(route_path(scope)) if s.gate_deadline_response == "abort" else None
                         if kind is not None:  # zero tokens, finish_reason "abort": retry loops
-                            await send_abort(send, kind, data if data is not None
-                                             else _as_object(body),
-                                             (rid or rt.next_request_id()).decode("latin-1"),
-                                             adapter)
+                            await send_abort(
+                                send,
+                                kind,
+                                data if data is not None else _as_object(body),
+                                (rid or rt.next_request_id()).decode("latin-1"),
+                                adapter,
+                            )
                             return
                     await self._paused_response(send, adapter, outcome)
                     return
@@ -291,8 +313,11 @@ class PauseGateMiddleware:
         # admitted: from here to the app call there is no await (a pause landing now sees it)
         if rid is None:
             given = data.get("request_id") if data is not None else None
-            rid = (given.encode("latin-1", "replace") if isinstance(given, str) and given
-                   else rt.next_request_id())
+            rid = (
+                given.encode("latin-1", "replace")
+                if isinstance(given, str) and given
+                else rt.next_request_id()
+            )
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
         admission = rt.admit(target, rid.decode("latin-1"))
         guarded = _FenceGuard(rt, send)
@@ -300,15 +325,13 @@ class PauseGateMiddleware:
             if held is None:
                 await self.app(scope, replaying_receive(body, receive), guarded)
             else:
-                await self.app(scope, replaying_receive(body, receive, held.pending, held.recv),
-                               guarded)
+                await self.app(scope, replaying_receive(body, receive, held.pending, held.recv), guarded)
         finally:
             rt.finish(admission)
             if held is not None and held.recv is not None:
                 held.recv.cancel()  # the app is done: nobody reads what the client sends now
 
-    async def _hold(self, name: str, adapter: str, receive: Receive,
-                    held: _Held) -> str:
+    async def _hold(self, name: str, adapter: str, receive: Receive, held: _Held) -> str:
         """Wait until ``name`` may go on. Returns 'ok', 'timeout', 'reject', 'gone', 'full'
         (the hold caps are reached) or 'pass' (vLLM answers it 401: hand it over unheld).
 
@@ -327,10 +350,12 @@ class PauseGateMiddleware:
         if s.gate_policy == "reject" and watcher.synced_once:
             return "reject"
         # memory caps: what an anonymous client can pin here is bounded
-        if (stats.held_now >= s.gate_max_held_requests
-                or stats.held_bytes_now + size > s.gate_max_held_bytes
-                or stats.held[adapter] >= s.gate_max_held_requests_per_adapter
-                or stats.held_bytes[adapter] + size > s.gate_max_held_bytes_per_adapter):
+        if (
+            stats.held_now >= s.gate_max_held_requests
+            or stats.held_bytes_now + size > s.gate_max_held_bytes
+            or stats.held[adapter] >= s.gate_max_held_requests_per_adapter
+            or stats.held_bytes[adapter] + size > s.gate_max_held_bytes_per_adapter
+        ):
             stats.over_capacity += 1
             return "full"
         loop = asyncio.get_running_loop()
@@ -399,18 +424,24 @@ class PauseGateMiddleware:
         s = self.settings
         code = "adapter_paused"
         if outcome == "timeout":
-            message = (f"adapter {adapter!r} is paused; the request was held "
-                       f"{s.gate_hold_timeout_s:g}s without a resume")
+            message = (
+                f"adapter {adapter!r} is paused; the request was held "
+                f"{s.gate_hold_timeout_s:g}s without a resume"
+            )
         elif outcome == "full":
             code = "hold_capacity"
-            message = (f"adapter {adapter!r} is paused and this replica holds as many requests "
-                       "as it may; retry after it is resumed")
+            message = (
+                f"adapter {adapter!r} is paused and this replica holds as many requests "
+                "as it may; retry after it is resumed"
+            )
         else:
             message = f"adapter {adapter!r} is paused; retry after it is resumed"
         await send_json(
-            send, 503,
-            error_body(code, message, type="service_unavailable", adapter=adapter,
-                       retry_after_s=s.gate_retry_after_s),
+            send,
+            503,
+            error_body(
+                code, message, type="service_unavailable", adapter=adapter, retry_after_s=s.gate_retry_after_s
+            ),
             headers=[(b"retry-after", str(s.gate_retry_after_s).encode())],
         )
 
@@ -439,14 +470,22 @@ class _FenceGuard:
         if self.rt.fenced:
             self.cut = True
             self.rt.stats.fenced_cuts += 1
-            logger.warning("pausesvc gate: fenced (no proven round trip to Redis): response "
-                           "cut before it could carry more output")
+            logger.warning(
+                "pausesvc gate: fenced (no proven round trip to Redis): response "
+                "cut before it could carry more output"
+            )
             if not self.started:
-                await send_json(self.send, 503, error_body(
-                    "replica_fenced", "this replica cannot prove it is in sync with the pause "
-                    "state; retry", type="service_unavailable",
-                    retry_after_s=self.rt.settings.gate_retry_after_s),
-                    headers=[(b"retry-after", str(self.rt.settings.gate_retry_after_s).encode())])
+                await send_json(
+                    self.send,
+                    503,
+                    error_body(
+                        "replica_fenced",
+                        "this replica cannot prove it is in sync with the pause state; retry",
+                        type="service_unavailable",
+                        retry_after_s=self.rt.settings.gate_retry_after_s,
+                    ),
+                    headers=[(b"retry-after", str(self.rt.settings.gate_retry_after_s).encode())],
+                )
             elif message.get("type") == "http.response.body":
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             return

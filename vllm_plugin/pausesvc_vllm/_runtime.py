@@ -192,8 +192,9 @@ class GateRuntime:
             self._unfenced = asyncio.Event()
             self._heartbeat = self._spawn(self._heartbeat_loop(), "pausesvc-gate-heartbeat")
             self._spawn(self._fence_monitor(), "pausesvc-gate-fence")
-            logger.info("pausesvc gate started: replica %s, namespace %r",
-                        self.replica_id, self.settings.namespace)
+            logger.info(
+                "pausesvc gate started: replica %s, namespace %r", self.replica_id, self.settings.namespace
+            )
 
     async def aclose(self) -> None:
         """Stop heartbeats and drains, leave the registry, release the watcher. Idempotent."""
@@ -206,8 +207,11 @@ class GateRuntime:
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
             for t in stuck:
-                logger.error("pausesvc gate: task %s did not stop within %gs of its cancellation",
-                             t.get_name(), CLOSE_TIMEOUT_S)
+                logger.error(
+                    "pausesvc gate: task %s did not stop within %gs of its cancellation",
+                    t.get_name(),
+                    CLOSE_TIMEOUT_S,
+                )
         for waiters in self._drain_waiters.values():
             for _, fut in waiters:
                 if not fut.done():
@@ -290,8 +294,7 @@ class GateRuntime:
         if group is None:
             group = self._held[name] = set()
             if not self._closed:
-                self._releasers[name] = self._spawn(self._release(name),
-                                                    f"pausesvc-release-{name}")
+                self._releasers[name] = self._spawn(self._release(name), f"pausesvc-release-{name}")
         group.add(fut)
         return fut
 
@@ -348,13 +351,19 @@ class GateRuntime:
         at revision 1 of the last one."""
         if self._closed:
             return
-        epoch = ev.epoch if ev is not None and ev.epoch is not None else (
-            self.watcher.epoch if self.watcher is not None else None)
+        epoch = (
+            ev.epoch
+            if ev is not None and ev.epoch is not None
+            else (self.watcher.epoch if self.watcher is not None else None)
+        )
         if epoch != self._epoch:
             if self._epoch is not None:
-                logger.warning("pausesvc gate: the pause state's epoch changed (%s -> %s): "
-                               "Redis lost its data; every pause is drained afresh",
-                               self._epoch, epoch)
+                logger.warning(
+                    "pausesvc gate: the pause state's epoch changed (%s -> %s): "
+                    "Redis lost its data; every pause is drained afresh",
+                    self._epoch,
+                    epoch,
+                )
             self._epoch = epoch
         if state is None:
             return
@@ -389,9 +398,15 @@ class GateRuntime:
                     self._wanted.pop(name, None)
                     return
                 self.stats.record_drain(elapsed)
-                logger.info("pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
-                            name, rev, elapsed, len(aborted), ", acknowledged" if ack else "",
-                            extra={"event": "drained", "adapter": name, "revision": rev})
+                logger.info(
+                    "pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
+                    name,
+                    rev,
+                    elapsed,
+                    len(aborted),
+                    ", acknowledged" if ack else "",
+                    extra={"event": "drained", "adapter": name, "revision": rev},
+                )
                 self._drained[name] = key
                 self._results[name] = (key, state.pause_revision, aborted)
                 self._resolve(name)
@@ -425,15 +440,18 @@ class GateRuntime:
             engine = engine_client(self.app)
             if engine is not None:
                 bases = {a.base for a in victims}
-                found = [r for r in find_requests(engine, None if everything else name, bases,
-                                                  everything=everything)
-                         if r.internal_id not in seen]
+                found = [
+                    r
+                    for r in find_requests(engine, None if everything else name, bases, everything=everything)
+                    if r.internal_id not in seen
+                ]
                 if found:
                     try:
                         await abort_internal(engine, [r.internal_id for r in found])
                     except Exception:
-                        logger.exception("pausesvc gate: aborting %d request(s) of %r failed",
-                                         len(found), name)
+                        logger.exception(
+                            "pausesvc gate: aborting %d request(s) of %r failed", len(found), name
+                        )
                     else:
                         seen.update(r.internal_id for r in found)
                         aborted.extend(r.external_id for r in found)
@@ -453,13 +471,20 @@ class GateRuntime:
         while True:
             try:
                 async with self._ack_slots:
-                    await self.client._ack(self.replica_id, name, key.revision, aborted,
-                                           epoch=key.epoch, tokens=sorted(key.tokens))
+                    await self.client._ack(
+                        self.replica_id,
+                        name,
+                        key.revision,
+                        aborted,
+                        epoch=key.epoch,
+                        tokens=sorted(key.tokens),
+                    )
                 return True
             except Exception as exc:
                 self.stats.ack_errors += 1
-                logger.warning("pausesvc gate: acknowledging the drain of %r failed (%s); "
-                               "retrying", name, exc)
+                logger.warning(
+                    "pausesvc gate: acknowledging the drain of %r failed (%s); retrying", name, exc
+                )
             await asyncio.sleep(delay)
             delay = min(ACK_RETRY_MAX_S, delay * 2)
             if not self.watcher.is_paused(name):
@@ -480,8 +505,9 @@ class GateRuntime:
         else:
             self._drain_waiters.pop(name, None)
 
-    async def wait_drained(self, name: str, revision: int, timeout: float, *,
-                           token: str | None = None, epoch: str | None = None) -> list[str]:
+    async def wait_drained(
+        self, name: str, revision: int, timeout: float, *, token: str | None = None, epoch: str | None = None
+    ) -> list[str]:
         """Wait until this process drained ``name`` for the pause at ``revision`` (of
         ``epoch``, holding ``token``) or later; return what it aborted for that pause.
         Raises TimeoutError."""
@@ -499,8 +525,10 @@ class GateRuntime:
                 fut.cancel()
 
     def drain_results(self) -> dict[str, dict[str, Any]]:
-        return {n: {"revision": k.revision, "epoch": k.epoch, "aborted": a}
-                for n, (k, _, a) in sorted(self._results.items())}
+        return {
+            n: {"revision": k.revision, "epoch": k.epoch, "aborted": a}
+            for n, (k, _, a) in sorted(self._results.items())
+        }
 
     # -- registry ------------------------------------------------------------------------------------
     def fields(self) -> dict[str, str]:
@@ -544,8 +572,11 @@ class GateRuntime:
             except Exception as exc:
                 self.stats.heartbeat_errors += 1
                 if not failing:
-                    logger.warning("pausesvc gate: heartbeat failed (%s); retrying every %gs",
-                                   exc, self.settings.heartbeat_interval_s)
+                    logger.warning(
+                        "pausesvc gate: heartbeat failed (%s); retrying every %gs",
+                        exc,
+                        self.settings.heartbeat_interval_s,
+                    )
                 failing = True
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
@@ -569,8 +600,6 @@ class GateRuntime:
             "stats": self.stats.to_dict(),
         }
 
-
-
     # -- self-fencing --------------------------------------------------------------------------------
     async def _fence_monitor(self) -> None:
         """Turn the fence on and off: on, abort everything in flight (as a drain of ``*``
@@ -584,18 +613,19 @@ class GateRuntime:
                 logger.warning(
                     "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
                     "%gs): serving nothing, aborting %d in-flight request(s)",
-                    self.fence_age(), self.settings.fence_bound_s, len(self._admitted),
-                    extra={"event": "fenced", "replica": self.replica_id})
+                    self.fence_age(),
+                    self.settings.fence_bound_s,
+                    len(self._admitted),
+                    extra={"event": "fenced", "replica": self.replica_id},
+                )
                 self._unfenced.clear()
             elif not fenced and self._was_fenced:
                 if self.watcher is not None and self.watcher.synced_once:
                     logger.info("pausesvc gate: in sync with Redis again; fence lifted")
                 self._unfenced.set()
             self._was_fenced = fenced
-            if fenced and self._admitted and (self._fence_drain is None
-                                              or self._fence_drain.done()):
-                self._fence_drain = self._spawn(self._abort_while_fenced(),
-                                                "pausesvc-fence-drain")
+            if fenced and self._admitted and (self._fence_drain is None or self._fence_drain.done()):
+                self._fence_drain = self._spawn(self._abort_while_fenced(), "pausesvc-fence-drain")
             await asyncio.sleep(period)
 
     async def _abort_while_fenced(self) -> None:
@@ -607,14 +637,18 @@ class GateRuntime:
             engine = engine_client(self.app)
             if engine is not None:
                 bases = {a.base for a in self._admitted}
-                found = [r for r in find_requests(engine, None, bases, everything=True)
-                         if r.internal_id not in seen]
+                found = [
+                    r
+                    for r in find_requests(engine, None, bases, everything=True)
+                    if r.internal_id not in seen
+                ]
                 if found:
                     try:
                         await abort_internal(engine, [r.internal_id for r in found])
                     except Exception:
-                        logger.exception("pausesvc gate: aborting %d request(s) while fenced "
-                                         "failed", len(found))
+                        logger.exception(
+                            "pausesvc gate: aborting %d request(s) while fenced failed", len(found)
+                        )
                     else:
                         seen.update(r.internal_id for r in found)
                         self.stats.aborts += len(found)
@@ -647,8 +681,12 @@ class _PauseKey:
         self.tokens = tokens
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, _PauseKey) and other.revision == self.revision
-                and other.epoch == self.epoch and other.tokens == self.tokens)
+        return (
+            isinstance(other, _PauseKey)
+            and other.revision == self.revision
+            and other.epoch == self.epoch
+            and other.tokens == self.tokens
+        )
 
     def __hash__(self) -> int:
         return hash((self.epoch, self.revision, self.tokens))
@@ -662,5 +700,8 @@ class _PauseKey:
 
     def same_pause(self, other: _PauseKey, pause_revision: int, prev_pause_revision: int) -> bool:
         """Is ``other`` a later state of the same pause (same epoch, same first hold)?"""
-        return (other.epoch == self.epoch and pause_revision == prev_pause_revision
-                and bool(other.tokens & self.tokens))
+        return (
+            other.epoch == self.epoch
+            and pause_revision == prev_pause_revision
+            and bool(other.tokens & self.tokens)
+        )

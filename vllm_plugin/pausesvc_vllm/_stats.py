@@ -94,8 +94,9 @@ _COUNTERS = {
 }
 
 
-def render_prometheus(stats: GateStats, labels: dict[str, str],
-                      watcher: dict[str, Any]) -> tuple[bytes, str] | None:
+def render_prometheus(
+    stats: GateStats, labels: dict[str, str], watcher: dict[str, Any]
+) -> tuple[bytes, str] | None:
     """The text exposition of ``stats`` or None when prometheus-client is not installed."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -123,15 +124,21 @@ def render_prometheus(stats: GateStats, labels: dict[str, str],
                     if n:
                         g.add_metric([*values, adapter], float(n))
                 yield g
-            for name, doc in (("fenced", "1 while this process is fenced (it holds every "
-                               "request and sends no response bytes)"),
-                              ("in_sync", "1 while this gate's view is in sync with Redis")):
+            for name, doc in (
+                (
+                    "fenced",
+                    "1 while this process is fenced (it holds every request and sends no response bytes)",
+                ),
+                ("in_sync", "1 while this gate's view is in sync with Redis"),
+            ):
                 g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
                 g.add_metric(values, float(watcher.get(name, 0.0)))
                 yield g
-            for name, doc in (("in_sync", "1 when the watcher's view is in sync"),
-                              ("staleness_seconds", "Seconds the view has been out of sync"),
-                              ("paused_adapters", "Adapters paused in this process's view")):
+            for name, doc in (
+                ("in_sync", "1 when the watcher's view is in sync"),
+                ("staleness_seconds", "Seconds the view has been out of sync"),
+                ("paused_adapters", "Adapters paused in this process's view"),
+            ):
                 g = GaugeMetricFamily(f"pausesvc_watcher_{name}", doc, labels=keys)
                 g.add_metric(values, float(watcher.get(name, 0.0)))
                 yield g

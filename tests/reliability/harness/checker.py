@@ -68,11 +68,12 @@ class Findings:
         return not (self.window or self.swap_while_decoding or self.version or self.samples)
 
     def summary(self) -> str:
-        return (f"tokens={self.tokens} window={len(self.window)} "
-                f"swap_while_decoding={len(self.swap_while_decoding)} version={len(self.version)} "
-                f"samples={len(self.samples)}; first: "
-                + "; ".join((self.window + self.swap_while_decoding + self.version
-                             + self.samples)[:5]))
+        return (
+            f"tokens={self.tokens} window={len(self.window)} "
+            f"swap_while_decoding={len(self.swap_while_decoding)} version={len(self.version)} "
+            f"samples={len(self.samples)}; first: "
+            + "; ".join((self.window + self.swap_while_decoding + self.version + self.samples)[:5])
+        )
 
 
 def read_logs(paths: Iterable[Path]) -> tuple[list[Token], list[str]]:
@@ -87,14 +88,20 @@ def read_logs(paths: Iterable[Path]) -> tuple[list[Token], list[str]]:
             if parts[0] == "VIOLATION":
                 violations.append(f"{parts[1]}: {parts[4]}")
             elif parts[0] != "SWAP":
-                tokens.append(Token(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4],
-                                    int(parts[5])))
+                tokens.append(
+                    Token(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4], int(parts[5]))
+                )
     return tokens, violations
 
 
-def check(tokens: list[Token], engine_violations: list[str], windows: list[Window],
-          samples: list[SampleRecord], initial_versions: dict[str, int] | None = None,
-          exempt: dict[str, int] | None = None) -> Findings:
+def check(
+    tokens: list[Token],
+    engine_violations: list[str],
+    windows: list[Window],
+    samples: list[SampleRecord],
+    initial_versions: dict[str, int] | None = None,
+    exempt: dict[str, int] | None = None,
+) -> Findings:
     """``exempt``: replica -> monotonic ns after which its tokens are not judged by the window
     rule (a replica the drain barrier legitimately gave up on: SIGSTOPped past the timeout)."""
     f = Findings(tokens=len(tokens), swap_while_decoding=list(engine_violations))
@@ -114,7 +121,8 @@ def check(tokens: list[Token], engine_violations: list[str], windows: list[Windo
                 continue
             f.window.append(
                 f"token of {t.adapter} v{t.version} on {t.replica} at +{(t.t_ns - ws[i].t_ret) / 1e6:.1f}ms "
-                f"after the drained pause returned (resume {(ws[i].t_res - ws[i].t_ret) / 1e6:.1f}ms)")
+                f"after the drained pause returned (resume {(ws[i].t_res - ws[i].t_ret) / 1e6:.1f}ms)"
+            )
             continue
         # the version installed by the last window that ended before this token, on this replica
         expected = init.get(t.adapter, 0)
@@ -124,8 +132,7 @@ def check(tokens: list[Token], engine_violations: list[str], windows: list[Windo
         if i >= 0 and any(t.replica not in w.swapped for w in ws[: i + 1]):
             continue  # this replica missed a swap (dead, stopped or new): no expectation
         if t.version != expected:
-            f.version.append(f"token of {t.adapter} on {t.replica} has v{t.version}, "
-                             f"expected v{expected}")
+            f.version.append(f"token of {t.adapter} on {t.replica} has v{t.version}, expected v{expected}")
     for s in samples:
         f.samples.extend(check_sample(s))
     return f
@@ -136,11 +143,15 @@ def check_sample(s: SampleRecord) -> list[str]:
     bounds = set(s.boundaries)
     for i, tok in enumerate(s.tokens):
         if tok % VERSION_BASE != s.prompt_len + i:
-            out.append(f"{s.kind} sample of {s.adapter}: token {i} has position "
-                       f"{tok % VERSION_BASE}, expected {s.prompt_len + i} (lost or duplicated)")
+            out.append(
+                f"{s.kind} sample of {s.adapter}: token {i} has position "
+                f"{tok % VERSION_BASE}, expected {s.prompt_len + i} (lost or duplicated)"
+            )
             break
         if i and tok // VERSION_BASE != s.tokens[i - 1] // VERSION_BASE and i not in bounds:
-            out.append(f"{s.kind} sample of {s.adapter}: weight version changes at token {i} "
-                       f"(v{s.tokens[i - 1] // VERSION_BASE} -> v{tok // VERSION_BASE}) "
-                       f"without a recorded boundary (boundaries {sorted(bounds)})")
+            out.append(
+                f"{s.kind} sample of {s.adapter}: weight version changes at token {i} "
+                f"(v{s.tokens[i - 1] // VERSION_BASE} -> v{tok // VERSION_BASE}) "
+                f"without a recorded boundary (boundaries {sorted(bounds)})"
+            )
     return out

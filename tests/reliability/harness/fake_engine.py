@@ -47,8 +47,9 @@ class RequestState:
 class FakeEngine:
     """``engine_client``: request_states + abort(ids, internal=True)."""
 
-    def __init__(self, replica: str, log_path: str | None, interval: float,
-                 versions: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, replica: str, log_path: str | None, interval: float, versions: dict[str, int] | None = None
+    ) -> None:
         self.replica = replica
         self.interval = interval
         self.versions: dict[str, int] = dict(versions or {})
@@ -99,9 +100,13 @@ async def _read_all(receive: Any) -> tuple[bytes, bool]:
 
 async def _json(send: Any, status: int, body: object) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -133,11 +138,18 @@ class EngineApp:
         path = scope.get("path", "")
         method = scope.get("method")
         if path == "/fake/state":
-            await _json(send, 200, {
-                "replica": self.engine.replica, "versions": self.engine.versions,
-                "live": sorted({str(s.lora_name) for s in self.engine.request_states.values()}),
-                "live_count": len(self.engine.request_states), "tokens": self.engine.tokens,
-                "pid": os.getpid()})
+            await _json(
+                send,
+                200,
+                {
+                    "replica": self.engine.replica,
+                    "versions": self.engine.versions,
+                    "live": sorted({str(s.lora_name) for s in self.engine.request_states.values()}),
+                    "live_count": len(self.engine.request_states),
+                    "tokens": self.engine.tokens,
+                    "pid": os.getpid(),
+                },
+            )
             return
         body, gone = await _read_all(receive)
         if gone:
@@ -150,21 +162,25 @@ class EngineApp:
             await _json(send, 200, {"ok": True})
         elif path.rstrip("/").endswith("/v1/completions") and method == "POST":
             await self._complete(scope, body, receive, send)
-        elif method == "POST" and path.rstrip("/").endswith(("/chat/completions", "/responses",
-                                                              "/generate")):
+        elif method == "POST" and path.rstrip("/").endswith(("/chat/completions", "/responses", "/generate")):
             await _json(send, 200, {"ok": True, "echo_bytes": len(body)})
         else:
             await _json(send, 404, {"error": {"message": f"no route {path}"}})
 
     async def _swap(self, cfg: dict[str, Any], send: Any) -> None:
         adapter, version = str(cfg["adapter"]), int(cfg["version"])
-        live = [rid for rid, st in self.engine.request_states.items()
-                if st.lora_name == adapter and not st.aborted]
+        live = [
+            rid
+            for rid, st in self.engine.request_states.items()
+            if st.lora_name == adapter and not st.aborted
+        ]
         self.engine.versions[adapter] = version
         self.engine.log(f"SWAP\t{self.engine.replica}\t{version}\t{time.monotonic_ns()}\t{adapter}\t0")
         for rid in live:
-            self.engine.log(f"VIOLATION\t{self.engine.replica}\t{version}\t{time.monotonic_ns()}"
-                            f"\tswap-while-decoding:{adapter}:{rid}\t0")
+            self.engine.log(
+                f"VIOLATION\t{self.engine.replica}\t{version}\t{time.monotonic_ns()}"
+                f"\tswap-while-decoding:{adapter}:{rid}\t0"
+            )
         await _json(send, 200, {"ok": True, "live": live})
 
     async def _complete(self, scope: Scope, raw: bytes, receive: Any, send: Any) -> None:
@@ -174,14 +190,18 @@ class EngineApp:
             prompt = body.get("prompt", [1])
             if isinstance(prompt, str):
                 prompt = [ord(c) % 1000 for c in prompt] or [1]
-            if not isinstance(model, str) or not isinstance(prompt, list) or \
-                    not all(isinstance(t, int) for t in prompt):
+            if (
+                not isinstance(model, str)
+                or not isinstance(prompt, list)
+                or not all(isinstance(t, int) for t in prompt)
+            ):
                 raise ValueError("bad model or prompt")
             max_tokens = int(body.get("max_tokens", 16))
             stream = bool(body.get("stream", False))
         except (ValueError, KeyError, TypeError) as exc:  # vLLM's own validation: a 400
-            await _json(send, 400, {"error": {"message": f"invalid request: {exc}",
-                                              "type": "BadRequestError"}})
+            await _json(
+                send, 400, {"error": {"message": f"invalid request: {exc}", "type": "BadRequestError"}}
+            )
             return
         engine = self.engine
         base = _header(scope, b"x-request-id") or uuid.uuid4().hex
@@ -203,8 +223,13 @@ class EngineApp:
         finish = "length"
         try:
             if stream:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"text/event-stream")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")],
+                    }
+                )
             while len(out) < max_tokens:
                 try:
                     await asyncio.wait_for(st.wake.wait(), engine.interval)
@@ -224,23 +249,53 @@ class EngineApp:
                 await self._chunk(send, external, model, [], finish)
                 await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
             else:
-                await _json(send, 200, {
-                    "id": external, "object": "text_completion", "model": model,
-                    "choices": [{"index": 0, "text": "".join(f"<{t}>" for t in out),
-                                 "token_ids": out, "finish_reason": finish, "stop_reason": None,
-                                 "logprobs": None, "prompt_token_ids": prompt}],
-                    "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out)}})
+                await _json(
+                    send,
+                    200,
+                    {
+                        "id": external,
+                        "object": "text_completion",
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "text": "".join(f"<{t}>" for t in out),
+                                "token_ids": out,
+                                "finish_reason": finish,
+                                "stop_reason": None,
+                                "logprobs": None,
+                                "prompt_token_ids": prompt,
+                            }
+                        ],
+                        "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(out)},
+                    },
+                )
         finally:
             engine.request_states.pop(internal, None)
             watcher.cancel()
 
     @staticmethod
     async def _chunk(send: Any, rid: str, model: str, toks: list[int], finish: str | None) -> None:
-        data = {"id": rid, "object": "text_completion", "model": model,
-                "choices": [{"index": 0, "text": "".join(f"<{t}>" for t in toks),
-                             "token_ids": toks, "finish_reason": finish}]}
-        await send({"type": "http.response.body",
-                    "body": b"data: " + json.dumps(data).encode() + b"\n\n", "more_body": True})
+        data = {
+            "id": rid,
+            "object": "text_completion",
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": "".join(f"<{t}>" for t in toks),
+                    "token_ids": toks,
+                    "finish_reason": finish,
+                }
+            ],
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(data).encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
 
 
 class ReplicaApp:

@@ -80,12 +80,19 @@ class Fleet:
         env.update(extra or {})
         env["PAUSESVC_REDIS_URL"] = self.redis_url
         env["PAUSESVC_NAMESPACE"] = self.namespace
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO),
-                                             str(REPO / "vllm_plugin"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(TESTS_DIR), str(REPO), str(REPO / "vllm_plugin"), env.get("PYTHONPATH", "")]
+        )
         return env
 
-    def start(self, n: int = 1, *, versions: dict[str, int] | None = None,
-              env: dict[str, str] | None = None, wait: bool = True) -> list[Replica]:
+    def start(
+        self,
+        n: int = 1,
+        *,
+        versions: dict[str, int] | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> list[Replica]:
         new = []
         for _ in range(n):
             name = f"r{len(self.replicas) + 1}"
@@ -94,11 +101,27 @@ class Fleet:
             err = self.workdir / f"replica-{name}.err"
             with open(err, "ab") as errf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "reliability.harness.replica", "--port", str(port),
-                     "--name", name, "--log", str(log), "--interval", str(self.interval),
-                     "--versions", json.dumps(versions or {})],
-                    env=self._env(env), stdout=errf, stderr=subprocess.STDOUT,
-                    start_new_session=True, cwd=str(REPO))
+                    [
+                        sys.executable,
+                        "-m",
+                        "reliability.harness.replica",
+                        "--port",
+                        str(port),
+                        "--name",
+                        name,
+                        "--log",
+                        str(log),
+                        "--interval",
+                        str(self.interval),
+                        "--versions",
+                        json.dumps(versions or {}),
+                    ],
+                    env=self._env(env),
+                    stdout=errf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=str(REPO),
+                )
             rep = Replica(name, port, proc, log, err)
             self.replicas.append(rep)
             new.append(rep)
@@ -160,8 +183,11 @@ class Fleet:
             self.stop(rep)
 
     def stderr_tail(self) -> str:
-        return "\n".join(f"--- {r.name}\n{r.stderr.read_text(errors='replace')[-3000:]}"
-                         for r in self.replicas if r.stderr.exists())
+        return "\n".join(
+            f"--- {r.name}\n{r.stderr.read_text(errors='replace')[-3000:]}"
+            for r in self.replicas
+            if r.stderr.exists()
+        )
 
 
 class _suppress_missing:

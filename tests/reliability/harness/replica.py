@@ -26,12 +26,20 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--versions", default="{}")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING,
-                        format=f"%(asctime)s {args.name} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s {args.name} %(name)s %(levelname)s %(message)s"
+    )
     engine = FakeEngine(args.name, args.log, args.interval, json.loads(args.versions))
     app = ReplicaApp(engine, PauseGateMiddleware)
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, lifespan="on",
-                            log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
     uvicorn.Server(config).run()
 
 

@@ -34,8 +34,7 @@ class SentinelSet:
         self.dir = workdir / "sentinel"
         self.dir.mkdir(exist_ok=True)
         self.down_after_ms = down_after_ms
-        self.primary = EmbeddedRedis(dir=str(self.dir / "p"),
-                                     extra_args=["--repl-diskless-sync-delay", "0"])
+        self.primary = EmbeddedRedis(dir=str(self.dir / "p"), extra_args=["--repl-diskless-sync-delay", "0"])
         self.replica: EmbeddedRedis | None = None
         self.sentinels: list[tuple[int, subprocess.Popen[bytes]]] = []
 
@@ -43,8 +42,16 @@ class SentinelSet:
         (self.dir / "p").mkdir()
         (self.dir / "r").mkdir()
         self.primary.start()
-        self.replica = EmbeddedRedis(dir=str(self.dir / "r"), extra_args=[
-            "--replicaof", "127.0.0.1", str(self.primary.port), "--repl-diskless-sync-delay", "0"])
+        self.replica = EmbeddedRedis(
+            dir=str(self.dir / "r"),
+            extra_args=[
+                "--replicaof",
+                "127.0.0.1",
+                str(self.primary.port),
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+        )
         self.replica.start()
         r = redis.Redis(port=self.replica.port)
         deadline = time.monotonic() + 20
@@ -60,11 +67,15 @@ class SentinelSet:
                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
                 f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
-                f"sentinel parallel-syncs {self.SERVICE} 1\n")
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
             with open(self.dir / f"sentinel-{i}.log", "ab") as log:
-                proc = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
-                                        stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    [find_redis_server(), str(conf), "--sentinel"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             self.sentinels.append((port, proc))
         for port, _ in self.sentinels:
             deadline = time.monotonic() + 10
@@ -118,18 +129,34 @@ class ClusterSet:
 
     def start(self) -> ClusterSet:
         for i in range(3):
-            n = EmbeddedRedis(dir=str(self.dir), extra_args=[
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf",
-                "--cluster-node-timeout", "2000"])
+            n = EmbeddedRedis(
+                dir=str(self.dir),
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{i}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
             n.start()
             self.nodes.append(n)
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addrs, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         deadline = time.monotonic() + 20
         while True:
-            out = subprocess.run(["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
-                                 capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
             if "cluster_state:ok" in out:
                 return self
             assert time.monotonic() < deadline, out

@@ -36,8 +36,9 @@ class LBTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=2000,
-                                                                  max_keepalive_connections=200))
+        self.inner = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         live = self.fleet.live
@@ -83,20 +84,29 @@ class Report:
     def figures(self) -> dict[str, Any]:
         d = sorted(self.drain_s)
         return {
-            "cycles": self.cycles, "tokens": self.findings.tokens if self.findings else 0,
-            "samples": len(self.samples), "resumed_samples": self.resumed_samples,
+            "cycles": self.cycles,
+            "tokens": self.findings.tokens if self.findings else 0,
+            "samples": len(self.samples),
+            "resumed_samples": self.resumed_samples,
             "boundaries": sum(len(s.boundaries) for s in self.samples),
-            "sample_errors": len(self.sample_errors), "waits": self.waits,
-            "wait_timeouts": self.wait_timeouts, "drain_timeouts": self.drain_timeouts,
+            "sample_errors": len(self.sample_errors),
+            "waits": self.waits,
+            "wait_timeouts": self.wait_timeouts,
+            "drain_timeouts": self.drain_timeouts,
             "drain_p50_ms": round(1000 * statistics.median(d), 1) if d else None,
             "drain_max_ms": round(1000 * d[-1], 1) if d else None,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "controller_errors": len(self.controller_errors),
             "leftovers": len(self.leftovers),
             "first_problems": (self.leftovers + self.sample_errors + self.controller_errors)[:4],
-            "violations": 0 if self.findings is None else (
-                len(self.findings.window) + len(self.findings.version)
-                + len(self.findings.swap_while_decoding) + len(self.findings.samples)),
+            "violations": 0
+            if self.findings is None
+            else (
+                len(self.findings.window)
+                + len(self.findings.version)
+                + len(self.findings.swap_while_decoding)
+                + len(self.findings.samples)
+            ),
         }
 
     def assert_green(self) -> None:
@@ -116,10 +126,16 @@ class Report:
 
 
 class Workload:
-    def __init__(self, fleet: Fleet, *, adapters: list[str] | None = None,
-                 max_tokens: int = 12, settings: Settings | None = None,
-                 hold_s: tuple[float, float] = (0.0, 0.05),
-                 gap_s: tuple[float, float] = (0.02, 0.12)) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        adapters: list[str] | None = None,
+        max_tokens: int = 12,
+        settings: Settings | None = None,
+        hold_s: tuple[float, float] = (0.0, 0.05),
+        gap_s: tuple[float, float] = (0.02, 0.12),
+    ) -> None:
         self.fleet = fleet
         self.adapters = adapters or [f"a{i}" for i in range(4)]
         self.max_tokens = max_tokens
@@ -137,10 +153,12 @@ class Workload:
         self.adapters_for_controller: list[str] | None = None
 
     async def __aenter__(self) -> Workload:
-        self.client = AsyncPauseClient(self.fleet.redis_url, namespace=self.fleet.namespace,
-                                       settings=self.settings, holder="controller")
-        self.http = httpx.AsyncClient(transport=LBTransport(self.fleet), base_url="http://fleet",
-                                      timeout=httpx.Timeout(60, connect=3))
+        self.client = AsyncPauseClient(
+            self.fleet.redis_url, namespace=self.fleet.namespace, settings=self.settings, holder="controller"
+        )
+        self.http = httpx.AsyncClient(
+            transport=LBTransport(self.fleet), base_url="http://fleet", timeout=httpx.Timeout(60, connect=3)
+        )
         await (await self.client.watcher()).wait_synced(10)
         return self
 
@@ -157,10 +175,12 @@ class Workload:
 
         # direct, not through the LB transport
         async with httpx.AsyncClient(timeout=2.0) as direct:
+
             async def one_direct(rep: Any) -> None:
                 try:
-                    r = await direct.post(f"{rep.url}/fake/swap",
-                                          json={"adapter": adapter, "version": version})
+                    r = await direct.post(
+                        f"{rep.url}/fake/swap", json={"adapter": adapter, "version": version}
+                    )
                     r.raise_for_status()
                     done.add(rep.name)
                 except httpx.HTTPError as exc:
@@ -169,15 +189,17 @@ class Workload:
             await asyncio.gather(*(one_direct(r) for r in self.fleet.live))
         return frozenset(done)
 
-    async def cycle(self, adapter: str | None = None, *,
-                    during: Callable[[], Awaitable[None]] | None = None) -> Window | None:
+    async def cycle(
+        self, adapter: str | None = None, *, during: Callable[[], Awaitable[None]] | None = None
+    ) -> Window | None:
         """One pause(drain) -> swap -> resume. Returns the window, or None if it did not drain."""
         assert self.client is not None
         a = adapter or random.choice(self.adapters_for_controller or self.adapters)
         t0 = time.monotonic()
         try:
-            grant = await self.client.pause(a, drain=True, timeout=self.settings.drain_timeout_s,
-                                            reason="weight swap")
+            grant = await self.client.pause(
+                a, drain=True, timeout=self.settings.drain_timeout_s, reason="weight swap"
+            )
         except DrainTimeoutError as exc:
             self.report.drain_timeouts += 1
             self.report.controller_errors.append(str(exc))
@@ -241,15 +263,27 @@ class Workload:
             prompt = [random.randrange(1, 50) for _ in range(random.randint(1, 4))]
             try:
                 res = await sample_with_retry(
-                    self.http, "", {"model": a, "prompt": prompt, "max_tokens": self.max_tokens},
-                    waiter=self.client, timeout=90, policy=policy)
+                    self.http,
+                    "",
+                    {"model": a, "prompt": prompt, "max_tokens": self.max_tokens},
+                    waiter=self.client,
+                    timeout=90,
+                    policy=policy,
+                )
             except SampleError as exc:
                 self.report.sample_errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             self._count(200)
-            self.report.samples.append(SampleRecord(a, "sample_with_retry", len(prompt),
-                                                    res.tokens, [b.index for b in res.boundaries],
-                                                    res.finish_reason))
+            self.report.samples.append(
+                SampleRecord(
+                    a,
+                    "sample_with_retry",
+                    len(prompt),
+                    res.tokens,
+                    [b.index for b in res.boundaries],
+                    res.finish_reason,
+                )
+            )
             if len(res.tokens) != self.max_tokens:
                 self.report.sample_errors.append(f"short sample: {len(res.tokens)} tokens")
 
@@ -266,9 +300,16 @@ class Workload:
             while len(tokens) < self.max_tokens and time.monotonic() < deadline:
                 finish = None
                 try:
-                    async with self.http.stream("POST", "/v1/completions", json={
-                            "model": a, "prompt": prompt + tokens, "stream": True,
-                            "max_tokens": self.max_tokens - len(tokens)}) as resp:
+                    async with self.http.stream(
+                        "POST",
+                        "/v1/completions",
+                        json={
+                            "model": a,
+                            "prompt": prompt + tokens,
+                            "stream": True,
+                            "max_tokens": self.max_tokens - len(tokens),
+                        },
+                    ) as resp:
                         self._count(resp.status_code)
                         if resp.status_code != 200:
                             await resp.aread()
@@ -294,8 +335,7 @@ class Workload:
             if failed or len(tokens) != self.max_tokens:
                 self.report.sample_errors.append(f"stream of {a}: {failed or len(tokens)}")
                 continue
-            self.report.samples.append(SampleRecord(a, "stream", len(prompt), tokens, bounds,
-                                                    "length"))
+            self.report.samples.append(SampleRecord(a, "stream", len(prompt), tokens, bounds, "length"))
 
     async def waiter(self) -> None:
         assert self.client is not None
@@ -308,9 +348,16 @@ class Workload:
             await asyncio.sleep(random.uniform(0.005, 0.03))
 
     # -- a whole run ------------------------------------------------------------------------------------
-    async def run(self, cycles: int, *, samplers: int = 3, streamers: int = 3, waiters: int = 20,
-                  fault: Callable[[Workload], Awaitable[None]] | None = None,
-                  settle_s: float = 10.0) -> Report:
+    async def run(
+        self,
+        cycles: int,
+        *,
+        samplers: int = 3,
+        streamers: int = 3,
+        waiters: int = 20,
+        fault: Callable[[Workload], Awaitable[None]] | None = None,
+        settle_s: float = 10.0,
+    ) -> Report:
         tasks = [asyncio.create_task(self.sampler()) for _ in range(samplers)]
         tasks += [asyncio.create_task(self.streamer()) for _ in range(streamers)]
         tasks += [asyncio.create_task(self.waiter()) for _ in range(waiters)]
@@ -337,8 +384,9 @@ class Workload:
                     await t
         await self.check_gates(settle_s)
         tokens, engine_v = read_logs(r.log for r in self.fleet.replicas)
-        self.report.findings = check(tokens, engine_v, self.windows, self.report.samples,
-                                     self.initial_versions, self.exempt)
+        self.report.findings = check(
+            tokens, engine_v, self.windows, self.report.samples, self.initial_versions, self.exempt
+        )
         return self.report
 
     async def check_gates(self, settle_s: float = 10.0) -> None:
