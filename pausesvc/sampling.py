@@ -29,6 +29,9 @@ Semantics (``/v1/completions``, token in / token out):
   A missing logprob raises :class:`MissingLogprobError`; it is never filled with a zero.
 - ``result.boundaries``: for every resume, the token index where the continuation starts and the
   pause revision the weights came from, so an RL trainer can mask or correct the tokens after it.
+- ``result.versions``: which adapter version produced which tokens - contiguous
+  :class:`VersionSpan` runs over ``result.tokens``, from the ``x-pausesvc-adapter-version``
+  header of every attempt's response (``version=None`` where a response named none).
 
 Seeds: a resubmission does NOT reuse the request's ``seed``. vLLM seeds a fresh generator per
 request, so resending the same seed would replay, for the continuation's tokens, the random
@@ -59,10 +62,10 @@ import httpx
 from pausesvc._base import validate_timeout
 from pausesvc._exceptions import InvalidInputError, PauseError
 from pausesvc.sampling_protocol import (
+    ADAPTER_VERSION_HEADER,
     Boundary,
-    ChatState,
-    CompletionState,
     MissingLogprobError,
+    MixedVersionsError,
     ResumeReason,
     RetryPolicy,
     SampleError,
@@ -71,9 +74,13 @@ from pausesvc.sampling_protocol import (
     SampleRetryError,
     SampleTimeoutError,
     UnresumableAbortError,
+    VersionSpan,
     _State,
     derive_seed,
+    version_of,
 )
+from pausesvc.sampling_protocol import ChatState as _ChatState
+from pausesvc.sampling_protocol import CompletionState as _CompletionState
 from pausesvc.sampling_waiters import (
     AsyncWaiter,
     AutoWaiter,
@@ -84,15 +91,17 @@ from pausesvc.sampling_waiters import (
     SyncWaiter,
     WaitResult,
     WatcherWaiter,
-    resolve_async_waiter,
-    resolve_sync_waiter,
 )
+from pausesvc.sampling_waiters import resolve_async_waiter as _resolve_async_waiter
+from pausesvc.sampling_waiters import resolve_sync_waiter as _resolve_sync_waiter
 
 __all__ = [
+    "ADAPTER_VERSION_HEADER",
     "AsyncWaiter",
     "AutoWaiter",
     "Boundary",
     "MissingLogprobError",
+    "MixedVersionsError",
     "RetryPolicy",
     "SampleError",
     "SampleResponseError",
@@ -105,6 +114,7 @@ __all__ = [
     "SyncServiceWaiter",
     "SyncWaiter",
     "UnresumableAbortError",
+    "VersionSpan",
     "WaitResult",
     "WatcherWaiter",
     "chat_with_retry",
@@ -112,6 +122,7 @@ __all__ = [
     "derive_seed",
     "sample_with_retry",
     "sample_with_retry_sync",
+    "version_of",
 ]
 
 logger = logging.getLogger("pausesvc.sampling")
@@ -207,7 +218,7 @@ class _Driver:
                 partial=self.state.result(),
                 status_code=200,
             ) from exc
-        done = self.state.absorb(data)
+        done = self.state.absorb(data, version_of(resp.headers))
         self.fail_streak = 0
         if done:
             return None
@@ -258,7 +269,7 @@ async def _run_async(
     headers: dict[str, str] | None,
 ) -> SampleResult:
     drv = _Driver(state, policy, timeout)
-    w = await resolve_async_waiter(waiter)
+    w = await _resolve_async_waiter(waiter)
     name = state.adapter
     while True:  # each pass makes one request; the loop ends by returning or raising
         body = state.next_body()
@@ -361,7 +372,7 @@ def _run_sync(
     headers: dict[str, str] | None,
 ) -> SampleResult:
     drv = _Driver(state, policy, timeout)
-    w = resolve_sync_waiter(waiter)
+    w = _resolve_sync_waiter(waiter)
     name = state.adapter
     while True:  # as _run_async, blocking
         body = state.next_body()
@@ -416,7 +427,7 @@ async def sample_with_retry(
     (n > 1, missing or non-positive max_tokens, stream, echo, ...), and a :class:`SampleError`
     carrying the partial result when a sample cannot be finished.
     """
-    state = CompletionState(request, adapter)
+    state = _CompletionState(request, adapter)
     return await _run_async(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
 
 
@@ -434,7 +445,7 @@ async def chat_with_retry(
     """:func:`sample_with_retry` for ``/v1/chat/completions``: an aborted answer is continued as
     the final assistant message (``continue_final_message: true``, ``add_generation_prompt:
     false``, reduced ``max_completion_tokens``/``max_tokens``)."""
-    state = ChatState(request, adapter)
+    state = _ChatState(request, adapter)
     return await _run_async(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)
 
 
@@ -451,7 +462,7 @@ def sample_with_retry_sync(
 ) -> SampleResult:
     """Blocking :func:`sample_with_retry` (an ``httpx.Client``; ``waiter``: a PauseClient, a
     SyncServiceWaiter, a SyncAutoWaiter or anything with a blocking ``wait_unpaused``)."""
-    state = CompletionState(request, adapter)
+    state = _CompletionState(request, adapter)
     return _run_sync(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
 
 
@@ -467,5 +478,5 @@ def chat_with_retry_sync(
     headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """Blocking :func:`chat_with_retry`."""
-    state = ChatState(request, adapter)
+    state = _ChatState(request, adapter)
     return _run_sync(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)

@@ -12,8 +12,14 @@ Errors (the sampling part of the pausesvc tree)::
         ├── UnresumableAbortError               an abort that cannot be continued faithfully
         ├── SampleRetryError                    too many zero-progress aborts / failures in a row
         ├── SampleTimeoutError (a TimeoutError) the overall deadline passed
+        ├── MixedVersionsError                  one set of weights was required, the spans have several
         └── SampleResponseError                 the server's answer is unusable (4xx, malformed)
             └── MissingLogprobError             a requested logprob is missing (never a zero)
+
+Versions: the gate names the adapter's loaded weights in the ``x-pausesvc-adapter-version``
+header of every response (absent when the replica does not know them). Each attempt's tokens
+are recorded with that label, and :attr:`SampleResult.versions` lists them as contiguous
+:class:`VersionSpan` runs.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import Any, Literal
 from pausesvc._exceptions import InvalidInputError, PauseError, PauseTimeoutError
 
 __all__ = [
+    "ADAPTER_VERSION_HEADER",
     "Boundary",
     "ChatState",
     "CompletionState",
     "MissingLogprobError",
+    "MixedVersionsError",
     "RetryPolicy",
     "SampleError",
     "SampleResponseError",
@@ -38,11 +46,26 @@ __all__ = [
     "SampleRetryError",
     "SampleTimeoutError",
     "UnresumableAbortError",
+    "VersionSpan",
     "derive_seed",
+    "version_of",
 ]
 
 Kind = Literal["completion", "chat"]
 ResumeReason = Literal["abort", "transport", "status"]
+
+#: The response header in which the gate names the adapter's loaded version (HTTP headers are
+#: case-insensitive; the gate sends it lower-case, at ``http.response.start``).
+ADAPTER_VERSION_HEADER = "x-pausesvc-adapter-version"
+
+
+def version_of(headers: Mapping[str, str]) -> str | None:
+    """The adapter version a response names (None when the header is absent or empty)."""
+    value = headers.get(ADAPTER_VERSION_HEADER)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -66,12 +89,31 @@ class Boundary:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionSpan:
+    """Tokens ``[start, end)`` of a sample were produced by the adapter version ``version``.
+
+    ``version`` is the label the gate sent with the response of the attempt that produced them
+    (None: the response named no version - a gate without versions, or a replica that did not
+    know which weights it had loaded).
+    """
+
+    start: int
+    end: int
+    version: str | None
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
 class SampleResult:
     """One sample, accumulated over every attempt.
 
     ``response`` is the server's JSON when one call sufficed (unchanged), else the last response
     with its first choice replaced by the merged one (text, token ids, logprobs, usage).
     ``finish_reason`` is never ``"abort"`` in a returned result; it is in an error's ``partial``.
+    ``versions`` tile ``tokens`` from 0 to ``len(tokens)`` in order, one span per run of
+    attempts that answered with the same version (none for an empty sample).
     """
 
     kind: Kind
@@ -86,6 +128,7 @@ class SampleResult:
     boundaries: tuple[Boundary, ...]
     attempts: int
     response: dict[str, Any] = field(repr=False)
+    versions: tuple[VersionSpan, ...] = ()
 
     @property
     def resumed(self) -> bool:
@@ -115,6 +158,13 @@ class SampleRetryError(SampleError):
 
 class SampleTimeoutError(SampleError, PauseTimeoutError):
     """The overall deadline of the sample passed."""
+
+
+class MixedVersionsError(SampleError):
+    """A sample had to come from one set of weights, but its version spans name several.
+
+    ``partial`` is the whole sample (its ``versions`` say where the weights changed).
+    """
 
 
 class SampleResponseError(SampleError):
@@ -260,6 +310,8 @@ class _State:
         self.top_logprobs: list[Any] | None = None
         self.text_parts: list[str] = []
         self.boundaries: list[Boundary] = []
+        # (first token index, version) of every answered attempt, in order
+        self.segments: list[tuple[int, str | None]] = []
         self.responses: list[dict[str, Any]] = []
         self.prompt_token_ids: list[int] | None = None
         self.prompt_logprobs: list[Any] | None = None
@@ -322,8 +374,13 @@ class _State:
         )
 
     # accumulation ------------------------------------------------------------------------------
-    def absorb(self, resp: object) -> bool:
-        """Take one 200 response; True when the sample is finished, False on an abort."""
+    def absorb(self, resp: object, version: str | None = None) -> bool:
+        """Take one 200 response; True when the sample is finished, False on an abort.
+
+        ``version``: the adapter version the response named (see :func:`version_of`); the
+        tokens this response adds are recorded under it.
+        """
+        self.segments.append((len(self.tokens), version))
         try:
             done = self._absorb(resp)
         except SampleError as exc:
@@ -384,6 +441,20 @@ class _State:
         self.stop_reason = None
         return self.result()
 
+    def versions(self) -> tuple[VersionSpan, ...]:
+        """The segments as contiguous spans over the tokens: empty ones dropped, equal
+        neighbours merged."""
+        spans: list[VersionSpan] = []
+        ends = [start for start, _ in self.segments[1:]] + [len(self.tokens)] if self.segments else []
+        for (start, version), end in zip(self.segments, ends, strict=True):
+            if end <= start:
+                continue
+            if spans and spans[-1].version == version:
+                spans[-1] = VersionSpan(spans[-1].start, end, version)
+            else:
+                spans.append(VersionSpan(start, end, version))
+        return tuple(spans)
+
     def result(self) -> SampleResult:
         if len(self.responses) == 1 and self.finished_by_server:
             response = self.responses[0]
@@ -402,6 +473,7 @@ class _State:
             boundaries=tuple(self.boundaries),
             attempts=len(self.responses),
             response=response,
+            versions=self.versions(),
         )
 
     def _merged(self) -> dict[str, Any]:

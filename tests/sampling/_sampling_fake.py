@@ -3,7 +3,9 @@
 Script steps (one per request, the last one repeats):
 - ``Gen(tokens, finish)``: a 200 in vLLM's shape for the endpoint (completions or chat);
   logprobs are ``-token/1000`` (override with ``logprobs=[...]``), prompt logprobs
-  ``-(position+1)/100`` per prompt position after the first;
+  ``-(position+1)/100`` per prompt position after the first; ``version="v2"`` sends the gate's
+  ``x-pausesvc-adapter-version: v2`` header with it (as the gate does for an adapter whose
+  loaded version the replica knows; no header otherwise);
 - ``Status(code)``: that status with a JSON error body;
 - ``Drop()``: the connection breaks (``httpx.ReadError``) after the request was recorded;
 - ``Hold(event, then)``: wait for ``event`` (an asyncio.Event) before answering ``then``.
@@ -31,6 +33,7 @@ class Gen:
     no_token_ids: bool = False
     text: str | None = None
     omit_finish: bool = False
+    version: str | None = None
 
 
 @dataclass
@@ -79,6 +82,15 @@ class FakeVLLM:
     @property
     def bodies(self) -> list[dict[str, Any]]:
         return [r.body for r in self.requests]
+
+    @staticmethod
+    def headers(step: Any) -> list[tuple[bytes, bytes]]:
+        """The response headers of a step: the gate's version header when it names one."""
+        headers = [(b"content-type", b"application/json")]
+        version = getattr(step, "version", None)
+        if version is not None:
+            headers.append((b"x-pausesvc-adapter-version", version.encode()))
+        return headers
 
     def answer(self, path: str, body: dict[str, Any], step: Any) -> tuple[int, dict[str, Any]]:
         if isinstance(step, Status):
@@ -195,7 +207,7 @@ class FakeVLLM:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json")],
+                "headers": self.headers(step),
             }
         )
         await send({"type": "http.response.body", "body": data})
@@ -212,7 +224,7 @@ class FakeVLLM:
             if isinstance(step, Drop):
                 raise httpx.ReadError("scripted drop", request=request)
             status, payload = self.answer(request.url.path, body, step)
-            return httpx.Response(status, json=payload)
+            return httpx.Response(status, headers=self.headers(step), content=json.dumps(payload).encode())
 
         return httpx.Client(transport=httpx.MockTransport(handler), base_url="http://vllm", **kw)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -127,12 +128,23 @@ def test_sync_chat_and_sync_waiter_checks() -> None:
             )
 
 
+# the modules whose classes and functions pausesvc.sampling re-exports
+SAMPLING_MODULES = {"pausesvc.sampling", "pausesvc.sampling_protocol", "pausesvc.sampling_waiters"}
+
+
 def test_exported_members() -> None:
-    assert set(sampling.__all__) == {n for n in dir(sampling) if not n.startswith("_")} & set(
-        sampling.__all__
-    )
-    for name in sampling.__all__:
-        assert getattr(sampling, name) is not None
+    """__all__ is what the module defines (httpx's test): every public class or function of the
+    sampling modules found in pausesvc.sampling is declared, and every declared name exists."""
+    public = {
+        name: obj
+        for name, obj in vars(sampling).items()
+        if not name.startswith("_") and not inspect.ismodule(obj)
+    }
+    defined = {name for name, obj in public.items() if getattr(obj, "__module__", None) in SAMPLING_MODULES}
+    declared = set(sampling.__all__)
+    assert defined <= declared, f"public but not in __all__: {defined - declared}"
+    assert declared <= set(public), f"in __all__ but not defined: {declared - set(public)}"
+    assert len(set(sampling.__all__)) == len(sampling.__all__)
     for exc in (
         "SampleError",
         "UnresumableAbortError",
