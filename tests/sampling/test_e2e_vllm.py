@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache" / "pausesvc" / "vllm-venv-0.32.0"))
 PY = VENV / "bin" / "python"
 TINY = Path(os.environ.get("PAUSESVC_TINY_DIR", Path.home() / ".cache" / "pausesvc" / "tiny"))
-N = 320  # ~2 s of decode here: the pause at 0.8 s lands mid-sample even on a quiet machine
+N = 320
 PROMPT = [5, 17, 42, 99, 123, 7, 300]
 
 
@@ -71,6 +71,16 @@ def fleet(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         yield {"url": srv.url, "redis_url": redis_server.url, "namespace": ns}
 
 
+async def _generated(http: httpx.AsyncClient, url: str) -> float:
+    """The engine's generation-token counter (updated every engine step)."""
+    text = (await http.get(url + "/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:generation_tokens_total")
+    )
+
+
 async def _greedy(http: httpx.AsyncClient, url: str, prompt: list[int], n: int) -> list[int]:
     r = await http.post(
         url + "/v1/completions",
@@ -105,8 +115,14 @@ async def test_a_sample_survives_pause_swap_resume(fleet: dict[str, Any]) -> Non
             "ignore_eos": True,
             "logprobs": 0,
         }
+        before = await _generated(http, url)
         task = asyncio.create_task(sample_with_retry(http, url, request, waiter=pauses, timeout=300))
-        await asyncio.sleep(0.8)  # part of the sample is decoded with the old weights
+        # part of the sample is decoded with the old weights: pause once the engine has decoded
+        # a few of its tokens (a fixed sleep raced a fast machine, where 320 tokens took < 0.8 s)
+        async with asyncio.timeout(60):
+            while await _generated(http, url) < before + 8:
+                assert not task.done(), "the sample finished before the pause could land"
+                await asyncio.sleep(0.005)
         grant = await pauses.pause("lora-a", reason="weight sync", drain=True, timeout=30)
         swap = await http.post(
             url + "/v1/load_lora_adapter",
