@@ -5,43 +5,84 @@ answers its caller with a real ``tinker.types.SampleResponse``. Tinker's ``StopR
 ``"stop" | "length"``: there is no ``"abort"``, so a sample that could not be finished raises
 (a :class:`~pausesvc.sampling.SampleError`), it never becomes ``"length"``.
 
-``tinker`` is imported when these functions are called, never by ``import pausesvc``.
+Weights (Tinker 0.38's ``SamplingClientKind``, ``"snapshot" | "inflight"``):
+
+- ``kind="snapshot"`` (Tinker's default: "inference must stay on one saved set of weights"):
+  a sample whose version spans name two versions raises :class:`MixedVersionsError` (its
+  ``partial`` is the whole sample). A resume on the same weights is fine.
+- ``kind="inflight"`` ("rollouts move to newer weights without restarting"): such a sample is
+  returned, and - unlike Tinker's own inflight responses, which "do not identify which saved
+  weights produced each token" - it says so.
+
+Tinker's ``SampledSequence`` (a frozen dataclass, mirrored by its wire format) has no metadata
+or extension field, so every sequence is a :class:`PausesvcSampledSequence`: the SDK's class
+with ``boundaries`` and ``versions`` added (``isinstance(seq, types.SampledSequence)`` holds,
+``dataclasses.replace`` keeps them). They live in the process only: Tinker's wire format drops
+them.
+
+This module imports ``tinker``; ``import pausesvc`` and ``pausesvc.sampling`` never do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, get_args
 
 import httpx
+import numpy as np
 
 from pausesvc._exceptions import InvalidInputError
 from pausesvc.sampling import sample_with_retry
 from pausesvc.sampling_protocol import (
+    Boundary,
     MissingLogprobError,
+    MixedVersionsError,
     RetryPolicy,
     SampleResponseError,
     SampleResult,
     UnresumableAbortError,
+    VersionSpan,
 )
 
-__all__ = ["completion_request", "sample_tinker", "to_sample_response", "to_sampled_sequence"]
+try:
+    from tinker import types
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "pausesvc.sampling_tinker needs the tinker extra: pip install 'pausesvc[tinker]'"
+    ) from exc
 
-_STOP_REASONS = {"stop": "stop", "length": "length"}
+__all__ = [
+    "PausesvcSampledSequence",
+    "check_kind",
+    "completion_request",
+    "prompt_logprob_values",
+    "sample_tinker",
+    "to_sample_response",
+    "to_sampled_sequence",
+]
+
+_STOP_REASONS: dict[str, types.StopReason] = {"stop": "stop", "length": "length"}
+_KINDS: tuple[str, ...] = get_args(types.SamplingClientKind)
 
 
-def _types() -> Any:
-    try:
-        from tinker import types
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("the Tinker helpers need the tinker extra: pip install 'pausesvc[tinker]'") from exc
-    return types
+@dataclass(frozen=True)
+class PausesvcSampledSequence(types.SampledSequence):
+    """A ``tinker.types.SampledSequence`` that says where it was resumed and which weights
+    produced which tokens.
+
+    ``boundaries``: :attr:`SampleResult.boundaries` (one per resume). ``versions``:
+    :attr:`SampleResult.versions`, contiguous :class:`~pausesvc.sampling.VersionSpan` runs over
+    ``tokens``. A sequence that spans a weight swap is off-policy from ``versions[1].start`` on.
+    """
+
+    boundaries: tuple[Boundary, ...] = ()
+    versions: tuple[VersionSpan, ...] = ()
 
 
-def _stop_reason(result: SampleResult) -> str:
+def _stop_reason(result: SampleResult) -> types.StopReason:
     reason = _STOP_REASONS.get(result.finish_reason)
     if reason is not None:
         return reason
@@ -52,25 +93,41 @@ def _stop_reason(result: SampleResult) -> str:
     )
 
 
-def to_sampled_sequence(result: SampleResult, *, sequence_id: str = "") -> Any:
-    """A ``tinker.types.SampledSequence`` with an honest ``stop_reason`` (aborts raise)."""
-    types = _types()
-    stop = _stop_reason(result)
-    cls = types.SampledSequence
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    if "tokens_np" in names:  # tinker >= 0.30: numpy-backed dataclass
-        import numpy as np
+def _valid_kind(kind: object) -> None:
+    if kind not in _KINDS:
+        raise InvalidInputError(f"kind must be one of {', '.join(_KINDS)}; got {kind!r}", field="kind")
 
-        return cls(
-            stop_reason=stop,
-            sequence_id=sequence_id,
-            tokens_np=np.asarray(result.tokens, dtype=np.int32),
-            logprobs_np=None if result.logprobs is None else np.asarray(result.logprobs, dtype=np.float32),
+
+def check_kind(result: SampleResult, kind: types.SamplingClientKind = "snapshot") -> None:
+    """Raise :class:`MixedVersionsError` when ``kind`` is ``"snapshot"`` and the sample's tokens
+    do not all carry one version label (an unlabelled span next to a labelled one counts as a
+    second version: it cannot be shown to be the same weights)."""
+    _valid_kind(kind)
+    labels = {span.version for span in result.versions}
+    if kind == "snapshot" and len(labels) > 1:
+        spans = ", ".join(f"[{s.start}, {s.end}) {s.version!r}" for s in result.versions)
+        raise MixedVersionsError(
+            f"a snapshot sample must come from one set of weights, but its tokens span {spans} "
+            "(sample with kind='inflight' to accept it)",
+            partial=result,
         )
-    return cls(
+
+
+def to_sampled_sequence(
+    result: SampleResult, *, sequence_id: str = "", kind: types.SamplingClientKind = "snapshot"
+) -> PausesvcSampledSequence:
+    """A ``tinker.types.SampledSequence`` (a :class:`PausesvcSampledSequence`) with an honest
+    ``stop_reason`` (aborts raise) and the sample's boundaries and version spans; see
+    :func:`check_kind` for ``kind``."""
+    stop = _stop_reason(result)
+    check_kind(result, kind)
+    return PausesvcSampledSequence(
         stop_reason=stop,
-        tokens=list(result.tokens),  # older pydantic model
-        logprobs=None if result.logprobs is None else list(result.logprobs),
+        sequence_id=sequence_id,
+        tokens_np=np.asarray(result.tokens, dtype=np.int32),
+        logprobs_np=None if result.logprobs is None else np.asarray(result.logprobs, dtype=np.float32),
+        boundaries=result.boundaries,
+        versions=result.versions,
     )
 
 
@@ -98,27 +155,19 @@ def to_sample_response(
     *,
     prompt_logprobs: bool = False,
     sequence_ids: Sequence[str] | None = None,
-) -> Any:
+    kind: types.SamplingClientKind = "snapshot",
+) -> types.SampleResponse:
     """A ``tinker.types.SampleResponse`` of one sequence per result (prompt logprobs from the
-    first result)."""
-    types = _types()
+    first result); ``kind`` as for :func:`to_sampled_sequence`."""
     ids = list(sequence_ids) if sequence_ids is not None else [str(i) for i in range(len(results))]
-    seqs = [to_sampled_sequence(r, sequence_id=s) for r, s in zip(results, ids, strict=True)]
-    kwargs: dict[str, Any] = {"sequences": seqs}
-    if prompt_logprobs and results:
-        values = prompt_logprob_values(results[0])
-        cls = types.SampleResponse
-        if dataclasses.is_dataclass(cls) and "prompt_logprobs_np" in {
-            f.name for f in dataclasses.fields(cls)
-        }:
-            import numpy as np
-
-            kwargs["prompt_logprobs_np"] = np.asarray(
-                [np.nan if v is None else v for v in values], dtype=np.float32
-            )
-        else:
-            kwargs["prompt_logprobs"] = values
-    return types.SampleResponse(**kwargs)
+    seqs = [to_sampled_sequence(r, sequence_id=s, kind=kind) for r, s in zip(results, ids, strict=True)]
+    if not (prompt_logprobs and results):
+        return types.SampleResponse(sequences=seqs)
+    values = prompt_logprob_values(results[0])
+    return types.SampleResponse(
+        sequences=seqs,
+        prompt_logprobs_np=np.asarray([np.nan if v is None else v for v in values], dtype=np.float32),
+    )
 
 
 def _sample_seed(seed: int, index: int) -> int:
@@ -187,26 +236,34 @@ async def sample_tinker(
     prompt_logprobs: bool = False,
     timeout: float | None = 600.0,
     policy: RetryPolicy | None = None,
-) -> Any:
+    kind: types.SamplingClientKind = "snapshot",
+) -> types.SampleResponse:
     """Sample ``num_samples`` sequences concurrently (one n=1 request each, so each resumes on
-    its own) and answer with a ``tinker.types.SampleResponse``."""
+    its own) and answer with a ``tinker.types.SampleResponse`` of
+    :class:`PausesvcSampledSequence`.
+
+    ``kind="snapshot"`` (default): a sequence resumed across a weight swap raises
+    :class:`MixedVersionsError` as soon as it finishes (cancelling the other samples).
+    ``kind="inflight"``: it is returned, its ``versions`` saying which weights produced what.
+    """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise InvalidInputError("num_samples must be a positive integer", field="num_samples")
-    _types()
+    _valid_kind(kind)
     bodies = [
         completion_request(
             model, prompt, sampling_params, prompt_logprobs=prompt_logprobs and i == 0, index=i
         )
         for i in range(num_samples)
     ]
+
+    async def one(body: dict[str, Any]) -> SampleResult:
+        result = await sample_with_retry(http, base_url, body, waiter=waiter, timeout=timeout, policy=policy)
+        check_kind(result, kind)
+        return result
+
     try:
         async with asyncio.TaskGroup() as tg:  # one failure cancels the other samples
-            tasks = [
-                tg.create_task(
-                    sample_with_retry(http, base_url, b, waiter=waiter, timeout=timeout, policy=policy)
-                )
-                for b in bodies
-            ]
+            tasks = [tg.create_task(one(b)) for b in bodies]
     except ExceptionGroup as group:
         raise group.exceptions[0] from group
-    return to_sample_response([t.result() for t in tasks], prompt_logprobs=prompt_logprobs)
+    return to_sample_response([t.result() for t in tasks], prompt_logprobs=prompt_logprobs, kind=kind)
