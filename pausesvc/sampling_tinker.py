@@ -8,14 +8,18 @@ answers its caller with a real ``tinker.types.SampleResponse``. Tinker's ``StopR
 Weights (Tinker 0.38's ``SamplingClientKind``, ``"snapshot" | "inflight"``):
 
 - ``kind="snapshot"`` (Tinker's default: "inference must stay on one saved set of weights"):
-  a sample whose version spans name two versions raises :class:`MixedVersionsError` (its
-  ``partial`` is the whole sample). A resume on the same weights is fine.
+  a sample whose version spans name two versions, or a response whose sequences were sampled
+  by different versions, raises :class:`MixedVersionsError` (its ``partial`` is the offending
+  sample, whole). A resume on the same weights is fine. A span without a label (the response
+  named no version) next to a labelled one counts as a second version; a sample with no label
+  at all (a gate without versions) cannot be checked and is returned.
 - ``kind="inflight"`` ("rollouts move to newer weights without restarting"): such a sample is
   returned, and - unlike Tinker's own inflight responses, which "do not identify which saved
   weights produced each token" - it says so.
 
-Tinker's ``SampledSequence`` (a frozen dataclass, mirrored by its wire format) has no metadata
-or extension field, so every sequence is a :class:`PausesvcSampledSequence`: the SDK's class
+Tinker's ``SampledSequence`` (a frozen dataclass; on the wire: stop reason, tokens, logprobs,
+top-k) has no metadata or extension field, so every sequence is a
+:class:`PausesvcSampledSequence`: the SDK's class
 with ``boundaries`` and ``versions`` added (``isinstance(seq, types.SampledSequence)`` holds,
 ``dataclasses.replace`` keeps them). They live in the process only: Tinker's wire format drops
 them.
@@ -150,6 +154,20 @@ def prompt_logprob_values(result: SampleResult) -> list[float | None]:
     return out
 
 
+def _one_version_across(results: Sequence[SampleResult]) -> None:
+    """A snapshot response comes from one set of weights: all its sequences share one label
+    (each one already has a single label, see :func:`check_kind`)."""
+    labelled = [(i, r) for i, r in enumerate(results) if r.versions]
+    for i, result in labelled[1:]:
+        first, label = labelled[0][1].versions[0].version, result.versions[0].version
+        if label != first:
+            raise MixedVersionsError(
+                f"a snapshot response must come from one set of weights, but sequence {i} was "
+                f"sampled by {label!r} and sequence {labelled[0][0]} by {first!r} (use kind='inflight')",
+                partial=result,
+            )
+
+
 def to_sample_response(
     results: Sequence[SampleResult],
     *,
@@ -161,6 +179,8 @@ def to_sample_response(
     first result); ``kind`` as for :func:`to_sampled_sequence`."""
     ids = list(sequence_ids) if sequence_ids is not None else [str(i) for i in range(len(results))]
     seqs = [to_sampled_sequence(r, sequence_id=s, kind=kind) for r, s in zip(results, ids, strict=True)]
+    if kind == "snapshot":
+        _one_version_across(results)
     if not (prompt_logprobs and results):
         return types.SampleResponse(sequences=seqs)
     values = prompt_logprob_values(results[0])
@@ -243,8 +263,9 @@ async def sample_tinker(
     :class:`PausesvcSampledSequence`.
 
     ``kind="snapshot"`` (default): a sequence resumed across a weight swap raises
-    :class:`MixedVersionsError` as soon as it finishes (cancelling the other samples).
-    ``kind="inflight"``: it is returned, its ``versions`` saying which weights produced what.
+    :class:`MixedVersionsError` as soon as it finishes (cancelling the other samples), and so
+    do sequences sampled whole by different versions. ``kind="inflight"``: they are returned,
+    their ``versions`` saying which weights produced what.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise InvalidInputError("num_samples must be a positive integer", field="num_samples")

@@ -137,3 +137,16 @@ def test_the_conversions_honour_the_kind_and_keep_the_spans_through_the_sdk() ->
     assert copy.versions == seq.versions and copy.sequence_id == "s-1" and copy.tokens == [7, 8, 9]
     plain = to_sampled_sequence(dataclasses.replace(mixed(), versions=(VersionSpan(0, 3, "a"),)))
     assert plain.versions == (VersionSpan(0, 3, "a"),) and plain.boundaries == ()
+
+
+def test_a_snapshot_response_comes_from_one_set_of_weights() -> None:
+    def on(version: str | None, tokens: list[int]) -> SampleResult:
+        spans = (VersionSpan(0, len(tokens), version),) if tokens else ()
+        return dataclasses.replace(mixed(), tokens=tokens, logprobs=None, versions=spans)
+
+    with pytest.raises(MixedVersionsError) as ei:
+        to_sample_response([on("a", [1]), on(None, []), on("b", [2])])
+    assert ei.value.partial is not None and ei.value.partial.tokens == [2] and "sequence 2" in str(ei.value)
+    resp = to_sample_response([on("a", [1]), on(None, []), on("a", [2])])
+    assert [s.tokens for s in resp.sequences] == [[1], [], [2]]
+    assert len(to_sample_response([on("a", [1]), on("b", [2])], kind="inflight").sequences) == 2
