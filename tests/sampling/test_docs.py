@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import threading
 import time
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def vllm_url() -> Iterator[tuple[str, FakeVLLM]]:
-    fake = FakeVLLM([Gen([1, 2], "abort"), Gen([3], "stop")] * 20)
+    # aborted on v1, continued on v2: a swap between the attempts, the header over real HTTP
+    fake = FakeVLLM([Gen([1, 2], "abort", version="v1"), Gen([3], "stop", version="v2")] * 20)
     server = uvicorn.Server(
         uvicorn.Config(
             fake.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", interface="asgi3"
@@ -51,6 +53,7 @@ def test_sampling_doc_examples_run(
     asyncio.run(scope["sample_once"](url, redis_url))
     out = capsys.readouterr().out
     assert "stop [1, 2, 3]" in out and "resumed at token 2" in out
+    assert "tokens [0, 2) by version v1" in out and "tokens [2, 3) by version v2" in out
     assert asyncio.run(scope["chat_once"](url, redis_url)) == "<1><2><3>"
     asyncio.run(scope["sample_without_redis_access"](url, redis_url, "http://127.0.0.1:1"))
     assert "watcher [1, 2, 3]" in capsys.readouterr().out
@@ -74,7 +77,12 @@ def test_sampling_doc_examples_run(
         {},
     )
     assert scope["on_policy_mask"](result) == [1, 1, 0, 0]
+    swapped = dataclasses.replace(result, versions=scope["SWAPPED"])
+    assert scope["tokens_by"](swapped, "v1") == [1, 1, 0, 0]
+    assert scope["tokens_by"](swapped, "v2") == [0, 0, 1, 1]
     pytest.importorskip("tinker")
     resp = asyncio.run(scope["tinker_sample"](url, redis_url))
     assert len(resp.sequences) == 2
     assert all(s.stop_reason in ("stop", "length") for s in resp.sequences)
+    for seq in resp.sequences:  # each one whole on v2, or resumed across the swap (inflight)
+        assert [s.version for s in seq.versions] in (["v2"], ["v1", "v2"])
