@@ -377,7 +377,7 @@ async def test_unreadable_bodies_are_held_while_anything_is_paused(
         ("POST", "/tokenize"),
         ("GET", "/v1/completions"),
         ("POST", "/ping"),
-        ("POST", "/v1/load_lora_adapter"),
+        ("POST", "/v1/unload_lora_adapter"),
         ("DELETE", "/adapters/lora-a"),
     ],
 )

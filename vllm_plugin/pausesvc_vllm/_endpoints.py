@@ -206,6 +206,7 @@ async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive,
                 "staleness_seconds": w.staleness if w else 0.0,
                 "paused_adapters": float(len(w.paused_names())) if w else 0.0,
             },
+            rt.versions.status(),
         )
         if rendered is None:
             await send_json(

@@ -17,12 +17,25 @@ generate ``generate-tokens-<base>``; the Responses API uses the body's ``request
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib
 import logging
-from collections.abc import Collection
+import os
+import tempfile
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EngineRequest", "engine_client", "external_id_matches", "find_requests"]
+__all__ = [
+    "EngineRequest",
+    "LoadError",
+    "NotReady",
+    "engine_client",
+    "external_id_matches",
+    "find_requests",
+    "load_adapter",
+]
 
 logger = logging.getLogger("pausesvc_vllm.engine")
 
@@ -77,3 +90,100 @@ def find_requests(
 
 async def abort_internal(engine: Any, ids: list[str]) -> None:
     await engine.abort(ids, internal=True)
+
+
+# -- loading an adapter's weights in process (weight versions) ---------------------------------------
+#: vLLM's prefix cache keys a block by (lora_name, lora_path) (``_gen_lora_extra_hash_keys``),
+#: and ``/v1/load_lora_adapter`` with ``load_inplace`` keeps the adapter's LoRA id: a reload of
+#: changed weights from the SAME path reuses blocks computed with the old ones. Every load here
+#: therefore goes through a path string no earlier load used (a fresh symlink to the weights'
+#: directory) under a fresh LoRA id; for a path that is not a local directory (a hub id) and
+#: was loaded before, the whole prefix cache is reset instead.
+_LINK_ROOT: str | None = None
+RESET_ATTEMPTS = 100
+RESET_RETRY_S = 0.05
+
+
+class LoadError(Exception):
+    """The engine refused or failed to load an adapter's weights (the reason is the message)."""
+
+
+class NotReady(LoadError):
+    """The app has no engine or model registry (yet): vLLM sets them before serving."""
+
+
+def _fresh_path(name: str, path: str, seq: int) -> str:
+    global _LINK_ROOT
+    if not os.path.isdir(path):
+        return path
+    if _LINK_ROOT is None:
+        _LINK_ROOT = tempfile.mkdtemp(prefix="pausesvc-lora-")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64]
+    link = os.path.join(_LINK_ROOT, f"{safe}-{seq}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    os.symlink(os.path.abspath(path), link)
+    return link
+
+
+def _drop_link(path: str | None) -> None:
+    if path and _LINK_ROOT is not None and os.path.dirname(path) == _LINK_ROOT:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+async def load_adapter(app: Any, name: str, path: str, fields: Mapping[str, Any], used: set[str]) -> None:
+    """Load ``name``'s weights from ``path`` into this process's engine, replacing what it
+    served under that name. ``used``: the path strings earlier loads of ``name`` used here.
+
+    Raises :class:`LoadError` when the engine fails; nothing changes then."""
+    lora_request_cls = importlib.import_module("vllm.lora.request").LoRARequest
+    state = getattr(app, "state", None)
+    engine = getattr(state, "engine_client", None)
+    models = getattr(state, "openai_serving_models", None)
+    if engine is None or models is None:
+        raise NotReady("this server has no engine or model registry (not a vLLM OpenAI server?)")
+    if models.is_base_model(name):
+        raise LoadError(f"{name!r} is a served base model name, not a LoRA adapter")
+    async with models.lora_resolver_lock[name]:
+        old = models.lora_requests.get(name)
+        lora_id = models.lora_id_counter.inc(1)
+        lora_path = _fresh_path(name, path, lora_id)
+        request = lora_request_cls(
+            lora_name=name,
+            lora_int_id=lora_id,
+            lora_path=lora_path,
+            is_3d_lora_weight=bool(fields.get("is_3d_lora_weight", False)),
+        )
+        if old is not None and getattr(old, "base_model_name", None):
+            request.base_model_name = old.base_model_name
+        try:
+            ok = await engine.add_lora(request)
+        except Exception as exc:
+            _drop_link(lora_path)
+            raise LoadError(f"{type(exc).__name__}: {exc}") from exc
+        if ok is False:
+            _drop_link(lora_path)
+            raise LoadError(f"the engine did not load {path!r}")
+        if lora_path in used and not await _reset_prefix_cache(engine):
+            with contextlib.suppress(Exception):
+                await engine.remove_lora(lora_id)
+            raise LoadError(
+                "the prefix cache could not be reset (blocks in use); the old weights' blocks would be reused"
+            )
+        used.add(lora_path)
+        models.lora_requests[name] = request
+    if old is not None and old.lora_int_id != lora_id:
+        try:
+            await engine.remove_lora(old.lora_int_id)
+        except Exception as exc:  # it only stays cached: requests use the new id from now on
+            logger.warning("pausesvc gate: could not remove the old weights of %r: %s", name, exc)
+        _drop_link(old.lora_path)
+
+
+async def _reset_prefix_cache(engine: Any) -> bool:
+    for _ in range(RESET_ATTEMPTS):
+        if await engine.reset_prefix_cache():
+            return True
+        await asyncio.sleep(RESET_RETRY_S)
+    return False

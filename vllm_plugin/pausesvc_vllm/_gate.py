@@ -44,8 +44,10 @@ from pausesvc_vllm._asgi import (
 from pausesvc_vllm._deadline import abort_kind, send_abort
 from pausesvc_vllm._endpoints import OWN_PREFIXES, handle_own
 from pausesvc_vllm._guard import lacks_vllm_key, warn_if_open
+from pausesvc_vllm._loads import LOAD_PATH, direct_load
 from pausesvc_vllm._routes import SAFE_METHODS, GatedPaths, route_table
-from pausesvc_vllm._runtime import GateRuntime
+from pausesvc_vllm._runtime import Admission, GateRuntime
+from pausesvc_vllm._versions import VERSION_HEADER
 from pausesvc_vllm._websocket import serve_websocket
 
 __all__ = ["PauseGateMiddleware"]
@@ -119,6 +121,9 @@ class PauseGateMiddleware:
             if await handle_own(rt, own, scope, receive, send):
                 return
         if not gated or scope.get("method") in SAFE_METHODS:
+            if scope.get("method") == "POST" and route_path(scope) == LOAD_PATH:
+                await direct_load(self.app, rt, scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         await self._gate(scope, receive, send)
@@ -216,7 +221,7 @@ class PauseGateMiddleware:
         if names is None:
             if not rt.admissible(GLOBAL):
                 return GLOBAL
-            names = rt.watcher.paused_names() if rt.watcher is not None else []
+            names = [*(rt.watcher.paused_names() if rt.watcher is not None else []), *rt.versions.pending]
         for name in names:
             if not rt.admissible(name):
                 return name
@@ -270,7 +275,7 @@ class PauseGateMiddleware:
         data: dict[str, Any] | None = None
         if rid is None and b'"request_id"' in body:
             data = _as_object(body)  # it may carry a request_id to use as the request's id
-        if rt.admissible(GLOBAL) and not watcher.any_paused:
+        if rt.admissible(GLOBAL) and not watcher.any_paused and not rt.versions.pending:
             # the fast path: nothing is paused, so the adapter does not matter now; the body is
             # parsed only if a drain (or a status) asks which adapter it was for
             target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=True)
@@ -320,7 +325,7 @@ class PauseGateMiddleware:
             )
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
         admission = rt.admit(target, rid.decode("latin-1"))
-        guarded = _FenceGuard(rt, send)
+        guarded = _FenceGuard(rt, send, admission)
         try:
             if held is None:
                 await self.app(scope, replaying_receive(body, receive), guarded)
@@ -456,11 +461,12 @@ class _FenceGuard:
     proofs' age here before anything goes out.
     """
 
-    __slots__ = ("cut", "rt", "send", "started")
+    __slots__ = ("admission", "cut", "rt", "send", "started")
 
-    def __init__(self, rt: GateRuntime, send: Send) -> None:
+    def __init__(self, rt: GateRuntime, send: Send, admission: Admission) -> None:
         self.rt = rt
         self.send = send
+        self.admission = admission
         self.started = False
         self.cut = False
 
@@ -491,6 +497,11 @@ class _FenceGuard:
             return
         if message.get("type") == "http.response.start":
             self.started = True
+            if self.rt.versions.loaded:  # which weights produced it (no header: not known)
+                version = self.rt.versions.version(self.admission.adapter)
+                if version is not None:
+                    headers = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]
+                    message = {**message, "headers": headers}
         await self.send(message)
 
 

@@ -46,14 +46,16 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Settings
+from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Replica, Settings
 from pausesvc import shared_watcher as _shared_watcher
 from pausesvc._client import release_watcher
 from pausesvc_vllm._adapters import Target
 from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
+from pausesvc_vllm._versions import VersionKeeper
 
 __all__ = ["Admission", "GateRuntime"]
 
@@ -122,6 +124,10 @@ class GateRuntime:
         self.url: str | None = settings.replica_url
         self.watcher: PauseWatcher | None = None
         self.client: AsyncPauseClient | None = None
+        self.replica: Replica | None = None
+        self.versions = VersionKeeper(
+            lambda: self.app, lambda: self.replica, self.abort_until_idle, self._spawn
+        )
         self._admitted: set[Admission] = set()
         self._changed: asyncio.Event | None = None
         # pause identities (epoch, revision, tokens) wanted / drained per adapter
@@ -183,10 +189,15 @@ class GateRuntime:
             self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
             self.client = AsyncPauseClient(url, settings=self.settings, holder="skyrl")
             watcher = await _shared_watcher(url, self.settings.namespace, settings=self.settings)
+            self.replica = Replica(self.client, self.replica_id)
             watcher.add_listener(self._on_change)
+            watcher.add_version_listener(self.versions.on_desired)
+            # what was learned before the listeners were added (another user of the shared
+            # watcher synced it already): drain those pauses and load those versions now, with
+            # no await before the watcher is set (no request is admitted in between)
+            for name, desired in watcher.desired_versions.items():
+                self.versions.on_desired(name, desired)
             self.watcher = watcher
-            # a pause learned before the listener was added (another user of the shared
-            # watcher synced it already): drain it now
             for name in watcher.paused_names():
                 self._on_change(name, watcher.state(name), None)
             self._unfenced = asyncio.Event()
@@ -217,8 +228,10 @@ class GateRuntime:
                 if not fut.done():
                     fut.cancel()
         self._drain_waiters.clear()
+        await self.versions.aclose()
         if self.watcher is not None:
             self.watcher.remove_listener(self._on_change)
+            self.watcher.remove_version_listener(self.versions.on_desired)
             if self.settings.redis_url is not None:
                 await release_watcher(self.settings.redis_url, self.settings.namespace)
         if self.client is not None:
@@ -242,7 +255,13 @@ class GateRuntime:
         """May a request for ``name`` go on right now? (Not before the first sync, not while
         fenced.)"""
         w = self.watcher
-        return w is not None and w.synced_once and not self.fenced and not w.is_paused(name)
+        return (
+            w is not None
+            and w.synced_once
+            and not self.fenced
+            and not w.is_paused(name)
+            and not self.versions.blocks(name)
+        )
 
     @property
     def fenced(self) -> bool:
@@ -329,6 +348,8 @@ class GateRuntime:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(FENCE_CHECK_S):
                             await self._unfenced.wait()
+                elif self.versions.blocks(name):  # parked until its desired version is loaded
+                    await self.versions.wait_ready(name)
                 else:  # not yet synced, or a change between the wake-up and now
                     await asyncio.sleep(DRAIN_RECHECK_S)
             group = self._held.pop(name, ())
@@ -429,12 +450,20 @@ class GateRuntime:
 
         Returns the external ids aborted, or None if ``name`` was resumed meanwhile.
         """
-        assert self.watcher is not None and self._changed is not None
+        watcher = self.watcher
+        assert watcher is not None
+        return await self.abort_until_idle(name, lambda: watcher.is_paused(name))
+
+    async def abort_until_idle(self, name: str, wanted: Callable[[], bool]) -> list[str] | None:
+        """Abort ``name``'s engine requests until nothing of ``name`` this process admitted is
+        in flight (a pause's drain, a version load). Returns the external ids aborted, or None
+        as soon as ``wanted()`` is false (resumed, or a newer version wanted meanwhile)."""
+        assert self._changed is not None
         aborted: list[str] = []
         seen: set[str] = set()
         everything = name == GLOBAL
         while True:
-            if not self.watcher.is_paused(name):
+            if not wanted():
                 return None
             victims = self.in_flight(name)
             engine = engine_client(self.app)
@@ -597,6 +626,7 @@ class GateRuntime:
             "orphans": sorted(w.orphans) if w else [],
             "draining": sorted(self._drains),
             "drained": self.drain_results(),
+            "versions": self.versions.status(),
             "stats": self.stats.to_dict(),
         }
 

@@ -95,7 +95,10 @@ _COUNTERS = {
 
 
 def render_prometheus(
-    stats: GateStats, labels: dict[str, str], watcher: dict[str, Any]
+    stats: GateStats,
+    labels: dict[str, str],
+    watcher: dict[str, Any],
+    versions: dict[str, Any] | None = None,
 ) -> tuple[bytes, str] | None:
     """The text exposition of ``stats`` or None when prometheus-client is not installed."""
     try:
@@ -143,6 +146,36 @@ def render_prometheus(
                 g.add_metric(values, float(watcher.get(name, 0.0)))
                 yield g
 
+    class _Versions:
+        def collect(self) -> Any:
+            values = [labels[k] for k in keys]
+            v = versions or {}
+            for name, doc, data in (
+                (
+                    "adapter_version",
+                    "1 for the version of each adapter this process serves",
+                    v.get("loaded", {}),
+                ),
+                (
+                    "adapter_parked_for_version",
+                    "1 while an adapter is held here until its desired version is loaded",
+                    v.get("pending", {}),
+                ),
+            ):
+                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter", "version"])
+                for adapter, version in sorted(data.items()):
+                    g.add_metric([*values, adapter, str(version)], 1.0)
+                yield g
+            g = GaugeMetricFamily(
+                "pausesvc_gate_version_load_attempts_failed",
+                "Failed attempts to load the pending desired version of an adapter",
+                labels=[*keys, "adapter"],
+            )
+            for adapter, err in sorted(v.get("errors", {}).items()):
+                g.add_metric([*values, adapter], float(err["attempts"]))
+            yield g
+
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Versions())
     registry.register(_Collector())
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,108 @@
+"""``POST /v1/load_lora_adapter`` through the gate: old-style trainers next to weight versions.
+
+An adapter with NO desired version in Redis is the trainer's business, as before: the load
+goes to vLLM unchanged, and a load that names a version (body field ``version``, or the
+``x-pausesvc-adapter-version`` request header) is recorded as this replica's loaded version
+(response headers, ``/pausesvc/status``, the registry record).
+
+An adapter WITH a desired version is kept on it by the replicas themselves: a direct load of
+other weights would make this replica serve what the fleet left behind, so it is refused
+(409 ``version_managed``, naming the desired version and ``pausesvc swap``). A load naming the
+desired version that this replica has already loaded is answered 200 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from pausesvc_vllm._asgi import (
+    ASGIApp,
+    BodyError,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    read_body,
+    replaying_receive,
+    send_json,
+)
+from pausesvc_vllm._runtime import GateRuntime
+from pausesvc_vllm._versions import VERSION_HEADER
+
+__all__ = ["LOAD_PATH", "direct_load"]
+
+logger = logging.getLogger("pausesvc_vllm")
+LOAD_PATH = "/v1/load_lora_adapter"
+
+
+async def direct_load(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    s = rt.settings
+    try:
+        body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes, timeout=s.gate_body_timeout_s)
+    except BodyError as exc:
+        if exc.status:
+            await send_json(send, exc.status, error_body(exc.code, exc.message))
+        return
+    name, named = _names(scope, body)
+    if name is None:  # vLLM answers what is wrong with it
+        await app(scope, replaying_receive(body, receive), send)
+        return
+    await rt.start()
+    desired = rt.watcher.desired(name) if rt.watcher is not None else None
+    if desired is not None:
+        if named == desired.version and rt.versions.version(name) == desired.version:
+            await send_json(send, 200, {"status": "ok", "version": desired.version, "changed": False})
+            return
+        message = (
+            f"{name!r} has the desired version {desired.version!r} in Redis: every replica loads "
+            "it by itself, and a direct load of other weights would serve a version the fleet "
+            "left; change it with `pausesvc swap` (POST /v1/adapters/{name}/version)"
+        )
+        await send_json(
+            send,
+            409,
+            error_body("version_managed", message, desired=desired.version, loaded=rt.versions.version(name)),
+        )
+        return
+    status: list[int] = []
+
+    async def watch(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))
+        await send(message)
+
+    await app(scope, replaying_receive(body, receive), watch)
+    if status and status[0] == 200:
+        rt.versions.note_direct_load(name, named)
+        logger.info("pausesvc gate: %r loaded directly (version %s)", name, named or "not named")
+        if named and rt.replica is not None:
+            rt._spawn(_report(rt, name, named), f"pausesvc-direct-load-{name}")
+
+
+async def _report(rt: GateRuntime, name: str, version: str) -> None:
+    if rt.replica is None:
+        return
+    try:
+        await rt.replica.report_version(name, version, status="loaded", revision=0)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.warning("pausesvc gate: could not report the direct load of %r: %s", name, exc)
+
+
+def _names(scope: Scope, body: bytes) -> tuple[str | None, str | None]:
+    """(lora_name, the version the load names) from the request."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict) or not isinstance(data.get("lora_name"), str):
+        return None, None
+    named = data.get("version")
+    for k, v in scope.get("headers") or ():
+        if k.lower() == VERSION_HEADER:
+            named = v.decode("latin-1").strip()
+    return data["lora_name"], named if isinstance(named, str) and named else None
