@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from _sampling_fake import FakeVLLM, Gen
@@ -86,3 +87,24 @@ def test_sampling_doc_examples_run(
     assert all(s.stop_reason in ("stop", "length") for s in resp.sequences)
     for seq in resp.sequences:  # each one whole on v2, or resumed across the swap (inflight)
         assert [s.version for s in seq.versions] in (["v2"], ["v1", "v2"])
+
+
+def test_the_version_header_over_real_http_blocking_and_async(vllm_url: tuple[str, FakeVLLM]) -> None:
+    """The header as a real server sends it, read by the blocking sampler (its deadline path
+    streams the body in a worker thread) and the async one."""
+    from _sampling_fake import NeverPaused, SyncNeverPaused
+
+    from pausesvc.sampling import VersionSpan, sample_with_retry, sample_with_retry_sync
+
+    url, _ = vllm_url
+    body = {"model": "lora-a", "prompt": [1, 2, 3], "max_tokens": 8}
+    expected = (VersionSpan(0, 2, "v1"), VersionSpan(2, 3, "v2"))
+    with httpx.Client(timeout=10) as http:
+        result = sample_with_retry_sync(http, url, body, waiter=SyncNeverPaused(), timeout=30)
+    assert result.versions == expected
+
+    async def run() -> tuple[VersionSpan, ...]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            return (await sample_with_retry(http, url, body, waiter=NeverPaused())).versions
+
+    assert asyncio.run(run()) == expected
