@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 import httpx
-import numpy as np
 
 from pausesvc._exceptions import InvalidInputError
 from pausesvc.sampling import sample_with_retry
@@ -52,6 +51,7 @@ from pausesvc.sampling_protocol import (
 )
 
 try:
+    import numpy as np  # a dependency of tinker
     from tinker import types
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
