@@ -1,6 +1,7 @@
 """pausesvc: Redis-backed distributed pause state for multi-LoRA LLM serving."""
 
-from pausesvc._client import AsyncPauseClient, shared_watcher
+from pausesvc._base import SwapError
+from pausesvc._client import AsyncPauseClient, release_watcher, shared_watcher
 from pausesvc._embedded import EmbeddedRedis
 from pausesvc._exceptions import (
     ConflictError,
@@ -18,10 +19,20 @@ from pausesvc._exceptions import (
     StaleTokenError,
 )
 from pausesvc._keys import GLOBAL, Keys, validate_name
-from pausesvc._models import AdapterState, Grant, Hold, PauseEvent, ResumeResult, Snapshot
+from pausesvc._models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    Hold,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
 from pausesvc._settings import Settings
 from pausesvc._sync import PauseClient
 from pausesvc._watcher import PauseWatcher
+from pausesvc.replica import Replica
 
 __version__ = "0.1.0"
 
@@ -31,6 +42,7 @@ __all__ = [
     "AsyncPauseClient",
     "ConflictError",
     "DataLossError",
+    "DesiredVersion",
     "DrainTimeoutError",
     "EmbeddedRedis",
     "Grant",
@@ -47,12 +59,16 @@ __all__ = [
     "PauseWatcher",
     "RedisPermissionError",
     "RedisUnavailableError",
+    "Replica",
     "ReplicationTimeoutError",
     "ResumeResult",
     "Settings",
     "Snapshot",
     "StaleTokenError",
+    "SwapError",
+    "SwapResult",
     "__version__",
+    "release_watcher",
     "shared_watcher",
     "validate_name",
 ]

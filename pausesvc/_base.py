@@ -17,15 +17,35 @@ from typing import Any
 from pausesvc._exceptions import (
     InvalidInputError,
     NotHolderError,
+    PauseTimeoutError,
     ReplicationTimeoutError,
     StaleTokenError,
 )
-from pausesvc._keys import Keys, validate_holder, validate_name
-from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
+from pausesvc._keys import Keys, validate_holder, validate_name, validate_version
+from pausesvc._models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
 
 logger = logging.getLogger("pausesvc.client")
 
-__all__ = ["BaseClient", "classify_event", "parse_snapshot", "parse_snapshot_reply", "validate_timeout"]
+__all__ = [
+    "BaseClient",
+    "SwapError",
+    "classify_event",
+    "parse_snapshot",
+    "parse_snapshot_reply",
+    "parse_versions",
+    "reconcile_versions",
+    "validate_load",
+    "validate_path",
+    "validate_timeout",
+]
 
 #: An event at or below the view's revision this long after the view's last snapshot is not a
 #: late duplicate (those arrive right after a snapshot): the revision went back in the same
@@ -125,15 +145,117 @@ def validate_reason(value: object) -> str:
     return value
 
 
+MAX_PATH_LENGTH = 4096
+MAX_LOAD_BYTES = 16 * 1024
+#: load_lora_adapter fields a desired version sets itself (the adapter's name and ``path``)
+RESERVED_LOAD_KEYS = frozenset({"lora_name", "lora_path"})
+
+
+def validate_path(value: object) -> str:
+    """Where a version's weights are: a non-empty string without control characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError("path must be a non-empty string", field="path")
+    if len(value) > MAX_PATH_LENGTH:
+        raise InvalidInputError(f"path is longer than {MAX_PATH_LENGTH} characters", field="path")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidInputError("path must not contain control characters", field="path")
+    return value
+
+
+def _scalar(key: str, value: object) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float) and math.isfinite(value):
+        return
+    raise InvalidInputError(
+        f"load.{key} must be a string, number, boolean or null, not {type(value).__name__}", field="load"
+    )
+
+
+def validate_load(value: object) -> dict[str, Any]:
+    """Extra ``load_lora_adapter`` fields: a JSON object of scalar values; ``lora_name`` and
+    ``lora_path`` are not allowed (the adapter's name and ``path`` are)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError("load must be a JSON object", field="load")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError("load keys must be non-empty strings", field="load")
+        if key in RESERVED_LOAD_KEYS:
+            raise InvalidInputError(
+                f"load must not set {key!r} (the adapter's name and path are used)", field="load"
+            )
+        _scalar(key, v)
+        out[key] = v
+    if len(json.dumps(out)) > MAX_LOAD_BYTES:
+        raise InvalidInputError(f"load is larger than {MAX_LOAD_BYTES} bytes as JSON", field="load")
+    return out
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def parse_versions(flat: Sequence[Any]) -> dict[str, DesiredVersion]:
+    """``{name: DesiredVersion}`` from a flat ``HGETALL versions`` reply (bad records skipped)."""
+    out: dict[str, DesiredVersion] = {}
+    for i in range(0, len(flat) - 1, 2):
+        try:
+            out[_s(flat[i])] = DesiredVersion.from_json(flat[i + 1])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("pausesvc: ignoring a malformed desired version of %r", _s(flat[i]))
+    return out
+
+
+def reconcile_versions(
+    known: Mapping[str, DesiredVersion],
+    found: Mapping[str, DesiredVersion],
+    cleared: Mapping[str, int],
+    *,
+    new_epoch: bool,
+) -> tuple[dict[str, DesiredVersion], list[str], list[str]]:
+    """The desired versions a view keeps after reading a snapshot: ``(view, changed, kept)``.
+
+    ``found`` is the snapshot's versions, ``cleared`` the clear tombstones
+    (``cleared_versions``) of the names the view knows and the snapshot lacks. A name is dropped
+    only on proof of a clear (a tombstone at or after the view's record, or any in a new epoch);
+    a record older than the view's in the same epoch is not taken either. Everything else that
+    is missing or older is KEPT (``kept``: Redis lost it): a replica never goes back to weights
+    the fleet has left. Pure: the watcher and the blocking client both follow it."""
+    view = dict(known)
+    changed: list[str] = []
+    kept: list[str] = []
+    for name, dv in found.items():
+        old = known.get(name)
+        if old == dv:
+            continue
+        if old is not None and not new_epoch and dv.revision < old.revision and dv.at <= old.at:
+            kept.append(name)
+            continue
+        view[name] = dv
+        changed.append(name)
+    for name, old in known.items():
+        if name in found:
+            continue
+        t = cleared.get(name)
+        if t is not None and (new_epoch or t >= old.revision):
+            del view[name]
+            changed.append(name)
+        else:
+            kept.append(name)
+    return view, sorted(changed), sorted(kept)
+
+
 def parse_snapshot_reply(res: Sequence[Any]) -> Snapshot:
-    """Build a snapshot from the reply of ``snapshot.lua``."""
-    rev, epoch, flat, now = res
+    """Build a snapshot from the reply of ``snapshot.lua`` (with or without the versions)."""
+    rev, epoch, flat, now = res[:4]
     raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-    return parse_snapshot(rev or None, epoch or None, raw, now)
+    snap = parse_snapshot(rev or None, epoch or None, raw, now)
+    if len(res) > 4 and res[4]:
+        snap.versions.update(parse_versions(res[4]))
+    return snap
 
 
 def parse_snapshot(rev: Any, epoch: Any, raw: Mapping[Any, Any], server_time: Sequence[Any]) -> Snapshot:
@@ -179,6 +301,59 @@ def _refuse(
         )
 
 
+class SwapError(PauseTimeoutError):
+    """A swap's barrier was not passed: some live replicas did not report the new version loaded
+    before the deadline (``missing``: replica id -> url) or reported that loading it failed
+    (``failed``: replica id -> reason). The desired version IS set and the swap's pause was
+    released: each replica holds the adapter locally until it has loaded the desired version,
+    so the adapter stays paused on those replicas only. ``result`` lists who did load it."""
+
+    def __init__(
+        self, message: str, *, missing: Mapping[str, str], failed: Mapping[str, str], result: SwapResult
+    ) -> None:
+        super().__init__(message)
+        self.missing = dict(missing)
+        self.failed = dict(failed)
+        self.result = result
+
+    @property
+    def timed_out(self) -> bool:
+        """True when some replica never reported (a timeout), False when all that did not
+        load it reported a failure."""
+        return bool(self.missing)
+
+
+def swap_outcome(
+    name: str,
+    version: str,
+    revision: int,
+    barrier: tuple[list[str], dict[str, str], dict[str, str]],
+    seconds: float,
+) -> SwapResult:
+    """The result of a swap whose barrier ended with ``(loaded, missing, failed)``; raises
+    :class:`SwapError` naming the replicas when some are missing or failed."""
+    loaded, missing, failed = barrier
+    result = SwapResult(name, version, revision, sorted(loaded), seconds)
+    if not missing and not failed:
+        return result
+    parts = []
+    if failed:
+        parts.append("failed to load it: " + "; ".join(f"{r} ({why})" for r, why in sorted(failed.items())))
+    if missing:
+        parts.append(
+            f"did not report it within {seconds:.3g}s: "
+            + ", ".join(f"{r} ({url})" for r, url in sorted(missing.items()))
+        )
+    raise SwapError(
+        f"{name!r} is set to version {version!r} (revision {revision}), but "
+        f"{len(missing) + len(failed)} live replica(s) are not on it: {'; '.join(parts)}. "
+        f"{name!r} stays held on those replicas only until they load it",
+        missing=missing,
+        failed=failed,
+        result=result,
+    )
+
+
 class BaseClient:
     """Configuration and the pure parts of every operation."""
 
@@ -201,7 +376,7 @@ class BaseClient:
         self.replication_shortfalls = 0
 
     def _snapshot_keys(self) -> list[str]:
-        return [self.keys.paused, self.keys.rev, self.keys.epoch]
+        return self.keys.snapshot_keys()
 
     @property
     def publish_command(self) -> str:
@@ -267,7 +442,31 @@ class BaseClient:
         tok = "" if token is None else validate_token(token)
         return h, [self.publish_command, name, h, str(validate_ttl(ttl)), tok]
 
+    def _set_version_args(self, name: str, version: str, path: str, load: object) -> list[str]:
+        name = validate_name(name)
+        ld = validate_load(load)
+        return [
+            self.publish_command,
+            name,
+            "set",
+            validate_version(version),
+            validate_path(path),
+            json.dumps(ld, sort_keys=True),
+        ]
+
+    def _clear_version_args(self, name: str) -> list[str]:
+        return [self.publish_command, validate_name(name), "clear", "", "", "{}"]
+
+    def _swap_holder(self, holder: str | None) -> str:
+        """The swap's pause holder: given, or ``<default holder>/swap`` (never the caller's own
+        default hold, which the swap's resume would release)."""
+        return f"{self.default_holder}/swap" if holder is None else validate_holder(holder)
+
     # -- results ----------------------------------------------------------------------------------
+    @staticmethod
+    def _parse_set_version(res: Sequence[Any]) -> DesiredVersion:
+        return DesiredVersion.from_json(_s(res[2]))
+
     @staticmethod
     def _parse_grant(name: str, holder: str, res: Sequence[Any]) -> Grant:
         status, token, rev, state = _s(res[0]), _s(res[1]), int(res[2]), _s(res[3])
@@ -327,14 +526,16 @@ class BaseClient:
     def _replica_record(
         raw: Mapping[Any, Any], heartbeat_ms: float, now_ms: float, replica_id: str
     ) -> dict[str, Any]:
-        rec: dict[str, Any] = {"id": replica_id, "drains": {}}
+        rec: dict[str, Any] = {"id": replica_id, "drains": {}, "versions": {}}
         for k, v in raw.items():
             key, val = _s(k), _s(v)
-            if key.startswith("drain:"):
+            group = "drains" if key.startswith("drain:") else "versions" if key.startswith("version:") else ""
+            if group:
+                sub = key.split(":", 1)[1]
                 try:
-                    rec["drains"][key[6:]] = json.loads(val)
+                    rec[group][sub] = json.loads(val)
                 except ValueError:
-                    rec["drains"][key[6:]] = {"raw": val}
+                    rec[group][sub] = {"raw": val}
             elif key in ("info",):
                 try:
                     rec.update(json.loads(val))

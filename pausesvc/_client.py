@@ -17,21 +17,37 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from pausesvc._base import BaseClient, parse_snapshot_reply, validate_timeout
+from pausesvc._base import (
+    BaseClient,
+    parse_snapshot_reply,
+    parse_versions,
+    swap_outcome,
+    validate_timeout,
+)
 from pausesvc._exceptions import (
     ConflictError,
+    DrainTimeoutError,
     InvalidInputError,
     LeaseLostError,
     translate_redis_errors,
 )
 from pausesvc._keys import validate_name
-from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
+from pausesvc._models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
 from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
+from pausesvc._registry import AckWaiter, list_replicas
 from pausesvc._scripts import read_script, registry_script, state_script
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
 
-__all__ = ["AsyncPauseClient", "shared_watcher"]
+__all__ = ["AsyncPauseClient", "release_watcher", "shared_watcher"]
 
 logger = logging.getLogger("pausesvc.client")
 
@@ -70,7 +86,8 @@ async def shared_watcher(
     return entry[0]  # type: ignore[no-any-return]
 
 
-async def release_watcher(url: str, namespace: str) -> None:
+async def release_watcher(url: str, namespace: str = "default") -> None:
+    """Give back one reference taken with :func:`shared_watcher`; the last one closes it."""
     loop = asyncio.get_running_loop()
     per_loop = _SHARED.get(loop, {})
     entry = per_loop.get((url, namespace))
@@ -121,9 +138,11 @@ class AsyncPauseClient(BaseClient):
         self.settings = s
         self.redis = redis
         self._scripts = {
-            n: redis.register_script(state_script(n)) for n in ("pause", "resume", "renew", "reap")
+            n: redis.register_script(state_script(n))
+            for n in ("pause", "resume", "renew", "reap", "set_version")
         }
         self._ack_script = redis.register_script(registry_script("ack"))
+        self._version_report_script = redis.register_script(registry_script("version_report"))
         self._hb_script = redis.register_script(registry_script("heartbeat"))
         self._snapshot_script = redis.register_script(read_script("snapshot"))
         self._replicas_script = redis.register_script(read_script("replicas"))
@@ -174,9 +193,8 @@ class AsyncPauseClient(BaseClient):
 
     async def _run(self, script: str, args: list[str]) -> Any:
         with translate_redis_errors():
-            res = await retry_stale(
-                self.redis, lambda: self._scripts[script](keys=self.keys.state_keys(), args=args)
-            )
+            keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+            res = await retry_stale(self.redis, lambda: self._scripts[script](keys=keys, args=args))
             rev = int(res[2] if script == "pause" else res[1])
             epoch = res[4] if len(res) > 4 and res[4] else None
             if epoch != self._last_write[1] or rev > self._last_write[0]:
@@ -209,8 +227,6 @@ class AsyncPauseClient(BaseClient):
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, await self._run("pause", args))
-        from pausesvc._registry import AckWaiter
-
         async with AckWaiter(self, name) as acks:
             grant = self._parse_grant(name, h, await self._run("pause", args))
             await acks.wait(grant, t if t is not None else self.settings.drain_timeout_s)
@@ -239,6 +255,77 @@ class AsyncPauseClient(BaseClient):
         with translate_redis_errors():
             res = await self._scripts["reap"](keys=self.keys.state_keys(), args=[self.publish_command])
         return int(res[0])
+
+    # -- weight versions ---------------------------------------------------------------------------
+    async def set_version(
+        self, name: str, version: str, path: str, *, load: dict[str, Any] | None = None
+    ) -> DesiredVersion:
+        """Set the desired weight version of ``name`` (one revision, one ``version`` event);
+        every replica loads it before it serves ``name`` again. The same version, path and
+        load again is a no-op that returns the stored record. Does not wait: see :meth:`swap`."""
+        args = self._set_version_args(name, version, path, load)
+        return self._parse_set_version(await self._run("set_version", args))
+
+    async def clear_version(self, name: str) -> bool:
+        """Forget ``name``'s desired version (replicas keep what they loaded). True if it had one."""
+        res = await self._run("set_version", self._clear_version_args(name))
+        return str(res[0]) in ("cleared", b"cleared")
+
+    async def get_version(self, name: str) -> DesiredVersion | None:
+        """The desired version of ``name`` (None: none set)."""
+        validate_name(name)
+        with translate_redis_errors():
+            raw = await retry_stale(self.redis, lambda: self.redis.hget(self.keys.versions, name))
+        return None if raw is None else DesiredVersion.from_json(raw)
+
+    async def versions(self) -> dict[str, DesiredVersion]:
+        """Every adapter's desired version."""
+        with translate_redis_errors():
+            raw = await retry_stale(self.redis, lambda: self.redis.hgetall(self.keys.versions))
+        return parse_versions([x for kv in raw.items() for x in kv])
+
+    async def swap(
+        self,
+        name: str,
+        version: str,
+        path: str,
+        *,
+        load: dict[str, Any] | None = None,
+        barrier: bool = True,
+        timeout: float | None = None,
+        holder: str | None = None,
+        reason: str | None = None,
+    ) -> SwapResult:
+        """Move ``name`` to ``version`` (weights at ``path``) on every replica, in one call.
+
+        With the barrier: pause with drain, set the version, wait until every live replica
+        reports it loaded, resume. Raises :class:`SwapError` naming the replicas that did not
+        load it in ``timeout`` (default ``drain_timeout_s``) or failed to; the pause is released
+        either way and those replicas keep ``name`` held until they load it. Without the
+        barrier: set the version and return at once (each replica converges on its own)."""
+        args = self._set_version_args(name, version, path, load)
+        t = validate_timeout(timeout)
+        t0 = time.monotonic()
+        if not barrier:
+            dv = self._parse_set_version(await self._run("set_version", args))
+            return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
+        budget = t if t is not None else self.settings.drain_timeout_s
+        h = self._swap_holder(holder)
+        _, pause_args = self._pause_args(name, h, reason or f"swap to {version}", None, True)
+        async with AckWaiter(self, name) as acks:  # subscribed before anything is written
+            grant = self._parse_grant(name, h, await self._run("pause", pause_args))
+            try:
+                # at most half the budget: a replica that does not drain is named by the
+                # version barrier, and the others still get time to report
+                with contextlib.suppress(DrainTimeoutError):
+                    await acks.wait(grant, budget / 2)
+                dv = self._parse_set_version(await self._run("set_version", args))
+                remaining = max(0.0, budget - (time.monotonic() - t0))
+                b = await acks.wait_versions(dv.version, dv.revision, remaining)
+            finally:
+                if grant.created:
+                    await asyncio.shield(self.resume(name, holder=h, token=grant.token))
+        return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
 
     # -- reads ---------------------------------------------------------------------------------------
     async def get(self, name: str) -> AdapterState | None:
@@ -352,8 +439,6 @@ class AsyncPauseClient(BaseClient):
         was written, the hold is released before the error propagates (no leaked pause)."""
         if not drain:
             return self._parse_grant(name, holder, await self._run("pause", args))
-        from pausesvc._registry import AckWaiter
-
         async with AckWaiter(self, name) as acks:
             write = asyncio.ensure_future(self._run("pause", args))
             try:
@@ -395,9 +480,8 @@ class AsyncPauseClient(BaseClient):
 
     # -- replicas ----------------------------------------------------------------------------------
     async def replicas(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
-        """Replica processes in the registry with heartbeat age and drain records."""
-        from pausesvc._registry import list_replicas
-
+        """Replica processes in the registry with heartbeat age, drain acknowledgements
+        (``drains``) and loaded weight versions (``versions``: adapter -> report)."""
         return await list_replicas(self, include_dead=include_dead)
 
     async def _heartbeat(self, replica_id: str, fields: dict[str, str]) -> None:

@@ -11,7 +11,9 @@ multi-key script runs on Redis Cluster (one slot per namespace).
     pausesvc:{ns}:events      CHANNEL one JSON event per revision
     pausesvc:{ns}:replicas    ZSET    replica process id -> last heartbeat (ms, Redis clock)
     pausesvc:{ns}:replica:<id> HASH   that process's record (url, pid, version, drains...)
-    pausesvc:{ns}:acks        CHANNEL one JSON message per drain acknowledgement
+    pausesvc:{ns}:acks        CHANNEL one JSON message per drain acknowledgement or version report
+    pausesvc:{ns}:versions    HASH    adapter name -> JSON desired weight version (version, path, load)
+    pausesvc:{ns}:cleared_versions ZSET adapter name -> revision its desired version was cleared at
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from pausesvc._exceptions import InvalidInputError, InvalidNameError
 
-__all__ = ["GLOBAL", "MAX_NAME_LENGTH", "Keys", "validate_holder", "validate_name"]
+__all__ = ["GLOBAL", "MAX_NAME_LENGTH", "Keys", "validate_holder", "validate_name", "validate_version"]
 
 #: The reserved adapter name that pauses every adapter and the base model.
 GLOBAL = "*"
@@ -55,6 +57,11 @@ def validate_name(name: object, *, field: str = "name") -> str:
 def validate_holder(holder: object) -> str:
     """Holders follow the adapter-name rules; ``*`` is allowed as a holder."""
     return validate_name(holder, field="holder")
+
+
+def validate_version(version: object) -> str:
+    """A weight version label: an opaque non-empty string, with the adapter-name rules."""
+    return validate_name(version, field="version")
 
 
 def validate_namespace(namespace: object) -> str:
@@ -111,6 +118,22 @@ class Keys:
     @property
     def acks(self) -> str:
         return f"{self.tag}:acks"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.tag}:versions"
+
+    @property
+    def cleared_versions(self) -> str:
+        return f"{self.tag}:cleared_versions"
+
+    def version_keys(self) -> list[str]:
+        """KEYS of ``set_version.lua``: the state keys, then versions and cleared_versions."""
+        return [*self.state_keys(), self.versions, self.cleared_versions]
+
+    def snapshot_keys(self) -> list[str]:
+        """KEYS of ``snapshot.lua``: paused, rev, epoch, versions."""
+        return [self.paused, self.rev, self.epoch, self.versions]
 
     def state_keys(self) -> list[str]:
         """KEYS of every state-changing script, in the order the scripts expect."""

@@ -10,7 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AdapterState", "Grant", "Hold", "PauseEvent", "ResumeResult", "Snapshot", "token_revision"]
+__all__ = [
+    "AdapterState",
+    "DesiredVersion",
+    "Grant",
+    "Hold",
+    "PauseEvent",
+    "ResumeResult",
+    "Snapshot",
+    "SwapResult",
+    "token_revision",
+]
 
 
 def _ms(value: Any) -> float:
@@ -199,6 +209,72 @@ class ResumeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DesiredVersion:
+    """The weight version every replica must serve adapter ``name`` with (``versions`` hash).
+
+    ``version`` is an opaque label, ``path`` where the weights are, ``load`` the extra
+    ``load_lora_adapter`` fields; ``revision`` is the namespace revision that set it and ``at``
+    when (Unix seconds, Redis clock)."""
+
+    name: str
+    version: str
+    path: str
+    load: Mapping[str, Any]
+    revision: int
+    at: float
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> DesiredVersion:
+        load = data.get("load")
+        return cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            path=str(data["path"]),
+            load=dict(load) if isinstance(load, Mapping) else {},
+            revision=int(data["rev"]),
+            at=_ms(data.get("at", 0)),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DesiredVersion:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("desired version is not a JSON object")
+        return cls.from_wire(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": self.path,
+            "load": dict(self.load),
+            "revision": self.revision,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SwapResult:
+    """What ``swap`` returns: ``name`` is on ``version`` (set at ``revision``) on every replica in
+    ``loaded`` (the live replicas when the barrier was passed; empty without the barrier)."""
+
+    name: str
+    version: str
+    revision: int
+    loaded: list[str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "revision": self.revision,
+            "loaded": list(self.loaded),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The whole paused set of a namespace at one revision (one round trip)."""
 
@@ -208,6 +284,8 @@ class Snapshot:
     paused: dict[str, AdapterState] = field(default_factory=dict)
     #: Expired holds still stored (not yet reaped); readers already ignore them.
     expired: int = 0
+    #: adapter name -> its desired weight version (only adapters that have one)
+    versions: dict[str, DesiredVersion] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,12 +293,16 @@ class Snapshot:
             "epoch": self.epoch,
             "server_time": self.server_time,
             "paused": {k: v.to_dict() for k, v in sorted(self.paused.items())},
+            "versions": {k: v.to_dict() for k, v in sorted(self.versions.items())},
         }
 
 
 @dataclass(frozen=True, slots=True)
 class PauseEvent:
-    """One change of one adapter, as published (or as synthesized by a resync: op 'resync')."""
+    """One change of one adapter, as published (or as synthesized by a resync: op 'resync').
+
+    Op ``version`` sets (``version``) or clears (``version`` None) the adapter's desired weight
+    version; its ``paused`` and ``state`` are the adapter's pause state, unchanged."""
 
     revision: int
     epoch: str | None
@@ -230,6 +312,7 @@ class PauseEvent:
     holder: str | None
     state: AdapterState | None
     ts: float
+    version: DesiredVersion | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> PauseEvent:
@@ -237,6 +320,7 @@ class PauseEvent:
         if not isinstance(data, dict):
             raise ValueError("event is not a JSON object")
         state = data.get("state")
+        version = data.get("version")
         return cls(
             revision=int(data["rev"]),
             epoch=str(data["epoch"]) if data.get("epoch") is not None else None,
@@ -246,10 +330,11 @@ class PauseEvent:
             holder=data.get("holder"),
             state=AdapterState.from_wire(state) if isinstance(state, dict) else None,
             ts=_ms(data.get("ts", 0)),
+            version=DesiredVersion.from_wire(version) if isinstance(version, dict) else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "revision": self.revision,
             "epoch": self.epoch,
             "name": self.name,
@@ -259,3 +344,6 @@ class PauseEvent:
             "ts": self.ts,
             "state": self.state.to_dict() if self.state else None,
         }
+        if self.op == "version":
+            out["version"] = self.version.to_dict() if self.version else None
+        return out

@@ -6,13 +6,17 @@ the ``ack`` script, which stores ``drain:A`` in its record and publishes on ``ac
 
 A drained pause waits like a watcher does: SUBSCRIBE to ``acks`` first, then read the records
 (the key is the truth), then wait for messages; re-read on a slow timer.
+
+A swap's version barrier waits the same way, on the same channel, for every live replica's
+``version:A`` report (``version_report`` script): :func:`version_barrier` is the one rule.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
 from pausesvc._models import Grant, token_revision
@@ -28,9 +32,13 @@ if TYPE_CHECKING:
     from pausesvc._client import AsyncPauseClient
     from pausesvc._sync import PauseClient
 
-__all__ = ["AckWaiter", "list_replicas", "missing_acks"]
+__all__ = ["AckWaiter", "Barrier", "list_replicas", "missing_acks", "version_barrier"]
 
 RECHECK_S = 0.25
+
+#: (loaded: replica ids, missing: replica id -> url, failed: replica id -> reason)
+Barrier = tuple[list[str], dict[str, str], dict[str, str]]
+T = TypeVar("T")
 
 
 def _decode(value: Any) -> str:
@@ -80,6 +88,42 @@ def missing_acks(replicas: list[dict[str, Any]], name: str, grant: Grant) -> lis
         if not ok:
             out.append(str(rec["id"]))
     return sorted(out)
+
+
+def version_barrier(replicas: list[dict[str, Any]], name: str, version: str, revision: int) -> Barrier:
+    """Where every LIVE replica stands on ``name`` at ``version`` (set at ``revision``): its
+    ``version:<name>`` record has status ``loaded`` (or ``failed``, with its reason) for that
+    version at ``revision`` or later; anything else (no report, an older one, ``loading``) is
+    missing. The same liveness as :func:`missing_acks`."""
+    loaded: list[str] = []
+    missing: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for rec in replicas:
+        if not rec.get("live"):
+            continue
+        rid = str(rec["id"])
+        r = rec.get("versions", {}).get(name)
+        current = isinstance(r, dict) and r.get("version") == version and _rev(r) >= revision
+        status = r.get("status") if current and isinstance(r, dict) else None
+        if status == "loaded":
+            loaded.append(rid)
+        elif status == "failed" and isinstance(r, dict):
+            failed[rid] = f"{r.get('reason') or 'load failed'} (attempts: {r.get('attempts', 0)})"
+        else:
+            missing[rid] = str(rec.get("url", "-"))
+    return sorted(loaded), missing, failed
+
+
+def barrier_done(b: Barrier) -> bool:
+    """Every live replica reported: loaded, or failed (a failure ends the wait)."""
+    return not b[1]
+
+
+def _rev(record: dict[str, Any]) -> int:
+    try:
+        return int(record.get("rev", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _build(
@@ -175,34 +219,73 @@ class AckWaiter:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _timeout_error(self.name, grant.token, missing, timeout)
-            with translate_redis_errors():
-                end = time.monotonic() + min(RECHECK_S, remaining)
-                while time.monotonic() < end:
-                    msg = await self._get(max(0.0, end - time.monotonic()))
-                    if msg is not None and msg["type"] in ("message", "smessage"):
-                        try:
-                            data = json.loads(msg["data"])
-                        except ValueError:
-                            continue
-                        if data.get("name") in (self.name, "*"):
-                            break
+            await self._next_report(min(RECHECK_S, remaining))
+
+    async def _next_report(self, wait: float) -> None:
+        """Return at the next message about this adapter on ``acks``, or after ``wait``."""
+        with translate_redis_errors():
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                msg = await self._get(max(0.0, end - time.monotonic()))
+                if msg is not None and msg["type"] in ("message", "smessage"):
+                    try:
+                        data = json.loads(msg["data"])
+                    except ValueError:
+                        continue
+                    if isinstance(data, dict) and data.get("name") in (self.name, "*"):
+                        return
+
+    async def wait_versions(self, version: str, revision: int, timeout: float) -> Barrier:
+        """Wait (subscribed before the version was set) until every live replica reported
+        ``version`` of this adapter loaded or failed; at the deadline, return where they stand."""
+        deadline = time.monotonic() + timeout
+        while True:
+            b = version_barrier(await list_replicas(self.client), self.name, version, revision)
+            remaining = deadline - time.monotonic()
+            if barrier_done(b) or remaining <= 0:
+                return b
+            await self._next_report(min(RECHECK_S, remaining))
 
 
-def wait_drained_sync(
-    client: PauseClient, pubsub: Any, name: str, grant: Grant, timeout: float
-) -> list[dict[str, Any]]:
+def _wait_sync(
+    client: PauseClient, pubsub: Any, timeout: float, check: Callable[[list[dict[str, Any]]], T | None]
+) -> tuple[T | None, list[dict[str, Any]]]:
+    """Re-read the registry until ``check`` answers (or the deadline: then ``(None, last)``),
+    woken by any message on ``acks`` (subscribed before the change was written)."""
     deadline = time.monotonic() + timeout
     while True:
         replicas = list_replicas_sync(client)
-        missing = missing_acks(replicas, name, grant)
-        if not missing:
-            return replicas
+        done = check(replicas)
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _timeout_error(name, grant.token, missing, timeout)
+        if done is not None or remaining <= 0:
+            return done, replicas
         with translate_redis_errors():
             end = time.monotonic() + min(RECHECK_S, remaining)
             while time.monotonic() < end:
                 msg = next_message_sync(pubsub, client.sharded, max(0.0, end - time.monotonic()))
                 if msg is not None and msg["type"] in ("message", "smessage"):
                     break
+
+
+def wait_drained_sync(
+    client: PauseClient, pubsub: Any, name: str, grant: Grant, timeout: float
+) -> list[dict[str, Any]]:
+    done, replicas = _wait_sync(
+        client, pubsub, timeout, lambda reps: True if not missing_acks(reps, name, grant) else None
+    )
+    if done is None:
+        raise _timeout_error(name, grant.token, missing_acks(replicas, name, grant), timeout)
+    return replicas
+
+
+def wait_versions_sync(
+    client: PauseClient, pubsub: Any, name: str, version: str, revision: int, timeout: float
+) -> Barrier:
+    """The blocking twin of :meth:`AckWaiter.wait_versions` (same rule, same channel)."""
+
+    def check(reps: list[dict[str, Any]]) -> Barrier | None:
+        b = version_barrier(reps, name, version, revision)
+        return b if barrier_done(b) else None
+
+    done, replicas = _wait_sync(client, pubsub, timeout, check)
+    return done if done is not None else version_barrier(replicas, name, version, revision)

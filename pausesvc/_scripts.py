@@ -7,8 +7,8 @@ from importlib.resources import files
 
 __all__ = ["read_script", "registry_script", "state_script"]
 
-STATE_SCRIPTS = ("pause", "resume", "renew", "reap")
-REGISTRY_SCRIPTS = ("heartbeat", "ack")
+STATE_SCRIPTS = ("pause", "resume", "renew", "reap", "set_version")
+REGISTRY_SCRIPTS = ("heartbeat", "ack", "version_report")
 READ_SCRIPTS = ("snapshot", "replicas")
 
 

@@ -18,15 +18,32 @@ from typing import Any
 
 import redis
 
-from pausesvc._base import BaseClient, classify_event, parse_snapshot_reply, validate_timeout
+from pausesvc._base import (
+    BaseClient,
+    classify_event,
+    parse_snapshot_reply,
+    parse_versions,
+    reconcile_versions,
+    swap_outcome,
+    validate_timeout,
+)
 from pausesvc._exceptions import (
     ConflictError,
+    DrainTimeoutError,
     InvalidInputError,
     LeaseLostError,
     translate_redis_errors,
 )
 from pausesvc._keys import GLOBAL, validate_name
-from pausesvc._models import AdapterState, Grant, PauseEvent, ResumeResult, Snapshot
+from pausesvc._models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
 from pausesvc._redis import (
     close_client,
     is_cluster,
@@ -34,6 +51,7 @@ from pausesvc._redis import (
     subscribe_confirmed_sync,
     sync_client,
 )
+from pausesvc._registry import list_replicas_sync, wait_drained_sync, wait_versions_sync
 from pausesvc._scripts import read_script, state_script
 from pausesvc._settings import Settings
 
@@ -83,7 +101,8 @@ class PauseClient(BaseClient):
         self.settings = s
         self.redis = redis
         self._scripts = {
-            n: redis.register_script(state_script(n)) for n in ("pause", "resume", "renew", "reap")
+            n: redis.register_script(state_script(n))
+            for n in ("pause", "resume", "renew", "reap", "set_version")
         }
         self._snapshot_script = redis.register_script(read_script("snapshot"))
         self._replicas_script = redis.register_script(read_script("replicas"))
@@ -105,7 +124,8 @@ class PauseClient(BaseClient):
 
     def _run(self, script: str, args: list[str]) -> Any:
         with translate_redis_errors():
-            res = self._scripts[script](keys=self.keys.state_keys(), args=args)
+            keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+            res = self._scripts[script](keys=keys, args=args)
             if self.replication_wait:
                 acked = self.redis.execute_command(
                     "WAIT", self.replication_wait, self.replication_wait_timeout_ms
@@ -141,8 +161,6 @@ class PauseClient(BaseClient):
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, self._run("pause", args))
-        from pausesvc._registry import wait_drained_sync
-
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.acks)
         try:
@@ -188,9 +206,71 @@ class PauseClient(BaseClient):
         return name in snap.paused or GLOBAL in snap.paused
 
     def replicas(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
-        from pausesvc._registry import list_replicas_sync
-
         return list_replicas_sync(self, include_dead=include_dead)
+
+    # -- weight versions ---------------------------------------------------------------------------
+    def set_version(
+        self, name: str, version: str, path: str, *, load: dict[str, Any] | None = None
+    ) -> DesiredVersion:
+        """See :meth:`AsyncPauseClient.set_version`."""
+        args = self._set_version_args(name, version, path, load)
+        return self._parse_set_version(self._run("set_version", args))
+
+    def clear_version(self, name: str) -> bool:
+        res = self._run("set_version", self._clear_version_args(name))
+        return str(res[0]) in ("cleared", b"cleared")
+
+    def get_version(self, name: str) -> DesiredVersion | None:
+        validate_name(name)
+        with translate_redis_errors():
+            raw = self.redis.hget(self.keys.versions, name)
+        return None if raw is None else DesiredVersion.from_json(raw)
+
+    def versions(self) -> dict[str, DesiredVersion]:
+        with translate_redis_errors():
+            raw = self.redis.hgetall(self.keys.versions)
+        return parse_versions([x for kv in raw.items() for x in kv])
+
+    def swap(
+        self,
+        name: str,
+        version: str,
+        path: str,
+        *,
+        load: dict[str, Any] | None = None,
+        barrier: bool = True,
+        timeout: float | None = None,
+        holder: str | None = None,
+        reason: str | None = None,
+    ) -> SwapResult:
+        """See :meth:`AsyncPauseClient.swap` (same steps, same barrier rule)."""
+        args = self._set_version_args(name, version, path, load)
+        t = validate_timeout(timeout)
+        t0 = time.monotonic()
+        if not barrier:
+            dv = self._parse_set_version(self._run("set_version", args))
+            return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
+        budget = t if t is not None else self.settings.drain_timeout_s
+        h = self._swap_holder(holder)
+        _, pause_args = self._pause_args(name, h, reason or f"swap to {version}", None, True)
+        with translate_redis_errors():
+            pubsub = self._subscribe(self.keys.acks)  # before anything is written
+        try:
+            grant = self._parse_grant(name, h, self._run("pause", pause_args))
+            try:
+                # at most half the budget: a replica that does not drain is named by the
+                # version barrier, and the others still get time to report
+                with contextlib.suppress(DrainTimeoutError):
+                    wait_drained_sync(self, pubsub, name, grant, budget / 2)
+                dv = self._parse_set_version(self._run("set_version", args))
+                remaining = max(0.0, budget - (time.monotonic() - t0))
+                b = wait_versions_sync(self, pubsub, name, dv.version, dv.revision, remaining)
+            finally:
+                if grant.created:
+                    self.resume(name, holder=h, token=grant.token)
+        finally:
+            pubsub.close()
+        return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
 
     def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
         """Block until ``name`` is not paused. True: not paused; False: still paused at timeout."""
@@ -240,6 +320,7 @@ class PauseClient(BaseClient):
             try:
                 snap = self.snapshot()
                 rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
+                versions = dict(snap.versions)
                 read_at = time.monotonic()
                 while True:
                     msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
@@ -268,6 +349,10 @@ class PauseClient(BaseClient):
                             view.pop(ev.name, None)
                         else:
                             view[ev.name] = ev.state
+                        if ev.op == "version" and ev.version is not None:
+                            versions[ev.name] = ev.version
+                        elif ev.op == "version":
+                            versions.pop(ev.name, None)
                         yield ev
                     else:
                         # a gap, a reconnect, another incarnation of the namespace (data
@@ -287,9 +372,37 @@ class PauseClient(BaseClient):
                                     st,
                                     snap.server_time,
                                 )
+                        versions, changed = self._versions_after_resync(versions, snap, epoch)
+                        for n in changed:
+                            yield PauseEvent(
+                                snap.revision,
+                                snap.epoch,
+                                n,
+                                "version",
+                                n in snap.paused,
+                                None,
+                                snap.paused.get(n),
+                                snap.server_time,
+                                versions.get(n),
+                            )
                         rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
             finally:
                 pubsub.close()
+
+    def _versions_after_resync(
+        self, known: dict[str, DesiredVersion], snap: Snapshot, epoch: str | None
+    ) -> tuple[dict[str, DesiredVersion], list[str]]:
+        """The watcher's rule (:func:`reconcile_versions`): lost versions are kept."""
+        gone = [n for n in known if n not in snap.versions]
+        cleared: dict[str, int] = {}
+        if gone:
+            values = self.redis.zmscore(self.keys.cleared_versions, gone)
+            cleared = {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
+        new_epoch = epoch is not None and snap.epoch != epoch
+        view, changed, kept = reconcile_versions(known, snap.versions, cleared, new_epoch=new_epoch)
+        if kept:
+            logger.error("pausesvc: Redis lost desired weight versions; keeping: %s", ", ".join(kept))
+        return view, changed
 
     @contextlib.contextmanager
     def paused(
@@ -312,8 +425,6 @@ class PauseClient(BaseClient):
         t = validate_timeout(timeout)
         sent = time.monotonic()
         if drain:
-            from pausesvc._registry import wait_drained_sync
-
             with translate_redis_errors():
                 pubsub = self._subscribe(self.keys.acks)
             try:

@@ -37,10 +37,10 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pausesvc._base import classify_event, parse_snapshot_reply, validate_timeout
+from pausesvc._base import classify_event, parse_snapshot_reply, reconcile_versions, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
 from pausesvc._keys import GLOBAL, Keys, validate_name
-from pausesvc._models import AdapterState, PauseEvent, Snapshot
+from pausesvc._models import AdapterState, DesiredVersion, PauseEvent, Snapshot
 from pausesvc._redis import (
     aclose_client,
     async_client,
@@ -51,13 +51,16 @@ from pausesvc._redis import (
 )
 from pausesvc._scripts import read_script, state_script
 
-__all__ = ["Listener", "PauseWatcher", "WatcherStats"]
+__all__ = ["Listener", "PauseWatcher", "VersionListener", "WatcherStats"]
 
 logger = logging.getLogger("pausesvc.watcher")
 
 #: Called (synchronously, on the watcher's loop) with (name, new state or None, event or None)
 #: every time the view of an adapter is set - including re-confirmations by a resync.
 Listener = Callable[[str, AdapterState | None, PauseEvent | None], None]
+#: Called (synchronously, on the watcher's loop) with (name, desired version or None) for each
+#: applied ``version`` event, and after a resync for each name whose desired version changed.
+VersionListener = Callable[[str, DesiredVersion | None], None]
 
 _NETWORK_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, RedisUnavailableError, TimeoutError)
 _PUBSUB_TYPES = frozenset(
@@ -156,6 +159,8 @@ class PauseWatcher:
         self._waiters: dict[str, asyncio.Event] = {}
         self._rev_event: asyncio.Event | None = None
         self._listeners: list[Listener] = []
+        self._desired: dict[str, DesiredVersion] = {}
+        self._version_listeners: list[VersionListener] = []
         self._task: asyncio.Task[None] | None = None
         self._reap_task: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -279,6 +284,56 @@ class PauseWatcher:
         """A lower bound of the Redis server's clock: what lease expiry is judged against, so
         an adapter never looks resumed here before Redis's own readers see it resumed."""
         return time.monotonic() + self._mono_offset_low
+
+    def desired(self, name: str) -> DesiredVersion | None:
+        """The desired weight version of ``name`` in this view (None: none set)."""
+        return self._desired.get(name)
+
+    @property
+    def desired_versions(self) -> dict[str, DesiredVersion]:
+        return dict(self._desired)
+
+    def add_version_listener(self, listener: VersionListener) -> None:
+        self._version_listeners.append(listener)
+
+    def remove_version_listener(self, listener: VersionListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._version_listeners.remove(listener)
+
+    def _set_desired(self, name: str, desired: DesiredVersion | None) -> None:
+        if desired is None:
+            self._desired.pop(name, None)
+        else:
+            self._desired[name] = desired
+        for listener in self._version_listeners:
+            try:
+                listener(name, desired)
+            except Exception:
+                logger.exception("pausesvc watcher version listener failed")
+
+    async def _resync_versions(self, snap: Snapshot, new_epoch: bool) -> None:
+        """Take the snapshot's desired versions (see :func:`reconcile_versions`): a version
+        Redis lost is kept, and said so, until an explicit clear."""
+        gone = [n for n in self._desired if n not in snap.versions]
+        cleared: dict[str, int] = {}
+        if gone:
+            with translate_redis_errors():
+                values = await self._redis.zmscore(self.keys.cleared_versions, gone)
+            cleared = {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
+        view, changed, kept = reconcile_versions(self._desired, snap.versions, cleared, new_epoch=new_epoch)
+        if kept:
+            logger.error(
+                "pausesvc: Redis lost desired weight versions (%s@%s -> %s@%s); keeping the last "
+                "known ones (a clear removes them): %s",
+                self._epoch,
+                self._rev,
+                snap.epoch,
+                snap.revision,
+                ", ".join(f"{n}@{self._desired[n].version}" for n in kept),
+                extra={"event": "versions_lost", "namespace": self.keys.namespace},
+            )
+        for name in changed:
+            self._set_desired(name, view.get(name))
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -481,6 +536,8 @@ class PauseWatcher:
         if state is not None:
             state = state.without_expired(self.server_time_floor())
         self._set(ev.name, state, ev)
+        if ev.op == "version":
+            self._set_desired(ev.name, ev.version)
         self._schedule_expiry()
         self._advanced()
         return None
@@ -488,7 +545,7 @@ class PauseWatcher:
     async def read_snapshot(self) -> Snapshot:
         k = self.keys
         with translate_redis_errors():
-            res = await self._snapshot_script(keys=[k.paused, k.rev, k.epoch], args=[""])
+            res = await self._snapshot_script(keys=k.snapshot_keys(), args=[""])
         return parse_snapshot_reply(res)
 
     async def _tombstones(self, names: list[str]) -> dict[str, int]:
@@ -551,6 +608,7 @@ class PauseWatcher:
                 if epoch != snap.epoch or t > at:
                     logger.warning("pausesvc: orphaned pause of %r released: resumed at revision %d", n, t)
                     self.release_orphan(n)
+        await self._resync_versions(snap, new_epoch and self._epoch is not None)
         self._mono_offset = snap.server_time - (t0 + t1) / 2
         self._mono_offset_low = snap.server_time - t1
         self._rev = snap.revision
@@ -599,7 +657,7 @@ class PauseWatcher:
             self._paused.pop(name, None)
         else:
             self._paused[name] = state
-        if ev is not None and ev.op != "resync" and name in self._orphans:
+        if ev is not None and ev.op not in ("resync", "version") and name in self._orphans:
             # a controller re-asserted this adapter after the data loss: Redis is the truth again
             del self._orphans[name]
             self._orphaned_at.pop(name, None)

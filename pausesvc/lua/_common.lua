@@ -1,4 +1,4 @@
--- Shared prelude of every state-changing script (pause, resume, renew, reap).
+-- Shared prelude of every state-changing script (pause, resume, renew, reap, set_version).
 --
 -- KEYS[1] paused  HASH   adapter name -> JSON state
 -- KEYS[2] rev     STRING namespace revision
@@ -10,6 +10,9 @@
 --                        controller has resumed it since, even if the watcher missed that event).
 --                        Bounded: only the newest MAX_TOMBSTONES names are kept; a pruned
 --                        tombstone can only keep an orphan held longer (the safe direction).
+-- KEYS[7] versions HASH adapter name -> JSON desired version (set_version only)
+-- KEYS[8] cleared_versions ZSET adapter name -> revision its desired version was cleared at
+--                        (set_version only; newest MAX_TOMBSTONES kept)
 -- ARGV[1] the publish command: PUBLISH, or SPUBLISH on Redis Cluster
 --
 -- Guarantees (the script runs atomically): every change INCRs the revision exactly once and
@@ -65,10 +68,14 @@ local function lease_member(name, holder)
   return name .. ' ' .. holder
 end
 
-local function publish(name, op, holder, st, rev)
+-- `extra`: more fields of the event (set_version adds `version`); a pause event otherwise.
+local function publish(name, op, holder, st, rev, extra)
   local ev = {v = 1, rev = rev, epoch = epoch(), name = name, op = op,
               paused = (st ~= nil), holder = holder, ts = NOW}
   if st then ev.state = st end
+  if extra then
+    for k, v in pairs(extra) do ev[k] = v end
+  end
   redis.call(PUBCMD, K_CHANNEL, cjson.encode(ev))
 end
 

@@ -39,7 +39,9 @@ def test_protocol_doc_names_every_key_and_script() -> None:
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
     k = Keys("default")
-    for key in (k.rev, k.epoch, k.paused, k.leases, k.tombstones, k.events, k.replicas, k.acks):
+    keys = (k.rev, k.epoch, k.paused, k.leases, k.tombstones, k.events, k.replicas, k.acks)
+    for key in (*keys, k.versions, k.cleared_versions):
         assert key.replace("{default}", "{ns}") in doc, key
     for script in (*STATE_SCRIPTS, *REGISTRY_SCRIPTS):
         assert f"{script}.lua" in doc
+    assert "version:<name>" in doc and '"op": "version"' in doc
