@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from pausesvc import AsyncPauseClient, SwapError
+from pausesvc.sampling import sample_with_retry
 
 from ._fleet import PY, VENV, Fleet, until
 
@@ -182,3 +183,31 @@ async def _n_live(pc: AsyncPauseClient, n: int) -> bool:
 async def _held(http: httpx.AsyncClient, url: str, adapter: str) -> bool:
     st = (await http.get(url + "/pausesvc/status")).json()
     return int(st["stats"]["held"].get(adapter, 0)) >= 1
+
+
+# -- 5. a sample resumed across a swap says which weights produced which tokens ---------------------
+async def test_a_sample_resumed_across_a_swap_reports_its_version_spans(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient, refs: dict[str, Any]
+) -> None:
+    if not refs:
+        pytest.skip("needs test 1's references")
+    u = fleet.urls[0]
+    request = {
+        "model": "lora-t",
+        "prompt": LONG[:7],
+        "max_tokens": 400,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    before = await _metric(http, u, "vllm:generation_tokens_total")
+    task = asyncio.create_task(sample_with_retry(http, u, request, waiter=pc, timeout=300))
+    async with asyncio.timeout(60):  # the sample is being decoded with B2's weights
+        while await _metric(http, u, "vllm:generation_tokens_total") < before + 8:
+            assert not task.done(), "the sample finished before the swap could land"
+            await asyncio.sleep(0.005)
+    await pc.swap("lora-t", "A3", str(fleet.tiny / "lora-a"), timeout=120)
+    result = await asyncio.wait_for(task, 120)
+    assert len(result.tokens) == 400 and len(result.boundaries) == 1, result.boundaries
+    assert [s.version for s in result.versions] == ["B2", "A3"], result.versions
+    assert result.versions[1].start == result.boundaries[0].index
+    assert (result.versions[0].start, result.versions[-1].end) == (0, 400)

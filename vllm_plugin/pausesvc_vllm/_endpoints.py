@@ -25,9 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pausesvc import (
-    AsyncPauseClient,
     DrainTimeoutError,
-    Grant,
     InvalidInputError,
     NotHolderError,
     PauseError,
@@ -90,13 +88,13 @@ async def _abort(
     rt: GateRuntime, data: dict[str, Any], receive: Receive, holder: str
 ) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
-    assert rt.client is not None
+    assert rt.replica is not None
     # a hold that asks for a drain (every process aborts AND acknowledges it), but we wait for
     # THIS process's drain only, as SkyRL's endpoint answers for its own replica
     reason = "skyrl abort_lora_requests" + (
         f" (unauthenticated, via {rt.replica_id})" if holder == ANON_HOLDER else ""
     )
-    grant = await _pause_requesting_drain(rt.client, name, holder, reason)
+    grant = await rt.replica.pause_for_drain(name, holder=holder, reason=reason)
     try:
         aborted = await rt.wait_drained(
             name, grant.revision, rt.settings.drain_timeout_s, token=grant.token, epoch=grant.epoch
@@ -116,13 +114,6 @@ async def _abort(
             in_flight=len(rt.in_flight(name)),
         )
     return 200, {"status": "ok", "aborted": aborted, "count": len(aborted)}
-
-
-async def _pause_requesting_drain(client: AsyncPauseClient, name: str, holder: str, reason: str) -> Grant:
-    """``client.pause(name, drain=True)`` without its wait for the whole fleet's acks: the hold
-    records the drain request (so every process acknowledges), the caller waits as it likes."""
-    holder, args = client._pause_args(name, holder, reason, None, drain=True)
-    return client._parse_grant(name, holder, await client._run("pause", args))
 
 
 async def _resume(

@@ -49,9 +49,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pausesvc import GLOBAL, AdapterState, AsyncPauseClient, PauseEvent, PauseWatcher, Replica, Settings
+from pausesvc import (
+    GLOBAL,
+    AdapterState,
+    AsyncPauseClient,
+    PauseEvent,
+    PauseWatcher,
+    Replica,
+    Settings,
+    release_watcher,
+)
 from pausesvc import shared_watcher as _shared_watcher
-from pausesvc._client import release_watcher
 from pausesvc_vllm._adapters import Target
 from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
@@ -234,10 +242,10 @@ class GateRuntime:
             self.watcher.remove_version_listener(self.versions.on_desired)
             if self.settings.redis_url is not None:
                 await release_watcher(self.settings.redis_url, self.settings.namespace)
-        if self.client is not None:
+        if self.client is not None and self.replica is not None:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await asyncio.shield(self.client._deregister(self.replica_id))
+                    await asyncio.shield(self.replica.leave())
             except (Exception, TimeoutError) as exc:
                 logger.warning("pausesvc gate: could not leave the replica registry: %s", exc)
             await self.client.aclose()
@@ -267,10 +275,7 @@ class GateRuntime:
     def fenced(self) -> bool:
         """Can this process NOT prove, within ``fence_bound_s``, that it is in sync and that
         the registry sees it alive? Then it serves nothing (as if ``*`` were paused)."""
-        w, hb = self.watcher, self._hb_proof
-        if w is None or hb is None or w._proof is None:
-            return True
-        return time.monotonic() - min(hb, w._proof) > self.settings.fence_bound_s
+        return self.fence_age() > self.settings.fence_bound_s
 
     def may_forward(self) -> bool:
         """May a response message of an admitted request go out now? (Not while fenced: a
@@ -280,9 +285,9 @@ class GateRuntime:
     def fence_age(self) -> float:
         """Age of the older of the two proofs (heartbeat, view), in seconds."""
         w, hb = self.watcher, self._hb_proof
-        if w is None or hb is None or w._proof is None:
+        if w is None or hb is None:
             return float("inf")
-        return time.monotonic() - min(hb, w._proof)
+        return max(time.monotonic() - hb, w.proof_age)
 
     def admit(self, target: Target, base: str) -> Admission:
         """Record an admitted request. Call with no ``await`` after the ``admissible`` check."""
@@ -494,14 +499,13 @@ class GateRuntime:
 
     async def _ack(self, name: str, key: _PauseKey, aborted: list[str]) -> bool:
         """Write the acknowledgement; retry while Redis is away. False: no longer wanted."""
-        assert self.client is not None and self.watcher is not None
+        assert self.replica is not None and self.watcher is not None
         assert self._ack_slots is not None
         delay = 0.05
         while True:
             try:
                 async with self._ack_slots:
-                    await self.client._ack(
-                        self.replica_id,
+                    await self.replica.acknowledge(
                         name,
                         key.revision,
                         aborted,
@@ -583,14 +587,14 @@ class GateRuntime:
         }
 
     async def _heartbeat_loop(self) -> None:
-        assert self.client is not None
+        assert self.replica is not None
         failing = False
         bound = self.settings.fence_bound_s
         while True:
             sent = time.monotonic()
             try:
                 async with asyncio.timeout(bound):
-                    await self.client._heartbeat(self.replica_id, self.fields())
+                    await self.replica.heartbeat(self.fields())
                 if self._hb_proof is None or sent > self._hb_proof:
                     self._hb_proof = sent
                 if failing:
