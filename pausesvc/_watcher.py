@@ -560,7 +560,6 @@ class PauseWatcher:
         t0 = time.monotonic()
         snap = await self.read_snapshot()
         t1 = time.monotonic()
-        self._prove(t0)
         self.stats.resyncs += 1
         new_epoch = snap.epoch != self._epoch
         backwards = self._epoch is not None and (new_epoch or snap.revision < self._rev)
@@ -640,6 +639,9 @@ class PauseWatcher:
                 reason,
                 extra={"event": "resync", "revision": self._rev, "reason": reason},
             )
+        # the proof is dated when the snapshot was SENT, and given only now that the view holds
+        # it: a fenced replica must not unfence while the awaits above still show a stale view
+        self._prove(t0)
         self._in_sync = True
         self._out_of_sync_since = None
         self._last_sync = time.monotonic()
