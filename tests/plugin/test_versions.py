@@ -287,3 +287,18 @@ async def _has(client: AsyncPauseClient, name: str, version: str, status: str) -
     return any(
         r.get("version") == version and r.get("status") == status for r in await _versions_of(client, name)
     )
+
+
+async def test_a_desired_version_of_the_base_model_parks_nothing(
+    gate_factory: Any, client: AsyncPauseClient, tmp_path: Path
+) -> None:
+    engine = LoraEngine()
+    app = ServingApp(engine)
+    mw = await _started(gate_factory, app)
+    (tmp_path / "b").mkdir()
+    await client.set_version("tiny", "v1", str(tmp_path / "b"))
+    await _until(lambda: _has(client, "tiny", "v1", "failed"))
+    assert not mw.runtime.versions.blocks("tiny") and not engine.added
+    task, send = _start(mw, app, "tiny")
+    await asyncio.wait_for(task, 5)
+    assert send.status == 200

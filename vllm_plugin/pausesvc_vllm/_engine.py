@@ -34,6 +34,7 @@ __all__ = [
     "engine_client",
     "external_id_matches",
     "find_requests",
+    "is_base_model",
     "load_adapter",
 ]
 
@@ -130,6 +131,13 @@ def _drop_link(path: str | None) -> None:
     if path and _LINK_ROOT is not None and os.path.dirname(path) == _LINK_ROOT:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def is_base_model(app: Any, name: str) -> bool:
+    """Is ``name`` one of the names the app serves its base model under (vLLM's own check)?"""
+    models = getattr(getattr(app, "state", None), "openai_serving_models", None)
+    check = getattr(models, "is_base_model", None)
+    return bool(check(name)) if callable(check) else False
 
 
 async def load_adapter(app: Any, name: str, path: str, fields: Mapping[str, Any], used: set[str]) -> None:

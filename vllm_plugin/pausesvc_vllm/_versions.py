@@ -26,8 +26,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pausesvc import DesiredVersion, Replica
-from pausesvc_vllm._engine import LoadError, NotReady, load_adapter
+from pausesvc import GLOBAL, DesiredVersion, Replica
+from pausesvc_vllm._engine import LoadError, NotReady, is_base_model, load_adapter
 
 __all__ = ["VERSION_HEADER", "VersionKeeper"]
 
@@ -91,6 +91,17 @@ class VersionKeeper:
             if self.pending.pop(name, None) is not None:
                 self._cancel(name)
                 self._wake(name)
+            return
+        if name == GLOBAL or is_base_model(self._app(), name):
+            # not a LoRA adapter: there are no weights to load, and parking the base model (or
+            # everything) until an impossible load succeeds would stop this replica serving it
+            reason = f"{name!r} is not a LoRA adapter (the base model or '*'): nothing to load"
+            logger.error("pausesvc gate: desired version %r of %s ignored", desired.version, reason)
+            self.errors[name] = (reason, 1)
+            self._tasks[name] = self._spawn(
+                self._report(name, desired, "failed", reason, 1, lambda: name in self.errors),
+                f"pausesvc-version-{name}",
+            )
             return
         current = self.pending.get(name)
         if current is not None and _same(current, desired):
