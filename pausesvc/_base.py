@@ -147,6 +147,7 @@ def validate_reason(value: object) -> str:
 
 MAX_PATH_LENGTH = 4096
 MAX_LOAD_BYTES = 16 * 1024
+MAX_LOAD_FIELDS = 64
 #: load_lora_adapter fields a desired version sets itself (the adapter's name and ``path``)
 RESERVED_LOAD_KEYS = frozenset({"lora_name", "lora_path"})
 
@@ -179,6 +180,8 @@ def validate_load(value: object) -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidInputError("load must be a JSON object", field="load")
+    if len(value) > MAX_LOAD_FIELDS:
+        raise InvalidInputError(f"load has more than {MAX_LOAD_FIELDS} fields", field="load")
     out: dict[str, Any] = {}
     for key, v in value.items():
         if not isinstance(key, str) or not key:

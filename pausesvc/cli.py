@@ -1,7 +1,8 @@
 """The ``pausesvc`` command line.
 
 Exit codes: 0 success, 2 invalid input, 3 wait timed out, 4 refused (stale token, not a
-holder, drain not acknowledged), 5 Redis unreachable, 1 anything else.
+holder, drain not acknowledged), 5 Redis unreachable, 6 swap incomplete (some live replicas
+did not load the version, or failed to), 1 anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
+from pausesvc._base import SwapError
 from pausesvc._embedded import running_embedded_url
 from pausesvc._exceptions import (
     ConflictError,
@@ -25,13 +27,14 @@ from pausesvc._exceptions import (
     PauseError,
     RedisUnavailableError,
 )
-from pausesvc._models import AdapterState
+from pausesvc._models import AdapterState, DesiredVersion
 from pausesvc._settings import Settings
 from pausesvc._sync import PauseClient
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_TIMEOUT, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+EXIT_SWAP = 6
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +45,8 @@ Exit codes:
   3  wait timed out (the adapter is still paused)
   4  refused: stale token, not a holder, or drain not acknowledged in time
   5  Redis unreachable
+  6  swap incomplete: the version is set, but some live replicas did not load it
+     in time or failed to (named on stderr)
 \b
 Environment: PAUSESVC_REDIS_URL, PAUSESVC_NAMESPACE and every PAUSESVC_* setting
 (see docs/settings.md)."""
@@ -59,6 +64,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except SwapError as exc:
+            _fail(EXIT_SWAP, str(exc))
         except DrainTimeoutError as exc:
             _fail(EXIT_REFUSED, str(exc))
         except InvalidInputError as exc:
@@ -114,6 +121,29 @@ def _describe(state: AdapterState, now: float) -> str:
         parts.append(f"    holder {h.holder}: " + ", ".join(bits))
     head = f"{state.name}  paused since {_ago(state.since, now)}  (revision {state.revision})"
     return "\n".join([head, *parts])
+
+
+def _describe_version(dv: DesiredVersion, now: float) -> str:
+    load = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(dv.load.items()))
+    return (
+        f"{dv.name}  desired version {dv.version}  path {dv.path}"
+        f"{'  load ' + load if load else ''}  (set {_ago(dv.at, now)}, revision {dv.revision})"
+    )
+
+
+def _parse_load(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that is JSON true/false/null/a number is taken as such."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--load takes KEY=VALUE, got {item!r}", field="load")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key] = value if value is None or isinstance(value, (bool, int, float)) else raw
+    return out
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -230,6 +260,7 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
             validate_name(name)
     if name is not None:
         state = snap.paused.get(name)
+        desired = snap.versions.get(name)
         if as_json:
             _print_json(
                 {
@@ -238,13 +269,17 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
                     "paused_by_global": "*" in snap.paused,
                     "revision": snap.revision,
                     "state": state.to_dict() if state else None,
+                    "version": desired.to_dict() if desired else None,
                 }
             )
-        elif state is None:
+            return
+        if state is None:
             extra = " (but `*` is paused: everything is)" if "*" in snap.paused else ""
             click.echo(f"{name} is not paused{extra}  (revision {snap.revision})")
         else:
             click.echo(_describe(state, snap.server_time))
+        if desired is not None:
+            click.echo(_describe_version(desired, snap.server_time))
         return
     if as_json:
         _print_json(snap.to_dict())
@@ -253,6 +288,8 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
         click.echo(f"nothing is paused  (revision {snap.revision})")
     for st in sorted(snap.paused.values(), key=lambda s: s.name):
         click.echo(_describe(st, snap.server_time))
+    for dv in sorted(snap.versions.values(), key=lambda d: d.name):
+        click.echo(_describe_version(dv, snap.server_time))
 
 
 @cli.command(epilog=EPILOG)
@@ -311,8 +348,72 @@ def replicas(obj: Ctx, as_json: bool, include_dead: bool) -> None:
         click.echo(
             f"{r['id']}  {'live' if r.get('live') else 'DEAD'}  heartbeat {r['heartbeat_age_s']:.1f}s ago"
             f"  url={r.get('url', '-')} pid={r.get('pid', '-')} held={r.get('held', '0')}"
-            f"  drained: {drains or '-'}"
+            f"  drained: {drains or '-'}  versions: {_loaded_versions(r)}"
         )
+
+
+def _loaded_versions(rec: dict[str, Any]) -> str:
+    """``lora-a@v2, lora-b@v7(failed: reason)``: what a replica reported per adapter."""
+    parts = []
+    for n, v in sorted(rec.get("versions", {}).items()):
+        status = v.get("status", "?")
+        tail = "" if status == "loaded" else f"({status}{': ' + str(v['reason']) if v.get('reason') else ''})"
+        parts.append(f"{n}@{v.get('version', '?')}{tail}")
+    return ", ".join(parts) or "-"
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("name")
+@click.option("--version", "version", required=True, help="The version label (opaque).")
+@click.option("--path", "path", required=True, help="Where the weights are (lora_path).")
+@click.option("--load", "load", multiple=True, metavar="KEY=VALUE", help="Extra load_lora_adapter field.")
+@click.option("--no-barrier", is_flag=True, help="Set the version and return: replicas converge alone.")
+@click.option("--timeout", type=float, default=None, help="Barrier deadline in seconds.")
+@click.option("--holder", default=None, help="Holder of the swap's pause (default: <holder>/swap).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def swap(
+    obj: Ctx,
+    name: str,
+    version: str,
+    path: str,
+    load: tuple[str, ...],
+    no_barrier: bool,
+    timeout: float | None,
+    holder: str | None,
+    as_json: bool,
+) -> None:
+    """Move NAME to weight VERSION on every replica: pause with drain, set it, wait until
+    every live replica loaded it, resume (exit 6 naming those that did not)."""
+    fields = _parse_load(load)
+    with obj.client() as c:
+        res = c.swap(name, version, path, load=fields, barrier=not no_barrier, timeout=timeout, holder=holder)
+    if as_json:
+        _print_json(res.to_dict())
+    elif no_barrier:
+        click.echo(f"{name} -> {res.version} set (revision {res.revision}); replicas converge on their own")
+    else:
+        who = ", ".join(res.loaded) or "no live replicas"
+        click.echo(f"{name} -> {res.version} loaded by {who} in {res.seconds:.2f}s (revision {res.revision})")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def versions(obj: Ctx, as_json: bool) -> None:
+    """Every adapter's desired weight version."""
+    with obj.client() as c:
+        found = c.versions()
+        now = c.snapshot().server_time
+    if as_json:
+        _print_json({n: dv.to_dict() for n, dv in sorted(found.items())})
+        return
+    if not found:
+        click.echo("no desired versions")
+    for dv in sorted(found.values(), key=lambda d: d.name):
+        click.echo(_describe_version(dv, now))
 
 
 @cli.command()

@@ -12,10 +12,10 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pausesvc._settings import Settings
-from pausesvc.service import _events, _routes, _skyrl
+from pausesvc.service import _events, _routes, _skyrl, _versions
 from pausesvc.service._errors import install_error_handlers
 from pausesvc.service._guard import GuardMiddleware
-from pausesvc.service._metrics import RequestMetrics, WatcherCollector
+from pausesvc.service._metrics import RequestMetrics, VersionCollector, WatcherCollector
 from pausesvc.service._paths import AdapterPathMiddleware
 from pausesvc.service._state import ServiceState
 
@@ -89,6 +89,7 @@ def create_app(
     )
     app.state.svc = state
     state.metrics.registry.register(WatcherCollector(lambda: state.watcher))
+    state.metrics.registry.register(VersionCollector(lambda: state.fleet_versions))
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(AdapterPathMiddleware)
@@ -97,8 +98,11 @@ def create_app(
     app.include_router(_routes.router)
     app.include_router(_events.router)
     app.include_router(_skyrl.router)
+    app.include_router(_versions.router)
     app.state.api_routes = [
-        r for router in (_routes.router, _events.router, _skyrl.router) for r in router.routes
+        r
+        for router in (_routes.router, _events.router, _skyrl.router, _versions.router)
+        for r in router.routes
     ]
 
     def openapi() -> dict[str, Any]:
@@ -116,6 +120,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
+        await state.refresh_versions()
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

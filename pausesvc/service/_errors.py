@@ -7,8 +7,10 @@
 403 redis_forbidden     Redis refused the command for the service's user (ACL)
 404 not_found / 405 method_not_allowed
 409 not_holder, stale_token
+409 swap_failed         the version is set, but some live replicas reported that loading it failed
 503 redis_unavailable   Redis cannot be reached (``Retry-After: 1``)
 504 drain_timeout       the pause is in place, but not every live replica acknowledged
+504 swap_timeout        the version is set, but some live replicas did not report it loaded
 500 internal            a bug (logged with its traceback)
 """
 
@@ -25,6 +27,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from pausesvc._base import SwapError
 from pausesvc._exceptions import (
     DrainTimeoutError,
     InvalidInputError,
@@ -51,10 +54,12 @@ _DESCRIPTIONS = {
     "or Redis refused the service's user (redis_forbidden).",
     404: "No such route.",
     405: "Method not allowed on this sub-resource (e.g. DELETE .../wait).",
-    409: "Refused: not_holder (this holder holds no pause of it) or stale_token.",
+    409: "Refused: not_holder (this holder holds no pause of it) or stale_token; swap_failed "
+    "(some live replicas failed to load the version; `failed` names them).",
     422: "Invalid input: malformed JSON, a wrong type, an unknown field, a bad name or timeout.",
     503: "Redis is unreachable.",
-    504: "drain_timeout: the pause is in place, but some live replicas did not acknowledge it.",
+    504: "drain_timeout: the pause is in place, but some live replicas did not acknowledge it; "
+    "swap_timeout: the version is set, but some live replicas did not load it (`missing`).",
 }
 
 
@@ -138,6 +143,17 @@ def pause_error_response(exc: PauseError) -> tuple[int, dict[str, Any], dict[str
             {"detail": str(exc), "error": "drain_timeout", "token": exc.token, "missing": exc.missing},
             None,
         )
+    if isinstance(exc, SwapError):
+        body = {
+            "detail": str(exc),
+            "error": "swap_timeout" if exc.timed_out else "swap_failed",
+            "missing": exc.missing,
+            "failed": exc.failed,
+            "loaded": exc.result.loaded,
+            "version": exc.result.version,
+            "revision": exc.result.revision,
+        }
+        return (504 if exc.timed_out else 409), body, None
     if isinstance(exc, PauseTimeoutError):
         return 504, {"detail": str(exc), "error": "timeout"}, None
     if isinstance(exc, RedisPermissionError):  # configuration, not an outage: no retry helps

@@ -36,10 +36,12 @@ SYNC_WAIT_S = 2.0
 
 _SSE_DOC = """\
 `text/event-stream`. First `event: snapshot` (data: `{"revision", "epoch", "in_sync",
-"paused": {name: state}}`, id: the revision), then one `event: change` per change (data: a
-PauseEvent: `{"revision", "epoch", "name", "op", "paused", "holder", "ts", "state"}`, id: its
-revision). `op` is pause, release, resume, force, renew, expire, or resync (a difference found by
-a resync). `: keepalive` comments are sent when idle."""
+"paused": {name: state}, "versions": {name: desired version}}`, id: the revision), then one
+`event: change` per change (data: a PauseEvent: `{"revision", "epoch", "name", "op", "paused",
+"holder", "ts", "state"}`, id: its revision). `op` is pause, release, resume, force, renew,
+expire, version (a desired weight version set or cleared: `version` is the record or null;
+`paused`/`state` unchanged), or resync (a difference found by a resync). `: keepalive` comments
+are sent when idle."""
 
 
 def _frame(event: str, rev: int, data: dict[str, Any]) -> bytes:
@@ -56,6 +58,7 @@ def _snapshot(s: ServiceState) -> dict[str, Any]:
         "in_sync": w.in_sync,
         "server_time": w.server_time(),
         "paused": {n: st.to_dict() for n, st in sorted(paused.items())},
+        "versions": {n: dv.to_dict() for n, dv in sorted(w.desired_versions.items())},
     }
 
 

@@ -8,8 +8,8 @@ at scrape time by :class:`WatcherCollector`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,7 +19,49 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from pausesvc._watcher import PauseWatcher
 
-__all__ = ["Metrics", "RequestMetrics", "WatcherCollector"]
+__all__ = ["Metrics", "RequestMetrics", "VersionCollector", "WatcherCollector"]
+
+
+class VersionCollector(Collector):
+    """Weight versions per adapter, from the service's last read of the registry (a dict of
+    ``{adapter: {"desired", "on": {version: n}, "off", "mixed"}}``)."""
+
+    def __init__(self, get_fleet: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._get = get_fleet
+
+    def collect(self) -> Iterator[Metric]:
+        fleet = self._get()
+        info = GaugeMetricFamily(
+            "pausesvc_adapter_desired_version_info",
+            "1 for each adapter's desired weight version.",
+            labels=["adapter", "version"],
+        )
+        on = GaugeMetricFamily(
+            "pausesvc_adapter_replicas_on_version",
+            "Live replicas that reported each version of each adapter loaded.",
+            labels=["adapter", "version"],
+        )
+        off = GaugeMetricFamily(
+            "pausesvc_adapter_replicas_off_desired_version",
+            "Live replicas not (yet) on the adapter's desired version.",
+            labels=["adapter"],
+        )
+        mixed = GaugeMetricFamily(
+            "pausesvc_adapter_versions_mixed",
+            "1 when the live replicas do not all serve the same version of the adapter.",
+            labels=["adapter"],
+        )
+        for name, f in sorted(fleet.items()):
+            if f["desired"] is not None:
+                info.add_metric([name, f["desired"]], 1)
+                off.add_metric([name], f["off"])
+            for version, n in sorted(f["on"].items()):
+                on.add_metric([name, version], n)
+            mixed.add_metric([name], 1.0 if f["mixed"] else 0.0)
+        yield info
+        yield on
+        yield off
+        yield mixed
 
 
 class WatcherCollector(Collector):

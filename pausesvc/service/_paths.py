@@ -26,7 +26,8 @@ from pausesvc.service._schemas import NAME_PATTERN
 
 __all__ = ["AdapterPathMiddleware", "adapter_name", "adapter_name_exact"]
 
-PREFIX = b"/v1/pauses/"
+#: the routes whose path carries an adapter name
+PREFIXES = (b"/v1/pauses/", b"/v1/adapters/")
 
 
 def rebuild_path(raw_path: bytes) -> str:
@@ -49,7 +50,7 @@ class AdapterPathMiddleware:
             raw = scope.get("raw_path")
             if raw is None:
                 raw = quote(scope["path"], safe="/").encode("ascii")
-            if raw.startswith(PREFIX):
+            if raw.startswith(PREFIXES):
                 try:
                     path = rebuild_path(raw)
                 except UnicodeDecodeError:

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic.config import JsonDict
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict, JsonValue
 
-from pausesvc._base import MAX_REASON_LENGTH, MAX_TTL_S, number_from_text, validate_reason
-from pausesvc._keys import MAX_NAME_LENGTH, validate_holder, validate_name
+from pausesvc._base import (
+    MAX_LOAD_FIELDS,
+    MAX_PATH_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_TTL_S,
+    RESERVED_LOAD_KEYS,
+    number_from_text,
+    validate_load,
+    validate_path,
+    validate_reason,
+)
+from pausesvc._keys import MAX_NAME_LENGTH, validate_holder, validate_name, validate_version
 
 #: Longest wait a single long-poll or drain may ask for (seconds).
 MAX_WAIT_S = 3600.0
@@ -117,6 +127,79 @@ class RenewRequest(BaseModel):
     _v_holder = field_validator("holder")(_holder)
 
 
+_RESERVED: list[JsonValue] = list(sorted(RESERVED_LOAD_KEYS))
+_LOAD_SCHEMA: JsonDict = {"propertyNames": {"minLength": 1, "not": {"enum": _RESERVED}}}
+
+
+class VersionRequest(BaseModel):
+    """Body of ``POST /v1/adapters/{name}/version``: swap NAME to a weight version."""
+
+    model_config = _STRICT
+
+    version: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
+        description="The version label (opaque; the adapter-name rules).",
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]+$"},
+        description="Where the weights are (load_lora_adapter's lora_path).",
+    )
+    load: dict[str, str | int | float | bool | None] | None = Field(
+        default=None,
+        max_length=MAX_LOAD_FIELDS,
+        json_schema_extra=_LOAD_SCHEMA,
+        description="Extra load_lora_adapter fields (scalars; not lora_name / lora_path).",
+    )
+    barrier: bool = Field(
+        default=True,
+        description="Pause with drain, set the version, wait until every live replica loaded it, "
+        "resume (504 swap_timeout / 409 swap_failed otherwise). False: set it and answer at once.",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_WAIT_S,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("timeout_s", "timeout"),
+        description="Barrier deadline in seconds (default PAUSESVC_DRAIN_TIMEOUT_S); `timeout` "
+        "is accepted too.",
+    )
+    holder: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        json_schema_extra=_NAME_SCHEMA,
+        description="Holder of the swap's pause (default: '<default holder>/swap').",
+    )
+    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH, json_schema_extra=_REASON_SCHEMA)
+
+    _v_holder = field_validator("holder")(_holder)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return validate_version(v)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate_path(v)
+
+    @field_validator("load")
+    @classmethod
+    def _load(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else validate_load(v)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        return None if v is None else validate_reason(v)
+
+
 class SkyRLLoraRequest(BaseModel):
     """Body of ``/skyrl/v1/resume_lora_requests``."""
 
@@ -205,11 +288,54 @@ class AdapterStateOut(BaseModel):
     holders: dict[str, HoldOut]
 
 
+class DesiredVersionOut(BaseModel):
+    name: str
+    version: str
+    path: str
+    load: dict[str, Any]
+    revision: int = Field(description="The revision that set it.")
+    at: float = Field(description="When it was set (unix time, Redis clock).")
+
+
 class SnapshotOut(BaseModel):
     revision: int
     epoch: str | None = None
     server_time: float
     paused: dict[str, AdapterStateOut]
+    versions: dict[str, DesiredVersionOut] = Field(
+        default_factory=dict, description="adapter -> desired weight version."
+    )
+
+
+class SwapOut(BaseModel):
+    name: str
+    version: str
+    revision: int = Field(description="The revision that set the desired version.")
+    loaded: list[str] = Field(description="Live replicas that reported it loaded (barrier only).")
+    seconds: float
+
+
+class ReplicaVersionOut(BaseModel):
+    id: str
+    url: str | None = None
+    loaded: dict[str, Any] | None = Field(
+        default=None,
+        description="Its last report: {replica, name, version, status (loaded, loading, "
+        "failed), reason, attempts, rev, at}; null if it reported none.",
+    )
+    on_desired: bool = Field(description="It reported the desired version loaded.")
+
+
+class AdapterVersionOut(BaseModel):
+    name: str
+    desired: DesiredVersionOut | None = None
+    replicas: list[ReplicaVersionOut] = Field(description="Every live replica.")
+    mixed: bool = Field(description="The live replicas do not all serve the same version.")
+
+
+class ClearVersionOut(BaseModel):
+    name: str
+    cleared: bool = Field(description="It had a desired version.")
 
 
 class AdapterStatusOut(BaseModel):
@@ -315,7 +441,7 @@ class ErrorOut(BaseModel):
     error: str = Field(
         description="Machine-readable code: invalid_input, unauthorized, "
         "forbidden, not_found, method_not_allowed, not_holder, stale_token, "
-        "drain_timeout, redis_unavailable, internal."
+        "drain_timeout, swap_timeout, swap_failed, redis_unavailable, internal."
     )
     field: str | None = Field(default=None, description="The offending input, when one is.")
     errors: list[ErrorItem] | None = Field(default=None, description="Every validation issue.")
@@ -325,4 +451,14 @@ class ErrorOut(BaseModel):
     token: str | None = Field(
         default=None, description="drain_timeout: the pause's token (the pause IS in place)."
     )
-    missing: list[str] | None = Field(default=None, description="drain_timeout: replicas that did not ack.")
+    missing: list[str] | dict[str, str] | None = Field(
+        default=None,
+        description="drain_timeout: replicas that did not ack; swap_timeout: replica id -> url "
+        "of each live replica that did not report the version loaded.",
+    )
+    failed: dict[str, str] | None = Field(
+        default=None, description="swap_failed / swap_timeout: replica id -> why its load failed."
+    )
+    loaded: list[str] | None = Field(default=None, description="swap: replicas that loaded it.")
+    version: str | None = Field(default=None, description="swap: the version (it IS set).")
+    revision: int | None = Field(default=None, description="swap: the revision that set it.")

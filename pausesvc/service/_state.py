@@ -12,13 +12,16 @@ from starlette.requests import Request
 
 from pausesvc._client import AsyncPauseClient
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
-from pausesvc._models import AdapterState, Grant, PauseEvent
+from pausesvc._models import AdapterState, DesiredVersion, Grant, PauseEvent
 from pausesvc._registry import covers, missing_acks
 from pausesvc._settings import Settings
 from pausesvc._watcher import PauseWatcher
 from pausesvc.service._metrics import Metrics
 
-__all__ = ["ServiceState", "collect_aborted", "until_disconnected"]
+__all__ = ["ServiceState", "collect_aborted", "fleet_versions", "replica_versions", "until_disconnected"]
+
+#: /metrics reads the registry at most this often (a scrape never waits on Redis for long)
+VERSIONS_REFRESH_S = 2.0
 
 logger = logging.getLogger("pausesvc.service")
 
@@ -42,6 +45,60 @@ def collect_aborted(replicas: list[dict[str, Any]], name: str, grant: Grant) -> 
     return sorted(acked), aborted
 
 
+def _loaded(rec: dict[str, Any], name: str) -> dict[str, Any] | None:
+    r = rec.get("versions", {}).get(name)
+    return r if isinstance(r, dict) else None
+
+
+def replica_versions(
+    replicas: list[dict[str, Any]], name: str, desired: DesiredVersion | None
+) -> list[dict[str, Any]]:
+    """Each live replica's last version report of ``name`` and whether it is the desired one."""
+    out = []
+    for rec in replicas:
+        if not rec.get("live"):
+            continue
+        r = _loaded(rec, name)
+        on = (
+            desired is not None
+            and r is not None
+            and r.get("status") == "loaded"
+            and r.get("version") == desired.version
+        )
+        out.append({"id": str(rec["id"]), "url": rec.get("url"), "loaded": r, "on_desired": on})
+    return out
+
+
+def fleet_versions(
+    desired: dict[str, DesiredVersion], replicas: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per adapter (desired or reported by a live replica): ``desired`` (its version or None),
+    ``on`` (loaded version -> live replicas on it), ``off`` (live replicas not on the desired
+    version) and ``mixed`` (the live replicas do not all stand at the same version; a replica
+    that has not loaded any counts as one more place)."""
+    live = [r for r in replicas if r.get("live")]
+    names = set(desired) | {n for r in live for n in r.get("versions", {})}
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(names):
+        want = desired.get(name)
+        on: dict[str, int] = {want.version: 0} if want is not None else {}
+        places: set[str | None] = set()
+        for r in live:
+            rep = _loaded(r, name)
+            v = str(rep.get("version")) if rep is not None and rep.get("status") == "loaded" else None
+            places.add(v)
+            if v is not None:
+                on[v] = on.get(v, 0) + 1
+        off = len(live) - (on.get(want.version, 0) if want is not None else 0)
+        out[name] = {
+            "desired": want.version if want is not None else None,
+            "on": on,
+            "off": off,
+            "mixed": len(places) > 1,
+        }
+    return out
+
+
 async def until_disconnected(request: Request) -> None:
     """Return when the client goes away (the body, if any, has been read already)."""
     while True:
@@ -63,6 +120,9 @@ class ServiceState:
         self.watcher: PauseWatcher | None = None
         self.closing = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: what /metrics shows about weight versions (see :meth:`refresh_versions`)
+        self.fleet_versions: dict[str, dict[str, Any]] = {}
+        self._versions_at = 0.0
 
     def begin_shutdown(self) -> None:
         """Thread- and signal-safe: end event streams and long-polls now (the server is
@@ -158,6 +218,20 @@ class ServiceState:
             for t in (waiter, gone, closing):
                 t.cancel()
             await asyncio.gather(waiter, gone, closing, return_exceptions=True)
+
+    async def refresh_versions(self) -> None:
+        """Re-read the registry for ``fleet_versions`` (at most every VERSIONS_REFRESH_S; the
+        desired versions come from the view). Redis unreachable: the last numbers stay."""
+        if self.watcher is None or time.monotonic() - self._versions_at < VERSIONS_REFRESH_S:
+            return
+        try:
+            async with asyncio.timeout(1.0):
+                replicas = await self.c.replicas()
+        except (RedisUnavailableError, TimeoutError) as exc:
+            logger.warning("metrics: could not read the replica registry: %s", exc)
+            return
+        self._versions_at = time.monotonic()
+        self.fleet_versions = fleet_versions(self.w.desired_versions, replicas)
 
     async def drained_replicas(self, name: str, grant: Grant) -> tuple[list[str], list[str]]:
         replicas = await self.c.replicas()

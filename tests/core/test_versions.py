@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -390,15 +394,15 @@ async def test_swap_keeps_the_callers_own_pause(redis_url: str, namespace: str) 
         assert st is not None and st.holders["default"].token == g.token
 
 
-def test_blocking_swap_and_events(redis_url: str, namespace: str) -> None:
+@contextlib.contextmanager
+def threaded_fleet(redis_url: str, namespace: str, *modes: str) -> Iterator[None]:
+    """:func:`fleet` on its own event loop in a thread (for blocking callers: client, CLI)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    stop: asyncio.Event | None = None
+    stop = asyncio.Event()
 
     async def serve() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        async with fleet(redis_url, namespace, "load", "load"):
+        async with fleet(redis_url, namespace, *modes):
             ready.set()
             await stop.wait()
 
@@ -406,26 +410,92 @@ def test_blocking_swap_and_events(redis_url: str, namespace: str) -> None:
     th.start()
     try:
         assert ready.wait(10)
-        with PauseClient(redis_url, namespace=namespace) as c:
-            res = c.swap("a", "v1", "/w", timeout=10)
-            assert res.loaded == ["r0", "r1"] and c.get("a") is None
-            assert c.get_version("a") == c.versions()["a"] and c.get_version("a").version == "v1"  # type: ignore[union-attr]
-            got: list[PauseEvent] = []
-            events = c.events(timeout=2)
-
-            def writer() -> None:
-                time.sleep(0.3)
-                with PauseClient(redis_url, namespace=namespace) as w:
-                    w.set_version("b", "v9", "/w9")
-
-            threading.Thread(target=writer, daemon=True).start()
-            for ev in events:
-                got.append(ev)
-                if ev.op == "version":
-                    break
-            assert got[-1].version is not None and got[-1].version.version == "v9"
+        yield
     finally:
-        assert stop is not None
         loop.call_soon_threadsafe(stop.set)
         th.join(10)
         loop.close()
+
+
+def test_blocking_swap_and_events(redis_url: str, namespace: str) -> None:
+    with (
+        threaded_fleet(redis_url, namespace, "load", "load"),
+        PauseClient(redis_url, namespace=namespace) as c,
+    ):
+        res = c.swap("a", "v1", "/w", timeout=10)
+        assert res.loaded == ["r0", "r1"] and c.get("a") is None
+        dv = c.get_version("a")
+        assert dv is not None and dv == c.versions()["a"] and dv.version == "v1"
+        with pytest.raises(SwapError):
+            c.swap("a", "v2", "/w2", timeout=0)  # nobody can load it that fast
+        assert c.get("a") is None
+    got: list[PauseEvent] = []
+    with PauseClient(redis_url, namespace=namespace) as c:
+        events = c.events(timeout=2)
+
+        def writer() -> None:
+            time.sleep(0.3)
+            with PauseClient(redis_url, namespace=namespace) as w:
+                w.set_version("b", "v9", "/w9")
+
+        threading.Thread(target=writer, daemon=True).start()
+        for ev in events:
+            got.append(ev)
+            if ev.op == "version":
+                break
+    assert got[-1].version is not None and got[-1].version.version == "v9"
+
+
+# -- the CLI ------------------------------------------------------------------------------------------
+def cli(args: list[str], redis_url: str, namespace: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")}
+    env.update({"PAUSESVC_REDIS_URL": redis_url, "PAUSESVC_NAMESPACE": namespace})
+    return subprocess.run(
+        [sys.executable, "-m", "pausesvc", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_cli_swap_versions_status_replicas(redis_url: str, namespace: str) -> None:
+    with threaded_fleet(redis_url, namespace, "load", "silent"):
+        ok = cli(
+            ["swap", "a", "--version", "v1", "--path", "/w", "--no-barrier", "--load", "x=1"],
+            redis_url,
+            namespace,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "v1 set" in ok.stdout
+        bad = cli(["swap", "a", "--version", "v2", "--path", "/w2", "--timeout", "1"], redis_url, namespace)
+        assert bad.returncode == 6, bad.stderr
+        (line,) = bad.stderr.strip().splitlines()
+        assert "r1" in line and "http://r1:8000" in line and "v2" in line
+        listing = cli(["versions"], redis_url, namespace)
+        assert listing.returncode == 0 and "a  desired version v2  path /w2" in listing.stdout
+        status = cli(["status"], redis_url, namespace)
+        assert "desired version v2" in status.stdout
+        one = json.loads(cli(["status", "a", "--json"], redis_url, namespace).stdout)
+        assert one["version"]["version"] == "v2"
+        reps = cli(["replicas"], redis_url, namespace).stdout
+        # a mixed fleet is visible: r0 on v2, r1 (silent) on nothing it reported
+        assert re.search(r"^r0 .*versions: a@v2$", reps, re.M) and re.search(
+            r"^r1 .*versions: -$", reps, re.M
+        )
+    with threaded_fleet(redis_url, namespace, "load", "load"):
+        ok = cli(["swap", "a", "--version", "v3", "--path", "/w3", "--timeout", "10"], redis_url, namespace)
+        assert ok.returncode == 0, ok.stderr
+        assert "loaded by r0, r1" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["swap", "a", "--version", "v1"],
+        ["swap", "a", "--version", "", "--path", "/w"],
+        ["swap", "a", "--version", "v1", "--path", "/w", "--load", "novalue"],
+        ["swap", "a", "--version", "v1", "--path", "/w", "--load", "lora_path=/x"],
+        ["swap", "a b", "--version", "v1", "--path", "/w"],
+    ],
+)
+def test_cli_swap_bad_input_exit_2_one_line(redis_url: str, namespace: str, args: list[str]) -> None:
+    p = cli(args, redis_url, namespace)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("pausesvc: error:")

@@ -162,8 +162,12 @@ def test_dashboard_queries_name_exported_metrics(redis_url: str, namespace: str)
     settings = Settings(redis_url=redis_url, namespace=namespace)
     with run_server(settings) as svc, httpx.Client(base_url=svc) as c:
         c.post("/v1/pauses/dash", json={"drain": False})
+        c.post("/v1/adapters/dash/version", json={"version": "v1", "path": "/w", "barrier": False})
         deadline = time.monotonic() + 10
-        while "pausesvc_adapter_paused_seconds{" not in (text := c.get("/metrics").text):
+        while not all(
+            f"{m}{{" in (text := c.get("/metrics").text)
+            for m in ("pausesvc_adapter_paused_seconds", "pausesvc_adapter_versions_mixed")
+        ):
             assert time.monotonic() < deadline, text
             time.sleep(0.05)
     exported = _names(text)
