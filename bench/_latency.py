@@ -98,8 +98,19 @@ async def _cpu_block(
     }
 
 
-async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any]:
-    col = await Collector.open()
+async def _at_r(
+    url: str,
+    R: int,
+    trials: int,
+    cpu_events: int,
+    *,
+    spawn: Any = start_procs,
+    host: str = "127.0.0.1",
+    report_path: str | None = None,
+) -> dict[str, Any]:
+    """``spawn(target, argsets)`` starts the replica processes (the namespace runs wrap it),
+    ``host`` is where the baseline replicas listen, ``report_path`` an AF_UNIX report socket."""
+    col = await Collector.open(report_path)
     ns = f"bench{R}"
     r = aredis.Redis.from_url(url)
     procs: list[Any] = []
@@ -107,7 +118,7 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         await r.ping()
         before = await r.info("clients")
         ps_before = len(await r.client_list(_type="pubsub"))
-        p_procs = start_procs(pausesvc_replica, [(i, url, col.port, ns) for i in range(R)])
+        p_procs = spawn(pausesvc_replica, [(i, url, col.port, ns) for i in range(R)])
         procs += p_procs
         ready = await col.expect("p", "ready", R, timeout=120)
         gate_mode = ready[0].extra
@@ -118,8 +129,8 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
             "per_replica_total": (after["connected_clients"] - before["connected_clients"]) / R,
             "per_replica_pubsub": (ps_after - ps_before) / R,
         }
-        procs += start_procs(baseline_replica, [(i, col.port) for i in range(R)])
-        procs += start_procs(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL) for i in range(R)])
+        procs += spawn(baseline_replica, [(i, col.port) for i in range(R)])
+        procs += spawn(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL) for i in range(R)])
         ports = sorted((rep.idx, int(rep.extra)) for rep in await col.expect("b", "ready", R, timeout=120))
         await col.expect("f", "ready", R, timeout=120)
         log.info("R=%d: %d processes up (pausesvc side: %s)", R, 3 * R, gate_mode)
@@ -135,7 +146,7 @@ async def _at_r(url: str, R: int, trials: int, cpu_events: int) -> dict[str, Any
         async def p_resume() -> None:
             await client.resume(ADAPTER, token=grant["t"])
 
-        fanouts = {k: FanoutController(k, [p for _, p in ports]) for k in CLIENTS}
+        fanouts = {k: FanoutController(k, [p for _, p in ports], host=host) for k in CLIENTS}
         designs = [
             _Design("pausesvc", "p", p_pause, p_resume),
             _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),

@@ -29,10 +29,20 @@ except ImportError:  # pragma: no cover - reported as gate="watcher-only" in the
 __all__ = ["baseline_replica", "floor_subscriber", "pausesvc_replica"]
 
 ADDR = "127.0.0.1"
+#: where uvicorn replicas listen: 127.0.0.1, or a veth address in the network-namespace runs
+BIND = "127.0.0.1"
 
 
 def _udp() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def _reporter(to: int | str) -> tuple[socket.socket, Any]:
+    """The report socket and address: a UDP port of 127.0.0.1, or an AF_UNIX datagram path
+    (the namespace runs: reports then stay off the veths being measured)."""
+    if isinstance(to, str):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM), to
+    return _udp(), (ADDR, to)
 
 
 async def _until_term() -> None:
@@ -61,9 +71,9 @@ async def start_gate(url: str, ns: str, app: Any = fake_openai_app) -> tuple[Any
     return mw, watcher
 
 
-def pausesvc_replica(idx: int, url: str, udp_port: int, ns: str) -> None:
+def pausesvc_replica(idx: int, url: str, udp_port: int | str, ns: str) -> None:
     async def main() -> None:
-        sock, addr = _udp(), (ADDR, udp_port)
+        sock, addr = _reporter(udp_port)
         mw, watcher = await start_gate(url, ns)
         last: dict[str, bool] = {}
 
@@ -82,9 +92,9 @@ def pausesvc_replica(idx: int, url: str, udp_port: int, ns: str) -> None:
     asyncio.run(main())
 
 
-def floor_subscriber(idx: int, url: str, udp_port: int, channel: str) -> None:
+def floor_subscriber(idx: int, url: str, udp_port: int | str, channel: str) -> None:
     async def main() -> None:
-        sock, addr = _udp(), (ADDR, udp_port)
+        sock, addr = _reporter(udp_port)
         r = aredis.Redis.from_url(url)
         ps = r.pubsub()
         await ps.subscribe(channel)
@@ -102,13 +112,13 @@ def floor_subscriber(idx: int, url: str, udp_port: int, channel: str) -> None:
 
 
 async def start_uvicorn(app: Any) -> int:
-    """Serve ``app`` with uvicorn (one worker, h11) on a free port of 127.0.0.1; return the port.
+    """Serve ``app`` with uvicorn (one worker, h11) on a free port of ``BIND``; return the port.
 
     The server runs until SIGTERM (uvicorn's own handler)."""
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (a bare
     # socket.socket() gives proto 0, and Nagle + delayed ACK add 40 ms per keep-alive call)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    srv.bind((ADDR, 0))
+    srv.bind((BIND, 0))
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     _TASKS.add(asyncio.create_task(server.serve(sockets=[srv])))
@@ -120,9 +130,9 @@ async def start_uvicorn(app: Any) -> int:
 _TASKS: set[asyncio.Task[None]] = set()
 
 
-def baseline_replica(idx: int, udp_port: int, delay: float = 0.0) -> None:
+def baseline_replica(idx: int, udp_port: int | str, delay: float = 0.0) -> None:
     async def main() -> None:
-        usock, addr = _udp(), (ADDR, udp_port)
+        usock, addr = _reporter(udp_port)
 
         def on_change(name: str, paused: bool) -> None:
             send_report(usock, addr, "b", idx, "1" if paused else "0", name)

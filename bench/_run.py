@@ -18,7 +18,9 @@ from pausesvc import EmbeddedRedis
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults")
+SCENARIOS = ("latency", "wakeup", "gate", "memory", "faults", "fleet", "cluster", "netns", "profiles")
+#: left out of --quick (minutes each, or root-only); select them with --only
+SLOW = ("fleet", "cluster", "netns", "profiles")
 
 FULL: dict[str, Any] = {
     "rs": [1, 4, 16, 64],
@@ -33,6 +35,14 @@ FULL: dict[str, Any] = {
     "held": 10000,
     "fault_rs": [4, 16],
     "fault_clients": ["skyrl", "httpx-per-replica", "raw"],
+    "fleet_rs": [100, 300, 1000],
+    "fleet_trials": 30,
+    "fleet_cpu_events": 10,
+    "fleet_profile_events": 10,
+    "fleet_workers": 4,
+    "cluster_r": 300,
+    "netns_rs": [4, 16],
+    "netns_trials": 20,
 }
 QUICK: dict[str, Any] = {
     "rs": [1, 4],
@@ -47,6 +57,14 @@ QUICK: dict[str, Any] = {
     "held": 1000,
     "fault_rs": [4],
     "fault_clients": ["skyrl"],
+    "fleet_rs": [20],
+    "fleet_trials": 3,
+    "fleet_cpu_events": 2,
+    "fleet_profile_events": 0,
+    "fleet_workers": 2,
+    "cluster_r": 20,
+    "netns_rs": [2],
+    "netns_trials": 3,
 }
 
 
@@ -71,6 +89,22 @@ async def _scenario(name: str, url: str, cfg: dict[str, Any]) -> Any:
         from bench import _faults
 
         return await _faults.run(url, cfg)
+    if name == "fleet":
+        from bench import fleet
+
+        return await fleet.run(url, cfg)
+    if name == "cluster":
+        from bench import fleet
+
+        return await fleet.run_cluster(url, cfg)
+    if name == "netns":
+        from bench import _netns
+
+        return await _netns.run(url, cfg)
+    if name == "profiles":
+        from bench import _profiles
+
+        return await _profiles.run(url, cfg)
     raise ValueError(name)
 
 
@@ -83,7 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         default=ROOT / "bench" / "results",
         help="directory for the JSON results (default bench/results)",
     )
-    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    ap.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} "
+        f"(default: all; --quick leaves out {','.join(SLOW)})",
+    )
     ap.add_argument(
         "--docs",
         action=argparse.BooleanOptionalAction,
@@ -108,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("bench")
     cfg = QUICK if args.quick else FULL
-    only = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    only = [s for s in args.only.split(",") if s] or [s for s in SCENARIOS if not (args.quick and s in SLOW)]
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {','.join(SCENARIOS)}")
     command = "python -m bench" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}"

@@ -147,19 +147,21 @@ class Collector(asyncio.DatagramProtocol):
     (kind, state) that arrive after ``arm`` was called."""
 
     def __init__(self) -> None:
-        self.port = 0
+        self.port: Any = 0  # a UDP port of 127.0.0.1, or the AF_UNIX path of open(path=...)
         self._got: dict[tuple[str, str], list[Report]] = defaultdict(list)
         self._waiters: dict[tuple[str, str], tuple[int, asyncio.Future[list[Report]]]] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def open(cls) -> Collector:
+    async def open(cls, path: str | None = None) -> Collector:
+        """Listen on a free UDP port of 127.0.0.1, or on the AF_UNIX datagram socket ``path``."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET if path is None else socket.AF_UNIX
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", 0) if path is None else path)
         _transport, proto = await loop.create_datagram_endpoint(cls, sock=sock)
-        proto.port = sock.getsockname()[1]
+        proto.port = sock.getsockname()[1] if path is None else path
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -32,13 +32,13 @@ class FanoutError(Exception):
 
 
 class FanoutController:
-    def __init__(self, kind: str, ports: list[int], timeout: float = 30.0) -> None:
+    def __init__(self, kind: str, ports: list[int], timeout: float = 30.0, host: str = "127.0.0.1") -> None:
         if kind not in CLIENTS:
             raise ValueError(kind)
         self.kind = kind
         self.ports = ports
         self.timeout = timeout
-        self.urls = [f"http://127.0.0.1:{p}" for p in ports]
+        self.urls = [f"http://{host}:{p}" for p in ports]
         self._shared: httpx.AsyncClient | None = None
         self._per: list[httpx.AsyncClient] = []
         self._raw: list[RawConnection] = []
@@ -47,7 +47,7 @@ class FanoutController:
         elif kind == "httpx-per-replica":
             self._per = [httpx.AsyncClient(base_url=u, timeout=httpx.Timeout(timeout)) for u in self.urls]
         else:
-            self._raw = [RawConnection("127.0.0.1", p) for p in ports]
+            self._raw = [RawConnection(host, p) for p in ports]
 
     async def pause(self, name: str) -> None:
         await self._fanout(_ABORT, name)
