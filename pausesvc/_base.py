@@ -74,6 +74,8 @@ def classify_event(ev: PauseEvent, revision: int, epoch: str | None, since_snaps
 
 MAX_REASON_LENGTH = 1024
 MAX_TTL_S = 7 * 24 * 3600.0
+#: a swap's pause is a lease this much longer than its barrier's budget (see _swap_pause_args)
+SWAP_LEASE_MARGIN_S = 60.0
 
 
 #: a number written as JSON would write it, in a string ("0.3", "5", "1e-2"); nothing else
@@ -460,10 +462,16 @@ class BaseClient:
     def _clear_version_args(self, name: str) -> list[str]:
         return [self.publish_command, validate_name(name), "clear", "", "", "{}"]
 
-    def _swap_holder(self, holder: str | None) -> str:
-        """The swap's pause holder: given, or ``<default holder>/swap`` (never the caller's own
-        default hold, which the swap's resume would release)."""
-        return f"{self.default_holder}/swap" if holder is None else validate_holder(holder)
+    def _swap_pause_args(
+        self, name: str, holder: str | None, reason: str | None, version: str, budget: float
+    ) -> tuple[str, list[str]]:
+        """The swap's pause: holder given, or ``<default holder>/swap`` (never the caller's own
+        default hold, which the swap's resume would release); a drain; a lease of the barrier's
+        budget + SWAP_LEASE_MARGIN_S, so a controller that dies mid-swap leaves no pause behind
+        (each replica still holds the adapter until it has loaded the desired version)."""
+        h = f"{self.default_holder}/swap" if holder is None else validate_holder(holder)
+        ttl = min(MAX_TTL_S, budget + SWAP_LEASE_MARGIN_S)
+        return self._pause_args(name, h, reason or f"swap to {version}", ttl, True)
 
     # -- results ----------------------------------------------------------------------------------
     @staticmethod

@@ -310,10 +310,9 @@ class AsyncPauseClient(BaseClient):
             dv = self._parse_set_version(await self._run("set_version", args))
             return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
         budget = t if t is not None else self.settings.drain_timeout_s
-        h = self._swap_holder(holder)
-        _, pause_args = self._pause_args(name, h, reason or f"swap to {version}", None, True)
+        h, pause_args = self._swap_pause_args(name, holder, reason, version, budget)
         async with AckWaiter(self, name) as acks:  # subscribed before anything is written
-            grant = self._parse_grant(name, h, await self._run("pause", pause_args))
+            grant = await self._pause_shielded(name, h, pause_args)
             try:
                 # at most half the budget: a replica that does not drain is named by the
                 # version barrier, and the others still get time to report
@@ -324,8 +323,27 @@ class AsyncPauseClient(BaseClient):
                 b = await acks.wait_versions(dv.version, dv.revision, remaining)
             finally:
                 if grant.created:
-                    await asyncio.shield(self.resume(name, holder=h, token=grant.token))
+                    await self._release_swap(name, grant)
         return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
+
+    async def _pause_shielded(self, name: str, holder: str, args: list[str]) -> Grant:
+        """Write a pause; if cancelled while the script runs, wait for it and release the hold
+        it made before the cancellation propagates (no leaked pause)."""
+        write = asyncio.ensure_future(self._run("pause", args))
+        try:
+            return self._parse_grant(name, holder, await asyncio.shield(write))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                g = self._parse_grant(name, holder, await asyncio.shield(write))
+                if g.created:
+                    await asyncio.shield(self.resume(name, holder=holder, token=g.token))
+            raise
+
+    async def _release_swap(self, name: str, grant: Grant) -> None:
+        try:
+            await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
+        except ConflictError as exc:  # its lease ran out, or someone forced a resume
+            logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
 
     # -- reads ---------------------------------------------------------------------------------------
     async def get(self, name: str) -> AdapterState | None:

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -251,8 +251,7 @@ class PauseClient(BaseClient):
             dv = self._parse_set_version(self._run("set_version", args))
             return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
         budget = t if t is not None else self.settings.drain_timeout_s
-        h = self._swap_holder(holder)
-        _, pause_args = self._pause_args(name, h, reason or f"swap to {version}", None, True)
+        h, pause_args = self._swap_pause_args(name, holder, reason, version, budget)
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.acks)  # before anything is written
         try:
@@ -267,7 +266,10 @@ class PauseClient(BaseClient):
                 b = wait_versions_sync(self, pubsub, name, dv.version, dv.revision, remaining)
             finally:
                 if grant.created:
-                    self.resume(name, holder=h, token=grant.token)
+                    try:
+                        self.resume(name, holder=h, token=grant.token)
+                    except ConflictError as exc:  # its lease ran out, or a forced resume
+                        logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
         finally:
             pubsub.close()
         return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
@@ -313,15 +315,13 @@ class PauseClient(BaseClient):
                 pubsub.close()
 
     def events(self, *, timeout: float | None = None) -> Iterator[PauseEvent]:
-        """Yield changes as they are published (gaps are reported as a resync of the diff)."""
+        """Yield changes as they are published (gaps are reported as a resync of the diff;
+        desired versions that changed meanwhile as op ``version``)."""
         validate_timeout(timeout)
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.events)
             try:
-                snap = self.snapshot()
-                rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
-                versions = dict(snap.versions)
-                read_at = time.monotonic()
+                view = _EventsView(self.snapshot())
                 while True:
                     msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
                     if msg is None:
@@ -336,73 +336,25 @@ class PauseClient(BaseClient):
                             ev = PauseEvent.from_json(msg["data"])
                         except (ValueError, KeyError, TypeError):
                             ev = None
-                    verdict = (
-                        "resubscribed"
-                        if ev is None
-                        else classify_event(ev, rev, epoch, time.monotonic() - read_at)
-                    )
+                    verdict = "resubscribed" if ev is None else view.classify(ev)
                     if verdict == "skip":
                         continue
                     if ev is not None and verdict == "apply":
-                        rev, epoch = ev.revision, ev.epoch
-                        if ev.state is None:
-                            view.pop(ev.name, None)
-                        else:
-                            view[ev.name] = ev.state
-                        if ev.op == "version" and ev.version is not None:
-                            versions[ev.name] = ev.version
-                        elif ev.op == "version":
-                            versions.pop(ev.name, None)
+                        view.apply(ev)
                         yield ev
                     else:
                         # a gap, a reconnect, another incarnation of the namespace (data
                         # loss), a revision gone back (failover): the same rules as the watcher
-                        snap = self.snapshot()
-                        read_at = time.monotonic()
-                        for n in sorted(set(view) | set(snap.paused)):
-                            if view.get(n) != snap.paused.get(n):
-                                st = snap.paused.get(n)
-                                yield PauseEvent(
-                                    snap.revision,
-                                    snap.epoch,
-                                    n,
-                                    "resync",
-                                    st is not None,
-                                    None,
-                                    st,
-                                    snap.server_time,
-                                )
-                        versions, changed = self._versions_after_resync(versions, snap, epoch)
-                        for n in changed:
-                            yield PauseEvent(
-                                snap.revision,
-                                snap.epoch,
-                                n,
-                                "version",
-                                n in snap.paused,
-                                None,
-                                snap.paused.get(n),
-                                snap.server_time,
-                                versions.get(n),
-                            )
-                        rev, epoch, view = snap.revision, snap.epoch, dict(snap.paused)
+                        yield from view.reset(self.snapshot(), self._cleared)
             finally:
                 pubsub.close()
 
-    def _versions_after_resync(
-        self, known: dict[str, DesiredVersion], snap: Snapshot, epoch: str | None
-    ) -> tuple[dict[str, DesiredVersion], list[str]]:
-        """The watcher's rule (:func:`reconcile_versions`): lost versions are kept."""
-        gone = [n for n in known if n not in snap.versions]
-        cleared: dict[str, int] = {}
-        if gone:
-            values = self.redis.zmscore(self.keys.cleared_versions, gone)
-            cleared = {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
-        new_epoch = epoch is not None and snap.epoch != epoch
-        view, changed, kept = reconcile_versions(known, snap.versions, cleared, new_epoch=new_epoch)
-        if kept:
-            logger.error("pausesvc: Redis lost desired weight versions; keeping: %s", ", ".join(kept))
-        return view, changed
+    def _cleared(self, names: list[str]) -> dict[str, int]:
+        """The clear tombstones (``cleared_versions``) of ``names``."""
+        if not names:
+            return {}
+        values = self.redis.zmscore(self.keys.cleared_versions, names)
+        return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
 
     @contextlib.contextmanager
     def paused(
@@ -486,3 +438,70 @@ class PauseClient(BaseClient):
                 return
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)
+
+
+class _EventsView:
+    """The view ``events()`` keeps (no I/O): revision, epoch, paused set, desired versions."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.rev, self.epoch = snap.revision, snap.epoch
+        self.paused = dict(snap.paused)
+        self.versions = dict(snap.versions)
+        self.read_at = time.monotonic()
+
+    def classify(self, ev: PauseEvent) -> str:
+        return classify_event(ev, self.rev, self.epoch, time.monotonic() - self.read_at)
+
+    def apply(self, ev: PauseEvent) -> None:
+        self.rev, self.epoch = ev.revision, ev.epoch
+        if ev.state is None:
+            self.paused.pop(ev.name, None)
+        else:
+            self.paused[ev.name] = ev.state
+        if ev.op == "version":
+            if ev.version is None:
+                self.versions.pop(ev.name, None)
+            else:
+                self.versions[ev.name] = ev.version
+
+    def reset(self, snap: Snapshot, cleared: Callable[[list[str]], dict[str, int]]) -> list[PauseEvent]:
+        """Take ``snap``; return the differences as events (``resync``, then ``version``)."""
+        out = []
+        for n in sorted(set(self.paused) | set(snap.paused)):
+            if self.paused.get(n) != snap.paused.get(n):
+                st = snap.paused.get(n)
+                out.append(
+                    PauseEvent(
+                        snap.revision, snap.epoch, n, "resync", st is not None, None, st, snap.server_time
+                    )
+                )
+        gone = [n for n in self.versions if n not in snap.versions]
+        new_epoch = self.epoch is not None and snap.epoch != self.epoch
+        versions, changed, kept = reconcile_versions(
+            self.versions, snap.versions, cleared(gone), new_epoch=new_epoch
+        )
+        if kept:
+            logger.error("pausesvc: Redis lost desired weight versions; keeping: %s", ", ".join(kept))
+        for n in changed:
+            st = snap.paused.get(n)
+            out.append(
+                PauseEvent(
+                    snap.revision,
+                    snap.epoch,
+                    n,
+                    "version",
+                    st is not None,
+                    None,
+                    st,
+                    snap.server_time,
+                    versions.get(n),
+                )
+            )
+        self.rev, self.epoch, self.paused, self.versions = (
+            snap.revision,
+            snap.epoch,
+            dict(snap.paused),
+            versions,
+        )
+        self.read_at = time.monotonic()
+        return out

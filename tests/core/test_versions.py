@@ -386,6 +386,28 @@ async def test_swap_without_barrier_and_without_replicas(redis_url: str, namespa
         assert res2.loaded == [] and res2.seconds < 2 and await c.get("a") is None
 
 
+async def test_a_cancelled_swap_leaves_no_pause_and_its_pause_is_a_lease(
+    redis_url: str, namespace: str
+) -> None:
+    async with (
+        fleet(redis_url, namespace, "silent"),
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
+        task = asyncio.create_task(c.swap("a", "v1", "/w", timeout=30))
+        await _eventually(lambda: task.done() or c._last_write[0] > 0)
+        st = None
+        for _ in range(100):
+            st = await c.get("a")
+            if st is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert st is not None and st.holders["default/swap"].expires_at is not None  # a lease
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await c.get("a") is None
+
+
 async def test_swap_keeps_the_callers_own_pause(redis_url: str, namespace: str) -> None:
     async with AsyncPauseClient(redis_url, namespace=namespace) as c:
         g = await c.pause("a")  # the default holder
