@@ -13,7 +13,13 @@ the token log as one line ``adapter<TAB>replica<TAB>version<TAB>monotonic_ns<TAB
 ``POST /fake/swap {"adapter", "version"}`` installs new weights (sets the version) and logs a
 ``SWAP`` line, plus a ``VIOLATION`` line when a request of that adapter is still decoding.
 ``GET /fake/state``: versions, live requests. ``POST /fake/config``: ``abort_delay_s`` (a slow
-engine: aborts take effect only after that delay).
+engine: aborts take effect only after that delay), ``fail_loads`` (every load fails),
+``load_delay_s`` (how long a load takes, 0.05 s by default).
+
+The gate's weight-version loads use ``engine_client.add_lora`` (path ``fake://<adapter>/<n>``
+installs version n, logged like ``/fake/swap``), ``remove_lora``, ``reset_prefix_cache`` and
+``app.state.openai_serving_models`` (:class:`FakeModels`); :func:`install_fake_lora_request`
+provides the ``vllm.lora.request.LoRARequest`` the loader imports.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import asyncio
 import json
 import os
 import random
+import sys
 import time
+import types
 import uuid
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
@@ -55,6 +64,8 @@ class FakeEngine:
         self.versions: dict[str, int] = dict(versions or {})
         self.output_processor = SimpleNamespace(request_states={})
         self.abort_delay_s = 0.0
+        self.load_delay_s = 0.05
+        self.fail_loads = False
         self.tokens = 0
         self.aborts = 0
         self._log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
@@ -72,6 +83,34 @@ class FakeEngine:
                 st.aborted = True
                 st.wake.set()
                 self.aborts += 1
+
+    # -- the weight-version surface (vLLM's add_lora / remove_lora / reset_prefix_cache) ---------
+    async def add_lora(self, request: Any) -> bool:
+        """Load "weights" ``fake://<adapter>/<version>``: from now on the adapter's tokens encode
+        that version. A live, unaborted request of the adapter at that moment is a VIOLATION."""
+        await asyncio.sleep(self.load_delay_s)
+        prefix = f"fake://{request.lora_name}/"
+        path = str(request.lora_path)
+        if self.fail_loads or not path.startswith(prefix) or not path[len(prefix) :].isdigit():
+            raise ValueError(f"No adapter found for {path}")
+        self._install(request.lora_name, int(path[len(prefix) :]))
+        return True
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        return True
+
+    async def reset_prefix_cache(self) -> bool:
+        return True
+
+    def _install(self, adapter: str, version: int) -> list[str]:
+        live = [rid for rid, st in self.request_states.items() if st.lora_name == adapter and not st.aborted]
+        self.versions[adapter] = version
+        self.log(f"SWAP\t{self.replica}\t{version}\t{time.monotonic_ns()}\t{adapter}\t0")
+        for rid in live:
+            self.log(
+                f"VIOLATION\t{self.replica}\t{version}\t{time.monotonic_ns()}\tswap-while-decoding:{adapter}:{rid}\t0"
+            )
+        return live
 
     def log(self, line: str) -> None:
         if self._log is not None:
@@ -159,6 +198,8 @@ class EngineApp:
         elif path == "/fake/config" and method == "POST":
             cfg = json.loads(body)
             self.engine.abort_delay_s = float(cfg.get("abort_delay_s", 0.0))
+            self.engine.fail_loads = bool(cfg.get("fail_loads", False))
+            self.engine.load_delay_s = float(cfg.get("load_delay_s", 0.05))
             await _json(send, 200, {"ok": True})
         elif path.rstrip("/").endswith("/v1/completions") and method == "POST":
             await self._complete(scope, body, receive, send)
@@ -168,19 +209,7 @@ class EngineApp:
             await _json(send, 404, {"error": {"message": f"no route {path}"}})
 
     async def _swap(self, cfg: dict[str, Any], send: Any) -> None:
-        adapter, version = str(cfg["adapter"]), int(cfg["version"])
-        live = [
-            rid
-            for rid, st in self.engine.request_states.items()
-            if st.lora_name == adapter and not st.aborted
-        ]
-        self.engine.versions[adapter] = version
-        self.engine.log(f"SWAP\t{self.engine.replica}\t{version}\t{time.monotonic_ns()}\t{adapter}\t0")
-        for rid in live:
-            self.engine.log(
-                f"VIOLATION\t{self.engine.replica}\t{version}\t{time.monotonic_ns()}"
-                f"\tswap-while-decoding:{adapter}:{rid}\t0"
-            )
+        live = self.engine._install(str(cfg["adapter"]), int(cfg["version"]))
         await _json(send, 200, {"ok": True, "live": live})
 
     async def _complete(self, scope: Scope, raw: bytes, receive: Any, send: Any) -> None:
@@ -303,9 +332,46 @@ class ReplicaApp:
     the gate reads; the gate wraps the engine app like ``--middleware`` does."""
 
     def __init__(self, engine: FakeEngine, gate_factory: Any) -> None:
-        self.state = SimpleNamespace(engine_client=engine)
+        self.state = SimpleNamespace(engine_client=engine, openai_serving_models=FakeModels())
         self.stack = gate_factory(EngineApp(engine))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         scope["app"] = self
         await self.stack(scope, receive, send)
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def inc(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
+class FakeModels:
+    """``app.state.openai_serving_models``: the registry the gate's in-process load updates."""
+
+    def __init__(self) -> None:
+        self.lora_requests: dict[str, Any] = {}
+        self.lora_id_counter = _Counter()
+        self.lora_resolver_lock: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def is_base_model(self, name: str) -> bool:
+        return name == "base"
+
+
+class LoRARequest:
+    """Stands in for ``vllm.lora.request.LoRARequest`` (keyword fields, as the gate builds it)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.base_model_name: str | None = None
+        self.__dict__.update(fields)
+
+
+def install_fake_lora_request() -> None:
+    """Make ``importlib.import_module("vllm.lora.request")`` find :class:`LoRARequest` (no vLLM
+    in this process: the gate's loader imports it at load time)."""
+    mod = types.ModuleType("vllm.lora.request")
+    mod.LoRARequest = LoRARequest  # type: ignore[attr-defined]
+    sys.modules.setdefault("vllm.lora.request", mod)

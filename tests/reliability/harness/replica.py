@@ -15,7 +15,7 @@ import logging
 import uvicorn
 from pausesvc_vllm import PauseGateMiddleware
 
-from reliability.harness.fake_engine import FakeEngine, ReplicaApp
+from reliability.harness.fake_engine import FakeEngine, ReplicaApp, install_fake_lora_request
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {args.name} %(name)s %(levelname)s %(message)s"
     )
+    install_fake_lora_request()
     engine = FakeEngine(args.name, args.log, args.interval, json.loads(args.versions))
     app = ReplicaApp(engine, PauseGateMiddleware)
     config = uvicorn.Config(
