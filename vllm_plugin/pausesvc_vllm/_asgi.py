@@ -23,7 +23,11 @@ __all__ = [
     "read_body",
     "replaying_receive",
     "route_path",
+    "send_body_error",
+    "send_bytes",
     "send_json",
+    "send_not_allowed",
+    "send_unavailable",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -64,22 +68,69 @@ class PathMatcher:
         return any(path == p or path.startswith(p + "/") for p in self.paths)
 
 
-async def send_json(
-    send: Send, status: int, body: object, headers: Iterable[tuple[bytes, bytes]] = ()
+#: the message types of a whole response: over HTTP, and as the refusal of a websocket handshake
+#: (the ``websocket.http.response`` extension)
+_HTTP_RESPONSE = ("http.response.start", "http.response.body")
+_WEBSOCKET_RESPONSE = ("websocket.http.response.start", "websocket.http.response.body")
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    data: bytes,
+    content_type: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    websocket: bool = False,
 ) -> None:
-    data = json.dumps(body).encode()
+    """Answer ``data`` in one body message, with its Content-Type and Content-Length
+    (``websocket``: as the refusal of a websocket handshake)."""
+    start, body = _WEBSOCKET_RESPONSE if websocket else _HTTP_RESPONSE
     await send(
         {
-            "type": "http.response.start",
+            "type": start,
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(data)).encode()),
                 *headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": data})
+    await send({"type": body, "body": data})
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: object,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    websocket: bool = False,
+) -> None:
+    await send_bytes(
+        send, status, json.dumps(body).encode(), b"application/json", headers, websocket=websocket
+    )
+
+
+async def send_unavailable(
+    send: Send, code: str, message: str, retry_after_s: int, *, websocket: bool = False, **extra: object
+) -> None:
+    """503 with ``Retry-After``: not now (an adapter paused, the replica fenced, the hold caps)."""
+    await send_json(
+        send,
+        503,
+        error_body(code, message, type="service_unavailable", **extra, retry_after_s=retry_after_s),
+        headers=[(b"retry-after", str(retry_after_s).encode())],
+        websocket=websocket,
+    )
+
+
+async def send_not_allowed(send: Send, allow: str) -> None:
+    """405 naming the one method the path answers."""
+    await send_json(
+        send, 405, error_body("method_not_allowed", f"use {allow}"), headers=[(b"allow", allow.encode())]
+    )
 
 
 def error_body(code: str, message: str, **extra: object) -> dict[str, Any]:
@@ -105,6 +156,12 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+async def send_body_error(send: Send, exc: BodyError) -> None:
+    """Answer a body that could not be read (nothing when the client left)."""
+    if exc.status:
+        await send_json(send, exc.status, error_body(exc.code, exc.message))
 
 
 class _Deadline:
@@ -157,18 +214,12 @@ async def read_body(
                 continue
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
             if not more and not chunks:  # the usual case: the whole body in one message
-                if len(chunk) > max_bytes:
-                    raise BodyError(
-                        413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
-                    )
                 return bytes(chunk)
             if chunk:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BodyError(
-                        413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes"
-                    )
                 chunks.append(chunk)
             if not more:
                 return b"".join(chunks)

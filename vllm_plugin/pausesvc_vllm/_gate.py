@@ -35,11 +35,13 @@ from pausesvc_vllm._asgi import (
     Receive,
     Scope,
     Send,
-    error_body,
     read_body,
     replaying_receive,
     route_path,
+    send_body_error,
     send_json,
+    send_not_allowed,
+    send_unavailable,
 )
 from pausesvc_vllm._deadline import abort_kind, send_abort
 from pausesvc_vllm._endpoints import OWN_PREFIXES, handle_own
@@ -191,9 +193,7 @@ class PauseGateMiddleware:
 
     async def _answer_routes(self, scope: Scope, send: Send) -> None:
         if scope.get("method") not in ("GET", "HEAD"):
-            await send_json(
-                send, 405, error_body("method_not_allowed", "use GET"), headers=[(b"allow", b"GET")]
-            )
+            await send_not_allowed(send, "GET")
             return
         if not self.route_table:
             self._learn_app(self.runtime.app)
@@ -229,6 +229,8 @@ class PauseGateMiddleware:
 
     # -- the gate ----------------------------------------------------------------------------------
     async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body; admit the request at once when nothing is paused (the fast path: no
+        body parse, nothing allocated for the hold), else park it until it may go on."""
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
@@ -244,10 +246,7 @@ class PauseGateMiddleware:
         for k, v in headers:
             k = k.lower()
             if k == _CONTENT_LENGTH:
-                try:
-                    declared = int(v)
-                except ValueError:
-                    declared = None
+                declared = _int_or_none(v)
             elif k == _REQUEST_ID:
                 rid = v
             elif k == _CONTENT_TYPE:
@@ -263,78 +262,100 @@ class PauseGateMiddleware:
                 declared=declared,
             )
         except BodyError as exc:
-            if exc.status == 413:
-                rt.stats.too_large += 1
-            elif exc.status == 408:
-                rt.stats.body_timeouts += 1
-            if exc.status:
-                await send_json(send, exc.status, error_body(exc.code, exc.message))
+            await self._refuse_body(send, exc)
             return
-
-        held: _Held | None = None
-        data: dict[str, Any] | None = None
-        if rid is None and b'"request_id"' in body:
-            data = _as_object(body)  # it may carry a request_id to use as the request's id
-        if rt.admissible(GLOBAL) and not watcher.any_paused and not rt.versions.pending:
-            # the fast path: nothing is paused, so the adapter does not matter now; the body is
-            # parsed only if a drain (or a status) asks which adapter it was for
-            target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=True)
-        else:
-            target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter)
-            # held until no name it may run on is paused (each wait ends on a resume of the
-            # name it waited for; then every name is checked again, with no await before the
-            # admission below)
-            while (name := self._blocked(target)) is not None:
-                adapter = target.display or name
-                if held is None:
-                    held = _Held(scope, len(body))
-                outcome = await self._hold(name, adapter, receive, held)
-                if outcome == "pass":  # vLLM refuses it (API key): not worth holding
-                    await self.app(scope, replaying_receive(body, receive), send)
-                    return
-                if outcome == "gone":
-                    rt.stats.dropped += 1
-                    logger.info("pausesvc gate: client left while held for %r", adapter)
-                    return
-                if outcome != "ok":
-                    rt.stats.rejections += 1
-                    if outcome == "timeout":
-                        rt.stats.hold_timeouts += 1
-                        kind = abort_kind(route_path(scope)) if s.gate_deadline_response == "abort" else None
-                        if kind is not None:  # zero tokens, finish_reason "abort": retry loops
-                            await send_abort(
-                                send,
-                                kind,
-                                data if data is not None else _as_object(body),
-                                (rid or rt.next_request_id()).decode("latin-1"),
-                                adapter,
-                            )
-                            return
-                    await self._paused_response(send, adapter, outcome)
-                    return
-            if held is not None:
-                rt.stats.released += 1
-
-        # admitted: from here to the app call there is no await (a pause landing now sees it)
+        # it may carry a request_id to use as the request's id
+        data = _as_object(body) if rid is None and b'"request_id"' in body else None
+        # the fast path: nothing is paused, so the adapter does not matter now; the body is
+        # parsed only if a drain (or a status) asks which adapter it was for
+        fast = rt.admissible(GLOBAL) and not watcher.any_paused and not rt.versions.pending
+        target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=fast)
+        held = None if fast else _Held(scope, len(body))
+        if held is not None and not await self._park(target, held, scope, receive, send, body, rid, data):
+            return
+        # admitted: from the last check (above, or the last one in _park, which returns with no
+        # await after it) to rt.admit() there is no await (a pause landing now sees it)
         if rid is None:
-            given = data.get("request_id") if data is not None else None
-            rid = (
-                given.encode("latin-1", "replace")
-                if isinstance(given, str) and given
-                else rt.next_request_id()
-            )
+            rid = _request_id(data) or rt.next_request_id()
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
         admission = rt.admit(target, rid.decode("latin-1"))
-        guarded = _FenceGuard(rt, send, admission)
+        replay = replaying_receive(body, receive) if held is None else held.replay(body, receive)
         try:
-            if held is None:
-                await self.app(scope, replaying_receive(body, receive), guarded)
-            else:
-                await self.app(scope, replaying_receive(body, receive, held.pending, held.recv), guarded)
+            await self.app(scope, replay, _FenceGuard(rt, send, admission))
         finally:
             rt.finish(admission)
             if held is not None and held.recv is not None:
                 held.recv.cancel()  # the app is done: nobody reads what the client sends now
+
+    async def _refuse_body(self, send: Send, exc: BodyError) -> None:
+        """Answer a body that could not be read (nothing when the client left), and count it."""
+        if exc.status == 413:
+            self.runtime.stats.too_large += 1
+        elif exc.status == 408:
+            self.runtime.stats.body_timeouts += 1
+        await send_body_error(send, exc)
+
+    async def _park(
+        self,
+        target: Target,
+        held: _Held,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        body: bytes,
+        rid: bytes | None,
+        data: dict[str, Any] | None,
+    ) -> bool:
+        """Hold the request until no name it may run on is paused. True: admit it now (returned
+        right after the check that let it go, with no await since); False: it was answered
+        (deadline, policy, caps), handed to vLLM unheld, or the client left."""
+        waited = False
+        # each wait ends on a resume of the name it waited for; then every name is checked again
+        while (name := self._blocked(target)) is not None:
+            adapter = target.display or name
+            waited = True
+            outcome = await self._hold(name, adapter, receive, held)
+            if outcome != "ok":
+                await self._end_hold(outcome, adapter, scope, receive, send, body, rid, data)
+                return False
+        if waited:
+            self.runtime.stats.released += 1
+        return True
+
+    async def _end_hold(
+        self,
+        outcome: str,
+        adapter: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        body: bytes,
+        rid: bytes | None,
+        data: dict[str, Any] | None,
+    ) -> None:
+        """Finish a request whose hold ended without a resume (``outcome`` of :meth:`_hold`)."""
+        rt = self.runtime
+        if outcome == "pass":  # vLLM refuses it (API key): not worth holding
+            await self.app(scope, replaying_receive(body, receive), send)
+            return
+        if outcome == "gone":
+            rt.stats.dropped += 1
+            logger.info("pausesvc gate: client left while held for %r", adapter)
+            return
+        rt.stats.rejections += 1
+        if outcome == "timeout":
+            rt.stats.hold_timeouts += 1
+            kind = abort_kind(route_path(scope)) if self.settings.gate_deadline_response == "abort" else None
+            if kind is not None:  # zero tokens, finish_reason "abort": retry loops
+                await send_abort(
+                    send,
+                    kind,
+                    data if data is not None else _as_object(body),
+                    (rid or rt.next_request_id()).decode("latin-1"),
+                    adapter,
+                )
+                return
+        await self._paused_response(send, adapter, outcome)
 
     async def _hold(self, name: str, adapter: str, receive: Receive, held: _Held) -> str:
         """Wait until ``name`` may go on. Returns 'ok', 'timeout', 'reject', 'gone', 'full'
@@ -345,13 +366,25 @@ class PauseGateMiddleware:
         timer handle. Messages ``receive()`` returned meanwhile (and a still-running
         ``receive()``) are kept in ``held`` for the app: nothing is dropped or cancelled.
         """
+        refused = self._refuse_hold(adapter, held)
+        if refused is not None:
+            return refused
+        stats = self.runtime.stats
+        stats.hold_began(adapter, held.size)
+        try:
+            return await self._wait(name, receive, held)
+        finally:
+            stats.hold_ended(adapter, held.size)
+
+    def _refuse_hold(self, adapter: str, held: _Held) -> str | None:
+        """Why the request is not held at all ('pass', 'reject', 'full'), or None: hold it."""
         rt, s = self.runtime, self.settings
-        watcher = rt.watcher
-        assert watcher is not None
         stats, size = rt.stats, held.size
         if s.gate_check_api_key and lacks_vllm_key(held.scope, rt.app):
             stats.unauthenticated += 1
             return "pass"
+        watcher = rt.watcher
+        assert watcher is not None
         if s.gate_policy == "reject" and watcher.synced_once:
             return "reject"
         # memory caps: what an anonymous client can pin here is bounded
@@ -363,21 +396,18 @@ class PauseGateMiddleware:
         ):
             stats.over_capacity += 1
             return "full"
+        return None
+
+    async def _wait(self, name: str, receive: Receive, held: _Held) -> str:
+        """The wait of :meth:`_hold`: 'ok', 'reject', 'timeout' or 'gone'."""
+        rt, s = self.runtime, self.settings
+        watcher = rt.watcher
+        assert watcher is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.gate_hold_timeout_s
-        stats.holds += 1
-        stats.held[adapter] += 1
-        stats.held_bytes[adapter] += size
-        stats.held_now += 1
-        stats.held_bytes_now += size
         # the future this request waits on: resolved by the runtime on resume, by the client's
         # next message, or by the deadline timer - whichever comes first
-        woken: asyncio.Future[None] | None = None
-
-        def wake(_: object = None) -> None:
-            if woken is not None and not woken.done():
-                woken.set_result(None)
-
+        wake = _Waker()
         timer = loop.call_at(deadline, wake)
         try:
             while True:
@@ -387,43 +417,40 @@ class PauseGateMiddleware:
                     return "reject"  # held only until the first sync told us
                 if loop.time() >= deadline:
                     return "timeout"
-                recv = held.recv
-                if recv is not None and recv.done():
-                    held.recv = None
-                    message = recv.result()
+                message = held.collect()
+                if message is not None:
                     if message["type"] == "http.disconnect":
                         return "gone"
-                    held.pending.append(message)  # not ours to drop: the app gets it
                     continue
-                if s.gate_policy == "reject":  # only waiting for the first sync
-                    woken = loop.create_future()
-                    synced = asyncio.ensure_future(watcher.wait_synced())
-                    synced.add_done_callback(wake)
-                else:
-                    synced = None
-                    woken = rt.hold(name)
-                if recv is None:
-                    recv = held.recv = asyncio.ensure_future(receive())
-                    recv.add_done_callback(wake)
-                try:
-                    await woken
-                finally:
-                    if synced is not None:
-                        synced.cancel()
-                    else:
-                        rt.unhold(name, woken)
+                await self._sleep(name, receive, held, wake)
         finally:
             timer.cancel()
             if held.recv is not None:
                 held.recv.remove_done_callback(wake)
-            stats.held_now -= 1
-            stats.held_bytes_now -= size
-            stats.held[adapter] -= 1
-            if stats.held[adapter] <= 0:
-                del stats.held[adapter]
-            stats.held_bytes[adapter] -= size
-            if stats.held_bytes[adapter] <= 0:
-                del stats.held_bytes[adapter]
+
+    async def _sleep(self, name: str, receive: Receive, held: _Held, wake: _Waker) -> None:
+        """One wait of a held request, until ``wake`` is called: by the runtime on a resume of
+        ``name`` (the ``reject`` policy: the first sync), the client's next message, the timer."""
+        rt = self.runtime
+        watcher = rt.watcher
+        assert watcher is not None
+        synced: asyncio.Future[bool] | None = None
+        if self.settings.gate_policy == "reject":  # only waiting for the first sync
+            woken = wake.future = asyncio.get_running_loop().create_future()
+            synced = asyncio.ensure_future(watcher.wait_synced())
+            synced.add_done_callback(wake)
+        else:
+            woken = wake.future = rt.hold(name)
+        if held.recv is None:
+            held.recv = asyncio.ensure_future(receive())
+            held.recv.add_done_callback(wake)
+        try:
+            await woken
+        finally:
+            if synced is not None:
+                synced.cancel()
+            else:
+                rt.unhold(name, woken)
 
     async def _paused_response(self, send: Send, adapter: str, outcome: str) -> None:
         s = self.settings
@@ -441,14 +468,7 @@ class PauseGateMiddleware:
             )
         else:
             message = f"adapter {adapter!r} is paused; retry after it is resumed"
-        await send_json(
-            send,
-            503,
-            error_body(
-                code, message, type="service_unavailable", adapter=adapter, retry_after_s=s.gate_retry_after_s
-            ),
-            headers=[(b"retry-after", str(s.gate_retry_after_s).encode())],
-        )
+        await send_unavailable(send, code, message, s.gate_retry_after_s, adapter=adapter)
 
 
 class _FenceGuard:
@@ -481,16 +501,11 @@ class _FenceGuard:
                 "cut before it could carry more output"
             )
             if not self.started:
-                await send_json(
+                await send_unavailable(
                     self.send,
-                    503,
-                    error_body(
-                        "replica_fenced",
-                        "this replica cannot prove it is in sync with the pause state; retry",
-                        type="service_unavailable",
-                        retry_after_s=self.rt.settings.gate_retry_after_s,
-                    ),
-                    headers=[(b"retry-after", str(self.rt.settings.gate_retry_after_s).encode())],
+                    "replica_fenced",
+                    "this replica cannot prove it is in sync with the pause state; retry",
+                    self.rt.settings.gate_retry_after_s,
                 )
             elif message.get("type") == "http.response.body":
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -515,6 +530,48 @@ class _Held:
         self.size = size  # body bytes held, counted against the caps
         self.pending: list[Message] = []
         self.recv: asyncio.Future[Message] | None = None
+
+    def replay(self, body: bytes, receive: Receive) -> Receive:
+        """The app's ``receive``: the body, what was taken while held, then the real one."""
+        return replaying_receive(body, receive, self.pending, self.recv)
+
+    def collect(self) -> Message | None:
+        """The message the running ``receive()`` returned, if it did (None: nothing yet). Kept
+        for the app unless it is a disconnect; the next wait reads the next one."""
+        recv = self.recv
+        if recv is None or not recv.done():
+            return None
+        self.recv = None
+        message = recv.result()
+        if message["type"] != "http.disconnect":
+            self.pending.append(message)  # not ours to drop: the app gets it
+        return message
+
+
+class _Waker:
+    """Resolves the future a held request waits on now (a timer and done-callbacks call it)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] | None = None
+
+    def __call__(self, _: object = None) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+
+def _int_or_none(value: bytes) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _request_id(data: dict[str, Any] | None) -> bytes | None:
+    """The body's own ``request_id`` (a non-empty string), to use as the request's id."""
+    given = data.get("request_id") if data is not None else None
+    return given.encode("latin-1", "replace") if isinstance(given, str) and given else None
 
 
 def _as_object(body: bytes) -> dict[str, Any] | None:

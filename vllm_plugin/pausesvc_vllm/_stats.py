@@ -42,6 +42,25 @@ class GateStats:
     def in_flight(self) -> Counter[str]:
         return self.in_flight_source()
 
+    def hold_began(self, adapter: str, size: int) -> None:
+        """A request of ``adapter`` with ``size`` body bytes is held from now on."""
+        self.holds += 1
+        self.held[adapter] += 1
+        self.held_bytes[adapter] += size
+        self.held_now += 1
+        self.held_bytes_now += size
+
+    def hold_ended(self, adapter: str, size: int) -> None:
+        """The hold counted by :meth:`hold_began` is over (whatever its outcome)."""
+        self.held_now -= 1
+        self.held_bytes_now -= size
+        self.held[adapter] -= 1
+        if self.held[adapter] <= 0:
+            del self.held[adapter]
+        self.held_bytes[adapter] -= size
+        if self.held_bytes[adapter] <= 0:
+            del self.held_bytes[adapter]
+
     def record_drain(self, seconds: float) -> None:
         self.drains += 1
         self.drain_seconds_total += seconds
