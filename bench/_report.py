@@ -47,8 +47,10 @@ def _plot(
     logy: bool = True,
     logx: bool = True,
 ) -> None:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # not installed in this venv: the docs say so, the images are not redrawn
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -244,8 +246,17 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
         "within each run (the order rotates every trial).",
         "",
     ]
+    from bench import _report_fleet
+
+    out += _report_fleet.goals(results)
     out += _report_more.intro(results)
     if "latency" in results:
         _latency_section(results["latency"], img, out)
     out += _report_more.sections(results, img, _plot, _table, _s, _f)
+    out += _report_fleet.sections(results)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        note = "(plot not redrawn: matplotlib is not installed in this venv)"
+        out = [note if line.startswith("![") else line for line in out]
     (docs / "benchmarks.md").write_text("\n".join(out) + "\n")

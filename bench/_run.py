@@ -57,7 +57,7 @@ QUICK: dict[str, Any] = {
     "held": 1000,
     "fault_rs": [4],
     "fault_clients": ["skyrl"],
-    "fleet_rs": [20],
+    "fleet_rs": [10, 30],
     "fleet_trials": 3,
     "fleet_cpu_events": 2,
     "fleet_profile_events": 0,

@@ -23,6 +23,7 @@ __all__ = [
     "Collector",
     "ctx",
     "machine",
+    "profile_top",
     "rss_bytes",
     "stop_procs",
     "summary",
@@ -62,6 +63,20 @@ def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
     return xs[min(len(xs) - 1, max(0, round(q * len(xs) + 0.5) - 1))]
+
+
+def profile_top(prof: Any, n: int = 20) -> str:
+    """A cProfile's top ``n`` functions by own time, from pstats' column header on."""
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(n)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.lstrip().startswith("ncalls"):
+            return "\n".join(lines[max(0, i - 2) :])
+    return "\n".join(lines)
 
 
 def rss_bytes(pid: int | None = None) -> int:

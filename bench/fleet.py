@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
-import io
 import logging
 import os
-import pstats
 import resource
 import shutil
 import signal
@@ -40,7 +38,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from bench._util import Collector, start_procs, stop_procs, summary
+from bench._util import Collector, profile_top, start_procs, stop_procs, summary
 from pausesvc import AsyncPauseClient, EmbeddedRedis, Keys, PauseWatcher, Settings
 
 __all__ = ["fleet_worker", "run", "run_cluster"]
@@ -174,19 +172,14 @@ def fleet_worker(
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: idle epoll waits not counted
 
         def prof_start() -> None:
             prof.enable()
 
         def prof_stop() -> None:
             prof.disable()
-            buf = io.StringIO()
-            st = pstats.Stats(prof, stream=buf)
-            st.sort_stats("tottime").print_stats(25)
-            buf.write("\n--- cumulative ---\n")
-            st.sort_stats("cumulative").print_stats(25)
-            Path(profile_to).write_text(buf.getvalue())
+            Path(profile_to).write_text(profile_top(prof, 22))
             tally.send("profiled")
 
         watchers: list[PauseWatcher] = []
@@ -216,8 +209,10 @@ def fleet_worker(
 
 
 class _Side:
-    def __init__(self, name: str, kind: str, pause: Any, resume: Any, workers: int) -> None:
-        self.name, self.kind, self.pause, self.resume, self.workers = name, kind, pause, resume, workers
+    def __init__(self, name: str, kind: str, pause: Any, resume: Any, procs: list[Any]) -> None:
+        self.name, self.kind, self.pause, self.resume = name, kind, pause, resume
+        self.procs = procs
+        self.workers = len(procs)
         self.ctl: dict[str, list[float]] = {"pause": [], "resume": []}
         self.prop: dict[str, list[float]] = {"pause": [], "resume": []}
 
@@ -243,36 +238,48 @@ async def _redis_cpu(rs: list[aredis.Redis]) -> float:
     return total
 
 
+async def _workers_cpu(col: Collector, d: _Side) -> float:
+    """The sum of the side's workers' CPU seconds now (each answers SIGHUP with a report)."""
+    col.arm(d.kind, "stats")
+    for p in d.procs:
+        os.kill(p.pid, signal.SIGHUP)
+    return sum(r.cpu for r in await col.expect(d.kind, "stats", len(d.procs), timeout=30))
+
+
 async def _cpu_block(
     col: Collector, d: _Side, events: int, rs: list[aredis.Redis], settle: float, timeout: float
 ) -> dict[str, float]:
-    """Redis CPU, controller CPU and the workers' CPU over ``events`` pause+resume pairs, and
-    Redis's idle CPU over as long a quiet spell right after (the watchers' PINGs and resyncs)."""
+    """Redis, controller and workers' CPU over ``events`` pause+resume pairs, and the same over
+    an equally long quiet spell right after (the views' PINGs and resyncs): 'net' = the
+    difference, what the changes themselves cost."""
+    w0 = await _workers_cpu(col, d)
     rc0 = await _redis_cpu(rs)
     c0 = time.process_time()
     t0 = time.monotonic()
-    first: dict[int, float] = {}
-    last: dict[int, float] = {}
     for _ in range(events):
         for op in ("pause", "resume"):
-            for rep in await _one(col, d, op, False, timeout):
-                first.setdefault(rep.idx, rep.cpu)
-                last[rep.idx] = rep.cpu
+            await _one(col, d, op, False, timeout)
             await asyncio.sleep(settle)
     wall = time.monotonic() - t0
     ctl = time.process_time() - c0
     busy = await _redis_cpu(rs) - rc0
+    w1 = await _workers_cpu(col, d)
     i0 = await _redis_cpu(rs)
     await asyncio.sleep(wall)
     idle = await _redis_cpu(rs) - i0
+    w_idle = await _workers_cpu(col, d) - w1
     changes = 2 * events
     return {
         "changes": changes,
+        "wall_s": wall,
+        "redis_idle_cpu_fraction": idle / wall,
         "redis_ms": 1e3 * busy / changes,
         "redis_idle_ms": 1e3 * idle / changes,
         "redis_net_ms": 1e3 * (busy - idle) / changes,
         "controller_ms": 1e3 * ctl / changes,
-        "workers_ms": 1e3 * sum(last[i] - first[i] for i in first) / max(1, changes - 1),
+        "workers_ms": 1e3 * (w1 - w0) / changes,
+        "workers_idle_ms": 1e3 * w_idle / changes,
+        "workers_net_ms": 1e3 * (w1 - w0 - w_idle) / changes,
     }
 
 
@@ -289,9 +296,7 @@ async def _profile(
             await asyncio.sleep(settle)
     os.kill(proc.pid, signal.SIGUSR2)
     await col.expect(d.kind, "profiled", 1, timeout=30)
-    text = await asyncio.to_thread(path.read_text)
-    # the header and the top lines only (the full text is long)
-    return "\n".join(text.splitlines()[:45])
+    return await asyncio.to_thread(path.read_text)
 
 
 async def measure(
@@ -355,13 +360,13 @@ async def measure(
         ch = floor_channel(ns)
         cmd = "SPUBLISH" if sharded else "PUBLISH"
         sides = [
-            _Side("pausesvc", "fp", p_pause, p_resume, workers),
+            _Side("pausesvc", "fp", p_pause, p_resume, p_procs),
             _Side(
                 "floor",
                 "ff",
                 lambda: pub.execute_command(cmd, ch, "1"),
                 lambda: pub.execute_command(cmd, ch, "0"),
-                workers,
+                f_procs,
             ),
         ]
         settle = 0.02 + 0.00005 * R
