@@ -41,7 +41,10 @@ from pausesvc_vllm._asgi import (
     Send,
     error_body,
     read_body,
+    send_body_error,
+    send_bytes,
     send_json,
+    send_not_allowed,
 )
 from pausesvc_vllm._guard import (
     ANON_HOLDER,
@@ -64,6 +67,8 @@ DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 24 * 3600.0
 MAX_SKYRL_BODY = 64 * 1024
 
+#: an answer refusing a call: (status, body, extra headers)
+Refused = tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]
 Handler = Callable[[GateRuntime, dict[str, Any], Receive, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
@@ -174,135 +179,133 @@ _SKYRL: dict[str, Handler] = {
 MUTATING = frozenset({"/skyrl/v1/abort_lora_requests", "/skyrl/v1/resume_lora_requests"})
 
 
+async def _status(rt: GateRuntime, send: Send) -> None:
+    """``GET /pausesvc/status``: this process's view, as JSON."""
+    await send_json(send, 200, rt.status())
+
+
+async def _metrics(rt: GateRuntime, send: Send) -> None:
+    """``GET /pausesvc/metrics``: Prometheus text (404 without prometheus-client)."""
+    w = rt.watcher
+    rendered = render_prometheus(
+        rt.stats,
+        {"replica": rt.replica_id, "namespace": rt.settings.namespace},
+        {
+            "in_sync": float(bool(w and w.in_sync)),
+            "fenced": float(rt.fenced),
+            "staleness_seconds": w.staleness if w else 0.0,
+            "paused_adapters": float(len(w.paused_names())) if w else 0.0,
+        },
+        rt.versions.status(),
+    )
+    if rendered is None:
+        await send_json(
+            send, 404, error_body("metrics_unavailable", "install prometheus-client for /pausesvc/metrics")
+        )
+        return
+    text, ctype = rendered
+    await send_bytes(send, 200, text, ctype.encode())
+
+
+#: the gate's own read-only paths (GET or HEAD)
+_READS: dict[str, Callable[[GateRuntime, Send], Awaitable[None]]] = {
+    "/pausesvc/status": _status,
+    "/pausesvc/metrics": _metrics,
+}
+
+
 async def handle_own(rt: GateRuntime, path: str, scope: Scope, receive: Receive, send: Send) -> bool:
     """Answer ``path`` if it is one of ours; False: not ours, pass it on."""
-    method = scope.get("method")
-    if path == "/pausesvc/status":
-        if method not in ("GET", "HEAD"):
-            await _not_allowed(send, "GET")
+    read = _READS.get(path)
+    if read is not None:
+        if scope.get("method") not in ("GET", "HEAD"):
+            await send_not_allowed(send, "GET")
         else:
-            await send_json(send, 200, rt.status())
-        return True
-    if path == "/pausesvc/metrics":
-        if method not in ("GET", "HEAD"):
-            await _not_allowed(send, "GET")
-            return True
-        w = rt.watcher
-        rendered = render_prometheus(
-            rt.stats,
-            {"replica": rt.replica_id, "namespace": rt.settings.namespace},
-            {
-                "in_sync": float(bool(w and w.in_sync)),
-                "fenced": float(rt.fenced),
-                "staleness_seconds": w.staleness if w else 0.0,
-                "paused_adapters": float(len(w.paused_names())) if w else 0.0,
-            },
-            rt.versions.status(),
-        )
-        if rendered is None:
-            await send_json(
-                send,
-                404,
-                error_body("metrics_unavailable", "install prometheus-client for /pausesvc/metrics"),
-            )
-            return True
-        text, ctype = rendered
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", ctype.encode()), (b"content-length", str(len(text)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": text})
+            await read(rt, send)
         return True
     handler = _SKYRL.get(path)
     if handler is None:
         return False
+    refused = _refusal(rt, path, scope)
+    if refused is not None:
+        status, answer, headers = refused
+        await send_json(send, status, answer, headers=headers)
+        return True
+    data = await _read_object(rt, scope, receive, send)
+    if data is None:
+        return True
+    holder = AUTH_HOLDER if control_token(rt.settings) is not None else ANON_HOLDER
+    status, answer = await _call(handler, rt, path, data, receive, holder)
+    if status:
+        await send_json(send, status, answer)
+    return True
+
+
+def _refusal(rt: GateRuntime, path: str, scope: Scope) -> Refused | None:
+    """(status, body, headers) refusing a SkyRL call before its body is read, or None."""
     s = rt.settings
     mutating = path in MUTATING
     if mutating and s.gate_control_endpoints == "off":
-        await send_json(
-            send,
-            404,
-            error_body(
-                "not_found",
-                f"{path} is switched off on this replica "
-                "(PAUSESVC_GATE_CONTROL_ENDPOINTS=off): pause through a controller",
-            ),
+        message = (
+            f"{path} is switched off on this replica "
+            "(PAUSESVC_GATE_CONTROL_ENDPOINTS=off): pause through a controller"
         )
-        return True
-    if method != "POST":
-        await _not_allowed(send, "POST")
-        return True
+        return 404, error_body("not_found", message), []
+    if scope.get("method") != "POST":
+        return 405, error_body("method_not_allowed", "use POST"), [(b"allow", b"POST")]
     expected = control_token(s)
-    if expected is not None and (mutating or s.auth_reads):
-        refused = authorize(scope, expected)
-        if refused is not None:
-            status, code, message, headers = refused
-            await send_json(send, status, error_body(code, message, field="Authorization"), headers=headers)
-            return True
+    refused = authorize(scope, expected) if expected is not None and (mutating or s.auth_reads) else None
+    if refused is not None:
+        status, code, message, headers = refused
+        return status, error_body(code, message, field="Authorization"), headers
     why = cross_site(scope) if mutating else None
     if why is not None:
-        await send_json(
-            send, 403, error_body("cross_site", f"cross-site request refused ({why})", field="Origin")
-        )
-        return True
+        return 403, error_body("cross_site", f"cross-site request refused ({why})", field="Origin"), []
     if not is_json(scope):
-        await send_json(
-            send,
-            415,
-            error_body(
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
-                field="Content-Type",
-            ),
-        )
-        return True
-    holder = AUTH_HOLDER if expected is not None else ANON_HOLDER
+        message = "send the body as Content-Type: application/json"
+        return 415, error_body("unsupported_media_type", message, field="Content-Type"), []
+    return None
+
+
+async def _read_object(rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> dict[str, Any] | None:
+    """The body, a JSON object; None: it was not (answered, unless the client left)."""
     try:
         body = await read_body(
             receive, scope, max_bytes=MAX_SKYRL_BODY, timeout=rt.settings.gate_body_timeout_s
         )
     except BodyError as exc:
-        if exc.status:
-            await send_json(send, exc.status, error_body(exc.code, exc.message))
-        return True
+        await send_body_error(send, exc)
+        return None
     try:
         data: Any = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
         await send_json(send, 400, error_body("invalid_json", "the body must be a JSON object", field="body"))
-        return True
+        return None
+    return data
+
+
+async def _call(
+    handler: Handler, rt: GateRuntime, path: str, data: dict[str, Any], receive: Receive, holder: str
+) -> tuple[int, dict[str, Any]]:
+    """Run a SkyRL handler; its errors as (status, body) - status 0: nobody to answer."""
     try:
-        status, answer = await handler(rt, data, receive, holder)
+        return await handler(rt, data, receive, holder)
     except _BadRequest as exc:
-        status, answer = 400, error_body("invalid_input", exc.message, field=exc.field)
+        return 400, error_body("invalid_input", exc.message, field=exc.field)
     except InvalidInputError as exc:
-        status, answer = 400, error_body("invalid_input", str(exc), field=getattr(exc, "field", None))
+        return 400, error_body("invalid_input", str(exc), field=getattr(exc, "field", None))
     except DrainTimeoutError as exc:
-        status, answer = 504, error_body("drain_timeout", str(exc))
+        return 504, error_body("drain_timeout", str(exc))
     except RedisPermissionError as exc:  # a least-privilege replica user: configuration
-        status, answer = (
-            403,
-            error_body(
-                "redis_forbidden",
-                f"{exc}; this replica's Redis user may not change the pause "
-                "state: pause through the control service or a controller",
-            ),
+        message = (
+            f"{exc}; this replica's Redis user may not change the pause "
+            "state: pause through the control service or a controller"
         )
+        return 403, error_body("redis_forbidden", message)
     except RedisUnavailableError as exc:
-        status, answer = 503, error_body("redis_unavailable", str(exc))
+        return 503, error_body("redis_unavailable", str(exc))
     except PauseError as exc:
         logger.exception("pausesvc gate: %s failed", path)
-        status, answer = 500, error_body("internal", str(exc))
-    if status:
-        await send_json(send, status, answer)
-    return True
-
-
-async def _not_allowed(send: Send, allow: str) -> None:
-    await send_json(
-        send, 405, error_body("method_not_allowed", f"use {allow}"), headers=[(b"allow", allow.encode())]
-    )
+        return 500, error_body("internal", str(exc))
