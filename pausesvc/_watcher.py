@@ -311,22 +311,28 @@ class PauseWatcher:
             except Exception:
                 logger.exception("pausesvc watcher version listener failed")
 
-    async def _resync_versions(self, snap: Snapshot, new_epoch: bool) -> None:
-        """Take the snapshot's desired versions (see :func:`reconcile_versions`): a version
-        Redis lost is kept, and said so, until an explicit clear."""
+    async def _version_tombstones(self, snap: Snapshot) -> dict[str, int]:
+        """The clear tombstones of the desired versions this view knows and ``snap`` lacks."""
         gone = [n for n in self._desired if n not in snap.versions]
-        cleared: dict[str, int] = {}
-        if gone:
-            with translate_redis_errors():
-                values = await self._redis.zmscore(self.keys.cleared_versions, gone)
-            cleared = {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
+        if not gone:
+            return {}
+        with translate_redis_errors():
+            values = await self._redis.zmscore(self.keys.cleared_versions, gone)
+        return {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
+
+    def _resync_versions(
+        self, snap: Snapshot, cleared: dict[str, int], new_epoch: bool, was: tuple[str | None, int]
+    ) -> None:
+        """Take the snapshot's desired versions (see :func:`reconcile_versions`): a version
+        Redis lost is kept, and said so, until an explicit clear. ``was``: the view's
+        (epoch, revision) before this resync."""
         view, changed, kept = reconcile_versions(self._desired, snap.versions, cleared, new_epoch=new_epoch)
         if kept:
             logger.error(
                 "pausesvc: Redis lost desired weight versions (%s@%s -> %s@%s); keeping the last "
                 "known ones (a clear removes them): %s",
-                self._epoch,
-                self._rev,
+                was[0],
+                was[1],
                 snap.epoch,
                 snap.revision,
                 ", ".join(f"{n}@{self._desired[n].version}" for n in kept),
@@ -607,7 +613,8 @@ class PauseWatcher:
                 if epoch != snap.epoch or t > at:
                     logger.warning("pausesvc: orphaned pause of %r released: resumed at revision %d", n, t)
                     self.release_orphan(n)
-        await self._resync_versions(snap, new_epoch and self._epoch is not None)
+        cleared, was = await self._version_tombstones(snap), (self._epoch, self._rev)
+        versions_new_epoch = new_epoch and self._epoch is not None
         self._mono_offset = snap.server_time - (t0 + t1) / 2
         self._mono_offset_low = snap.server_time - t1
         self._rev = snap.revision
@@ -632,6 +639,7 @@ class PauseWatcher:
                         snap.server_time,
                     )
                 self._set(name, new, ev)
+        self._resync_versions(snap, cleared, versions_new_epoch, was)  # after the pauses
         if changed or not self._in_sync:
             logger.info(
                 "pausesvc watcher in sync at revision %d (%s)",

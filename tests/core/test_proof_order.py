@@ -22,13 +22,13 @@ async def test_the_proof_is_given_after_the_view_holds_the_snapshot(redis_url: s
         w._proof = time.monotonic() - 100  # as after a partition: fenced
         w._paused.clear()  # ... and the view missed the pause
         gate = asyncio.Event()
-        real = w._resync_versions
+        real = w._version_tombstones
 
-        async def slow(*args: Any) -> None:
+        async def slow(*args: Any) -> dict[str, int]:
             await gate.wait()
-            await real(*args)
+            return await real(*args)
 
-        w._resync_versions = slow  # type: ignore[method-assign]
+        w._version_tombstones = slow  # type: ignore[method-assign]
         task = asyncio.create_task(w._resync("test"))
         await asyncio.sleep(0.1)
         assert not w.is_paused("lora-a") and w.proof_age > 50, "proven in sync with a stale view"
