@@ -22,9 +22,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from pausesvc import AdapterState, PauseEvent
+from pausesvc import AdapterState, PauseEvent, PauseWatcher
 from pausesvc_vllm._adapters import BaseNames, Target
-from pausesvc_vllm._asgi import ASGIApp, Message, Receive, Scope, Send, error_body
+from pausesvc_vllm._asgi import ASGIApp, Message, Receive, Scope, Send, send_unavailable
 from pausesvc_vllm._runtime import GateRuntime
 
 __all__ = ["CLOSE_GRACE_S", "TRY_AGAIN_LATER", "serve_websocket"]
@@ -44,6 +44,8 @@ async def serve_websocket(
     receive: Receive,
     send: Send,
 ) -> None:
+    """Serve one websocket through the gate: refused at connect while anything is paused, then
+    closed (1013) as soon as its model is paused."""
     if rt.watcher is None:
         await rt.start()
     watcher = rt.watcher
@@ -58,91 +60,128 @@ async def serve_websocket(
         rt.stats.rejections += 1
         await _deny(scope, send, name, rt.settings.gate_retry_after_s)
         return
-    loop = asyncio.get_running_loop()
-    revoked: asyncio.Future[str] = loop.create_future()
-    admission = rt.admit(target, f"ws-{rt.next_request_id().decode()}")
-    accepted = closed = False
+    await _Socket(rt, base_names, blocked, first, receive, send, target).serve(app, scope, watcher)
 
-    def revoke(why: str) -> None:
-        if not revoked.done():
-            revoked.set_result(why)
 
-    def on_change(name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
-        if state is not None and admission.matches(name):
-            now = blocked(admission.target)
+class _Socket:
+    """One admitted websocket: in flight until the app returns, revoked when its model is
+    paused (then the app sees a disconnect and what it still sends is dropped)."""
+
+    def __init__(
+        self,
+        rt: GateRuntime,
+        base_names: BaseNames,
+        blocked: Callable[[Target], str | None],
+        first: Message,
+        receive: Receive,
+        send: Send,
+        target: Target,
+    ) -> None:
+        self.rt = rt
+        self.base_names = base_names
+        self.blocked = blocked
+        self.first: Message | None = first  # the connect event, for the app's first receive()
+        self.real_receive = receive
+        self.real_send = send
+        #: resolved with the paused name that revokes the socket
+        self.revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.admission = rt.admit(target, f"ws-{rt.next_request_id().decode()}")
+        self.accepted = False
+        self.closed = False
+
+    async def serve(self, app: ASGIApp, scope: Scope, watcher: PauseWatcher) -> None:
+        """Run the app on this socket; close it (1013) and give the app :data:`CLOSE_GRACE_S`
+        to return once it is revoked."""
+        listener = self.on_change
+        watcher.add_listener(listener)
+        task = asyncio.ensure_future(app(scope, self.receive, self.send))
+        try:
+            await asyncio.wait((task, self.revoked), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await self._close(task)
+            await task
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise
+        finally:
+            watcher.remove_listener(listener)
+            self.rt.finish(self.admission)
+            if not self.revoked.done():
+                self.revoked.cancel()
+
+    async def _close(self, task: asyncio.Future[None]) -> None:
+        """Revoked while the app runs: close the socket if it is open, cancel the app if it
+        does not return within the grace period."""
+        why = self.revoked.result()
+        if self.accepted and not self.closed:
+            self.closed = True
+            self.rt.stats.rejections += 1
+            with contextlib.suppress(OSError, RuntimeError):
+                await self.real_send(
+                    {
+                        "type": "websocket.close",
+                        "code": TRY_AGAIN_LATER,
+                        "reason": f"adapter {why!r} is paused"[:120],
+                    }
+                )
+        done, _ = await asyncio.wait({task}, timeout=CLOSE_GRACE_S)
+        if not done:
+            task.cancel()
+
+    def revoke(self, why: str) -> None:
+        if not self.revoked.done():
+            self.revoked.set_result(why)
+
+    def on_change(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
+        """Watcher listener: a pause of the socket's model revokes it."""
+        if state is not None and self.admission.matches(name):
+            now = self.blocked(self.admission.target)
             if now is not None:
-                revoke(now)
+                self.revoke(now)
 
-    async def wrapped_send(message: Message) -> None:
-        nonlocal accepted, closed
-        if closed:
+    async def send(self, message: Message) -> None:
+        """The app's ``send``."""
+        if self.closed:
             return  # the gate closed the socket: what the app still sends goes nowhere
         kind = message.get("type")
         if kind == "websocket.accept":
-            accepted = True
+            self.accepted = True
         elif kind in ("websocket.close", "websocket.http.response.start"):
-            closed = True
-        await send(message)
+            self.closed = True
+        await self.real_send(message)
 
-    sent_first = False
-
-    async def wrapped_receive() -> Message:
-        nonlocal sent_first
-        if not sent_first:
-            sent_first = True
+    async def receive(self) -> Message:
+        """The app's ``receive``: the connect event, then the client's messages until the
+        socket is revoked (then a disconnect with code 1013)."""
+        if self.first is not None:
+            first, self.first = self.first, None
             return first
-        if revoked.done():
-            return {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER}
-        recv = asyncio.ensure_future(receive())
+        if self.revoked.done():
+            return _revoked()
+        recv = asyncio.ensure_future(self.real_receive())
         try:
-            await asyncio.wait((recv, revoked), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((recv, self.revoked), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not recv.done():
                 recv.cancel()
         if not recv.done() or recv.cancelled():
-            return {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER}
-        message = recv.result()
+            return _revoked()
+        return self._admit(recv.result())
+
+    def _admit(self, message: Message) -> Message:
+        """A client message, or a disconnect if its model is paused (it must not reach vLLM);
+        a ``session.update`` naming a model moves the socket to that model."""
         if message.get("type") == "websocket.receive":
             model = _session_model(message)
             if model is not None:
-                admission.target = Target(base_names, names=(model,))
-            now = blocked(admission.target)
-            if now is not None:  # its model is paused: this message must not reach vLLM
-                revoke(now)
-                return {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER}
+                self.admission.target = Target(self.base_names, names=(model,))
+            now = self.blocked(self.admission.target)
+            if now is not None:
+                self.revoke(now)
+                return _revoked()
         return message
-
-    watcher.add_listener(on_change)
-    task = asyncio.ensure_future(app(scope, wrapped_receive, wrapped_send))
-    try:
-        await asyncio.wait((task, revoked), return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            why = revoked.result()
-            if accepted and not closed:
-                closed = True
-                rt.stats.rejections += 1
-                with contextlib.suppress(OSError, RuntimeError):
-                    await send(
-                        {
-                            "type": "websocket.close",
-                            "code": TRY_AGAIN_LATER,
-                            "reason": f"adapter {why!r} is paused"[:120],
-                        }
-                    )
-            done, _ = await asyncio.wait({task}, timeout=CLOSE_GRACE_S)
-            if not done:
-                task.cancel()
-        await task
-    except asyncio.CancelledError:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise
-    finally:
-        watcher.remove_listener(on_change)
-        rt.finish(admission)
-        if not revoked.done():
-            revoked.cancel()
 
 
 def _session_model(message: Message) -> str | None:
@@ -168,6 +207,11 @@ def _session_model(message: Message) -> str | None:
     return model if isinstance(model, str) else None  # vLLM refuses the event without one
 
 
+def _revoked() -> Message:
+    """What the app receives once the gate closed its socket."""
+    return {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER}
+
+
 def _replay(first: Message, receive: Receive) -> Receive:
     sent = False
 
@@ -185,22 +229,6 @@ async def _deny(scope: Scope, send: Send, name: str, retry_after: int) -> None:
     """Refuse a websocket handshake: 503 where the server can answer HTTP, else close 1013."""
     message = f"adapter {name!r} is paused; retry after it is resumed"
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        data = json.dumps(
-            error_body(
-                "adapter_paused", message, type="service_unavailable", adapter=name, retry_after_s=retry_after
-            )
-        ).encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                    (b"retry-after", str(retry_after).encode()),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": data})
+        await send_unavailable(send, "adapter_paused", message, retry_after, websocket=True, adapter=name)
         return
     await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": message[:120]})
