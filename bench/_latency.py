@@ -107,9 +107,11 @@ async def _at_r(
     spawn: Any = start_procs,
     host: str = "127.0.0.1",
     report_path: str | None = None,
+    on_ports: Any = None,
 ) -> dict[str, Any]:
     """``spawn(target, argsets)`` starts the replica processes (the namespace runs wrap it),
-    ``host`` is where the baseline replicas listen, ``report_path`` an AF_UNIX report socket."""
+    ``host`` is where the baseline replicas listen, ``report_path`` an AF_UNIX report socket,
+    ``await on_ports(ports)`` runs once the baseline replicas listen (a relay in front)."""
     col = await Collector.open(report_path)
     ns = f"bench{R}"
     r = aredis.Redis.from_url(url)
@@ -133,6 +135,8 @@ async def _at_r(
         procs += spawn(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL) for i in range(R)])
         ports = sorted((rep.idx, int(rep.extra)) for rep in await col.expect("b", "ready", R, timeout=120))
         await col.expect("f", "ready", R, timeout=120)
+        if on_ports is not None:
+            await on_ports([p for _, p in ports])
         log.info("R=%d: %d processes up (pausesvc side: %s)", R, 3 * R, gate_mode)
 
         client = AsyncPauseClient(url, namespace=ns, holder="bench")

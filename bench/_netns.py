@@ -15,8 +15,14 @@ replica namespace (setns) before they start. Reports go over an AF_UNIX datagram
 path: not network-namespaced), off the veths being measured.
 
 A delay per hop (``tc qdisc add dev <veth> root netem delay 0.25ms`` / ``1ms`` on both ends of
-each veth) is added when the kernel has netem; when it does not, the run says why and measures
-the veths without added delay. Namespaces, veths and the Redis process are removed on exit,
+each veth) is added when the kernel has netem. When it does not, the run says why, measures the
+veths without added delay, and then - if gcc is there - emulates the delay in user space with
+``bench/delayrelay.c``: a relay in the Redis namespace in front of redis-server (which then
+also listens on that namespace's own loopback) and one in the replica namespace in front of
+each baseline replica (which then listens on the replica namespace's loopback), each holding
+every chunk for the delay in each direction: one way per hop = the delay, as netem on both
+veth ends. Unlike netem it does not delay TCP's handshake and ACKs, and it costs a little CPU
+(ppoll, memcpy) on the same 2 cores. Namespaces, veths and the Redis process are removed on exit,
 also on failure (``finally``); namespaces a dead earlier run left behind (its pid gone) are
 removed first. Root only (``id -u`` 0), ``ip`` and ``tc`` from iproute2.
 """
@@ -44,6 +50,7 @@ __all__ = ["checks", "in_ns", "run"]
 log = logging.getLogger("bench")
 PREFIX = "psb"
 REDIS_PORT = 7411  # inside the project's own namespace: nothing else listens there
+RELAY_PORT = 7412  # the delay relay in front of it (netem missing)
 CLONE_NEWNET = 0x40000000
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,7 +133,9 @@ class Topology:
         self.ns = {k: base + k for k in "crp"}
         self.devs: list[tuple[str, str]] = []  # (namespace, device) of every veth end
         self.redis: subprocess.Popen[bytes] | None = None
+        self.relay: subprocess.Popen[bytes] | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="pausesvc-netns-")
+        self.relay_exe: str | None = None
 
     def up(self) -> Topology:
         try:
@@ -157,7 +166,7 @@ class Topology:
             self.redis = subprocess.Popen(
                 [
                     "ip", "netns", "exec", self.ns["r"], find_redis_server(),
-                    "--bind", "10.201.1.2 10.201.2.2", "--port", str(REDIS_PORT),
+                    "--bind", "10.201.1.2 10.201.2.2 127.0.0.1", "--port", str(REDIS_PORT),
                     "--protected-mode", "no", "--save", "", "--appendonly", "no",
                     "--dir", self.tmp.name, "--daemonize", "no", "--loglevel", "warning",
                 ],
@@ -197,7 +206,30 @@ class Topology:
                     f"{ms}ms",
                 )
 
+    def build_relay(self) -> str | None:
+        """Compile bench/delayrelay.c (None: no gcc, or it failed - the reason is logged)."""
+        gcc = shutil.which("gcc") or shutil.which("cc")
+        if gcc is None:
+            return None
+        exe = f"{self.tmp.name}/delayrelay"
+        res = _sh(gcc, "-O2", "-o", exe, str(ROOT / "bench" / "delayrelay.c"), check=False)
+        if res.returncode != 0:
+            log.warning("netns: could not build the delay relay: %s", res.stderr[-400:])
+            return None
+        self.relay_exe = exe
+        return exe
+
+    def set_relay(self, ms: float) -> None:
+        """The delay relay in front of redis-server (RELAY_PORT on both veth addresses)."""
+        stop_relay(self.relay)
+        self.relay = None
+        if ms > 0 and self.relay_exe:
+            maps = [f"{ip}:{RELAY_PORT}=127.0.0.1:{REDIS_PORT}" for ip in ("10.201.1.2", "10.201.2.2")]
+            self.relay = start_relay(self.relay_exe, self.ns["r"], ms, maps)
+
     def close(self) -> None:
+        stop_relay(self.relay)
+        self.relay = None
         if self.redis is not None and self.redis.poll() is None:
             self.redis.terminate()
             try:
@@ -209,6 +241,31 @@ class Topology:
         for n in self.ns.values():
             _sh("ip", "netns", "del", n, check=False)
         self.tmp.cleanup()
+
+
+def start_relay(exe: str, ns: str, ms: float, maps: list[str]) -> subprocess.Popen[bytes]:
+    """``delayrelay`` in namespace ``ns``, holding every chunk ``ms`` per direction; returns
+    once it listens."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, exe, str(ms * 1000.0), *maps],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"delay relay in {ns} did not start (exit {proc.wait()})")
+    return proc
+
+
+def stop_relay(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _setns(name: str) -> None:
@@ -236,23 +293,42 @@ def _child(params: dict[str, Any]) -> None:
     from bench import _latency
     from bench._util import start_procs
 
+    relay_ms = params["relay_ms"]
+    # behind a relay the replicas listen on their namespace's loopback, the relay on the veth
+    bind = "127.0.0.1" if relay_ms else "10.201.3.2"
+    relays: list[subprocess.Popen[bytes]] = []
+
     def spawn(target: Any, argsets: list[tuple[Any, ...]]) -> list[Any]:
-        return start_procs(in_ns, [(params["replica_ns"], "10.201.3.2", target.__name__, a) for a in argsets])
+        return start_procs(in_ns, [(params["replica_ns"], bind, target.__name__, a) for a in argsets])
+
+    async def on_ports(ports: list[int]) -> None:
+        if relay_ms:
+            maps = [f"10.201.3.2:{p}=127.0.0.1:{p}" for p in ports]
+            relays.append(
+                await asyncio.to_thread(
+                    start_relay, params["relay_exe"], params["replica_ns"], relay_ms, maps
+                )
+            )
 
     async def main() -> list[dict[str, Any]]:
         rows = []
         for i, R in enumerate(params["rs"]):
-            rows.append(
-                await _latency._at_r(
-                    params["url"],
-                    R,
-                    params["trials"],
-                    params["cpu_events"],
-                    spawn=spawn,
-                    host="10.201.3.2",
-                    report_path=f"{params['tmp']}/reports-{i}.sock",
+            try:
+                rows.append(
+                    await _latency._at_r(
+                        params["url"],
+                        R,
+                        params["trials"],
+                        params["cpu_events"],
+                        spawn=spawn,
+                        host="10.201.3.2",
+                        report_path=f"{params['tmp']}/reports-{relay_ms}-{i}.sock",
+                        on_ports=on_ports,
+                    )
                 )
-            )
+            finally:
+                while relays:
+                    stop_relay(relays.pop())
         return rows
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s netns %(message)s")
@@ -270,22 +346,33 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
         out["error"] = f"needs root and iproute2 (uid {ck['uid']}, ip {ck['ip']}, tc {ck['tc']})"
         log.warning("netns: %s", out["error"])
         return out
-    delays = [0.0, 0.25, 1.0] if ck["netem"] else [0.0]
+    # (delay per hop in ms, how): netem when the kernel has it, else the user-space relay
+    plan = [(0.0, "none")]
     if not ck["netem"]:
         out["netem_missing"] = (
             f"tc netem unavailable: `{ck['netem_error']}`; kernel {os.uname().release}: "
             f"{ck.get('kernel_config')}, /lib/modules/<release> present: {ck.get('modules_dir')} "
-            "(no sch_netem module to load); measured over the veths without added delay"
+            "(no sch_netem module to load, and installing iproute2 cannot add one)"
         )
         log.warning("netns: %s", out["netem_missing"])
     topo = Topology()
     try:
         await asyncio.to_thread(topo.up)
-        for ms in delays:
-            await asyncio.to_thread(topo.set_delay, ms)
+        if ck["netem"]:
+            plan += [(0.25, "netem"), (1.0, "netem")]
+        elif await asyncio.to_thread(topo.build_relay):
+            plan += [(0.25, "relay"), (1.0, "relay")]
+        else:
+            out["relay_missing"] = "no gcc to build bench/delayrelay.c: the veths only"
+        for ms, how in plan:
+            await asyncio.to_thread(topo.set_delay, ms if how == "netem" else 0.0)
+            await asyncio.to_thread(topo.set_relay, ms if how == "relay" else 0.0)
+            port = RELAY_PORT if how == "relay" else REDIS_PORT
             res_path = Path(topo.tmp.name) / f"result-{ms}.json"
             params = {
-                "url": f"redis://10.201.1.2:{REDIS_PORT}/0",
+                "url": f"redis://10.201.1.2:{port}/0",
+                "relay_ms": ms if how == "relay" else 0.0,
+                "relay_exe": topo.relay_exe,
                 "replica_ns": topo.ns["p"],
                 "rs": cfg["netns_rs"],
                 "trials": cfg["netns_trials"],
@@ -310,6 +397,7 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
             out["runs"].append(
                 {
                     "delay_ms_per_hop": ms,
+                    "delay_by": how,
                     "seconds": round(time.monotonic() - t, 1),
                     "rows": json.loads(res_path.read_text()),
                 }

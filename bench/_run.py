@@ -36,13 +36,14 @@ FULL: dict[str, Any] = {
     "fault_rs": [4, 16],
     "fault_clients": ["skyrl", "httpx-per-replica", "raw"],
     "fleet_rs": [100, 300, 1000],
-    "fleet_trials": 30,
+    "fleet_trials": 40,
     "fleet_cpu_events": 10,
     "fleet_profile_events": 10,
     "fleet_workers": 4,
     "cluster_r": 300,
     "netns_rs": [4, 16],
     "netns_trials": 20,
+    "netns_cpu_events": 10,
 }
 QUICK: dict[str, Any] = {
     "rs": [1, 4],

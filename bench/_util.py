@@ -8,6 +8,7 @@ processes compare directly) and the process's own CPU time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import platform
@@ -212,6 +213,9 @@ class Collector(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        if isinstance(self.port, str):
+            with contextlib.suppress(OSError):
+                os.unlink(self.port)
 
 
 def start_procs(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> list[Any]:
