@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["GateStats", "render_prometheus"]
@@ -113,6 +113,35 @@ _COUNTERS = {
 }
 
 
+#: per-adapter gauges: (GateStats attribute, help)
+_PER_ADAPTER = (
+    ("held", "Requests held right now"),
+    ("held_bytes", "Body bytes of the requests held right now"),
+    ("in_flight", "Admitted requests not finished yet"),
+)
+#: per-process gauges read from the ``watcher`` values: (metric, help, key)
+_PROCESS = (
+    (
+        "pausesvc_gate_fenced",
+        "1 while this process is fenced (it holds every request and sends no response bytes)",
+        "fenced",
+    ),
+    ("pausesvc_gate_in_sync", "1 while this gate's view is in sync with Redis", "in_sync"),
+    ("pausesvc_watcher_in_sync", "1 when the watcher's view is in sync", "in_sync"),
+    ("pausesvc_watcher_staleness_seconds", "Seconds the view has been out of sync", "staleness_seconds"),
+    ("pausesvc_watcher_paused_adapters", "Adapters paused in this process's view", "paused_adapters"),
+)
+#: per-adapter, per-version gauges read from the ``versions`` status: (metric, help, key)
+_VERSIONS = (
+    ("pausesvc_gate_adapter_version", "1 for the version of each adapter this process serves", "loaded"),
+    (
+        "pausesvc_gate_adapter_parked_for_version",
+        "1 while an adapter is held here until its desired version is loaded",
+        "pending",
+    ),
+)
+
+
 def render_prometheus(
     stats: GateStats,
     labels: dict[str, str],
@@ -122,79 +151,63 @@ def render_prometheus(
     """The text exposition of ``stats`` or None when prometheus-client is not installed."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
     except ImportError:
         return None
-
     keys = sorted(labels)
-
-    class _Collector:
-        def collect(self) -> Any:
-            values = [labels[k] for k in keys]
-            for name, doc in _COUNTERS.items():
-                c = CounterMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
-                c.add_metric(values, float(getattr(stats, name)))
-                yield c
-            for name, doc, data in (
-                ("held", "Requests held right now", stats.held),
-                ("held_bytes", "Body bytes of the requests held right now", stats.held_bytes),
-                ("in_flight", "Admitted requests not finished yet", stats.in_flight),
-            ):
-                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter"])
-                for adapter, n in sorted(data.items()):
-                    if n:
-                        g.add_metric([*values, adapter], float(n))
-                yield g
-            for name, doc in (
-                (
-                    "fenced",
-                    "1 while this process is fenced (it holds every request and sends no response bytes)",
-                ),
-                ("in_sync", "1 while this gate's view is in sync with Redis"),
-            ):
-                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
-                g.add_metric(values, float(watcher.get(name, 0.0)))
-                yield g
-            for name, doc in (
-                ("in_sync", "1 when the watcher's view is in sync"),
-                ("staleness_seconds", "Seconds the view has been out of sync"),
-                ("paused_adapters", "Adapters paused in this process's view"),
-            ):
-                g = GaugeMetricFamily(f"pausesvc_watcher_{name}", doc, labels=keys)
-                g.add_metric(values, float(watcher.get(name, 0.0)))
-                yield g
-
-    class _Versions:
-        def collect(self) -> Any:
-            values = [labels[k] for k in keys]
-            v = versions or {}
-            for name, doc, data in (
-                (
-                    "adapter_version",
-                    "1 for the version of each adapter this process serves",
-                    v.get("loaded", {}),
-                ),
-                (
-                    "adapter_parked_for_version",
-                    "1 while an adapter is held here until its desired version is loaded",
-                    v.get("pending", {}),
-                ),
-            ):
-                g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter", "version"])
-                for adapter, version in sorted(data.items()):
-                    g.add_metric([*values, adapter, str(version)], 1.0)
-                yield g
-            g = GaugeMetricFamily(
-                "pausesvc_gate_version_load_attempts_failed",
-                "Failed attempts to load the pending desired version of an adapter",
-                labels=[*keys, "adapter"],
-            )
-            for adapter, err in sorted(v.get("errors", {}).items()):
-                g.add_metric([*values, adapter], float(err["attempts"]))
-            yield g
-
+    values = [labels[k] for k in keys]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Versions())
-    registry.register(_Collector())
+    registry.register(_Collector(lambda: _version_families(keys, values, versions or {})))
+    registry.register(_Collector(lambda: _gate_families(stats, keys, values, watcher)))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    """A prometheus-client collector: what ``families()`` yields, at every collection."""
+
+    def __init__(self, families: Callable[[], Iterator[Any]]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Any]:
+        return self.families()
+
+
+def _gate_families(
+    stats: GateStats, keys: list[str], values: list[str], watcher: dict[str, Any]
+) -> Iterator[Any]:
+    """The counters, the per-adapter gauges and the per-process gauges."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    for name, doc in _COUNTERS.items():
+        c = CounterMetricFamily(f"pausesvc_gate_{name}", doc, labels=keys)
+        c.add_metric(values, float(getattr(stats, name)))
+        yield c
+    for name, doc in _PER_ADAPTER:
+        g = GaugeMetricFamily(f"pausesvc_gate_{name}", doc, labels=[*keys, "adapter"])
+        for adapter, n in sorted(getattr(stats, name).items()):
+            if n:
+                g.add_metric([*values, adapter], float(n))
+        yield g
+    for metric, doc, key in _PROCESS:
+        g = GaugeMetricFamily(metric, doc, labels=keys)
+        g.add_metric(values, float(watcher.get(key, 0.0)))
+        yield g
+
+
+def _version_families(keys: list[str], values: list[str], versions: dict[str, Any]) -> Iterator[Any]:
+    """The loaded and the parked-for versions of each adapter, and the failed loads."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    for metric, doc, key in _VERSIONS:
+        g = GaugeMetricFamily(metric, doc, labels=[*keys, "adapter", "version"])
+        for adapter, version in sorted(versions.get(key, {}).items()):
+            g.add_metric([*values, adapter, str(version)], 1.0)
+        yield g
+    g = GaugeMetricFamily(
+        "pausesvc_gate_version_load_attempts_failed",
+        "Failed attempts to load the pending desired version of an adapter",
+        labels=[*keys, "adapter"],
+    )
+    for adapter, err in sorted(versions.get("errors", {}).items()):
+        g.add_metric([*values, adapter], float(err["attempts"]))
+    yield g
