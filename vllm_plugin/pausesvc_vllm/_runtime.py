@@ -344,15 +344,11 @@ class GateRuntime:
                 if self.admissible(name):
                     break
                 if self.fenced:
-                    # the monitor sets the event when it lifts the fence; cleared here first (it
-                    # may still be set from before this fence: waiting on it would not suspend,
-                    # and this loop would never yield), with a poll for a fence so short that
-                    # the monitor never saw it
+                    # the monitor sets the event when it lifts the fence (cleared first: it may
+                    # still be set from before this fence), with a poll for a fence so short
+                    # that the monitor never saw it
                     assert self._unfenced is not None
-                    self._unfenced.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(FENCE_CHECK_S):
-                            await self._unfenced.wait()
+                    await _wait_set(self._unfenced, FENCE_CHECK_S)
                 elif self.versions.blocks(name):  # parked until its desired version is loaded
                     await self.versions.wait_ready(name)
                 else:  # not yet synced, or a change between the wake-up and now
@@ -466,36 +462,41 @@ class GateRuntime:
         assert self._changed is not None
         aborted: list[str] = []
         seen: set[str] = set()
-        everything = name == GLOBAL
         while True:
             if not wanted():
                 return None
             victims = self.in_flight(name)
-            engine = engine_client(self.app)
-            if engine is not None:
-                bases = {a.base for a in victims}
-                found = [
-                    r
-                    for r in find_requests(engine, None if everything else name, bases, everything=everything)
-                    if r.internal_id not in seen
-                ]
-                if found:
-                    try:
-                        await abort_internal(engine, [r.internal_id for r in found])
-                    except Exception:
-                        logger.exception(
-                            "pausesvc gate: aborting %d request(s) of %r failed", len(found), name
-                        )
-                    else:
-                        seen.update(r.internal_id for r in found)
-                        aborted.extend(r.external_id for r in found)
-                        self.stats.aborts += len(found)
+            aborted += await self._abort_new(name, {a.base for a in victims}, seen)
             if not victims:
                 return aborted
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_RECHECK_S):
-                    await self._changed.wait()
+            await _wait_set(self._changed, DRAIN_RECHECK_S)
+
+    async def _abort_new(self, name: str | None, bases: set[str], seen: set[str]) -> list[str]:
+        """Abort the engine's requests of ``name`` (``*`` or None, the fence: every request),
+        found by LoRA name or derived from ``bases``, that are not in ``seen`` yet. Returns the
+        external ids aborted (added to ``seen``); a failed abort is logged and retried next pass."""
+        engine = engine_client(self.app)
+        if engine is None:
+            return []
+        everything = name is None or name == GLOBAL
+        found = [
+            r
+            for r in find_requests(engine, None if everything else name, bases, everything=everything)
+            if r.internal_id not in seen
+        ]
+        if not found:
+            return []
+        try:
+            await abort_internal(engine, [r.internal_id for r in found])
+        except Exception:
+            if name is None:
+                logger.exception("pausesvc gate: aborting %d request(s) while fenced failed", len(found))
+            else:
+                logger.exception("pausesvc gate: aborting %d request(s) of %r failed", len(found), name)
+            return []
+        seen.update(r.internal_id for r in found)
+        self.stats.aborts += len(found)
+        return [r.external_id for r in found]
 
     async def _ack(self, name: str, key: _PauseKey, aborted: list[str]) -> bool:
         """Write the acknowledgement; retry while Redis is away. False: no longer wanted."""
@@ -668,28 +669,17 @@ class GateRuntime:
         assert self._changed is not None
         seen: set[str] = set()
         while self.fenced and self._admitted:
-            engine = engine_client(self.app)
-            if engine is not None:
-                bases = {a.base for a in self._admitted}
-                found = [
-                    r
-                    for r in find_requests(engine, None, bases, everything=True)
-                    if r.internal_id not in seen
-                ]
-                if found:
-                    try:
-                        await abort_internal(engine, [r.internal_id for r in found])
-                    except Exception:
-                        logger.exception(
-                            "pausesvc gate: aborting %d request(s) while fenced failed", len(found)
-                        )
-                    else:
-                        seen.update(r.internal_id for r in found)
-                        self.stats.aborts += len(found)
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_RECHECK_S * 5):
-                    await self._changed.wait()
+            await self._abort_new(None, {a.base for a in self._admitted}, seen)
+            await _wait_set(self._changed, DRAIN_RECHECK_S * 5)
+
+
+async def _wait_set(event: asyncio.Event, timeout: float) -> None:
+    """Wait at most ``timeout`` for ``event`` to be set anew (it is cleared first: a set left
+    over from before would not suspend, and a loop around this would never yield)."""
+    event.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 class _Want:
