@@ -19,6 +19,7 @@ __all__ = [
     "Scope",
     "Send",
     "error_body",
+    "header_value",
     "normalize_path",
     "read_body",
     "replaying_receive",
@@ -148,14 +149,22 @@ class BodyError(Exception):
         self.message = message
 
 
-def _content_length(scope: Scope) -> int | None:
-    for k, v in scope.get("headers", ()):
-        if k.lower() == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
+def header_value(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for k, v in scope.get("headers") or ():
+        if k.lower() == name:
+            return bytes(v)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = header_value(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 async def send_body_error(send: Send, exc: BodyError) -> None:

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from pausesvc_vllm._asgi import Send
+from pausesvc_vllm._asgi import Send, send_json
 
 __all__ = ["abort_kind", "send_abort"]
 
@@ -83,25 +83,15 @@ async def send_abort(send: Send, kind: str, data: dict[str, Any] | None, request
     choices = [_choice(kind, i, data, stream=stream) for i in range(_choices(data))]
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     if not stream:
-        body = json.dumps({**head, "choices": choices, "usage": usage}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, {**head, "choices": choices, "usage": usage})
         return
     chunk = {**head, "choices": choices}
     opts = data.get("stream_options")
-    if isinstance(opts, dict) and opts.get("include_usage"):
+    include_usage = isinstance(opts, dict) and opts.get("include_usage")
+    if include_usage:
         chunk["usage"] = None
     events = [b"data: " + json.dumps(chunk).encode() + b"\n\n"]
-    if isinstance(opts, dict) and opts.get("include_usage"):
+    if include_usage:
         events.append(b"data: " + json.dumps({**head, "choices": [], "usage": usage}).encode() + b"\n\n")
     events.append(b"data: [DONE]\n\n")
     await send(

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pausesvc import Settings
-from pausesvc_vllm._asgi import Scope
+from pausesvc_vllm._asgi import Scope, header_value
 
 __all__ = [
     "ANON_HOLDER",
@@ -50,14 +50,6 @@ ANON_HOLDER = "skyrl-anon"
 Refusal = tuple[int, str, str, list[tuple[bytes, bytes]]]
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case), or None."""
-    for k, v in scope.get("headers") or ():
-        if k.lower() == name:
-            return bytes(v)
-    return None
-
-
 def control_token(settings: Settings) -> str | None:
     """The credential the gate's mutating endpoints require (None: they are open)."""
     return settings.replica_control_token or settings.api_token or None
@@ -65,7 +57,7 @@ def control_token(settings: Settings) -> str | None:
 
 def authorize(scope: Scope, expected: str) -> Refusal | None:
     """None when the request carries ``Authorization: Bearer <expected>``."""
-    header = _header(scope, b"authorization")
+    header = header_value(scope, b"authorization")
     challenge = [(b"www-authenticate", b'Bearer realm="pausesvc-gate"')]
     if not header:
         return 401, "unauthorized", "missing Authorization: Bearer <token> header", challenge
@@ -80,7 +72,7 @@ def authorize(scope: Scope, expected: str) -> Refusal | None:
 
 def is_json(scope: Scope) -> bool:
     """Is the declared media type ``application/json`` (parameters such as charset allowed)?"""
-    value = _header(scope, b"content-type")
+    value = header_value(scope, b"content-type")
     if value is None:
         return False
     media = value.split(b";", 1)[0].strip().lower()
@@ -92,13 +84,13 @@ def cross_site(scope: Scope) -> str | None:
 
     ``Sec-Fetch-Site`` other than ``same-origin``/``none``, or an ``Origin`` whose host and port
     differ from the ``Host`` header's (``Origin: null`` included)."""
-    fetch_site = _header(scope, b"sec-fetch-site")
+    fetch_site = header_value(scope, b"sec-fetch-site")
     if fetch_site is not None and fetch_site.strip().lower() not in (b"same-origin", b"none"):
         return f"Sec-Fetch-Site: {fetch_site.decode('latin-1')}"
-    origin = _header(scope, b"origin")
+    origin = header_value(scope, b"origin")
     if origin is None:
         return None
-    host = (_header(scope, b"host") or b"").decode("latin-1").strip().lower()
+    host = (header_value(scope, b"host") or b"").decode("latin-1").strip().lower()
     text = origin.decode("latin-1").strip().lower()
     parts = urlsplit(text)
     if not parts.scheme or not parts.netloc or parts.netloc != host:
@@ -145,7 +137,7 @@ def lacks_vllm_key(scope: Scope, app: Any) -> bool:
     tokens = _vllm_tokens(app)
     if not tokens:
         return False
-    header = _header(scope, b"authorization")
+    header = header_value(scope, b"authorization")
     if header is not None:
         scheme, _, param = header.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer":
