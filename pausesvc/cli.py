@@ -322,6 +322,8 @@ def watch(obj: Ctx, as_json: bool, count: int | None) -> None:
                 who = f" by {ev.holder}" if ev.holder else ""
                 state = "paused" if ev.paused else "not paused"
                 stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+                if ev.op == "version":
+                    state = "desired version " + (ev.version.version if ev.version else "cleared")
                 click.echo(f"{stamp} rev {ev.revision} {ev.op:<8} {ev.name}{who} -> {state}")
             sys.stdout.flush()
             seen += 1
