@@ -16,12 +16,13 @@ from typing import Any
 
 from pausesvc._exceptions import (
     InvalidInputError,
+    InvalidNameError,
     NotHolderError,
     PauseTimeoutError,
     ReplicationTimeoutError,
     StaleTokenError,
 )
-from pausesvc._keys import Keys, validate_holder, validate_name, validate_version
+from pausesvc._keys import GLOBAL, Keys, validate_holder, validate_name, validate_version
 from pausesvc._models import (
     AdapterState,
     DesiredVersion,
@@ -449,6 +450,10 @@ class BaseClient:
 
     def _set_version_args(self, name: str, version: str, path: str, load: object) -> list[str]:
         name = validate_name(name)
+        if name == GLOBAL:
+            raise InvalidNameError(
+                "a desired version belongs to one LoRA adapter; '*' is not one", field="name"
+            )
         ld = validate_load(load)
         return [
             self.publish_command,

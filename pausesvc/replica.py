@@ -18,13 +18,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pausesvc._base import validate_reason
+from pausesvc._base import number_from_text, validate_reason, validate_timeout
 from pausesvc._client import AsyncPauseClient
 from pausesvc._exceptions import InvalidInputError, translate_redis_errors
 from pausesvc._keys import validate_name, validate_version
 from pausesvc._models import Grant
 
-__all__ = ["Replica", "VersionStatus"]
+__all__ = ["Replica", "VersionStatus", "parse_wait_timeout"]
 
 VersionStatus = Literal["loaded", "loading", "failed"]
 _STATUSES = ("loaded", "loading", "failed")
@@ -111,3 +111,12 @@ class Replica:
         acknowledgements (the caller waits for the ones it cares about, e.g. its own)."""
         h, args = self.client._pause_args(name, holder, reason, None, drain=True)
         return self.client._parse_grant(name, h, await self.client._run("pause", args))
+
+
+def parse_wait_timeout(value: object, *, field: str = "timeout_s") -> float:
+    """A wait's timeout as a replica's endpoint receives it (SkyRL's contract): a number of
+    seconds >= 0, or a numeric string (``"0.3"``, which SkyRL's server accepted). Raises
+    :class:`~pausesvc.InvalidInputError` naming ``field`` otherwise."""
+    timeout = validate_timeout(number_from_text(value), field=field, allow_none=False)
+    assert timeout is not None
+    return timeout

@@ -521,3 +521,12 @@ def test_cli_swap_bad_input_exit_2_one_line(redis_url: str, namespace: str, args
     p = cli(args, redis_url, namespace)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith("pausesvc: error:")
+
+
+async def test_a_desired_version_of_star_is_refused(redis_url: str, namespace: str) -> None:
+    from pausesvc import AsyncPauseClient, InvalidNameError
+
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        with pytest.raises(InvalidNameError, match="'\\*'"):
+            await c.set_version("*", "v1", "/p")
+        assert await c.versions() == {}

@@ -33,7 +33,7 @@ from pausesvc import (
     RedisUnavailableError,
     validate_name,
 )
-from pausesvc._base import number_from_text, validate_timeout
+from pausesvc.replica import parse_wait_timeout
 from pausesvc_vllm._asgi import (
     BodyError,
     Receive,
@@ -141,12 +141,10 @@ async def _wait(
 ) -> tuple[int, dict[str, Any]]:
     name = _lora_name(data)
     # a numeric string ("0.3") is a number, as it was for SkyRL's server (float(timeout_s))
-    raw = number_from_text(data.get("timeout_s", DEFAULT_WAIT_S))
     try:
-        timeout = validate_timeout(raw, field="timeout_s", allow_none=False)
+        timeout = parse_wait_timeout(data.get("timeout_s", DEFAULT_WAIT_S), field="timeout_s")
     except InvalidInputError as exc:
         raise _BadRequest("timeout_s", str(exc)) from None
-    assert timeout is not None
     if timeout > MAX_WAIT_S:
         raise _BadRequest("timeout_s", f"timeout_s must be <= {MAX_WAIT_S:g}")
     assert rt.watcher is not None
