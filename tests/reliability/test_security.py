@@ -96,6 +96,13 @@ async def test_replica_user_can_serve_but_cannot_pause(
                 raw.execute_command(*cmd)
             refused.append(True)
         raw.close()
+        # weight versions: the controller swaps, the replica user's gate loads and reports it;
+        # the replica user cannot set a desired version itself
+        result = await ctl.swap("a", "v1", "fake://a/1", timeout=10)
+        assert result.loaded == [(await status(r1))["replica_id"]]
+        with pytest.raises(RedisUnavailableError, match="ACL"):
+            await rep.set_version("a", "v9", "fake://a/9")
+        refused.append(True)
     figures(refused_calls=len(refused), replica_gate_in_sync=True)
 
 

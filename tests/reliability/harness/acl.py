@@ -42,8 +42,10 @@ def replica_acl(ns: str, password: str) -> list[str]:
         f"~{t}:replica:*",
         f"~{t}:acks",
         f"&{t}:acks",
-        # the state: only the read-only snapshot script and reads
-        f"(~{t}:paused ~{t}:rev ~{t}:epoch +evalsha +get +hget +hgetall +time)",
+        # the state: only the read-only snapshot script and reads (the resync also reads the
+        # resume and version-clear tombstones, and the snapshot the desired versions)
+        f"(~{t}:paused ~{t}:rev ~{t}:epoch ~{t}:versions ~{t}:tombstones ~{t}:cleared_versions"
+        " +evalsha +get +hget +hgetall +zmscore +time)",
         # events: subscribe only. Channel rules cover PUBLISH and SUBSCRIBE alike, so the
         # channel is granted in a selector without PUBLISH: a replica cannot forge an event
         f"(&{t}:events +subscribe +ssubscribe +unsubscribe +sunsubscribe +ping)",
