@@ -428,13 +428,29 @@ def _netns(results: dict[str, Any], out: list[str]) -> None:
         "(`ip netns add`), joined by three veth pairs on 10.201.x.0/30 subnets; Redis listens "
         "on its two veth addresses only; reports go over an AF_UNIX socket, off the veths. A "
         "pause crosses two hops (controller -> Redis -> replica), a fan-out call one hop and "
-        "back per replica. Same designs, same code as sections 1 + 2 + 6a.",
+        "back per replica. Same designs, same code as sections 1 + 2 + 6a "
+        "(`python -m bench --only netns`).",
         "",
     ]
     if n.get("netem_missing"):
-        out += [f"**No added delay**: {n['netem_missing']}.", ""]
+        out += [
+            f"**No netem**: {n['netem_missing']}. The 0 ms run is the bare veths; the 0.25 ms and "
+            "1 ms runs emulate the delay in user space with `bench/delayrelay.c` (built with gcc at "
+            "run time): a relay in the Redis namespace in front of redis-server and one in the "
+            "replica namespace in front of the baseline replicas, holding every chunk for the delay "
+            "in each direction - one way per hop = the delay, as netem on both veth ends. Unlike "
+            "netem it does not delay TCP handshakes and ACKs (the connections are kept alive), and "
+            "it adds its own wake-up latency and CPU on the same 2 cores: the 'Redis PING rtt' "
+            "column is the real round trip over a hop.",
+            "",
+        ]
+        if n.get("relay_missing"):
+            out += [f"No relay either: {n['relay_missing']}.", ""]
     for run in n["runs"]:
-        out += [f"**{_f(run['delay_ms_per_hop'])} ms added per hop** ({run['seconds']} s):", ""]
+        how = {"none": "the veths only", "netem": "tc netem", "relay": "delay relay"}.get(
+            run.get("delay_by", ""), run.get("delay_by", "")
+        )
+        out += [f"**{_f(run['delay_ms_per_hop'])} ms added per hop** ({how}; {run['seconds']} s):", ""]
         rows = []
         for x in run["rows"]:
             fl = x["floor"]["propagation_pause_ms"]["median"]
