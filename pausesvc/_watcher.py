@@ -468,10 +468,15 @@ class PauseWatcher:
         """PING on the subscription; replies come back in order, so each PONG proves the
         oldest PING still unanswered (see :meth:`_pong`)."""
         sent = time.monotonic()
-        self._pings.append(sent)
-        if len(self._pings) > 64:  # a PONG never comes on a dead link: bounded either way
+        # Redis Cluster: redis-py's ClusterPubSub.ping() goes out on a connection nobody reads;
+        # the PING must go on the per-node PubSub that holds the events channel (its replies
+        # come back through get_sharded_message, in order with the messages)
+        nodes = list(getattr(pubsub, "node_pubsub_mapping", {}).values()) or [pubsub]
+        for node in nodes:
+            self._pings.append(sent)
+            await node.ping()
+        while len(self._pings) > 64:  # a PONG never comes on a dead link: bounded either way
             self._pings.popleft()
-        await pubsub.ping()
 
     def _pong(self) -> None:
         if self._pings:

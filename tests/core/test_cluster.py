@@ -107,3 +107,13 @@ async def test_drain_on_cluster(cluster_url: str, namespace: str) -> None:
         await c.pause("a", drain=True, timeout=5)
         await task
         assert [r["id"] for r in await c.replicas()] == ["rep"]
+
+
+async def test_the_watchers_health_check_is_answered_on_cluster(cluster_url: str, namespace: str) -> None:
+    """The PING goes on the per-node pub/sub that reads the events channel: a watcher on a
+    cluster stays subscribed (it reconnected every health-check interval when the PING went
+    out on a connection nobody read)."""
+    async with PauseWatcher(cluster_url, namespace=namespace) as w:
+        assert await w.wait_synced(10)
+        await asyncio.sleep(4 * w.health_check_interval + 0.5)
+        assert w.stats.reconnects == 0 and w.in_sync, (w.stats.reconnects, w.last_error)
