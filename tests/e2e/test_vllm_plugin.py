@@ -34,10 +34,16 @@ async def test_pause_with_drain_aborts_a_and_spares_b(
     fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
 ) -> None:
     await until(lambda: _live(pc, 2))
-    streams = [Stream(http, u, m) for u in fleet.urls for m in ("lora-a", "lora-b")]
-    async with asyncio.timeout(60):
-        for s in streams:
-            await s.first.wait()
+    for _attempt in range(3):  # every stream must still be running when the pause lands
+        streams = [Stream(http, u, m) for u in fleet.urls for m in ("lora-a", "lora-b")]
+        async with asyncio.timeout(60):
+            for s in streams:
+                await s.first.wait()
+        if not any(s.task.done() for s in streams):
+            break
+        # one replica decoded a whole stream before the other produced 3 tokens (2 cores,
+        # two CPU engines): nothing to judge yet, try again
+        await asyncio.wait_for(asyncio.gather(*(s.task for s in streams)), 240)
     assert not any(s.task.done() for s in streams), (
         "precondition: every stream still running",
         [
@@ -53,7 +59,8 @@ async def test_pause_with_drain_aborts_a_and_spares_b(
         assert "lora-a" not in await engine_loras(http, u)
         st = await status(http, u)
         assert st["stats"]["in_flight"].get("lora-a", 0) == 0
-        assert st["drained"]["lora-a"]["revision"] >= grant.revision
+    for u in fleet.urls:  # the gate records its drain just after acknowledging it
+        await until(lambda u=u: _drained_at(http, u, "lora-a", grant.revision), timeout=10)
     # ...and each A stream ended with vLLM's own abort, before the drain returned
     a_streams = [s for s in streams if s.model == "lora-a"]
     await asyncio.wait_for(asyncio.gather(*(s.task for s in a_streams)), 10)
@@ -261,6 +268,11 @@ async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient, http: httpx.A
 # -- helpers --------------------------------------------------------------------------------------
 async def _eq(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def _drained_at(http: httpx.AsyncClient, url: str, name: str, revision: int) -> bool:
+    drained = (await status(http, url))["drained"].get(name)
+    return drained is not None and drained["revision"] >= revision
 
 
 async def _live(pc: AsyncPauseClient, n: int) -> bool:
