@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pausesvc._embedded import find_redis_server
+from pausesvc.devtools.embedded import find_redis_server
 
 __all__ = ["checks", "in_ns", "run"]
 

@@ -121,7 +121,7 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     import pausesvc
-    from pausesvc._embedded import find_redis_server
+    from pausesvc.devtools.embedded import find_redis_server
 
     out = {"python": platform.python_version(), "pausesvc": pausesvc.__version__}
     for dist in ("redis", "httpx", "uvicorn", "h11", "pausesvc-vllm"):

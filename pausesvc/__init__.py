@@ -1,8 +1,5 @@
 """pausesvc: Redis-backed distributed pause state for multi-LoRA LLM serving."""
 
-from pausesvc._base import SwapError
-from pausesvc._client import AsyncPauseClient, release_watcher, shared_watcher
-from pausesvc._embedded import EmbeddedRedis
 from pausesvc._exceptions import (
     ConflictError,
     DataLossError,
@@ -18,8 +15,13 @@ from pausesvc._exceptions import (
     ReplicationTimeoutError,
     StaleTokenError,
 )
-from pausesvc._keys import GLOBAL, Keys, validate_name
-from pausesvc._models import (
+from pausesvc._settings import Settings
+from pausesvc.client._async import AsyncPauseClient, release_watcher, shared_watcher
+from pausesvc.client._base import SwapError
+from pausesvc.client._blocking import PauseClient
+from pausesvc.devtools.embedded import EmbeddedRedis
+from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
+from pausesvc.protocol.models import (
     AdapterState,
     DesiredVersion,
     Grant,
@@ -29,10 +31,8 @@ from pausesvc._models import (
     Snapshot,
     SwapResult,
 )
-from pausesvc._settings import Settings
-from pausesvc._sync import PauseClient
-from pausesvc._watcher import PauseWatcher
 from pausesvc.replica import Replica
+from pausesvc.watcher import PauseWatcher
 
 __version__ = "0.1.0"
 

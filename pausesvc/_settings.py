@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pausesvc._keys import validate_holder, validate_namespace
+from pausesvc.protocol.keys import validate_holder, validate_namespace
 
 __all__ = ["DEFAULT_UNGATED_PATHS", "Settings"]
 

@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from pausesvc._base import SwapError
-from pausesvc._embedded import running_embedded_url
 from pausesvc._exceptions import (
     ConflictError,
     DrainTimeoutError,
@@ -27,9 +25,11 @@ from pausesvc._exceptions import (
     PauseError,
     RedisUnavailableError,
 )
-from pausesvc._models import AdapterState, DesiredVersion
 from pausesvc._settings import Settings
-from pausesvc._sync import PauseClient
+from pausesvc.client._base import SwapError
+from pausesvc.client._blocking import PauseClient
+from pausesvc.devtools.embedded import running_embedded_url
+from pausesvc.protocol.models import AdapterState, DesiredVersion
 
 __all__ = ["main"]
 
@@ -255,7 +255,7 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
     with obj.client() as c:
         snap = c.snapshot()
         if name is not None:
-            from pausesvc._keys import validate_name
+            from pausesvc.protocol.keys import validate_name
 
             validate_name(name)
     if name is not None:
@@ -424,7 +424,7 @@ def versions(obj: Ctx, as_json: bool) -> None:
 @handle_errors
 def demo(obj: Ctx, speed: float) -> None:
     """A self-contained demonstration: embedded Redis, a controller and waiting samplers."""
-    from pausesvc._demo import run_demo
+    from pausesvc.devtools.demo import run_demo
 
     if speed <= 0:
         raise InvalidInputError("--speed must be > 0", field="speed")

@@ -18,11 +18,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pausesvc._base import number_from_text, validate_reason, validate_timeout
-from pausesvc._client import AsyncPauseClient
 from pausesvc._exceptions import InvalidInputError, translate_redis_errors
-from pausesvc._keys import validate_name, validate_version
-from pausesvc._models import Grant
+from pausesvc.client._async import AsyncPauseClient
+from pausesvc.client._base import number_from_text, validate_reason, validate_timeout
+from pausesvc.protocol.keys import validate_name, validate_version
+from pausesvc.protocol.models import Grant
 
 __all__ = ["Replica", "VersionStatus", "parse_wait_timeout"]
 

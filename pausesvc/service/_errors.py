@@ -27,7 +27,6 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from pausesvc._base import SwapError
 from pausesvc._exceptions import (
     DrainTimeoutError,
     InvalidInputError,
@@ -38,6 +37,7 @@ from pausesvc._exceptions import (
     RedisUnavailableError,
     StaleTokenError,
 )
+from pausesvc.client._base import SwapError
 from pausesvc.service._schemas import ErrorOut
 
 __all__ = ["ApiError", "install_error_handlers", "responses"]

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from pausesvc._models import AdapterState, PauseEvent
+from pausesvc.protocol.models import AdapterState, PauseEvent
 from pausesvc.service._auth import require_read
 from pausesvc.service._errors import ApiError, responses
 from pausesvc.service._state import ServiceState

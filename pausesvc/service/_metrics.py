@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from pausesvc._watcher import PauseWatcher
+    from pausesvc.watcher import PauseWatcher
 
 __all__ = ["Metrics", "RequestMetrics", "VersionCollector", "WatcherCollector"]
 

@@ -20,7 +20,7 @@ from fastapi import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pausesvc._exceptions import InvalidNameError
-from pausesvc._keys import validate_name
+from pausesvc.protocol.keys import validate_name
 from pausesvc.service._errors import ApiError
 from pausesvc.service._schemas import NAME_PATTERN
 

@@ -10,13 +10,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from pausesvc._client import AsyncPauseClient
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
-from pausesvc._models import AdapterState, DesiredVersion, Grant, PauseEvent
-from pausesvc._registry import covers, missing_acks
 from pausesvc._settings import Settings
-from pausesvc._watcher import PauseWatcher
+from pausesvc.client._async import AsyncPauseClient
+from pausesvc.client._drain import covers, missing_acks
+from pausesvc.protocol.models import AdapterState, DesiredVersion, Grant, PauseEvent
 from pausesvc.service._metrics import Metrics
+from pausesvc.watcher import PauseWatcher
 
 __all__ = ["ServiceState", "collect_aborted", "fleet_versions", "replica_versions", "until_disconnected"]
 

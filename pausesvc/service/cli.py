@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from pausesvc._embedded import DataDirLock, EmbeddedRedis
     from pausesvc._settings import Settings
+    from pausesvc.devtools.embedded import DataDirLock, EmbeddedRedis
 
 for _mod in ("fastapi", "uvicorn", "prometheus_client"):
     if importlib.util.find_spec(_mod) is None:  # pragma: no cover - depends on the install
@@ -183,14 +183,14 @@ def _start_embedded(settings: Settings) -> tuple[EmbeddedRedis, DataDirLock | No
     """Start the embedded Redis: ephemeral, or AOF in the locked data directory, on the port it
     had last time when that is free (the URL replicas and the CLI were given stays valid).
     Returns the server, the lock (None when ephemeral) and a phrase saying what is kept."""
-    from pausesvc._embedded import (
+    from pausesvc._exceptions import PauseError
+    from pausesvc.devtools.embedded import (
         DataDirLock,
         EmbeddedRedis,
         default_data_dir,
         free_port,
         port_is_free,
     )
-    from pausesvc._exceptions import PauseError
 
     if settings.ephemeral:
         embedded = EmbeddedRedis()

@@ -133,7 +133,7 @@ def test_invalid_input_exit_2_one_line_and_nothing_changes(
 
 
 def test_redis_unreachable_exit_5() -> None:
-    from pausesvc._embedded import free_port
+    from pausesvc.devtools.embedded import free_port
 
     p = run(["--redis-url", f"redis://127.0.0.1:{free_port()}/0", "status"])
     assert p.returncode == 5 and "Traceback" not in p.stderr

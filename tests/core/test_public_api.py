@@ -84,7 +84,7 @@ def test_os_errors_are_unavailable() -> None:
 
 
 def test_sync_and_async_clients_share_a_base_without_io() -> None:
-    from pausesvc._base import BaseClient
+    from pausesvc.client._base import BaseClient
 
     assert issubclass(pausesvc.PauseClient, BaseClient)
     assert issubclass(pausesvc.AsyncPauseClient, BaseClient)

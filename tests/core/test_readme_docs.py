@@ -35,7 +35,7 @@ def test_readme_quick_start_commands_exist() -> None:
 
 def test_protocol_doc_names_every_key_and_script() -> None:
     from pausesvc import Keys
-    from pausesvc._scripts import REGISTRY_SCRIPTS, STATE_SCRIPTS
+    from pausesvc.protocol.scripts import REGISTRY_SCRIPTS, STATE_SCRIPTS
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
     k = Keys("default")

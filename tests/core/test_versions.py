@@ -31,7 +31,7 @@ from pausesvc import (
     SwapError,
     SwapResult,
 )
-from pausesvc._base import reconcile_versions
+from pausesvc.client._base import reconcile_versions
 
 
 async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

@@ -248,7 +248,7 @@ async def test_release_policy_trusts_empty_state(fresh_redis: EmbeddedRedis, nam
 
 async def test_start_fails_clearly_when_redis_is_down(namespace: str) -> None:
     from pausesvc import RedisUnavailableError
-    from pausesvc._embedded import free_port
+    from pausesvc.devtools.embedded import free_port
 
     w = PauseWatcher(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
     with pytest.raises(RedisUnavailableError):

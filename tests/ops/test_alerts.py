@@ -19,7 +19,7 @@ from reliability.harness.fleet import Fleet
 from service.conftest import run_server
 
 from pausesvc import Settings
-from pausesvc._embedded import free_port
+from pausesvc.devtools.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "pausesvc-alerts.yml"

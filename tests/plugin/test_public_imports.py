@@ -30,7 +30,9 @@ def _private_uses(tree: ast.AST) -> list[str]:
                 ]
         elif isinstance(node, ast.Import):
             found += [
-                f"line {node.lineno}: import {a.name}" for a in node.names if a.name.startswith("pausesvc._")
+                f"line {node.lineno}: import {a.name}"
+                for a in node.names
+                if a.name.startswith("pausesvc.") and any(p.startswith("_") for p in a.name.split(".")[1:])
             ]
         elif (
             isinstance(node, ast.Attribute)
@@ -57,6 +59,7 @@ def test_the_plugin_uses_only_public_names_of_the_core() -> None:
 
 def test_the_checker_sees_private_uses() -> None:
     src = (
-        "from pausesvc._client import x\nfrom pausesvc import _y\nrt.client._run('pause')\nw.watcher._proof\n"
+        "from pausesvc.client._async import x\nfrom pausesvc import _y\nrt.client._run('pause')\n"
+        "w.watcher._proof\nimport pausesvc.client._base\n"
     )
-    assert len(_private_uses(ast.parse(src))) == 4
+    assert len(_private_uses(ast.parse(src))) == 5

@@ -29,7 +29,7 @@ from pausesvc import (
     Settings,
     validate_name,
 )
-from pausesvc._keys import MAX_NAME_LENGTH
+from pausesvc.protocol.keys import MAX_NAME_LENGTH
 from reliability.conftest import FULL
 from reliability.harness.fleet import Fleet, rss_kb
 

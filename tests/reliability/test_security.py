@@ -20,7 +20,7 @@ from pausesvc import (
     PauseWatcher,
     RedisUnavailableError,
 )
-from pausesvc._embedded import find_redis_server, free_port
+from pausesvc.devtools.embedded import find_redis_server, free_port
 from reliability.harness.acl import controller_acl, replica_acl
 from reliability.harness.fleet import Fleet
 from reliability.harness.probe import status, until

@@ -129,7 +129,7 @@ def test_sync_chat_and_sync_waiter_checks() -> None:
 
 
 # the modules whose classes and functions pausesvc.sampling re-exports
-SAMPLING_MODULES = {"pausesvc.sampling", "pausesvc.sampling_protocol", "pausesvc.sampling_waiters"}
+SAMPLING_MODULES = {"pausesvc.sampling", "pausesvc.sampling.continuation", "pausesvc.sampling.waiters"}
 
 
 def test_exported_members() -> None:
@@ -164,7 +164,7 @@ tinker = pytest.importorskip("tinker")
 async def test_tinker_response_with_an_honest_stop_reason() -> None:
     from tinker import types
 
-    from pausesvc.sampling_tinker import sample_tinker
+    from pausesvc.sampling.tinker import sample_tinker
 
     fake = FakeVLLM([Gen([1, 2], "abort"), Gen([3], "length")])
     params = types.SamplingParams(max_tokens=3, temperature=0.5, seed=9, stop=[7])
@@ -190,7 +190,7 @@ async def test_tinker_response_with_an_honest_stop_reason() -> None:
 
 
 async def test_tinker_num_samples_use_distinct_seeds() -> None:
-    from pausesvc.sampling_tinker import sample_tinker
+    from pausesvc.sampling.tinker import sample_tinker
 
     fake = FakeVLLM([Gen([5], "stop")])
     async with fake.async_client() as http:
@@ -209,7 +209,7 @@ async def test_tinker_num_samples_use_distinct_seeds() -> None:
 
 
 async def test_tinker_an_unresumable_abort_raises_never_length() -> None:
-    from pausesvc.sampling_tinker import sample_tinker, to_sampled_sequence
+    from pausesvc.sampling.tinker import sample_tinker, to_sampled_sequence
 
     fake = FakeVLLM([Gen([1, 2], "abort", no_token_ids=True)])
     async with fake.async_client() as http:

@@ -15,7 +15,7 @@ from pausesvc.sampling import MixedVersionsError, RetryPolicy, SampleResult, Ver
 tinker = pytest.importorskip("tinker")
 from tinker import types  # noqa: E402
 
-from pausesvc.sampling_tinker import (  # noqa: E402
+from pausesvc.sampling.tinker import (  # noqa: E402
     PausesvcSampledSequence,
     check_kind,
     sample_tinker,

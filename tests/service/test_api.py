@@ -160,7 +160,7 @@ def test_health_ready_and_replicas(http: httpx.Client) -> None:
 
 def test_redis_unreachable_is_503(make_live: Callable[..., Live]) -> None:
     from pausesvc import Settings
-    from pausesvc._embedded import free_port
+    from pausesvc.devtools.embedded import free_port
 
     from .conftest import run_server
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from pausesvc import EmbeddedRedis
-from pausesvc._embedded import DataDirLock, default_data_dir, running_embedded_url
+from pausesvc.devtools.embedded import DataDirLock, default_data_dir, running_embedded_url
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from pausesvc._embedded import free_port
+from pausesvc.devtools.embedded import free_port
 
 TESTS_DIR = Path(__file__).resolve().parents[2]
 REPO = TESTS_DIR.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 
 from pausesvc import EmbeddedRedis
-from pausesvc._embedded import find_redis_server, free_port
+from pausesvc.devtools.embedded import find_redis_server, free_port
 
 
 def _ping(port: int) -> bool:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pausesvc._exceptions import DrainTimeoutError, translate_redis_errors
-from pausesvc._models import Grant, token_revision
 from pausesvc._redis import (
     ensure_initialized,
     next_message,
@@ -27,10 +26,11 @@ from pausesvc._redis import (
     retry_stale,
     subscribe_confirmed,
 )
+from pausesvc.protocol.models import Grant, token_revision
 
 if TYPE_CHECKING:
-    from pausesvc._client import AsyncPauseClient
-    from pausesvc._sync import PauseClient
+    from pausesvc.client._async import AsyncPauseClient
+    from pausesvc.client._blocking import PauseClient
 
 __all__ = ["AckWaiter", "Barrier", "list_replicas", "missing_acks", "version_barrier"]
 

@@ -30,12 +30,12 @@ from urllib.parse import quote
 
 import httpx
 
-from pausesvc._client import AsyncPauseClient, release_watcher, shared_watcher
 from pausesvc._exceptions import PauseError, RedisUnavailableError
-from pausesvc._keys import GLOBAL
-from pausesvc._models import AdapterState
-from pausesvc._sync import PauseClient
-from pausesvc._watcher import PauseWatcher
+from pausesvc.client._async import AsyncPauseClient, release_watcher, shared_watcher
+from pausesvc.client._blocking import PauseClient
+from pausesvc.protocol.keys import GLOBAL
+from pausesvc.protocol.models import AdapterState
+from pausesvc.watcher import PauseWatcher
 
 __all__ = [
     "AsyncWaiter",

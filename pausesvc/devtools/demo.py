@@ -8,10 +8,10 @@ import time
 
 import click
 
-from pausesvc._client import AsyncPauseClient
-from pausesvc._embedded import EmbeddedRedis
 from pausesvc._exceptions import StaleTokenError
 from pausesvc._settings import Settings
+from pausesvc.client._async import AsyncPauseClient
+from pausesvc.devtools.embedded import EmbeddedRedis
 
 __all__ = ["run_demo"]
 

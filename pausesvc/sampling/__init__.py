@@ -59,9 +59,9 @@ from typing import Any
 
 import httpx
 
-from pausesvc._base import validate_timeout
 from pausesvc._exceptions import InvalidInputError, PauseError
-from pausesvc.sampling_protocol import (
+from pausesvc.client._base import validate_timeout
+from pausesvc.sampling.continuation import (
     ADAPTER_VERSION_HEADER,
     Boundary,
     MissingLogprobError,
@@ -79,9 +79,9 @@ from pausesvc.sampling_protocol import (
     derive_seed,
     version_of,
 )
-from pausesvc.sampling_protocol import ChatState as _ChatState
-from pausesvc.sampling_protocol import CompletionState as _CompletionState
-from pausesvc.sampling_waiters import (
+from pausesvc.sampling.continuation import ChatState as _ChatState
+from pausesvc.sampling.continuation import CompletionState as _CompletionState
+from pausesvc.sampling.waiters import (
     AsyncWaiter,
     AutoWaiter,
     ServiceWaiter,
@@ -92,8 +92,8 @@ from pausesvc.sampling_waiters import (
     WaitResult,
     WatcherWaiter,
 )
-from pausesvc.sampling_waiters import resolve_async_waiter as _resolve_async_waiter
-from pausesvc.sampling_waiters import resolve_sync_waiter as _resolve_sync_waiter
+from pausesvc.sampling.waiters import resolve_async_waiter as _resolve_async_waiter
+from pausesvc.sampling.waiters import resolve_sync_waiter as _resolve_sync_waiter
 
 __all__ = [
     "ADAPTER_VERSION_HEADER",

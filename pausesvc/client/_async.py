@@ -17,13 +17,6 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from pausesvc._base import (
-    BaseClient,
-    parse_snapshot_reply,
-    parse_versions,
-    swap_outcome,
-    validate_timeout,
-)
 from pausesvc._exceptions import (
     ConflictError,
     DrainTimeoutError,
@@ -31,8 +24,18 @@ from pausesvc._exceptions import (
     LeaseLostError,
     translate_redis_errors,
 )
-from pausesvc._keys import validate_name
-from pausesvc._models import (
+from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
+from pausesvc._settings import Settings
+from pausesvc.client._base import (
+    BaseClient,
+    parse_snapshot_reply,
+    parse_versions,
+    swap_outcome,
+    validate_timeout,
+)
+from pausesvc.client._drain import AckWaiter, list_replicas
+from pausesvc.protocol.keys import validate_name
+from pausesvc.protocol.models import (
     AdapterState,
     DesiredVersion,
     Grant,
@@ -41,11 +44,8 @@ from pausesvc._models import (
     Snapshot,
     SwapResult,
 )
-from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
-from pausesvc._registry import AckWaiter, list_replicas
-from pausesvc._scripts import read_script, registry_script, state_script
-from pausesvc._settings import Settings
-from pausesvc._watcher import PauseWatcher
+from pausesvc.protocol.scripts import read_script, registry_script, state_script
+from pausesvc.watcher import PauseWatcher
 
 __all__ = ["AsyncPauseClient", "release_watcher", "shared_watcher"]
 

@@ -18,31 +18,12 @@ from typing import Any
 
 import redis
 
-from pausesvc._base import (
-    BaseClient,
-    classify_event,
-    parse_snapshot_reply,
-    parse_versions,
-    reconcile_versions,
-    swap_outcome,
-    validate_timeout,
-)
 from pausesvc._exceptions import (
     ConflictError,
     DrainTimeoutError,
     InvalidInputError,
     LeaseLostError,
     translate_redis_errors,
-)
-from pausesvc._keys import GLOBAL, validate_name
-from pausesvc._models import (
-    AdapterState,
-    DesiredVersion,
-    Grant,
-    PauseEvent,
-    ResumeResult,
-    Snapshot,
-    SwapResult,
 )
 from pausesvc._redis import (
     close_client,
@@ -51,9 +32,28 @@ from pausesvc._redis import (
     subscribe_confirmed_sync,
     sync_client,
 )
-from pausesvc._registry import list_replicas_sync, wait_drained_sync, wait_versions_sync
-from pausesvc._scripts import read_script, state_script
 from pausesvc._settings import Settings
+from pausesvc.client._base import (
+    BaseClient,
+    classify_event,
+    parse_snapshot_reply,
+    parse_versions,
+    reconcile_versions,
+    swap_outcome,
+    validate_timeout,
+)
+from pausesvc.client._drain import list_replicas_sync, wait_drained_sync, wait_versions_sync
+from pausesvc.protocol.keys import GLOBAL, validate_name
+from pausesvc.protocol.models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
+from pausesvc.protocol.scripts import read_script, state_script
 
 __all__ = ["PauseClient"]
 

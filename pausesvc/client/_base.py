@@ -22,8 +22,8 @@ from pausesvc._exceptions import (
     ReplicationTimeoutError,
     StaleTokenError,
 )
-from pausesvc._keys import GLOBAL, Keys, validate_holder, validate_name, validate_version
-from pausesvc._models import (
+from pausesvc.protocol.keys import GLOBAL, Keys, validate_holder, validate_name, validate_version
+from pausesvc.protocol.models import (
     AdapterState,
     DesiredVersion,
     Grant,

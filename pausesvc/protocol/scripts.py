@@ -13,7 +13,7 @@ READ_SCRIPTS = ("snapshot", "replicas")
 
 
 def _read(name: str) -> str:
-    return files("pausesvc").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return files("pausesvc.protocol").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache

@@ -37,10 +37,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pausesvc._base import classify_event, parse_snapshot_reply, reconcile_versions, validate_timeout
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
-from pausesvc._keys import GLOBAL, Keys, validate_name
-from pausesvc._models import AdapterState, DesiredVersion, PauseEvent, Snapshot
 from pausesvc._redis import (
     aclose_client,
     async_client,
@@ -49,7 +46,10 @@ from pausesvc._redis import (
     next_message,
     subscribe_confirmed,
 )
-from pausesvc._scripts import read_script, state_script
+from pausesvc.client._base import classify_event, parse_snapshot_reply, reconcile_versions, validate_timeout
+from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
+from pausesvc.protocol.models import AdapterState, DesiredVersion, PauseEvent, Snapshot
+from pausesvc.protocol.scripts import read_script, state_script
 
 __all__ = ["Listener", "PauseWatcher", "VersionListener", "WatcherStats"]
 
