@@ -14,10 +14,10 @@ from pausesvc._exceptions import (
     RedisUnavailableError,
     ReplicationTimeoutError,
     StaleTokenError,
+    SwapError,
 )
 from pausesvc._settings import Settings
 from pausesvc.client._async import AsyncPauseClient, release_watcher, shared_watcher
-from pausesvc.client._base import SwapError
 from pausesvc.client._blocking import PauseClient
 from pausesvc.devtools.embedded import EmbeddedRedis
 from pausesvc.protocol.keys import GLOBAL, Keys, validate_name

@@ -11,6 +11,7 @@
     │   └── RedisPermissionError     Redis refused the command for this user (ACL)
     ├── PauseTimeoutError (also a TimeoutError)
     │   ├── DrainTimeoutError        some live replica processes did not acknowledge a drain
+    │   ├── SwapError                some live replicas did not load a swap's version in time
     │   └── ReplicationTimeoutError  the change is written, but fewer Redis replicas than
     │                                `replication_wait` confirmed it (WAIT)
     └── DataLossError                the namespace revision went backwards (Redis lost its data)
@@ -21,9 +22,13 @@ redis-py exceptions are translated in exactly one place: :func:`translate_redis_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import redis.exceptions as rexc
+
+if TYPE_CHECKING:
+    from pausesvc.protocol.models import SwapResult
 
 __all__ = [
     "ConflictError",
@@ -39,6 +44,7 @@ __all__ = [
     "RedisUnavailableError",
     "ReplicationTimeoutError",
     "StaleTokenError",
+    "SwapError",
     "translate_redis_errors",
 ]
 
@@ -149,3 +155,25 @@ def translate_redis_errors() -> Iterator[None]:
         raise RedisUnavailableError(f"Redis error: {exc}") from exc
     except OSError as exc:
         raise RedisUnavailableError(f"Redis unreachable: {exc}") from exc
+
+
+class SwapError(PauseTimeoutError):
+    """A swap's barrier was not passed: some live replicas did not report the new version loaded
+    before the deadline (``missing``: replica id -> url) or reported that loading it failed
+    (``failed``: replica id -> reason). The desired version IS set and the swap's pause was
+    released: each replica holds the adapter locally until it has loaded the desired version,
+    so the adapter stays paused on those replicas only. ``result`` lists who did load it."""
+
+    def __init__(
+        self, message: str, *, missing: Mapping[str, str], failed: Mapping[str, str], result: SwapResult
+    ) -> None:
+        super().__init__(message)
+        self.missing = dict(missing)
+        self.failed = dict(failed)
+        self.result = result
+
+    @property
+    def timed_out(self) -> bool:
+        """True when some replica never reported (a timeout), False when all that did not
+        load it reported a failure."""
+        return bool(self.missing)

@@ -24,9 +24,9 @@ from pausesvc._exceptions import (
     InvalidInputError,
     PauseError,
     RedisUnavailableError,
+    SwapError,
 )
 from pausesvc._settings import Settings
-from pausesvc.client._base import SwapError
 from pausesvc.client._blocking import PauseClient
 from pausesvc.devtools.embedded import running_embedded_url
 from pausesvc.protocol.models import AdapterState, DesiredVersion

@@ -20,9 +20,9 @@ from typing import Literal
 
 from pausesvc._exceptions import InvalidInputError, translate_redis_errors
 from pausesvc.client._async import AsyncPauseClient
-from pausesvc.client._base import number_from_text, validate_reason, validate_timeout
 from pausesvc.protocol.keys import validate_name, validate_version
 from pausesvc.protocol.models import Grant
+from pausesvc.protocol.validate import number_from_text, validate_reason, validate_timeout
 
 __all__ = ["Replica", "VersionStatus", "parse_wait_timeout"]
 

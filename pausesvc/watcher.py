@@ -46,10 +46,12 @@ from pausesvc._redis import (
     next_message,
     subscribe_confirmed,
 )
-from pausesvc.client._base import classify_event, parse_snapshot_reply, reconcile_versions, validate_timeout
+from pausesvc.protocol.codec import parse_snapshot_reply
 from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
 from pausesvc.protocol.models import AdapterState, DesiredVersion, PauseEvent, Snapshot
 from pausesvc.protocol.scripts import read_script, state_script
+from pausesvc.protocol.validate import validate_timeout
+from pausesvc.protocol.view import Change, Reset, View
 
 __all__ = ["Listener", "PauseWatcher", "VersionListener", "WatcherStats"]
 
@@ -137,15 +139,9 @@ class PauseWatcher:
         self._reap_script = self._redis.register_script(state_script("reap"))
         self.resync_interval = resync_interval
         self.max_backoff = max_backoff
-        self.on_data_loss = on_data_loss
         self.reap_leases = reap_leases
 
-        self._paused: dict[str, AdapterState] = {}
-        self._orphans: dict[str, AdapterState] = {}
-        self._orphaned_at: dict[str, tuple[str | None, int]] = {}
-        self._rev = 0
-        self._epoch: str | None = None
-        self._gone_epochs: set[str] = set()
+        self._view = View(on_data_loss=on_data_loss)
         # server time = time.monotonic() + offset: mid is the best estimate, low never runs
         # ahead of Redis's clock (TIME was read at or before the reply arrived)
         self._mono_offset = time.time() - time.monotonic()
@@ -159,7 +155,6 @@ class PauseWatcher:
         self._waiters: dict[str, asyncio.Event] = {}
         self._rev_event: asyncio.Event | None = None
         self._listeners: list[Listener] = []
-        self._desired: dict[str, DesiredVersion] = {}
         self._version_listeners: list[VersionListener] = []
         self._task: asyncio.Task[None] | None = None
         self._reap_task: asyncio.Task[None] | None = None
@@ -213,38 +208,45 @@ class PauseWatcher:
     # -- queries (memory only) ---------------------------------------------------------------------
     def is_paused(self, name: str) -> bool:
         """True when ``name`` (or everything, via ``*``) is paused in this process's view."""
-        paused, orphans = self._paused, self._orphans
-        if not paused and not orphans:
-            return False
-        return name in paused or GLOBAL in paused or name in orphans or GLOBAL in orphans
+        return self._view.is_paused(name)
 
     @property
     def any_paused(self) -> bool:
         """Is anything paused in this view? (O(1): a gate's fast path when nothing is.)"""
-        return bool(self._paused or self._orphans)
+        return bool(self._view.paused or self._view.orphans)
 
     def state(self, name: str) -> AdapterState | None:
-        return self._paused.get(name) or self._orphans.get(name)
+        return self._view.state(name)
 
     def paused_names(self) -> list[str]:
-        return sorted(set(self._paused) | set(self._orphans))
+        return sorted(set(self._view.paused) | set(self._view.orphans))
 
     @property
     def paused(self) -> dict[str, AdapterState]:
-        return dict(self._paused)
+        return dict(self._view.paused)
 
     @property
     def orphans(self) -> dict[str, AdapterState]:
         """Adapters held after a data loss (policy 'hold') that Redis no longer knows about."""
-        return dict(self._orphans)
+        return dict(self._view.orphans)
 
     @property
     def revision(self) -> int:
-        return self._rev
+        return self._view.revision
+
+    @property
+    def on_data_loss(self) -> Literal["hold", "release"]:
+        """What an adapter that vanished from Redis without a resume becomes: ``hold`` (an
+        orphan, still paused) or ``release``."""
+        return self._view.on_data_loss
+
+    @on_data_loss.setter
+    def on_data_loss(self, value: Literal["hold", "release"]) -> None:
+        self._view.on_data_loss = value
 
     @property
     def epoch(self) -> str | None:
-        return self._epoch
+        return self._view.epoch
 
     @property
     def in_sync(self) -> bool:
@@ -287,11 +289,11 @@ class PauseWatcher:
 
     def desired(self, name: str) -> DesiredVersion | None:
         """The desired weight version of ``name`` in this view (None: none set)."""
-        return self._desired.get(name)
+        return self._view.desired.get(name)
 
     @property
     def desired_versions(self) -> dict[str, DesiredVersion]:
-        return dict(self._desired)
+        return dict(self._view.desired)
 
     def add_version_listener(self, listener: VersionListener) -> None:
         self._version_listeners.append(listener)
@@ -300,46 +302,12 @@ class PauseWatcher:
         with contextlib.suppress(ValueError):
             self._version_listeners.remove(listener)
 
-    def _set_desired(self, name: str, desired: DesiredVersion | None) -> None:
-        if desired is None:
-            self._desired.pop(name, None)
-        else:
-            self._desired[name] = desired
+    def _version_changed(self, name: str, desired: DesiredVersion | None) -> None:
         for listener in self._version_listeners:
             try:
                 listener(name, desired)
             except Exception:
                 logger.exception("pausesvc watcher version listener failed")
-
-    async def _version_tombstones(self, snap: Snapshot) -> dict[str, int]:
-        """The clear tombstones of the desired versions this view knows and ``snap`` lacks."""
-        gone = [n for n in self._desired if n not in snap.versions]
-        if not gone:
-            return {}
-        with translate_redis_errors():
-            values = await self._redis.zmscore(self.keys.cleared_versions, gone)
-        return {n: int(v) for n, v in zip(gone, values, strict=True) if v is not None}
-
-    def _resync_versions(
-        self, snap: Snapshot, cleared: dict[str, int], new_epoch: bool, was: tuple[str | None, int]
-    ) -> None:
-        """Take the snapshot's desired versions (see :func:`reconcile_versions`): a version
-        Redis lost is kept, and said so, until an explicit clear. ``was``: the view's
-        (epoch, revision) before this resync."""
-        view, changed, kept = reconcile_versions(self._desired, snap.versions, cleared, new_epoch=new_epoch)
-        if kept:
-            logger.error(
-                "pausesvc: Redis lost desired weight versions (%s@%s -> %s@%s); keeping the last "
-                "known ones (a clear removes them): %s",
-                was[0],
-                was[1],
-                snap.epoch,
-                snap.revision,
-                ", ".join(f"{n}@{self._desired[n].version}" for n in kept),
-                extra={"event": "versions_lost", "namespace": self.keys.namespace},
-            )
-        for name in changed:
-            self._set_desired(name, view.get(name))
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -359,12 +327,13 @@ class PauseWatcher:
     def reached(self, revision: int, epoch: str | None = None) -> bool:
         """Has this view applied ``revision`` of ``epoch`` - or is that write gone (its epoch
         was lost, or the view is in another one), so that waiting for it is pointless?"""
+        view = self._view
         if epoch is not None:
-            if epoch in self._gone_epochs:
+            if epoch in view.gone_epochs:
                 return True
-            if self._epoch is not None and self._epoch != epoch:
+            if view.epoch is not None and view.epoch != epoch:
                 return True
-        return self._ever_synced.is_set() and self._rev >= revision
+        return self._ever_synced.is_set() and view.revision >= revision
 
     async def wait_revision(
         self, revision: int, epoch: str | None = None, timeout: float | None = None
@@ -444,7 +413,7 @@ class PauseWatcher:
             logger.warning(
                 "pausesvc watcher lost Redis (%s); holding %d paused adapter(s) (fail closed)",
                 exc,
-                len(self._paused) + len(self._orphans),
+                len(self._view.paused) + len(self._view.orphans),
                 extra={"event": "watcher_lost", "namespace": self.keys.namespace},
             )
             self._out_of_sync_since = time.monotonic()
@@ -528,27 +497,18 @@ class PauseWatcher:
         except (ValueError, KeyError, TypeError):
             logger.warning("pausesvc watcher: ignoring a malformed event: %.200r", data)
             return "malformed-event"
-        last = self._last_sync
-        verdict = classify_event(
-            ev, self._rev, self._epoch, None if last is None else time.monotonic() - last
-        )
+        verdict = self._view.classify(ev, time.monotonic())
         if verdict == "skip":
             return None
         if verdict != "apply":
             if verdict == "gap":
                 self.stats.gaps += 1
             return verdict
-        self._rev = ev.revision
-        if self._epoch is None:
-            self._epoch = ev.epoch
         self.stats.events += 1
         self.stats.event_lag_s = max(0.0, self.server_time() - ev.ts) if ev.ts else 0.0
-        state = ev.state
-        if state is not None:
-            state = state.without_expired(self.server_time_floor())
-        self._set(ev.name, state, ev)
+        self._changed(self._view.apply(ev, self.server_time_floor()))
         if ev.op == "version":
-            self._set_desired(ev.name, ev.version)
+            self._version_changed(ev.name, ev.version)
         self._schedule_expiry()
         self._advanced()
         return None
@@ -559,12 +519,12 @@ class PauseWatcher:
             res = await self._snapshot_script(keys=k.snapshot_keys(), args=[""])
         return parse_snapshot_reply(res)
 
-    async def _tombstones(self, names: list[str]) -> dict[str, int]:
-        """Revision of the last resume of each name that has one (``tombstones`` zset)."""
+    async def _zscores(self, key: str, names: list[str]) -> dict[str, int]:
+        """The score of each of ``names`` that has one in the zset ``key`` (a tombstone)."""
         if not names:
             return {}
         with translate_redis_errors():
-            values = await self._redis.zmscore(self.keys.tombstones, names)
+            values = await self._redis.zmscore(key, names)
         return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
 
     async def _resync(self, reason: str) -> None:
@@ -572,86 +532,20 @@ class PauseWatcher:
         snap = await self.read_snapshot()
         t1 = time.monotonic()
         self.stats.resyncs += 1
-        new_epoch = snap.epoch != self._epoch
-        backwards = self._epoch is not None and (new_epoch or snap.revision < self._rev)
-        # adapters the view holds that Redis no longer knows: released only on proof (a
-        # tombstone at or after the state's revision, or any tombstone in a new epoch)
-        missing = {n: st for n, st in self._paused.items() if n not in snap.paused}
-        orphaned: dict[str, AdapterState] = {}
-        if missing and self._epoch is not None:
-            tombs = await self._tombstones(list(missing))
-            for n, st in missing.items():
-                t = tombs.get(n)
-                if t is not None and ((new_epoch and snap.epoch is not None) or t >= st.revision):
-                    continue  # resumed: an event we missed (gap, reconnect) or a re-assertion
-                if st.without_expired(snap.server_time) is None:
-                    continue  # its lease ran out anyway
-                orphaned[n] = st
-        lost = backwards or bool(orphaned)
-        if lost:
-            self.stats.data_losses += 1
-            if new_epoch and self._epoch is not None:
-                self._gone_epochs.add(self._epoch)
-            logger.error(
-                "pausesvc: Redis lost data (%s@%s -> %s@%s%s); policy=%s, %d adapter(s) this "
-                "process knew paused are gone from Redis without a resume: %s",
-                self._epoch,
-                self._rev,
-                snap.epoch,
-                snap.revision,
-                "" if backwards else ", same epoch: a failover to a lagging replica?",
-                self.on_data_loss,
-                len(orphaned),
-                ", ".join(sorted(orphaned)) or "-",
-                extra={"event": "data_loss", "namespace": self.keys.namespace},
-            )
-            if self.on_data_loss == "hold":
-                for n, st in orphaned.items():
-                    self._orphans[n] = st
-                    self._orphaned_at[n] = (snap.epoch, snap.revision)
-        if self._orphans:
-            # a re-assertion whose event this process missed (it was disconnected) still left a
-            # tombstone in Redis: release the orphans resumed since they were orphaned
-            tombs = await self._tombstones([n for n in self._orphans if n not in orphaned])
-            for n, t in tombs.items():
-                epoch, at = self._orphaned_at.get(n, (None, 0))
-                if epoch != snap.epoch or t > at:
-                    logger.warning("pausesvc: orphaned pause of %r released: resumed at revision %d", n, t)
-                    self.release_orphan(n)
-        cleared, was = await self._version_tombstones(snap), (self._epoch, self._rev)
-        versions_new_epoch = new_epoch and self._epoch is not None
+        tombs, cleared = self._view.wanted(snap)
+        done = self._view.reset(
+            snap,
+            await self._zscores(self.keys.tombstones, tombs),
+            await self._zscores(self.keys.cleared_versions, cleared),
+            time.monotonic(),
+        )
         self._mono_offset = snap.server_time - (t0 + t1) / 2
         self._mono_offset_low = snap.server_time - t1
-        self._rev = snap.revision
-        self._epoch = snap.epoch
-        changed = reason not in ("subscribe", "periodic") or lost
-        for name in set(self._paused) | set(snap.paused):
-            new = snap.paused.get(name)
-            old = self._paused.get(name)
-            if old != new or new is not None:
-                if old != new:
-                    changed = True
-                ev = None
-                if old != new:
-                    ev = PauseEvent(
-                        snap.revision,
-                        snap.epoch,
-                        name,
-                        "resync",
-                        new is not None,
-                        None,
-                        new,
-                        snap.server_time,
-                    )
-                self._set(name, new, ev)
-        self._resync_versions(snap, cleared, versions_new_epoch, was)  # after the pauses
-        if changed or not self._in_sync:
-            logger.info(
-                "pausesvc watcher in sync at revision %d (%s)",
-                self._rev,
-                reason,
-                extra={"event": "resync", "revision": self._rev, "reason": reason},
-            )
+        self._report(done, snap, reason)
+        for change in done.changes:
+            self._changed(change)
+        for name, desired in done.versions:  # after the pauses
+            self._version_changed(name, desired)
         # the proof is dated when the snapshot was SENT, and given only now that the view holds
         # it: a fenced replica must not unfence while the awaits above still show a stale view
         self._prove(t0)
@@ -666,18 +560,54 @@ class PauseWatcher:
         self._wake_all()
         self._advanced()
 
+    def _report(self, done: Reset, snap: Snapshot, reason: str) -> None:
+        """Log what a resync found: a data loss, lost versions, orphans released, a change."""
+        (was_epoch, was_rev), ns = done.was, self.keys.namespace
+        if done.lost:
+            self.stats.data_losses += 1
+            logger.error(
+                "pausesvc: Redis lost data (%s@%s -> %s@%s%s); policy=%s, %d adapter(s) this "
+                "process knew paused are gone from Redis without a resume: %s",
+                was_epoch,
+                was_rev,
+                snap.epoch,
+                snap.revision,
+                "" if done.backwards else ", same epoch: a failover to a lagging replica?",
+                self.on_data_loss,
+                len(done.orphaned),
+                ", ".join(done.orphaned) or "-",
+                extra={"event": "data_loss", "namespace": ns},
+            )
+        if done.kept_versions:
+            logger.error(
+                "pausesvc: Redis lost desired weight versions (%s@%s -> %s@%s); keeping the last "
+                "known ones (a clear removes them): %s",
+                was_epoch,
+                was_rev,
+                snap.epoch,
+                snap.revision,
+                ", ".join(f"{n}@{self._view.desired[n].version}" for n in done.kept_versions),
+                extra={"event": "versions_lost", "namespace": ns},
+            )
+        for name in done.released:
+            logger.warning("pausesvc: orphaned pause of %r released: resumed after it was orphaned", name)
+        if done.changed or done.lost or reason not in ("subscribe", "periodic") or not self._in_sync:
+            logger.info(
+                "pausesvc watcher in sync at revision %d (%s)",
+                snap.revision,
+                reason,
+                extra={"event": "resync", "revision": snap.revision, "reason": reason},
+            )
+
     # -- applying state ------------------------------------------------------------------------------
-    def _set(self, name: str, state: AdapterState | None, ev: PauseEvent | None) -> None:
-        if state is None:
-            self._paused.pop(name, None)
-        else:
-            self._paused[name] = state
-        if ev is not None and ev.op not in ("resync", "version") and name in self._orphans:
-            # a controller re-asserted this adapter after the data loss: Redis is the truth again
-            del self._orphans[name]
-            self._orphaned_at.pop(name, None)
+    def _changed(self, change: Change) -> None:
+        """The view of one adapter was set: wake its waiters, tell the listeners."""
+        name = change.name
+        if change.orphan_released:
             logger.warning(
-                "pausesvc: orphaned pause of %r released by a new change (rev %d)", name, ev.revision
+                "pausesvc: orphaned pause of %r released by a new change (rev %d)",
+                name,
+                change.event.revision if change.event else self._view.revision,
             )
         if not self.is_paused(name):
             self._wake(name)
@@ -685,7 +615,7 @@ class PauseWatcher:
             self._wake_all()
         for listener in self._listeners:
             try:
-                listener(name, state, ev)
+                listener(name, change.state, change.event)
             except Exception:
                 logger.exception("pausesvc watcher listener failed")
 
@@ -704,30 +634,31 @@ class PauseWatcher:
 
     def release_orphan(self, name: str) -> bool:
         """Operator confirmation: stop holding an adapter orphaned by a data loss."""
-        if self._orphans.pop(name, None) is None:
+        if not self._view.release_orphan(name):
             return False
-        self._orphaned_at.pop(name, None)
+        self._orphan_gone(name)
+        return True
+
+    def _orphan_gone(self, name: str) -> None:
         if not self.is_paused(name):
             self._wake(name)
         if name == GLOBAL:
             self._wake_all()
         for listener in self._listeners:
-            listener(name, self._paused.get(name), None)
-        return True
+            try:
+                listener(name, self._view.paused.get(name), None)
+            except Exception:
+                logger.exception("pausesvc watcher listener failed")
 
     # -- leases ----------------------------------------------------------------------------------------
     def _schedule_expiry(self) -> None:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
             self._expiry_timer = None
-        ends = [
-            s.next_expiry
-            for s in (*self._paused.values(), *self._orphans.values())
-            if s.next_expiry is not None
-        ]
-        if not ends:
+        end = self._view.next_expiry()
+        if end is None:
             return
-        delay = max(0.0, min(ends) - self.server_time_floor())
+        delay = max(0.0, end - self.server_time_floor())
         loop = asyncio.get_running_loop()
         self._expiry_timer = loop.call_later(delay + 0.001, self._expire_local)
 
@@ -740,23 +671,13 @@ class PauseWatcher:
                 loop = asyncio.get_running_loop()
                 self._expiry_timer = loop.call_later(0.1, self._expire_local)
             return
-        now = self.server_time_floor()
-        for name, st in list(self._orphans.items()):
-            # an orphan's lease: nobody can renew a hold Redis lost (renew answers
-            # not_holder), so it ends when it would have ended (decided in docs/semantics.md)
-            left = st.without_expired(now)
-            if left is None:
-                logger.warning("pausesvc: orphaned pause of %r released: its lease ran out", name)
-                self.release_orphan(name)
-            elif left is not st:
-                self._orphans[name] = left
-        for name, st in list(self._paused.items()):
-            nxt = st.next_expiry
-            if nxt is not None and nxt <= now:
+        changes, released = self._view.expire(self.server_time_floor())
+        for name in released:
+            logger.warning("pausesvc: orphaned pause of %r released: its lease ran out", name)
+        for change in changes:
+            if change.name not in released:
                 self.stats.local_expiries += 1
-                new = st.without_expired(now)
-                ev = PauseEvent(self._rev, self._epoch, name, "expire", new is not None, None, new, now)
-                self._set(name, new, ev)
+            self._changed(change)
         self._schedule_expiry()
         if self.reap_leases and (self._reap_task is None or self._reap_task.done()):
             self._reap_task = asyncio.create_task(self._reap())

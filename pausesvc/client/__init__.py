@@ -2,8 +2,8 @@
 :class:`PauseClient` (blocking), on the shared configuration and argument/reply handling of
 ``_base``; the drain and version barriers are ``_drain``."""
 
+from pausesvc._exceptions import SwapError
 from pausesvc.client._async import AsyncPauseClient, release_watcher, shared_watcher
-from pausesvc.client._base import SwapError
 from pausesvc.client._blocking import PauseClient
 
 __all__ = ["AsyncPauseClient", "PauseClient", "SwapError", "release_watcher", "shared_watcher"]

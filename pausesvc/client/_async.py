@@ -26,14 +26,9 @@ from pausesvc._exceptions import (
 )
 from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
 from pausesvc._settings import Settings
-from pausesvc.client._base import (
-    BaseClient,
-    parse_snapshot_reply,
-    parse_versions,
-    swap_outcome,
-    validate_timeout,
-)
+from pausesvc.client._base import BaseClient, swap_outcome
 from pausesvc.client._drain import AckWaiter, list_replicas
+from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions
 from pausesvc.protocol.keys import validate_name
 from pausesvc.protocol.models import (
     AdapterState,
@@ -45,6 +40,7 @@ from pausesvc.protocol.models import (
     SwapResult,
 )
 from pausesvc.protocol.scripts import read_script, registry_script, state_script
+from pausesvc.protocol.validate import validate_timeout
 from pausesvc.watcher import PauseWatcher
 
 __all__ = ["AsyncPauseClient", "release_watcher", "shared_watcher"]

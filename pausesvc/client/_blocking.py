@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -33,16 +33,9 @@ from pausesvc._redis import (
     sync_client,
 )
 from pausesvc._settings import Settings
-from pausesvc.client._base import (
-    BaseClient,
-    classify_event,
-    parse_snapshot_reply,
-    parse_versions,
-    reconcile_versions,
-    swap_outcome,
-    validate_timeout,
-)
+from pausesvc.client._base import BaseClient, swap_outcome
 from pausesvc.client._drain import list_replicas_sync, wait_drained_sync, wait_versions_sync
+from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions
 from pausesvc.protocol.keys import GLOBAL, validate_name
 from pausesvc.protocol.models import (
     AdapterState,
@@ -54,6 +47,8 @@ from pausesvc.protocol.models import (
     SwapResult,
 )
 from pausesvc.protocol.scripts import read_script, state_script
+from pausesvc.protocol.validate import validate_timeout
+from pausesvc.protocol.view import View
 
 __all__ = ["PauseClient"]
 
@@ -315,13 +310,16 @@ class PauseClient(BaseClient):
                 pubsub.close()
 
     def events(self, *, timeout: float | None = None) -> Iterator[PauseEvent]:
-        """Yield changes as they are published (gaps are reported as a resync of the diff;
-        desired versions that changed meanwhile as op ``version``)."""
+        """Yield changes as they are published. A gap, a reconnect, a data loss re-read the
+        snapshot and yield the differences the watcher's view would see (op ``resync``;
+        ``orphaned`` for a pause Redis lost without a resume, which stays paused; desired
+        versions that changed meanwhile as op ``version``)."""
         validate_timeout(timeout)
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.events)
             try:
-                view = _EventsView(self.snapshot())
+                view = View()
+                self._reset(view)
                 while True:
                     msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
                     if msg is None:
@@ -336,24 +334,59 @@ class PauseClient(BaseClient):
                             ev = PauseEvent.from_json(msg["data"])
                         except (ValueError, KeyError, TypeError):
                             ev = None
-                    verdict = "resubscribed" if ev is None else view.classify(ev)
+                    verdict = "resubscribed" if ev is None else view.classify(ev, time.monotonic())
                     if verdict == "skip":
                         continue
                     if ev is not None and verdict == "apply":
-                        view.apply(ev)
+                        view.apply(ev, ev.ts)
                         yield ev
                     else:
-                        # a gap, a reconnect, another incarnation of the namespace (data
-                        # loss), a revision gone back (failover): the same rules as the watcher
-                        yield from view.reset(self.snapshot(), self._cleared)
+                        yield from self._reset(view)
             finally:
                 pubsub.close()
 
-    def _cleared(self, names: list[str]) -> dict[str, int]:
-        """The clear tombstones (``cleared_versions``) of ``names``."""
+    def _reset(self, view: View) -> list[PauseEvent]:
+        """Re-read the snapshot into ``view``; the differences as events."""
+        snap = self.snapshot()
+        tombs, cleared = view.wanted(snap)
+        done = view.reset(
+            snap,
+            self._zscores(self.keys.tombstones, tombs),
+            self._zscores(self.keys.cleared_versions, cleared),
+            time.monotonic(),
+        )
+        if done.lost or done.kept_versions:
+            logger.error(
+                "pausesvc: Redis lost data (%s@%s -> %s@%s); still paused: %s; versions kept: %s",
+                *done.was,
+                snap.epoch,
+                snap.revision,
+                ", ".join(done.orphaned) or "-",
+                ", ".join(done.kept_versions) or "-",
+            )
+        out = [c.event for c in done.changes if c.event is not None]
+        for name, desired in done.versions:
+            st = view.state(name)
+            out.append(
+                PauseEvent(
+                    snap.revision,
+                    snap.epoch,
+                    name,
+                    "version",
+                    st is not None,
+                    None,
+                    st,
+                    snap.server_time,
+                    desired,
+                )
+            )
+        return out
+
+    def _zscores(self, key: str, names: list[str]) -> dict[str, int]:
+        """The score of each of ``names`` that has one in the zset ``key`` (a tombstone)."""
         if not names:
             return {}
-        values = self.redis.zmscore(self.keys.cleared_versions, names)
+        values = self.redis.zmscore(key, names)
         return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
 
     @contextlib.contextmanager
@@ -438,70 +471,3 @@ class PauseClient(BaseClient):
                 return
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)
-
-
-class _EventsView:
-    """The view ``events()`` keeps (no I/O): revision, epoch, paused set, desired versions."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.rev, self.epoch = snap.revision, snap.epoch
-        self.paused = dict(snap.paused)
-        self.versions = dict(snap.versions)
-        self.read_at = time.monotonic()
-
-    def classify(self, ev: PauseEvent) -> str:
-        return classify_event(ev, self.rev, self.epoch, time.monotonic() - self.read_at)
-
-    def apply(self, ev: PauseEvent) -> None:
-        self.rev, self.epoch = ev.revision, ev.epoch
-        if ev.state is None:
-            self.paused.pop(ev.name, None)
-        else:
-            self.paused[ev.name] = ev.state
-        if ev.op == "version":
-            if ev.version is None:
-                self.versions.pop(ev.name, None)
-            else:
-                self.versions[ev.name] = ev.version
-
-    def reset(self, snap: Snapshot, cleared: Callable[[list[str]], dict[str, int]]) -> list[PauseEvent]:
-        """Take ``snap``; return the differences as events (``resync``, then ``version``)."""
-        out = []
-        for n in sorted(set(self.paused) | set(snap.paused)):
-            if self.paused.get(n) != snap.paused.get(n):
-                st = snap.paused.get(n)
-                out.append(
-                    PauseEvent(
-                        snap.revision, snap.epoch, n, "resync", st is not None, None, st, snap.server_time
-                    )
-                )
-        gone = [n for n in self.versions if n not in snap.versions]
-        new_epoch = self.epoch is not None and snap.epoch != self.epoch
-        versions, changed, kept = reconcile_versions(
-            self.versions, snap.versions, cleared(gone), new_epoch=new_epoch
-        )
-        if kept:
-            logger.error("pausesvc: Redis lost desired weight versions; keeping: %s", ", ".join(kept))
-        for n in changed:
-            st = snap.paused.get(n)
-            out.append(
-                PauseEvent(
-                    snap.revision,
-                    snap.epoch,
-                    n,
-                    "version",
-                    st is not None,
-                    None,
-                    st,
-                    snap.server_time,
-                    versions.get(n),
-                )
-            )
-        self.rev, self.epoch, self.paused, self.versions = (
-            snap.revision,
-            snap.epoch,
-            dict(snap.paused),
-            versions,
-        )
-        self.read_at = time.monotonic()
-        return out

@@ -26,6 +26,7 @@ from pausesvc._redis import (
     retry_stale,
     subscribe_confirmed,
 )
+from pausesvc.protocol.codec import replica_record
 from pausesvc.protocol.models import Grant, token_revision
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def _build(
     timeout_ms = client.settings.replica_timeout_s * 1000
     out = []
     for (rid, score), raw in zip(members, records, strict=True):
-        rec = client._replica_record(raw, score, now_ms, _decode(rid))
+        rec = replica_record(raw, score, now_ms, _decode(rid))
         # a replica that fences later than our timeout assumes (its own fence_bound_s) stays
         # live until it has surely fenced itself: the barrier never drops an unfenced replica
         limit = timeout_ms

@@ -60,7 +60,7 @@ from typing import Any
 import httpx
 
 from pausesvc._exceptions import InvalidInputError, PauseError
-from pausesvc.client._base import validate_timeout
+from pausesvc.protocol.validate import validate_timeout
 from pausesvc.sampling.continuation import (
     ADAPTER_VERSION_HEADER,
     Boundary,

@@ -36,8 +36,8 @@ from pausesvc._exceptions import (
     RedisPermissionError,
     RedisUnavailableError,
     StaleTokenError,
+    SwapError,
 )
-from pausesvc.client._base import SwapError
 from pausesvc.service._schemas import ErrorOut
 
 __all__ = ["ApiError", "install_error_handlers", "responses"]

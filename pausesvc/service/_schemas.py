@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict, JsonValue
 
-from pausesvc.client._base import (
+from pausesvc.protocol.keys import MAX_NAME_LENGTH, validate_holder, validate_name, validate_version
+from pausesvc.protocol.validate import (
     MAX_LOAD_FIELDS,
     MAX_PATH_LENGTH,
     MAX_REASON_LENGTH,
@@ -23,7 +24,6 @@ from pausesvc.client._base import (
     validate_path,
     validate_reason,
 )
-from pausesvc.protocol.keys import MAX_NAME_LENGTH, validate_holder, validate_name, validate_version
 
 #: Longest wait a single long-poll or drain may ask for (seconds).
 MAX_WAIT_S = 3600.0

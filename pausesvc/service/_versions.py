@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from pausesvc.client._base import SwapError
+from pausesvc._exceptions import SwapError
 from pausesvc.service._auth import require_read, require_write
 from pausesvc.service._errors import responses
 from pausesvc.service._paths import adapter_name

@@ -279,8 +279,8 @@ def test_tombstones_are_bounded(client: PauseClient, raw_redis: redis.Redis, nam
 def test_classify_event(
     ev_rev: int, ev_epoch: str, rev: int, epoch: str | None, since: float, verdict: str
 ) -> None:
-    from pausesvc.client._base import classify_event
     from pausesvc.protocol.models import PauseEvent
+    from pausesvc.protocol.view import classify_event
 
     ev = PauseEvent(ev_rev, ev_epoch, "a", "pause", True, "h", None, 0.0)
     assert classify_event(ev, rev, epoch, since) == verdict

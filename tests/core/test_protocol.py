@@ -428,7 +428,8 @@ def test_embedded_redis_dies_with_its_parent(tmp_path) -> None:  # type: ignore[
 
 def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Redis, namespace: str) -> None:
     """Revisions restart after Redis loses its data: the iterator resyncs instead of dropping
-    every later event as 'old'."""
+    every later event as 'old', and the pauses Redis lost without a resume are said to be
+    orphaned - still paused - never resumed (the watcher's rule)."""
     import threading
 
     client.pause("a")
@@ -456,4 +457,5 @@ def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Re
         other.pause("c", holder="h2")
     t.join(10)
     assert any(n == "c" and p for _, n, p in got), got  # learned after the loss
-    assert ("resync", "a", False) in got and ("resync", "b", False) in got, got
+    assert ("orphaned", "a", True) in got and ("orphaned", "b", True) in got, got
+    assert ("resync", "a", False) not in got and ("resync", "b", False) not in got, got

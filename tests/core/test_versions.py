@@ -31,7 +31,7 @@ from pausesvc import (
     SwapError,
     SwapResult,
 )
-from pausesvc.client._base import reconcile_versions
+from pausesvc.protocol.view import reconcile_versions
 
 
 async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -239,7 +239,7 @@ async def test_first_sync_resync_and_gap_fire_the_version_listener(redis_url: st
             await w._resync("periodic")
             assert calls == []  # nothing changed
             # a gap: the watcher misses an event (published while it is not listening)
-            w._rev -= 1
+            w._view.revision -= 1
             await c.set_version("a", "v2", "/w2")
             await _eventually(lambda: ("a", "v2") in calls)
             assert w.stats.gaps >= 1 and w.desired("a").version == "v2"  # type: ignore[union-attr]
@@ -255,7 +255,7 @@ async def test_a_missed_clear_is_honoured_at_resync(redis_url: str, namespace: s
         await c.set_version("a", "v1", "/w")
         async with PauseWatcher(redis_url, namespace=namespace, resync_interval=3600) as w:
             w.add_version_listener(lambda n, d: calls.append((n, d.version if d else None)))
-            w._rev -= 1  # the clear's event will look like a gap: the view resyncs instead
+            w._view.revision -= 1  # the clear's event will look like a gap: the view resyncs instead
             await c.clear_version("a")
             await _eventually(lambda: w.desired("a") is None)
             # the snapshot lacks "a"; the clear's tombstone proves it was cleared, not lost
