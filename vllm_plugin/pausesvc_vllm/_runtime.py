@@ -61,6 +61,7 @@ from pausesvc import (
 )
 from pausesvc import shared_watcher as _shared_watcher
 from pausesvc_vllm._adapters import Target
+from pausesvc_vllm._asgi import BodyDeadlines
 from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
 from pausesvc_vllm._versions import VersionKeeper
@@ -148,6 +149,9 @@ class GateRuntime:
         self._epoch: str | None = None
         # self-fencing: the send time (monotonic) of the newest heartbeat that succeeded
         self._hb_proof: float | None = None
+        # a monotonic time before which the process is surely not fenced: both proofs only
+        # move forward, so this bound only grows (``fenced`` then costs one clock read)
+        self._unfenced_until = float("-inf")
         self._was_fenced = True
         self._unfenced: asyncio.Event | None = None
         self._fence_drain: asyncio.Task[None] | None = None
@@ -161,6 +165,8 @@ class GateRuntime:
         self._heartbeat: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the deadlines of the gated requests' body reads, behind one timer (set by start)
+        self.body_deadlines: BodyDeadlines | None = None
         self._closed = False
         self._version = _version()
 
@@ -193,6 +199,7 @@ class GateRuntime:
             url = self.settings.redis_url
             assert url is not None  # checked by the middleware's constructor
             self._loop = asyncio.get_running_loop()
+            self.body_deadlines = BodyDeadlines(self._loop)
             self._changed = asyncio.Event()
             self._ack_slots = asyncio.Semaphore(ACK_CONCURRENCY)
             self.client = AsyncPauseClient(url, settings=self.settings, holder="skyrl")
@@ -271,11 +278,31 @@ class GateRuntime:
             and not self.versions.blocks(name)
         )
 
+    def open_to_all(self) -> bool:
+        """Is nothing at all paused or parked here, synced and not fenced? (The gate's fast
+        path: ``admissible`` of every name, one clock read.)"""
+        w = self.watcher
+        return (
+            w is not None
+            and w.synced_once
+            and not w.any_paused
+            and not self.versions.pending
+            and not self.fenced
+        )
+
     @property
     def fenced(self) -> bool:
         """Can this process NOT prove, within ``fence_bound_s``, that it is in sync and that
         the registry sees it alive? Then it serves nothing (as if ``*`` were paused)."""
-        return self.fence_age() > self.settings.fence_bound_s
+        if time.monotonic() <= self._unfenced_until:
+            return False
+        now = time.monotonic()
+        age = self.fence_age()  # read after ``now``: the bound below is never late
+        bound = self.settings.fence_bound_s
+        if age > bound:
+            return True
+        self._unfenced_until = now - age + bound
+        return False
 
     def may_forward(self) -> bool:
         """May a response message of an admitted request go out now? (Not while fenced: a
