@@ -54,6 +54,7 @@ from pausesvc_vllm._guard import (
     cross_site,
     is_json,
 )
+from pausesvc_vllm._routes import OWN_PREFIXES
 from pausesvc_vllm._runtime import GateRuntime
 from pausesvc_vllm._stats import render_prometheus
 
@@ -61,7 +62,6 @@ __all__ = ["ANON_HOLDER", "OWN_PREFIXES", "SKYRL_HOLDER", "handle_own"]
 
 logger = logging.getLogger("pausesvc_vllm")
 
-OWN_PREFIXES = ("/skyrl/v1/", "/pausesvc/")
 SKYRL_HOLDER = AUTH_HOLDER
 DEFAULT_WAIT_S = 60.0
 MAX_WAIT_S = 24 * 3600.0

@@ -43,14 +43,10 @@ from pausesvc_vllm._asgi import (
     send_not_allowed,
     send_unavailable,
 )
-from pausesvc_vllm._deadline import abort_kind, send_abort
-from pausesvc_vllm._endpoints import OWN_PREFIXES, handle_own
 from pausesvc_vllm._guard import lacks_vllm_key, warn_if_open
-from pausesvc_vllm._loads import LOAD_PATH, direct_load
-from pausesvc_vllm._routes import SAFE_METHODS, GatedPaths, route_table
+from pausesvc_vllm._routes import LOAD_PATH, OWN_PREFIXES, SAFE_METHODS, GatedPaths, route_table
 from pausesvc_vllm._runtime import Admission, GateRuntime
 from pausesvc_vllm._versions import VERSION_HEADER
-from pausesvc_vllm._websocket import serve_websocket
 
 __all__ = ["PauseGateMiddleware"]
 
@@ -98,6 +94,8 @@ class PauseGateMiddleware:
         if kind == "websocket":
             self.runtime.bind(scope)
             if self.paths.path_gated(route_path(scope), scope):
+                from pausesvc_vllm._websocket import serve_websocket  # on first use: few serve one
+
                 await serve_websocket(
                     self.app, self.runtime, self.base_names, self._blocked, scope, receive, send
                 )
@@ -120,10 +118,14 @@ class PauseGateMiddleware:
             if own == ROUTES_PATH:
                 await self._answer_routes(scope, send)
                 return
+            from pausesvc_vllm._endpoints import handle_own  # imported on first use
+
             if await handle_own(rt, own, scope, receive, send):
                 return
         if not gated or scope.get("method") in SAFE_METHODS:
             if scope.get("method") == "POST" and route_path(scope) == LOAD_PATH:
+                from pausesvc_vllm._loads import direct_load  # imported on first use
+
                 await direct_load(self.app, rt, scope, receive, send)
                 return
             await self.app(scope, receive, send)
@@ -344,6 +346,8 @@ class PauseGateMiddleware:
         rt.stats.rejections += 1
         if outcome == "timeout":
             rt.stats.hold_timeouts += 1
+            from pausesvc_vllm._deadline import abort_kind, send_abort  # imported on first use
+
             kind = abort_kind(route_path(scope)) if self.settings.gate_deadline_response == "abort" else None
             if kind is not None:  # zero tokens, finish_reason "abort": retry loops
                 await send_abort(

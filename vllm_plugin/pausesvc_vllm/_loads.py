@@ -29,13 +29,13 @@ from pausesvc_vllm._asgi import (
     replaying_receive,
     send_json,
 )
+from pausesvc_vllm._routes import LOAD_PATH
 from pausesvc_vllm._runtime import GateRuntime
 from pausesvc_vllm._versions import VERSION_HEADER
 
 __all__ = ["LOAD_PATH", "direct_load"]
 
 logger = logging.getLogger("pausesvc_vllm")
-LOAD_PATH = "/v1/load_lora_adapter"
 
 
 async def direct_load(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> None:

@@ -23,10 +23,14 @@ from typing import Any
 
 from pausesvc_vllm._asgi import PathMatcher, Scope, normalize_path, route_path
 
-__all__ = ["SAFE_METHODS", "GatedPaths", "route_table"]
+__all__ = ["LOAD_PATH", "OWN_PREFIXES", "SAFE_METHODS", "GatedPaths", "route_table"]
 
 #: Methods never gated: they read, they do not generate (no vLLM route generates on GET).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: the gate's own paths (``_endpoints.py``: the SkyRL steps, status, metrics, routes)
+OWN_PREFIXES = ("/skyrl/v1/", "/pausesvc/")
+#: vLLM's direct adapter load (``_loads.py``)
+LOAD_PATH = "/v1/load_lora_adapter"
 
 
 def _segments(path: str) -> tuple[str, ...]:
