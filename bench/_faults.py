@@ -78,7 +78,7 @@ async def _pausesvc(url: str, R: int, fault: str, col: Collector) -> list[dict[s
             elif fault == "dead" and procs[0].is_alive():
                 os.kill(victim, signal.SIGKILL)
                 procs[0].join(5)
-            ms, outcome = await _timed(client.pause("A", drain=drain, timeout=10))
+            ms, outcome = await _timed(client.pause("A", drain=drain, timeout=10 if drain else None))
             rows.append(
                 {
                     "design": "pausesvc" + (" drain=True" if drain else ""),

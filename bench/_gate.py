@@ -1,9 +1,12 @@
 """Scenario 5: the gate's cost on unpaused traffic, through uvicorn, with and without it.
 
-Three uvicorn servers (one worker each) serve the same fake streaming ``/v1/completions``: bare,
-behind ``PauseGateMiddleware``, behind the SkyRL gate. One load-generator process (lean raw
-HTTP/1.1 keep-alive client, C connections) drives one server at a time, the order rotating every
-round. Server CPU per request comes from /proc (user+system of the server process).
+Per event loop (asyncio, and uvloop - what vLLM's uvicorn runs - when installed), three uvicorn
+servers (one worker each) serve the same fake streaming ``/v1/completions``: bare, behind
+``PauseGateMiddleware``, behind the SkyRL gate. One load-generator process (lean raw HTTP/1.1
+keep-alive client, C connections) drives one server at a time, the order rotating every round.
+A gate's ratio per round is its throughput over the bare server's on the same loop in the same
+round; the spread of those ratios over the rounds is reported. Server CPU per request comes from
+/proc (user+system of the server process).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import statistics
 import time
 from typing import Any
 
+from bench._procs import loop_names
 from bench._util import ctx, percentile, proc_cpu, start_procs, stop_procs, summary
 
 __all__ = ["run"]
@@ -23,10 +28,10 @@ VARIANTS = ("none", "pausesvc", "skyrl")
 _BODY = json.dumps({"model": "A", "prompt": "hello", "max_tokens": 4, "stream": True}).encode()
 
 
-def server_proc(variant: str, url: str, conn: Any) -> None:
+def server_proc(variant: str, url: str, conn: Any, loop: str = "asyncio") -> None:
     import os
 
-    from bench._procs import start_gate, start_uvicorn
+    from bench._procs import run_on, start_gate, start_uvicorn
     from bench.baseline.app import SkyRLReplica
     from bench.fakeapp import fake_openai_app
 
@@ -40,7 +45,7 @@ def server_proc(variant: str, url: str, conn: Any) -> None:
         conn.send((port, os.getpid()))
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run_on(loop, main())
 
 
 def loadgen_proc(conn: Any) -> None:
@@ -76,46 +81,38 @@ def loadgen_proc(conn: Any) -> None:
 
 async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    pipes = {v: ctx().Pipe() for v in VARIANTS}
-    procs = start_procs(server_proc, [(v, url, pipes[v][1]) for v in VARIANTS])
+    loops = loop_names()
+    servers = [(v, lp) for lp in loops for v in VARIANTS]
+    pipes = {s: ctx().Pipe() for s in servers}
+    procs = start_procs(server_proc, [(v, url, pipes[(v, lp)][1], lp) for v, lp in servers])
     lg_a, lg_b = ctx().Pipe()
     procs += start_procs(loadgen_proc, [(lg_b,)])
     try:
-        info = {v: await loop.run_in_executor(None, pipes[v][0].recv) for v in VARIANTS}
-        rows: dict[str, dict[str, list[float]]] = {
-            v: {"rps": [], "cpu_us": [], "ttfb_ms": []} for v in VARIANTS
+        info = {s: await loop.run_in_executor(None, pipes[s][0].recv) for s in servers}
+        rows: dict[tuple[str, str], dict[str, list[float]]] = {
+            s: {"rps": [], "cpu_us": [], "ttfb_ms": []} for s in servers
         }
         for rnd in range(cfg["gate_rounds"] + 1):
-            order = VARIANTS[rnd % 3 :] + VARIANTS[: rnd % 3]
-            for v in order:
-                port, pid = info[v]
+            k = rnd % len(servers)
+            for s in servers[k:] + servers[:k]:
+                port, pid = info[s]
                 c0 = proc_cpu(pid)
                 lg_a.send((port, cfg["gate_conc"], cfg["gate_seconds"]))
                 count, elapsed, ttfb = await loop.run_in_executor(None, lg_a.recv)
                 c1 = proc_cpu(pid)
                 if rnd == 0:
                     continue  # warm-up round
-                rows[v]["rps"].append(count / elapsed)
-                rows[v]["cpu_us"].append(1e6 * (c1 - c0) / count)
-                rows[v]["ttfb_ms"].append(1e3 * percentile(sorted(ttfb), 0.5))
-        base = rows["none"]
-        out = []
-        for v in VARIANTS:
-            r = {k: summary(vals) for k, vals in rows[v].items()}
-            out.append(
-                {
-                    "variant": v,
-                    **r,
-                    "ratio": r["rps"]["median"] / summary(base["rps"])["median"],
-                    "added_cpu_us": r["cpu_us"]["median"] - summary(base["cpu_us"])["median"],
-                    "raw": rows[v],
-                }
-            )
-            log.info("gate %s: %.0f req/s, %.1f us CPU/request", v, r["rps"]["median"], r["cpu_us"]["median"])
+                rows[s]["rps"].append(count / elapsed)
+                rows[s]["cpu_us"].append(1e6 * (c1 - c0) / count)
+                rows[s]["ttfb_ms"].append(1e3 * percentile(sorted(ttfb), 0.5))
+        out = [_row(v, lp, rows[(v, lp)], rows[("none", lp)]) for v, lp in servers]
         from bench.fakeapp import CHUNKS
 
         return {
-            "summary": out,
+            "summary": [r for r in out if r["loop"] == "asyncio"],
+            "by_loop": out,
+            "loops": list(loops),
+            "rounds": cfg["gate_rounds"],
             "concurrency": cfg["gate_conc"],
             "seconds": cfg["gate_seconds"],
             "chunks": CHUNKS,
@@ -123,3 +120,30 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     finally:
         lg_a.send(None)
         stop_procs(procs)
+
+
+def _row(
+    variant: str, loop: str, rows: dict[str, list[float]], base: dict[str, list[float]]
+) -> dict[str, Any]:
+    r = {k: summary(vals) for k, vals in rows.items()}
+    ratios = [g / b for g, b in zip(rows["rps"], base["rps"], strict=True)]
+    log.info(
+        "gate %s on %s: %.0f req/s, %.1f us CPU/request, per-round ratio %.3f (%.3f-%.3f)",
+        variant,
+        loop,
+        r["rps"]["median"],
+        r["cpu_us"]["median"],
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
+    return {
+        "variant": variant,
+        "loop": loop,
+        **r,
+        "ratio": r["rps"]["median"] / summary(base["rps"])["median"],
+        "round_ratios": ratios,
+        "round_ratio": {**summary(ratios), "min": min(ratios)},
+        "added_cpu_us": r["cpu_us"]["median"] - summary(base["cpu_us"])["median"],
+        "raw": rows,
+    }

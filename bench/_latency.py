@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from bench._procs import baseline_replica, floor_subscriber, pausesvc_replica
+from bench._procs import baseline_replica, floor_subscriber, loop_names, pausesvc_replica
 from bench._util import Collector, start_procs, stop_procs, summary
 from bench.baseline.fanout import CLIENTS, FanoutController
 from pausesvc import AsyncPauseClient
@@ -108,10 +108,12 @@ async def _at_r(
     host: str = "127.0.0.1",
     report_path: str | None = None,
     on_ports: Any = None,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """``spawn(target, argsets)`` starts the replica processes (the namespace runs wrap it),
     ``host`` is where the baseline replicas listen, ``report_path`` an AF_UNIX report socket,
-    ``await on_ports(ports)`` runs once the baseline replicas listen (a relay in front)."""
+    ``await on_ports(ports)`` runs once the baseline replicas listen (a relay in front);
+    ``uvloop``: R more pausesvc replicas on uvloop (design ``pausesvc-uvloop``, own namespace)."""
     col = await Collector.open(report_path)
     ns = f"bench{R}"
     r = aredis.Redis.from_url(url)
@@ -131,6 +133,10 @@ async def _at_r(
             "per_replica_total": (after["connected_clients"] - before["connected_clients"]) / R,
             "per_replica_pubsub": (ps_after - ps_before) / R,
         }
+        uv = uvloop and "uvloop" in loop_names()
+        if uv:
+            procs += spawn(pausesvc_replica, [(i, url, col.port, ns + "u", "uvloop", "u") for i in range(R)])
+            await col.expect("u", "ready", R, timeout=120)
         procs += spawn(baseline_replica, [(i, col.port) for i in range(R)])
         procs += spawn(floor_subscriber, [(i, url, col.port, FLOOR_CHANNEL) for i in range(R)])
         ports = sorted((rep.idx, int(rep.extra)) for rep in await col.expect("b", "ready", R, timeout=120))
@@ -142,18 +148,24 @@ async def _at_r(
         client = AsyncPauseClient(url, namespace=ns, holder="bench")
         pub = aredis.Redis.from_url(url)
         await pub.ping()
+        uv_client = AsyncPauseClient(url, namespace=ns + "u", holder="bench")
         grant: dict[str, str] = {}
 
-        async def p_pause(drain: bool = False) -> None:
-            grant["t"] = (await client.pause(ADAPTER, drain=drain, timeout=30)).token
+        async def p_pause(drain: bool = False, c: AsyncPauseClient = client) -> None:
+            grant[c.namespace] = (await c.pause(ADAPTER, drain=drain, timeout=30 if drain else None)).token
 
-        async def p_resume() -> None:
-            await client.resume(ADAPTER, token=grant["t"])
+        async def p_resume(c: AsyncPauseClient = client) -> None:
+            await c.resume(ADAPTER, token=grant[c.namespace])
 
         fanouts = {k: FanoutController(k, [p for _, p in ports], host=host) for k in CLIENTS}
         designs = [
             _Design("pausesvc", "p", p_pause, p_resume),
             _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),
+            *(
+                [_Design("pausesvc-uvloop", "u", lambda: p_pause(c=uv_client), lambda: p_resume(uv_client))]
+                if uv
+                else []
+            ),
             *[
                 _Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
                 for k, f in fanouts.items()
@@ -192,6 +204,7 @@ async def _at_r(
         for f in fanouts.values():
             await f.aclose()
         await client.aclose()
+        await uv_client.aclose()
         await pub.aclose()
         return out
     finally:
@@ -204,6 +217,6 @@ async def run(url: str, rs: list[int], trials: int, cpu_events: int) -> list[dic
     out = []
     for R in rs:
         t = time.monotonic()
-        out.append(await _at_r(url, R, trials, cpu_events))
+        out.append(await _at_r(url, R, trials, cpu_events, uvloop=True))
         log.info("R=%d done in %.1fs", R, time.monotonic() - t)
     return out

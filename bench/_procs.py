@@ -26,7 +26,7 @@ try:  # the vLLM plugin's gate (built alongside): the real gate path when import
 except ImportError:  # pragma: no cover - reported as gate="watcher-only" in the results
     PauseGateMiddleware = None
 
-__all__ = ["baseline_replica", "floor_subscriber", "pausesvc_replica"]
+__all__ = ["baseline_replica", "floor_subscriber", "loop_names", "pausesvc_replica", "run_on"]
 
 ADDR = "127.0.0.1"
 #: where uvicorn replicas listen: 127.0.0.1, or a veth address in the network-namespace runs
@@ -71,7 +71,29 @@ async def start_gate(url: str, ns: str, app: Any = fake_openai_app) -> tuple[Any
     return mw, watcher
 
 
-def pausesvc_replica(idx: int, url: str, udp_port: int | str, ns: str) -> None:
+def run_on(loop: str, main: Any) -> Any:
+    """Run the coroutine ``main`` on a new event loop: ``"asyncio"`` or ``"uvloop"`` (what vLLM's
+    uvicorn runs)."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
+
+
+def loop_names() -> tuple[str, ...]:
+    """The event loops the bench compares: asyncio, and uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ("asyncio",)
+    return ("asyncio", "uvloop")
+
+
+def pausesvc_replica(
+    idx: int, url: str, udp_port: int | str, ns: str, loop: str = "asyncio", kind: str = "p"
+) -> None:
     async def main() -> None:
         sock, addr = _reporter(udp_port)
         mw, watcher = await start_gate(url, ns)
@@ -81,15 +103,15 @@ def pausesvc_replica(idx: int, url: str, udp_port: int | str, ns: str) -> None:
             paused = watcher.is_paused(name)
             if last.get(name, False) != paused:
                 last[name] = paused
-                send_report(sock, addr, "p", idx, "1" if paused else "0", name)
+                send_report(sock, addr, kind, idx, "1" if paused else "0", name)
 
         watcher.add_listener(on_change)
-        send_report(sock, addr, "p", idx, "ready", "gate" if mw is not None else "watcher")
+        send_report(sock, addr, kind, idx, "ready", "gate" if mw is not None else "watcher")
         await _until_term()
         if mw is not None:
             await mw.runtime.aclose()
 
-    asyncio.run(main())
+    run_on(loop, main())
 
 
 def floor_subscriber(idx: int, url: str, udp_port: int | str, channel: str) -> None:

@@ -71,6 +71,7 @@ async def gate_micro(url: str, n: int, rounds: int) -> dict[str, Any]:
             per = {}
             order = (("direct", app), ("gated", mw)) if r % 2 == 0 else (("gated", mw), ("direct", app))
             for label, target in order:
+                await asyncio.sleep(0.01)  # the watcher's PONGs get read (the loop never blocks below)
                 c0 = time.process_time()
                 for _ in range(n):
                     await target(dict(scope), receive, send)
@@ -86,6 +87,7 @@ async def gate_micro(url: str, n: int, rounds: int) -> dict[str, Any]:
     finally:
         await mw.runtime.aclose()
     return {
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         "n": n,
         "rounds": rounds,
         "direct_us": direct,
@@ -94,6 +96,33 @@ async def gate_micro(url: str, n: int, rounds: int) -> dict[str, Any]:
         "cost_us_median": statistics.median(costs),
         "profile": profile_top(prof),
     }
+
+
+_MICRO_SCRIPT = """
+import json, sys
+from bench._procs import run_on
+from bench._profiles import gate_micro
+out = run_on(sys.argv[2], gate_micro(sys.argv[1], int(sys.argv[3]), int(sys.argv[4])))
+print(json.dumps(out))
+"""
+
+
+async def gate_micro_on(url: str, loop: str, n: int, rounds: int) -> dict[str, Any]:
+    """:func:`gate_micro` in a fresh process on ``loop`` (asyncio or uvloop)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _MICRO_SCRIPT,
+        url,
+        loop,
+        str(n),
+        str(rounds),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 300)
+    return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _run_wall(cmd: list[str], env: dict[str, str]) -> float:
@@ -187,7 +216,7 @@ async def gate_process(url: str, changes: int, drain: bool) -> str:
                 for op, state in (("pause", "1"), ("resume", "0")):
                     col.arm("g", state)
                     if op == "pause":
-                        g = await client.pause("A", drain=drain, timeout=30)
+                        g = await client.pause("A", drain=drain, timeout=30 if drain else None)
                     else:
                         await client.resume("A", token=g.token)
                     await col.expect("g", state, 1)
@@ -240,10 +269,16 @@ async def wake(url: str, waiters: int) -> dict[str, Any]:
 async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     t = time.monotonic()
-    out["gate_micro"] = await gate_micro(url, cfg.get("micro_n", 5000), cfg.get("micro_rounds", 7))
+    n, rounds = cfg.get("micro_n", 5000), cfg.get("micro_rounds", 7)
+    out["gate_micro"] = await gate_micro(url, n, rounds)
     log.info(
         "profiles: gate_micro %.1f us (%.1fs)", out["gate_micro"]["cost_us_median"], time.monotonic() - t
     )
+    from bench._procs import loop_names
+
+    if "uvloop" in loop_names():
+        out["gate_micro_uvloop"] = await gate_micro_on(url, "uvloop", n, rounds)
+        log.info("profiles: gate_micro on uvloop %.1f us", out["gate_micro_uvloop"]["cost_us_median"])
     out["cli"] = await asyncio.to_thread(cli, url, cfg.get("cli_runs", 7))
     log.info("profiles: cli status / import redis = %.2fx", out["cli"]["ratio_median"])
     out["imports_vllm_plugin_ms"] = await asyncio.to_thread(_importtime, "pausesvc_vllm")

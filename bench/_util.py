@@ -117,6 +117,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def redis_parser() -> str:
+    """The RESP parser class redis-py's asyncio connections use here (every design and the
+    floor: none of them picks one): ``_AsyncHiredisParser`` when hiredis is installed."""
+    from redis.asyncio.connection import DefaultParser
+
+    return DefaultParser.__name__
+
+
 def versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -124,7 +132,8 @@ def versions() -> dict[str, str]:
     from pausesvc.devtools.embedded import find_redis_server
 
     out = {"python": platform.python_version(), "pausesvc": pausesvc.__version__}
-    for dist in ("redis", "httpx", "uvicorn", "h11", "pausesvc-vllm"):
+    out["redis-py parser"] = redis_parser()
+    for dist in ("redis", "hiredis", "uvloop", "httpx", "uvicorn", "h11", "pausesvc-vllm"):
         try:
             out[dist if dist != "redis" else "redis-py"] = metadata.version(dist)
         except metadata.PackageNotFoundError:

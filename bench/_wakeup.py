@@ -242,18 +242,92 @@ async def run(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: what a vLLM API server process has imported before the gate (the honest baseline)
+VLLM_PRELOADED = ("fastapi", "starlette.applications", "pydantic", "uvicorn")
+#: the gate's imports, one step each, in dependency order: the RSS step of each is reported
+RSS_STEPS = (
+    "hiredis",
+    "redis",
+    "redis.asyncio",
+    "pydantic_settings",
+    "pausesvc.protocol",  # the package's own modules (names of the current layout; a step
+    "pausesvc.client",  # that does not import is skipped)
+    "pausesvc.watcher",
+    "pausesvc",
+    "pausesvc_vllm",
+)
+
 _RSS_SCRIPT = """
-import asyncio, json, sys
+import asyncio, importlib, json, sys
 from bench._util import rss_bytes
+bare = rss_bytes()
+for m in sys.argv[2].split(","):
+    importlib.import_module(m)
+base = rss_bytes()
+before = set(sys.modules)
+steps = []
+for m in sys.argv[3].split(","):
+    r0 = rss_bytes()
+    new0 = set(sys.modules)
+    try:
+        importlib.import_module(m)
+    except ImportError:
+        continue
+    steps.append([m, rss_bytes() - r0, len(set(sys.modules) - new0)])
+imported = rss_bytes()
+mods = sorted(set(sys.modules) - before)
 async def main(url):
-    base = rss_bytes()
-    from bench._procs import start_gate
-    imported = rss_bytes()
-    mw, w = await start_gate(url, "rss")
+    from pausesvc import Settings
+    from pausesvc_vllm import PauseGateMiddleware
+    async def app(scope, receive, send):
+        pass
+    mw = PauseGateMiddleware(app, settings=Settings(redis_url=url, namespace="rss"))
+    await mw.runtime.start()
+    await mw.runtime.watcher.wait_synced(30)
     await asyncio.sleep(0.5)
-    print(json.dumps([base, imported, rss_bytes()]))
-    await mw.runtime.aclose() if mw is not None else None
+    synced = rss_bytes()
+    late = sorted(set(sys.modules) - before - set(mods))
+    print(json.dumps({"bare": bare, "base": base, "imported": imported, "synced": synced,
+                      "steps": steps, "modules": mods, "late_modules": late}))
+    await mw.runtime.aclose()
 asyncio.run(main(sys.argv[1]))
+"""
+
+#: RSS of importing the gate, per module ("self": its own exec minus the imports it made, the
+#: way ``-X importtime`` splits time), after the same baseline imports: which modules it is
+_TRACE_SCRIPT = """
+import importlib, importlib.abc, json, sys
+from bench._util import rss_bytes
+for m in sys.argv[1].split(","):
+    importlib.import_module(m)
+own, stack = {}, []
+class Meter(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        for f in sys.meta_path:
+            if f is self or not hasattr(f, "find_spec"):
+                continue
+            spec = f.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                inner = spec.loader.exec_module
+                def exec_module(module, inner=inner, name=name):
+                    stack.append(0)
+                    r0 = rss_bytes()
+                    try:
+                        inner(module)
+                    finally:
+                        total = rss_bytes() - r0
+                        children = stack.pop()
+                        own[name] = own.get(name, 0) + total - children
+                        if stack:
+                            stack[-1] += total
+                spec.loader.exec_module = exec_module
+                return spec
+            if spec is not None:
+                return spec
+        return None
+sys.meta_path.insert(0, Meter())
+import pausesvc_vllm
+print(json.dumps(sorted(own.items(), key=lambda kv: -kv[1])[:30]))
 """
 
 _CONN_SCRIPT = """
@@ -270,6 +344,44 @@ async def main(url, adapters, waiters):
     await c.aclose()
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
+
+
+async def gate_rss(url: str, env: dict[str, str]) -> dict[str, Any]:
+    """RSS a started, synced gate adds to a process that has imported what vLLM's API server
+    imports first (FastAPI, Starlette, pydantic, uvicorn), and each import step's share."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RSS_SCRIPT,
+        url,
+        ",".join(VLLM_PRELOADED),
+        ",".join(RSS_STEPS),
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    stdout, _ = await asyncio.wait_for(child.communicate(), 60)
+    m = json.loads(stdout.decode().strip().splitlines()[-1])
+    mb = 2**20
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _TRACE_SCRIPT, ",".join(VLLM_PRELOADED), stdout=subprocess.PIPE, env=env
+    )
+    traced, _ = await asyncio.wait_for(child.communicate(), 60)
+    by_module = json.loads(traced.decode().strip().splitlines()[-1])
+    return {
+        "added_rss_mb": (m["synced"] - m["base"]) / mb,
+        "added_rss_detail": (
+            f"imports {(m['imported'] - m['base']) / mb:.1f} MB, "
+            f"started and synced {(m['synced'] - m['imported']) / mb:.1f} MB; baseline: a process "
+            f"that imported {', '.join(VLLM_PRELOADED)} first ({m['base'] / mb:.1f} MB, bare "
+            f"Python {m['bare'] / mb:.1f} MB)"
+        ),
+        "rss_baseline_mb": m["base"] / mb,
+        "rss_bare_mb": m["bare"] / mb,
+        "rss_steps": [{"module": s, "mb": b / mb, "new_modules": n} for s, b, n in m["steps"]],
+        "rss_modules": m["modules"],
+        "rss_late_modules": m["late_modules"],
+        "rss_by_module": [{"module": k, "mb": n / mb} for k, n in by_module],
+    }
 
 
 async def run_memory(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -289,16 +401,7 @@ async def run_memory(url: str, cfg: dict[str, Any]) -> dict[str, Any]:
                     "bytes_per_held": (rss1 - rss0) / cfg["held"],
                 }
             )
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _RSS_SCRIPT, url, stdout=subprocess.PIPE, env=env
-        )
-        stdout, _ = await asyncio.wait_for(child.communicate(), 60)
-        base, imported, synced = json.loads(stdout.decode().strip().splitlines()[-1])
-        out["added_rss_mb"] = (synced - base) / 2**20
-        out["added_rss_detail"] = (
-            f"imports {(imported - base) / 2**20:.1f} MB, "
-            f"started and synced {(synced - imported) / 2**20:.1f} MB"
-        )
+        out.update(await gate_rss(url, env))
         r = aredis.Redis.from_url(url)
         # a paused adapter per name the waiters wait on
         c = AsyncPauseClient(url, namespace="conns", holder="bench")

