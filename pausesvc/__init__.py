@@ -1,6 +1,7 @@
 """pausesvc: Redis-backed distributed pause state for multi-LoRA LLM serving."""
 
 from pausesvc._exceptions import (
+    ClientClosedError,
     ConflictError,
     DataLossError,
     DrainTimeoutError,
@@ -40,6 +41,7 @@ __all__ = [
     "GLOBAL",
     "AdapterState",
     "AsyncPauseClient",
+    "ClientClosedError",
     "ConflictError",
     "DataLossError",
     "DesiredVersion",

@@ -14,7 +14,8 @@
     │   ├── SwapError                some live replicas did not load a swap's version in time
     │   └── ReplicationTimeoutError  the change is written, but fewer Redis replicas than
     │                                `replication_wait` confirmed it (WAIT)
-    └── DataLossError                the namespace revision went backwards (Redis lost its data)
+    ├── DataLossError                the namespace revision went backwards (Redis lost its data)
+    └── ClientClosedError (also a RuntimeError)  a call on a closed client or watcher
 
 redis-py exceptions are translated in exactly one place: :func:`translate_redis_errors`.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from pausesvc.protocol.models import SwapResult
 
 __all__ = [
+    "ClientClosedError",
     "ConflictError",
     "DataLossError",
     "DrainTimeoutError",
@@ -100,6 +102,10 @@ class RedisUnavailableError(PauseError):
 class RedisPermissionError(RedisUnavailableError):
     """Redis refused the command for this connection's user (ACL ``NOPERM``): a configuration
     matter, not an outage (a least-privilege replica user cannot pause, for one)."""
+
+
+class ClientClosedError(PauseError, RuntimeError):
+    """A call on a client (or watcher) after ``close()``/``aclose()``: closed is final."""
 
 
 class PauseTimeoutError(PauseError, TimeoutError):

@@ -37,7 +37,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
+from pausesvc._exceptions import ClientClosedError, RedisUnavailableError, translate_redis_errors
 from pausesvc._redis import (
     aclose_client,
     async_client,
@@ -80,6 +80,23 @@ _PUBSUB_TYPES = frozenset(
 )
 
 
+def _connect(redis: aredis.Redis | str, command_timeout: float) -> tuple[Any, bool]:
+    """The watcher's client and whether it owns it. Its own, for a URL, with redis-py's retries
+    off: failures surface in the watcher, whose reconnect loop marks the view stale and backs
+    off with jitter; and no redis-py health checks: the view PINGs its subscription itself,
+    and a PONG of theirs would be taken for one of ours."""
+    if not isinstance(redis, str):
+        return redis, False
+    client = async_client(
+        redis,
+        socket_connect_timeout=2.0,
+        socket_timeout=command_timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client, True
+
+
 class WatcherStats:
     """Counters a metrics exporter can read (no dependency on prometheus-client here)."""
 
@@ -118,22 +135,7 @@ class PauseWatcher:
         self.keys = Keys(namespace)
         self.health_check_interval = health_check_interval
         self.fence_bound = fence_bound
-        if isinstance(redis, str):
-            # Our own client, with redis-py's retries off: failures surface here, where the
-            # reconnect loop marks the view stale and backs off with jitter.
-            self._redis = async_client(
-                redis,
-                # no redis-py health checks: the view PINGs its subscription itself, and a
-                # PONG of theirs would be taken for one of ours
-                socket_connect_timeout=2.0,
-                socket_timeout=command_timeout or max(1.0, health_check_interval),
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._owns_redis = True
-        else:
-            self._redis = redis
-            self._owns_redis = False
+        self._redis, self._owns_redis = _connect(redis, command_timeout or max(1.0, health_check_interval))
         self._sharded = is_cluster(self._redis) if sharded is None else sharded
         self._snapshot_script = self._redis.register_script(read_script("snapshot"))
         self._reap_script = self._redis.register_script(state_script("reap"))
@@ -171,7 +173,7 @@ class PauseWatcher:
         ``timeout`` (the task keeps retrying in the background).
         """
         if self._closed:
-            raise RuntimeError("watcher is closed")
+            raise ClientClosedError("the watcher is closed; make a new one")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"pausesvc-watcher-{self.keys.namespace}")
         if wait:

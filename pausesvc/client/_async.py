@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from pausesvc._exceptions import (
+    ClientClosedError,
     ConflictError,
     DrainTimeoutError,
     InvalidInputError,
@@ -161,6 +162,7 @@ class AsyncPauseClient(BaseClient):
             self._watcher = None
         if self._owns_redis:
             await aclose_client(self.redis)
+        self._forget_connection()
 
     async def __aenter__(self) -> AsyncPauseClient:
         return self
@@ -171,7 +173,7 @@ class AsyncPauseClient(BaseClient):
     async def watcher(self) -> PauseWatcher:
         """The process's shared watcher for this client's Redis and namespace (started)."""
         if self._closed:
-            raise RuntimeError("client is closed")
+            raise ClientClosedError("the client is closed; make a new one")
         if self._watcher is None:
             if self.url is not None:
                 self._watcher = await shared_watcher(self.url, self.namespace, settings=self.settings)
@@ -188,6 +190,8 @@ class AsyncPauseClient(BaseClient):
         return self._watcher
 
     async def _run(self, script: str, args: list[str]) -> Any:
+        if self._closed:
+            raise ClientClosedError("the client is closed; make a new one")
         with translate_redis_errors():
             keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
             res = await retry_stale(self.redis, lambda: self._scripts[script](keys=keys, args=args))
@@ -219,7 +223,7 @@ class AsyncPauseClient(BaseClient):
         With ``drain=True``, return only once every live replica process acknowledged that it
         has no request of ``name`` in flight (else :class:`DrainTimeoutError`; the pause stays).
         """
-        h, args = self._pause_args(name, holder, reason, ttl, drain)
+        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, await self._run("pause", args))
@@ -414,7 +418,7 @@ class AsyncPauseClient(BaseClient):
         :class:`LeaseLostError` raised in its place: the fleet may already see the adapter
         resumed, so the block must not go on as if it held it.
         """
-        h, args = self._pause_args(name, holder, reason, ttl, drain)
+        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
         t = validate_timeout(timeout)
         body = asyncio.current_task()
         sent = time.monotonic()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pausesvc._exceptions import (
+    ClientClosedError,
     InvalidInputError,
     InvalidNameError,
     NotHolderError,
@@ -34,7 +35,7 @@ from pausesvc.protocol.validate import (
 
 logger = logging.getLogger("pausesvc.client")
 
-__all__ = ["SWAP_LEASE_MARGIN_S", "BaseClient", "swap_outcome"]
+__all__ = ["CLOSED_REDIS", "SWAP_LEASE_MARGIN_S", "BaseClient", "swap_outcome"]
 
 
 #: a swap's pause is a lease this much longer than its barrier's budget (see _swap_pause_args)
@@ -92,6 +93,20 @@ def swap_outcome(
     )
 
 
+class _ClosedRedis:
+    """What a closed client's ``redis`` is: every use raises :class:`ClientClosedError` (redis-py
+    would quietly open a new connection)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ClientClosedError("the client is closed; make a new one")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a registered script
+        raise ClientClosedError("the client is closed; make a new one")
+
+
+CLOSED_REDIS: Any = _ClosedRedis()
+
+
 class BaseClient:
     """Configuration and the pure parts of every operation."""
 
@@ -112,6 +127,16 @@ class BaseClient:
         self.replication_wait_timeout_ms = replication_wait_timeout_ms
         self.strict_replication = False
         self.replication_shortfalls = 0
+
+    def _forget_connection(self) -> None:
+        """After close: the connection and every registered script refuse further use."""
+        self.redis: Any = CLOSED_REDIS
+        for attr in [a for a in vars(self) if a.endswith("_script")]:
+            setattr(self, attr, CLOSED_REDIS)
+        scripts = getattr(self, "_scripts", None)
+        if isinstance(scripts, dict):
+            for name in scripts:
+                scripts[name] = CLOSED_REDIS
 
     def _snapshot_keys(self) -> list[str]:
         return self.keys.snapshot_keys()
@@ -145,13 +170,25 @@ class BaseClient:
         return self.default_holder if holder is None else validate_holder(holder)
 
     def _pause_args(
-        self, name: str, holder: str | None, reason: str | None, ttl: float | None, drain: bool = False
+        self,
+        name: str,
+        holder: str | None,
+        reason: str | None,
+        ttl: float | None,
+        drain: bool = False,
+        timeout: object = None,
     ) -> tuple[str, list[str]]:
         name = validate_name(name)
         h = self._holder(holder)
         ttl_ms = 0 if ttl is None else validate_ttl(ttl)
         if not isinstance(drain, bool):
             raise InvalidInputError("drain must be a boolean", field="drain")
+        if timeout is not None and not drain:
+            # a pause without drain returns at once: a timeout there would be silently ignored
+            raise InvalidInputError(
+                "timeout bounds the wait for a drain; pass drain=True with it (or no timeout)",
+                field="timeout",
+            )
         return h, [
             self.publish_command,
             name,

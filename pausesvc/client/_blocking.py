@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from pausesvc._exceptions import (
+    ClientClosedError,
     ConflictError,
     DrainTimeoutError,
     InvalidInputError,
@@ -110,6 +111,7 @@ class PauseClient(BaseClient):
         self._closed = True
         if self._owns_redis:
             close_client(self.redis)
+        self._forget_connection()
 
     def __enter__(self) -> PauseClient:
         return self
@@ -118,6 +120,8 @@ class PauseClient(BaseClient):
         self.close()
 
     def _run(self, script: str, args: list[str]) -> Any:
+        if self._closed:
+            raise ClientClosedError("the client is closed; make a new one")
         with translate_redis_errors():
             keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
             res = self._scripts[script](keys=keys, args=args)
@@ -152,7 +156,22 @@ class PauseClient(BaseClient):
         drain: bool = False,
         timeout: float | None = None,
     ) -> Grant:
-        h, args = self._pause_args(name, holder, reason, ttl, drain)
+        return self._pause(name, holder, reason, ttl, drain, timeout, release_on_failure=False)
+
+    def _pause(
+        self,
+        name: str,
+        holder: str | None,
+        reason: str | None,
+        ttl: float | None,
+        drain: bool,
+        timeout: float | None,
+        *,
+        release_on_failure: bool,
+    ) -> Grant:
+        """Pause; with ``drain``, wait for every live replica's acknowledgement (a timeout keeps
+        the pause unless ``release_on_failure``: a ``paused()`` block leaks no hold)."""
+        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
         t = validate_timeout(timeout)
         if not drain:
             return self._parse_grant(name, h, self._run("pause", args))
@@ -160,9 +179,15 @@ class PauseClient(BaseClient):
             pubsub = self._subscribe(self.keys.acks)
         try:
             grant = self._parse_grant(name, h, self._run("pause", args))
-            wait_drained_sync(
-                self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
-            )
+            try:
+                wait_drained_sync(
+                    self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
+                )
+            except BaseException:  # a drain timeout, Ctrl-C...
+                if release_on_failure:
+                    with contextlib.suppress(Exception):
+                        self.resume(name, holder=h, token=grant.token)
+                raise
         finally:
             pubsub.close()
         return grant
@@ -406,26 +431,8 @@ class PauseClient(BaseClient):
         interrupted: if the lease was lost while it ran (a renewal refused, or none reached
         Redis before the lease ended), :class:`LeaseLostError` is raised when it ends.
         """
-        h, args = self._pause_args(name, holder, reason, ttl, drain)
-        t = validate_timeout(timeout)
         sent = time.monotonic()
-        if drain:
-            with translate_redis_errors():
-                pubsub = self._subscribe(self.keys.acks)
-            try:
-                grant = self._parse_grant(name, h, self._run("pause", args))
-                try:
-                    wait_drained_sync(
-                        self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
-                    )
-                except BaseException:  # a drain timeout, Ctrl-C...: no leaked hold
-                    with contextlib.suppress(Exception):
-                        self.resume(name, holder=h, token=grant.token)
-                    raise
-            finally:
-                pubsub.close()
-        else:
-            grant = self._parse_grant(name, h, self._run("pause", args))
+        grant = self._pause(name, holder, reason, ttl, drain, timeout, release_on_failure=True)
         stop = threading.Event()
         lost: list[str] = []
         renewer = None

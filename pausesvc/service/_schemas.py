@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict, JsonValue
 
 from pausesvc.protocol.keys import MAX_NAME_LENGTH, validate_holder, validate_name, validate_version
@@ -95,11 +103,19 @@ class PauseRequest(BaseModel):
         ge=0,
         le=MAX_WAIT_S,
         allow_inf_nan=False,
-        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S). Only "
-        "meaningful with drain=true.",
+        description="Drain deadline in seconds (default: PAUSESVC_DRAIN_TIMEOUT_S). Only with "
+        "drain=true (refused without it: a pause without drain answers at once).",
     )
 
     _v_holder = field_validator("holder")(_holder)
+
+    @model_validator(mode="after")
+    def _timeout_needs_drain(self) -> PauseRequest:
+        if self.timeout_s is not None and not self.drain:
+            raise ValueError(
+                "timeout_s bounds the wait for a drain: send drain=true with it, or no timeout_s"
+            )
+        return self
 
     @field_validator("reason")
     @classmethod

@@ -19,6 +19,7 @@ def test_exported_members() -> None:
         "GLOBAL",
         "AdapterState",
         "AsyncPauseClient",
+        "ClientClosedError",
         "ConflictError",
         "DataLossError",
         "DesiredVersion",

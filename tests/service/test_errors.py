@@ -39,6 +39,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("POST", "/v1/pauses/a", {"json": {"ttl_s": 10**9}}, 422, "ttl_s"),
     ("POST", "/v1/pauses/a", {"json": {"drain": True, "timeout_s": -0.5}}, 422, "timeout_s"),
     ("POST", "/v1/pauses/a", {"content": b'{"timeout_s": NaN}', "headers": JSON}, 422, "timeout_s"),
+    # a timeout without drain would be ignored: refused
+    ("POST", "/v1/pauses/a", {"json": {"timeout_s": 5}}, 422, "timeout_s"),
+    ("POST", "/v1/pauses/a", {"json": {"drain": False, "timeout_s": 5}}, 422, "timeout_s"),
     ("GET", "/v1/pauses/a/wait", {"params": {"timeout_s": "abc"}}, 422, "timeout_s"),
     ("GET", "/v1/pauses/a/wait", {"params": {"timeout_s": "nan"}}, 422, "timeout_s"),
     ("GET", "/v1/pauses/a/wait", {"params": {"timeout_s": "inf"}}, 422, "timeout_s"),
