@@ -111,3 +111,18 @@ def test_the_protocol_does_no_io() -> None:
                 or imp == "pausesvc._exceptions"
             )
             assert ok, f"{name} imports {imp}"
+
+
+def test_the_version_string_lives_in_one_place() -> None:
+    import importlib.metadata
+    import tomllib
+
+    import pausesvc_vllm
+
+    import pausesvc
+
+    for pyproject, module in ((CORE.parent, pausesvc), (CORE.parent / "vllm_plugin", pausesvc_vllm)):
+        project = tomllib.loads((pyproject / "pyproject.toml").read_text())["project"]
+        assert "version" not in project and "version" in project["dynamic"], pyproject
+        dist = project["name"]
+        assert importlib.metadata.version(dist) == module.__version__, dist
