@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -48,8 +49,16 @@ __all__ = ["AsyncPauseClient", "release_watcher", "shared_watcher"]
 
 logger = logging.getLogger("pausesvc.client")
 
-# (loop, url, namespace) -> [watcher, refcount]
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], list[Any]]] = (
+@dataclasses.dataclass(slots=True)
+class _Shared:
+    """One process-wide watcher and how many clients hold it."""
+
+    watcher: PauseWatcher
+    refs: int = 0
+
+
+# loop -> (url, namespace) -> the shared watcher
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Shared]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -77,10 +86,10 @@ async def shared_watcher(
             fence_bound=s.fence_bound_s,
             command_timeout=s.command_timeout_s,
         )
-        entry = per_loop[(url, namespace)] = [watcher, 0]
+        entry = per_loop[(url, namespace)] = _Shared(watcher)
         await watcher.start(wait=False)
-    entry[1] += 1
-    return entry[0]  # type: ignore[no-any-return]
+    entry.refs += 1
+    return entry.watcher
 
 
 async def release_watcher(url: str, namespace: str = "default") -> None:
@@ -90,10 +99,10 @@ async def release_watcher(url: str, namespace: str = "default") -> None:
     entry = per_loop.get((url, namespace))
     if entry is None:
         return
-    entry[1] -= 1
-    if entry[1] <= 0:
+    entry.refs -= 1
+    if entry.refs <= 0:
         del per_loop[(url, namespace)]
-        await entry[0].aclose()
+        await entry.watcher.aclose()
 
 
 class AsyncPauseClient(BaseClient):

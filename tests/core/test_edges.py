@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from _wait import until
 
 from pausesvc import (
     AsyncPauseClient,
@@ -31,14 +32,6 @@ from pausesvc.client._async import release_watcher
 def client(redis_url: str, namespace: str) -> Iterator[PauseClient]:
     with PauseClient(redis_url, namespace=namespace) as c:
         yield c
-
-
-async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def _restart_empty(server: EmbeddedRedis) -> None:
@@ -82,18 +75,18 @@ async def test_restart_without_aof_orphans_the_pause_and_the_next_pause_is_new(
         AsyncPauseClient(fresh_redis.url, namespace=namespace) as c,
     ):
         await c.pause("a", holder="ctl")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         epoch = w.epoch
         _restart_empty(fresh_redis)
-        await _eventually(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
+        await until(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
         assert w.is_paused("a") and "a" in w.orphans  # never released silently
         # the next pause of another adapter, at the revisions of the old incarnation, is seen
         await c.pause("b", holder="ctl")
-        await _eventually(lambda: w.is_paused("b"))
+        await until(lambda: w.is_paused("b"))
         assert w.epoch != epoch
         # a controller's resume re-asserts the orphan
         await c.resume("a", holder="ctl")
-        await _eventually(lambda: not w.is_paused("a"))
+        await until(lambda: not w.is_paused("a"))
 
 
 async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revision(
@@ -106,7 +99,7 @@ async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revisi
             await c.resume("x")
         assert await c.wait_unpaused("y", timeout=5)
         _restart_empty(fresh_redis)
-        await _eventually(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
+        await until(lambda: w.stats.data_losses >= 1 and w.in_sync, 10)
         t0 = time.monotonic()
         assert await c.wait_unpaused("y", timeout=5) is True
         assert time.monotonic() - t0 < 1.0
@@ -126,7 +119,7 @@ async def test_failover_to_a_lagging_replica_never_releases_a_pause(
         await c.pause("base-work", holder="ctl")
         before = {key: raw_redis.dump(key) for key in (f"{k}:paused", f"{k}:rev", f"{k}:epoch")}
         await c.pause("a", holder="ctl")  # the write the replica never got
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         # the failover: the dataset goes back to the replica's copy (same epoch)
         for key, value in before.items():
             raw_redis.restore(key, 0, value, replace=True)  # type: ignore[arg-type]
@@ -146,9 +139,9 @@ async def test_an_orphaned_lease_ends_when_the_lease_would_have_ended(
     ):
         await c.pause("a", holder="ctl", ttl=2.0)
         t0 = time.monotonic()
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         _restart_empty(fresh_redis)
-        await _eventually(lambda: "a" in w.orphans, 10)
+        await until(lambda: "a" in w.orphans, 10)
         # nobody can renew a hold Redis lost (renew answers not_holder): it ends at its expiry
         assert await w.wait_unpaused("a", timeout=10)
         assert time.monotonic() - t0 >= 1.9
@@ -164,7 +157,7 @@ async def test_sharded_pubsub_on_is_honoured_by_the_shared_watcher(redis_url: st
             await w.wait_synced(5)
             t0 = time.monotonic()
             await c.pause("a")
-            await _eventually(lambda: w.is_paused("a"), 2.0)
+            await until(lambda: w.is_paused("a"), 2.0)
             assert time.monotonic() - t0 < 2.0 and w.stats.events >= 1
         finally:
             await release_watcher(redis_url, namespace)
@@ -234,7 +227,7 @@ async def test_an_expired_hold_nobody_reaped_is_reaped_by_the_next_watcher(
     assert raw_redis.hexists(f"{k}:paused", "a")  # the ghost: no watcher was in sync
     async with PauseWatcher(redis_url, namespace=namespace) as w:
         assert not w.is_paused("a")
-        await _eventually(lambda: not raw_redis.hexists(f"{k}:paused", "a"))
+        await until(lambda: not raw_redis.hexists(f"{k}:paused", "a"))
         assert int(raw_redis.get(f"{k}:rev") or 0) == rev + 1  # one 'expire' change
         assert raw_redis.zscore(f"{k}:tombstones", "a") == rev + 1
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from _wait import until
 
 from pausesvc import (
     AdapterState,
@@ -32,14 +33,6 @@ from pausesvc import (
     SwapResult,
 )
 from pausesvc.protocol.view import reconcile_versions
-
-
-async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 class FakeReplica:
@@ -211,15 +204,15 @@ async def test_old_style_watcher_applies_it_as_a_no_op(redis_url: str, namespace
     ):
         w.add_listener(lambda n, st, ev: seen.append((ev.op, st is not None)) if ev else None)
         g = await c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         state = w.state("a")
         dv = await c.set_version("a", "v1", "/w")
-        await _eventually(lambda: w.revision == dv.revision)
+        await until(lambda: w.revision == dv.revision)
         assert w.is_paused("a") and w.state("a") == state and w.stats.gaps == 0
         assert w.desired("a") == dv and w.desired_versions == {"a": dv}
         await c.resume("a", token=g.token)
         await c.set_version("b", "v1", "/w")
-        await _eventually(lambda: w.desired("b") is not None)
+        await until(lambda: w.desired("b") is not None)
         assert not w.is_paused("a") and not w.is_paused("b")
         assert seen == [("pause", True), ("version", True), ("resume", False), ("version", False)]
 
@@ -241,11 +234,11 @@ async def test_first_sync_resync_and_gap_fire_the_version_listener(redis_url: st
             # a gap: the watcher misses an event (published while it is not listening)
             w._view.revision -= 1
             await c.set_version("a", "v2", "/w2")
-            await _eventually(lambda: ("a", "v2") in calls)
+            await until(lambda: ("a", "v2") in calls)
             assert w.stats.gaps >= 1 and w.desired("a").version == "v2"  # type: ignore[union-attr]
             calls.clear()
             await c.clear_version("b")
-            await _eventually(lambda: calls == [("b", None)])
+            await until(lambda: calls == [("b", None)])
             assert w.desired("b") is None
 
 
@@ -257,7 +250,7 @@ async def test_a_missed_clear_is_honoured_at_resync(redis_url: str, namespace: s
             w.add_version_listener(lambda n, d: calls.append((n, d.version if d else None)))
             w._view.revision -= 1  # the clear's event will look like a gap: the view resyncs instead
             await c.clear_version("a")
-            await _eventually(lambda: w.desired("a") is None)
+            await until(lambda: w.desired("a") is None)
             # the snapshot lacks "a"; the clear's tombstone proves it was cleared, not lost
             assert w.stats.gaps >= 1 and calls == [("a", None)]
             assert int(await c.redis.zscore(c.keys.cleared_versions, "a") or 0) == w.revision
@@ -278,15 +271,15 @@ async def test_data_loss_keeps_the_last_desired_version(
                 raw_redis.delete(key)
             await c.pause("other")  # the first write of the new incarnation
             with caplog.at_level(logging.ERROR, logger="pausesvc.watcher"):
-                await _eventually(lambda: w.is_paused("other"))
+                await until(lambda: w.is_paused("other"))
                 await w._resync("periodic")
             assert w.desired("a") == dv and calls == []
             assert any("lost desired weight versions" in r.getMessage() for r in caplog.records)
             # a version set in the new incarnation is taken; an explicit clear removes it
             new = await c.set_version("a", "v3", "/w3")
-            await _eventually(lambda: w.desired("a") == new)
+            await until(lambda: w.desired("a") == new)
             await c.clear_version("a")
-            await _eventually(lambda: w.desired("a") is None)
+            await until(lambda: w.desired("a") is None)
             assert calls == [("a", "v3"), ("a", None)]
 
 
@@ -394,7 +387,7 @@ async def test_a_cancelled_swap_leaves_no_pause_and_its_pause_is_a_lease(
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         task = asyncio.create_task(c.swap("a", "v1", "/w", timeout=30))
-        await _eventually(lambda: task.done() or c._last_write[0] > 0)
+        await until(lambda: task.done() or c._last_write[0] > 0)
         st = None
         for _ in range(100):
             st = await c.get("a")

@@ -8,16 +8,9 @@ import time
 
 import pytest
 import redis
+from _wait import until
 
 from pausesvc import AsyncPauseClient, EmbeddedRedis, PauseClient, PauseWatcher
-
-
-async def _eventually(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_is_paused_from_memory_and_waiters_wake(redis_url: str, namespace: str) -> None:
@@ -27,7 +20,7 @@ async def test_is_paused_from_memory_and_waiters_wake(redis_url: str, namespace:
     ):
         assert w.in_sync and not w.is_paused("a")
         g = await c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         assert not w.is_paused("b")
         waiter = asyncio.create_task(w.wait_unpaused("a", timeout=10))
         await asyncio.sleep(0.05)
@@ -45,7 +38,7 @@ async def test_wait_times_out_false(redis_url: str, namespace: str) -> None:
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         await c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         assert await w.wait_unpaused("a", timeout=0.1) is False
 
 
@@ -55,7 +48,7 @@ async def test_global_pause_holds_everyone(redis_url: str, namespace: str) -> No
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         await c.pause("*")
-        await _eventually(lambda: w.is_paused("anything"))
+        await until(lambda: w.is_paused("anything"))
         waiters = [asyncio.create_task(w.wait_unpaused(n, 10)) for n in ("x", "y", "*")]
         await asyncio.sleep(0.05)
         assert not any(t.done() for t in waiters)
@@ -77,13 +70,13 @@ async def test_lease_expiry_wakes_waiters_within_a_second(redis_url: str, namesp
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         await c.pause("a", holder="dead-controller", ttl=0.5)
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         t0 = time.monotonic()
         assert await w.wait_unpaused("a", timeout=5) is True
         elapsed = time.monotonic() - t0
         assert 0.3 < elapsed < 1.5
         # and the expiry became a real change in Redis (the watcher reaped it)
-        await _eventually(lambda: w.stats.events >= 2)
+        await until(lambda: w.stats.events >= 2)
         assert await c.get("a") is None
 
 
@@ -118,7 +111,7 @@ async def test_randomized_interleaving_never_loses_a_wakeup(redis_url: str, name
             done = await asyncio.gather(*results)
             assert all(done), f"{done.count(False)} waiters missed their wake-up"
             for w in watchers:
-                await _eventually(lambda w=w: w.revision == watchers[0].revision)
+                await until(lambda w=w: w.revision == watchers[0].revision)
                 assert w.paused_names() == []
         finally:
             for w in watchers:
@@ -151,16 +144,16 @@ async def test_killed_pubsub_connection_resyncs_and_waiters_wake(
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         await c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         waiter = asyncio.create_task(w.wait_unpaused("a", 20))
         resyncs = w.stats.resyncs
         raw_redis.client_kill_filter(_type="pubsub")
         # the resume happens while the watcher is (possibly) disconnected: its event is lost
         await c.resume("a")
         assert await waiter is True
-        await _eventually(lambda: w.stats.resyncs > resyncs and w.in_sync)
+        await until(lambda: w.stats.resyncs > resyncs and w.in_sync)
         await c.pause("b")
-        await _eventually(lambda: w.is_paused("b"))
+        await until(lambda: w.is_paused("b"))
 
 
 async def test_gap_in_revisions_triggers_resync(
@@ -171,13 +164,13 @@ async def test_gap_in_revisions_triggers_resync(
         AsyncPauseClient(redis_url, namespace=namespace) as c,
     ):
         await c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         # simulate a lost message: resume behind the channel's back (state and tombstone)
         raw_redis.hdel(f"pausesvc:{{{namespace}}}:paused", "a")
         rev = raw_redis.incr(f"pausesvc:{{{namespace}}}:rev")
         raw_redis.zadd(f"pausesvc:{{{namespace}}}:tombstones", {"a": rev})
         await c.pause("b")  # its event skips a revision
-        await _eventually(lambda: w.is_paused("b") and not w.is_paused("a"))
+        await until(lambda: w.is_paused("b") and not w.is_paused("a"))
         assert w.stats.gaps >= 1
 
 
@@ -192,14 +185,14 @@ async def test_redis_restart_with_aof_keeps_pause_and_waiters_wake(
         async with PauseWatcher(url, namespace=namespace, max_backoff=0.2) as w:
             with PauseClient(url, namespace=namespace) as c:
                 c.pause("a")
-                await _eventually(lambda: w.is_paused("a"))
+                await until(lambda: w.is_paused("a"))
                 waiter = asyncio.create_task(w.wait_unpaused("a", 30))
                 server.stop(kill=True)
-                await _eventually(lambda: not w.in_sync)
+                await until(lambda: not w.in_sync)
                 assert w.is_paused("a")  # fail closed while Redis is gone
                 assert w.staleness > 0
                 server.start()
-                await _eventually(lambda: w.in_sync, timeout=10)
+                await until(lambda: w.in_sync, timeout=10)
                 assert w.is_paused("a") and w.stats.data_losses == 0  # AOF kept it
                 c2 = PauseClient(url, namespace=namespace)
                 c2.resume("a")
@@ -218,11 +211,11 @@ async def test_redis_restart_without_persistence_holds_known_pauses(
             c.pause("a", holder="trainer")
             c.pause("b")
             c.resume("b")
-        await _eventually(lambda: w.is_paused("a") and w.revision == 3)
+        await until(lambda: w.is_paused("a") and w.revision == 3)
         waiter = asyncio.create_task(w.wait_unpaused("a", 30))
         fresh_redis.stop(kill=True)
         fresh_redis.start()  # empty: the revision goes backwards
-        await _eventually(lambda: w.in_sync and w.stats.data_losses == 1, timeout=10)
+        await until(lambda: w.in_sync and w.stats.data_losses == 1, timeout=10)
         assert w.is_paused("a"), "a pause must never be released silently by a data loss"
         assert "a" in w.orphans
         await asyncio.sleep(0.2)
@@ -239,10 +232,10 @@ async def test_release_policy_trusts_empty_state(fresh_redis: EmbeddedRedis, nam
     async with PauseWatcher(url, namespace=namespace, max_backoff=0.2, on_data_loss="release") as w:
         with PauseClient(url, namespace=namespace) as c:
             c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         fresh_redis.stop(kill=True)
         fresh_redis.start()
-        await _eventually(lambda: w.in_sync and w.stats.data_losses == 1, timeout=10)
+        await until(lambda: w.in_sync and w.stats.data_losses == 1, timeout=10)
         assert not w.is_paused("a")
 
 
@@ -270,10 +263,10 @@ async def test_orphan_released_by_a_resume_the_watcher_missed(
     async with PauseWatcher(url, namespace=namespace, max_backoff=0.2) as w:
         with PauseClient(url, namespace=namespace) as c:
             c.pause("a")
-        await _eventually(lambda: w.is_paused("a"))
+        await until(lambda: w.is_paused("a"))
         fresh_redis.stop(kill=True)
         fresh_redis.start()
-        await _eventually(lambda: w.in_sync and "a" in w.orphans, timeout=10)
+        await until(lambda: w.in_sync and "a" in w.orphans, timeout=10)
         r = redis.Redis.from_url(url)
         r.client_kill_filter(_type="pubsub")  # the resume's event will be missed
         with PauseClient(url, namespace=namespace) as c:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _wait import until as _until
 
 from .vllm_server import VllmServer
 
@@ -94,11 +95,7 @@ async def engine_loras(http: httpx.AsyncClient, url: str) -> list[str | None]:
 
 
 async def until(pred: Any, timeout: float = 30.0, every: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not await pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(every)
+    await _until(pred, timeout, every)
 
 
 async def held(http: httpx.AsyncClient, url: str, adapter: str) -> int:
