@@ -13,9 +13,10 @@ plain one stopped).
 
 1. Throughput, same run: ``--streams`` concurrent streaming LoRA completions (half lora-a, half
    lora-b, ``ignore_eos``) against the plain server and the gated one, alternating (which goes
-   first alternates too), ``--rounds`` times each, each round after a short unrecorded one on
-   the same server; tokens/s = generated tokens / wall time of the round; the ratio gated /
-   plain of each round and their spread.
+   first alternates too), ``--rounds`` times each, each turn after ``--settle`` s idle and a
+   short unrecorded round on the same server; tokens/s = generated tokens / wall time of the
+   round; the ratio gated / plain of each round, and of each pair of rounds (both orders: the
+   order's effect cancels), with their spread.
 2. In-process cost of the gate per unpaused request (fake app, no vLLM), microseconds.
 3. Pause-to-drained across the two gated replicas: with A and B streams running on both,
    the time ``pause("lora-a", drain=True)`` takes to return, ``--drain-runs`` times.
@@ -246,13 +247,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     plain.pin(swap)
                     gated[0].pin(1 - swap)
                     for label, u in pair if rnd % 2 == 0 else pair[::-1]:
-                        # a short unrecorded round first: an engine idle since its last turn
-                        # decodes its first round ~1.5x slower (seen: the server going first
-                        # after the other's turn lost every round without this)
+                        # the other engine's threads keep spinning a while after its turn (the
+                        # server measured right after it lost ~15%): let them settle, then a
+                        # short unrecorded round warms this one up
+                        await asyncio.sleep(args.settle)
                         await throughput_round(http, u, args.streams, 16)
                         rates[label].append(await throughput_round(http, u, args.streams, args.max_tokens))
                 p, g = statistics.median(rates["plain"]), statistics.median(rates["gated"])
                 ratios = [b / a for a, b in zip(rates["plain"], rates["gated"], strict=True)]
+                # rounds 2k and 2k+1 run the two servers in both orders (A B, B A): the ratio of
+                # their sums cancels what the order does
+                pairs = [
+                    sum(rates["gated"][i : i + 2]) / sum(rates["plain"][i : i + 2])
+                    for i in range(0, len(ratios) - 1, 2)
+                ]
                 result["throughput_tok_s"] = {
                     "plain": [round(x, 1) for x in rates["plain"]],
                     "gated": [round(x, 1) for x in rates["gated"]],
@@ -263,6 +271,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     "round_ratio_median": round(statistics.median(ratios), 4),
                     "round_ratio_min": round(min(ratios), 4),
                     "round_ratio_max": round(max(ratios), 4),
+                    "pair_ratios": [round(x, 4) for x in pairs],
+                    "pair_ratio_median": round(statistics.median(pairs), 4),
+                    "pair_ratio_min": round(min(pairs), 4),
+                    "pair_ratio_max": round(max(pairs), 4),
+                    "settle_s": args.settle,
                     "overhead_pct": round((p - g) / p * 100, 2),
                 }
                 await asyncio.to_thread(plain.stop)
@@ -293,6 +306,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--drain-runs", type=int, default=7)
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds idle before each turn")
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--tiny", default="/tmp/pausesvc-bench-tiny")
