@@ -302,3 +302,31 @@ async def test_a_desired_version_of_the_base_model_parks_nothing(
     task, send = _start(mw, app, "tiny")
     await asyncio.wait_for(task, 5)
     assert send.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "named"),
+    [
+        (b'{"model": "lora-a", "prompt": "x"}', b"application/json", True),
+        (b'{"model": "lora-b", "prompt": "lora-a is mentioned\\n"}', b"application/json", True),
+        (b'{"model": "lora-b", "prompt": "x"}', b"application/json", False),
+        (b'{"model": "lora-b", "prompt": "a\\nb\\tc"}', b"application/json", False),
+        (b'{"model": "lora\\u002da"}', b"application/json", True),  # an escape: parsed
+        (b'{"model": "lora\\/a"}', b"application/json", True),
+        (b"model=lora%2Da", b"application/x-www-form-urlencoded", True),
+        ('{"model": "lora-a"}'.encode("utf-16"), None, True),
+        (b'{"prompt": "x"}', b"application/json", False),  # the base model, not loaded
+    ],
+)
+def test_version_prescan_never_misses_a_loaded_adapter(body: bytes, ctype: bytes | None, named: bool) -> None:
+    """``Target.may_name`` (the version header's pre-scan of the raw body) is False only when
+    parsing the body would not name a loaded adapter; the target stays unparsed then."""
+    from pausesvc_vllm._adapters import BaseNames, Target
+
+    base = BaseNames(["base-model"])
+    loaded = {"lora-a": "v1"}
+    t = Target(base, body=body, content_type=ctype, lazy=True)
+    assert t.may_name(loaded) is named
+    # it may say "maybe" for a body that names none, never "no" for one that names one
+    assert not (Target(base, body=body, content_type=ctype).display in loaded and not named)
+    assert Target(base, body=b'{"model": "base-model"}', lazy=True).may_name({"base-model": "v1"})
