@@ -499,6 +499,7 @@ class _FenceGuard:
         if self.rt.fenced:
             self.cut = True
             self.rt.stats.fenced_cuts += 1
+            self.rt.note_fenced()
             logger.warning(
                 "pausesvc gate: fenced (no proven round trip to Redis): response "
                 "cut before it could carry more output"

@@ -663,6 +663,24 @@ class GateRuntime:
         }
 
     # -- self-fencing --------------------------------------------------------------------------------
+    def note_fenced(self) -> None:
+        """The fence is on - seen by the monitor, or first by a response it cut (a process woken
+        from SIGSTOP may send before the monitor runs): counted and said once per fencing."""
+        if self._was_fenced:
+            return
+        self._was_fenced = True
+        self.stats.fences += 1
+        logger.warning(
+            "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
+            "%gs): serving nothing, aborting %d in-flight request(s)",
+            self.fence_age(),
+            self.settings.fence_bound_s,
+            len(self._admitted),
+            extra={"event": "fenced", "replica": self.replica_id},
+        )
+        if self._unfenced is not None:
+            self._unfenced.clear()
+
     async def _fence_monitor(self) -> None:
         """Turn the fence on and off: on, abort everything in flight (as a drain of ``*``
         would); off, wake the parked requests."""
@@ -670,22 +688,13 @@ class GateRuntime:
         period = min(FENCE_CHECK_S, self.settings.fence_bound_s / 10)
         while True:
             fenced = self.fenced
-            if fenced and not self._was_fenced:
-                self.stats.fences += 1
-                logger.warning(
-                    "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
-                    "%gs): serving nothing, aborting %d in-flight request(s)",
-                    self.fence_age(),
-                    self.settings.fence_bound_s,
-                    len(self._admitted),
-                    extra={"event": "fenced", "replica": self.replica_id},
-                )
-                self._unfenced.clear()
-            elif not fenced and self._was_fenced:
+            if fenced:
+                self.note_fenced()
+            elif self._was_fenced:
                 if self.watcher is not None and self.watcher.synced_once:
                     logger.info("pausesvc gate: in sync with Redis again; fence lifted")
                 self._unfenced.set()
-            self._was_fenced = fenced
+                self._was_fenced = False
             if fenced and self._admitted and (self._fence_drain is None or self._fence_drain.done()):
                 self._fence_drain = self._spawn(self._abort_while_fenced(), "pausesvc-fence-drain")
             await asyncio.sleep(period)
