@@ -1,5 +1,6 @@
 """pausesvc: Redis-backed distributed pause state for multi-LoRA LLM serving."""
 
+from pausesvc import _moved
 from pausesvc._exceptions import (
     ClientClosedError,
     ConflictError,
@@ -36,6 +37,8 @@ from pausesvc.replica import Replica
 from pausesvc.watcher import PauseWatcher
 
 __version__ = "0.1.0"
+
+_moved.install()  # pausesvc.sampling_tinker & co. (moved into pausesvc.sampling) still import
 
 __all__ = [
     "GLOBAL",

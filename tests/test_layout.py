@@ -126,3 +126,13 @@ def test_the_version_string_lives_in_one_place() -> None:
         assert "version" not in project and "version" in project["dynamic"], pyproject
         dist = project["name"]
         assert importlib.metadata.version(dist) == module.__version__, dist
+
+
+def test_moved_modules_still_import_as_the_same_module() -> None:
+    import importlib
+
+    from pausesvc._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    assert not (CORE / "sampling_tinker.py").exists()  # no copies: the finder aliases
