@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -74,6 +74,28 @@ def create_app(
     s = settings or Settings()
     state = ServiceState(s, heartbeat_s=heartbeat_s, max_wait_s=max_wait_s)
 
+    from pausesvc import __version__
+
+    app = FastAPI(
+        title="pausesvc control service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan(state),
+    )
+    app.state.svc = state
+    state.metrics.registry.register(WatcherCollector(lambda: state.watcher))
+    state.metrics.registry.register(VersionCollector(lambda: state.fleet_versions))
+    install_error_handlers(app)
+    _add_middleware(app, state)
+    _include_routers(app)
+    _describe_openapi(app, s)
+    _add_pages(app, state)
+    return app
+
+
+def _lifespan(state: ServiceState) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app owns the service state: started with the app, closed when it stops."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
@@ -82,28 +104,26 @@ def create_app(
         finally:
             await state.aclose()
 
-    from pausesvc import __version__
+    return lifespan
 
-    app = FastAPI(
-        title="pausesvc control service", version=__version__, description=DESCRIPTION, lifespan=lifespan
-    )
-    app.state.svc = state
-    state.metrics.registry.register(WatcherCollector(lambda: state.watcher))
-    state.metrics.registry.register(VersionCollector(lambda: state.fleet_versions))
-    install_error_handlers(app)
+
+def _add_middleware(app: FastAPI, state: ServiceState) -> None:
+    # Starlette runs the middleware added last outermost: guard, then path rebuild, then counters
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(AdapterPathMiddleware)
     # outermost: Host allow-list, cross-site and content-type checks, stream caps (one place)
-    app.add_middleware(GuardMiddleware, settings=s, metrics=state.metrics)
-    app.include_router(_routes.router)
-    app.include_router(_events.router)
-    app.include_router(_skyrl.router)
-    app.include_router(_versions.router)
-    app.state.api_routes = [
-        r
-        for router in (_routes.router, _events.router, _skyrl.router, _versions.router)
-        for r in router.routes
-    ]
+    app.add_middleware(GuardMiddleware, settings=state.settings, metrics=state.metrics)
+
+
+def _include_routers(app: FastAPI) -> None:
+    routers = (_routes.router, _events.router, _skyrl.router, _versions.router)
+    for router in routers:
+        app.include_router(router)
+    app.state.api_routes = [r for router in routers for r in router.routes]
+
+
+def _describe_openapi(app: FastAPI, s: Settings) -> None:
+    """Serve the OpenAPI document of this deployment's auth (see ``_describe_auth``), built once."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -112,6 +132,9 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+
+def _add_pages(app: FastAPI, state: ServiceState) -> None:
+    """The dashboard and /metrics: outside the API (no schema, no auth)."""
     page = _dashboard()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -122,5 +145,3 @@ def create_app(
     async def metrics(request: Request) -> Response:
         await state.refresh_versions()
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app

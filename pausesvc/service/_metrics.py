@@ -65,6 +65,9 @@ class VersionCollector(Collector):
 
 
 class WatcherCollector(Collector):
+    """The shared watcher's view, read at scrape time: what is paused, for how long, and how
+    healthy the view itself is (nothing while the watcher is not started)."""
+
     def __init__(self, get_watcher: object) -> None:
         self._get = get_watcher
 
@@ -73,70 +76,88 @@ class WatcherCollector(Collector):
         if w is None:
             return
         names = w.paused_names()
-        g = GaugeMetricFamily(
-            "pausesvc_paused_adapters", "Adapters paused in this process's view (`*` counts as one)."
-        )
-        g.add_metric([], len(names))
+        yield from _paused(names)
+        yield from _pause_ages(w, names)
+        yield from _view_health(w)
+        yield from _view_counters(w)
+
+
+def _paused(names: list[str]) -> Iterator[Metric]:
+    g = GaugeMetricFamily(
+        "pausesvc_paused_adapters", "Adapters paused in this process's view (`*` counts as one)."
+    )
+    g.add_metric([], len(names))
+    yield g
+    per = GaugeMetricFamily("pausesvc_adapter_paused", "1 for each paused adapter.", labels=["adapter"])
+    for n in names:
+        per.add_metric([n], 1)
+    yield per
+
+
+def _pause_ages(w: PauseWatcher, names: list[str]) -> Iterator[Metric]:
+    """What a stuck-pause alert needs: how long each pause has lasted, and whether it ends
+    by itself (every hold is a lease) or waits for someone to resume it."""
+    now = w.server_time()
+    age = GaugeMetricFamily(
+        "pausesvc_adapter_paused_seconds",
+        "Seconds since each paused adapter's pause began (Redis clock).",
+        labels=["adapter"],
+    )
+    leased = GaugeMetricFamily(
+        "pausesvc_adapter_leased",
+        "1 when every hold on the paused "
+        "adapter is a lease (the pause ends by itself), 0 when some "
+        "hold has no lease.",
+        labels=["adapter"],
+    )
+    for n in names:
+        a = w.state(n)
+        if a is None:
+            continue
+        age.add_metric([n], max(0.0, now - a.since))
+        leased.add_metric([n], 0.0 if a.expires_at is None else 1.0)
+    yield age
+    yield leased
+
+
+def _view_health(w: PauseWatcher) -> Iterator[Metric]:
+    """Whether the view can be trusted: orphaned holds, sync, staleness, revision, event lag."""
+    for name, help_, value in (
+        (
+            "pausesvc_orphaned_adapters",
+            "Adapters held after a Redis data loss (policy hold).",
+            len(w.orphans),
+        ),
+        ("pausesvc_watcher_in_sync", "1 while the view is in sync.", 1.0 if w.in_sync else 0.0),
+        (
+            "pausesvc_watcher_staleness_seconds",
+            "Seconds since the view stopped being in sync (0 in sync).",
+            w.staleness,
+        ),
+        ("pausesvc_revision", "Namespace revision the view has applied.", w.revision),
+        (
+            "pausesvc_watcher_event_lag_seconds",
+            "Publish-to-apply lag of the last event (Redis clock).",
+            w.stats.event_lag_s,
+        ),
+    ):
+        g = GaugeMetricFamily(name, help_)
+        g.add_metric([], value)
         yield g
-        per = GaugeMetricFamily("pausesvc_adapter_paused", "1 for each paused adapter.", labels=["adapter"])
-        for n in names:
-            per.add_metric([n], 1)
-        yield per
-        # What a stuck-pause alert needs: how long each pause has lasted, and whether it ends
-        # by itself (every hold is a lease) or waits for someone to resume it.
-        now = w.server_time()
-        age = GaugeMetricFamily(
-            "pausesvc_adapter_paused_seconds",
-            "Seconds since each paused adapter's pause began (Redis clock).",
-            labels=["adapter"],
-        )
-        leased = GaugeMetricFamily(
-            "pausesvc_adapter_leased",
-            "1 when every hold on the paused "
-            "adapter is a lease (the pause ends by itself), 0 when some "
-            "hold has no lease.",
-            labels=["adapter"],
-        )
-        for n in names:
-            a = w.state(n)
-            if a is None:
-                continue
-            age.add_metric([n], max(0.0, now - a.since))
-            leased.add_metric([n], 0.0 if a.expires_at is None else 1.0)
-        yield age
-        yield leased
-        orphans = GaugeMetricFamily(
-            "pausesvc_orphaned_adapters", "Adapters held after a Redis data loss (policy hold)."
-        )
-        orphans.add_metric([], len(w.orphans))
-        yield orphans
-        sync = GaugeMetricFamily("pausesvc_watcher_in_sync", "1 while the view is in sync.")
-        sync.add_metric([], 1.0 if w.in_sync else 0.0)
-        yield sync
-        st = GaugeMetricFamily(
-            "pausesvc_watcher_staleness_seconds", "Seconds since the view stopped being in sync (0 in sync)."
-        )
-        st.add_metric([], w.staleness)
-        yield st
-        rev = GaugeMetricFamily("pausesvc_revision", "Namespace revision the view has applied.")
-        rev.add_metric([], w.revision)
-        yield rev
-        lag = GaugeMetricFamily(
-            "pausesvc_watcher_event_lag_seconds", "Publish-to-apply lag of the last event (Redis clock)."
-        )
-        lag.add_metric([], w.stats.event_lag_s)
-        yield lag
-        for attr, help_ in (
-            ("events", "Events applied."),
-            ("gaps", "Revision gaps seen."),
-            ("resyncs", "Snapshot reads."),
-            ("reconnects", "Reconnects."),
-            ("data_losses", "Revision went backwards (Redis lost data)."),
-            ("local_expiries", "Leases expired from the local clock."),
-        ):
-            c = CounterMetricFamily(f"pausesvc_watcher_{attr}", help_)
-            c.add_metric([], getattr(w.stats, attr))
-            yield c
+
+
+def _view_counters(w: PauseWatcher) -> Iterator[Metric]:
+    for attr, help_ in (
+        ("events", "Events applied."),
+        ("gaps", "Revision gaps seen."),
+        ("resyncs", "Snapshot reads."),
+        ("reconnects", "Reconnects."),
+        ("data_losses", "Revision went backwards (Redis lost data)."),
+        ("local_expiries", "Leases expired from the local clock."),
+    ):
+        c = CounterMetricFamily(f"pausesvc_watcher_{attr}", help_)
+        c.add_metric([], getattr(w.stats, attr))
+        yield c
 
 
 class Metrics:

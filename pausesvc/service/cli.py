@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -27,7 +27,7 @@ for _mod in ("fastapi", "uvicorn", "prometheus_client"):
 __all__ = ["serve"]
 
 
-def _fail(code: int, message: str) -> None:
+def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"pausesvc: error: {message}", err=True)
     sys.exit(code)
 
@@ -106,40 +106,16 @@ def serve(
     ephemeral: bool | None,
 ) -> None:
     """Run the HTTP control service, the dashboard and /metrics."""
-    from pydantic import ValidationError
-
-    from pausesvc._redis import redact
-    from pausesvc._settings import Settings
-
-    base: Settings = ctx.obj.settings if ctx.obj is not None else Settings()
-    overrides: dict[str, Any] = {}
     data_dir = data_dir or data_dir_alias
-    for key, value in (
-        ("host", host),
-        ("port", port),
-        ("redis_url", serve_redis_url),
-        ("log_level", log_level),
-        ("data_dir", data_dir),
-        ("ephemeral", ephemeral),
-    ):
-        if value is not None:
-            overrides[key] = value
-    try:
-        settings = Settings.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        _fail(2, f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    if settings.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
-        _fail(2, f"invalid log_level: {settings.log_level!r}")
-    if settings.ephemeral and data_dir:
-        _fail(2, "invalid data_dir: --data-dir and --ephemeral exclude each other")
-    if settings.redis_url and (data_dir or ephemeral is not None):
-        _fail(
-            2,
-            "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
-            "(no --redis-url / PAUSESVC_REDIS_URL)",
-        )
-
+    settings = _settings_from_flags(
+        ctx,
+        host=host,
+        port=port,
+        redis_url=serve_redis_url,
+        log_level=log_level,
+        data_dir=data_dir,
+        ephemeral=ephemeral,
+    )
     embedded: EmbeddedRedis | None = None
     lock: DataDirLock | None = None
     try:
@@ -150,25 +126,12 @@ def serve(
         if not settings.redis_url:
             embedded, lock, kept = _start_embedded(settings)
             settings = settings.model_copy(update={"redis_url": embedded.url})
-            click.echo(
-                f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
-                f"({kept}). Point replicas and the CLI at it:"
-            )
-            click.echo(f"    export PAUSESVC_REDIS_URL={embedded.url}")
-            if settings.namespace != "default":
-                click.echo(f"    export PAUSESVC_NAMESPACE={settings.namespace}")
+            _announce_embedded(settings, kept)
         else:
+            from pausesvc._redis import redact
+
             click.echo(f"pausesvc: using Redis {redact(settings.redis_url)} (namespace {settings.namespace})")
-        bound_port = sock.getsockname()[1]
-        base_url = f"http://{_url_host(settings.host)}:{bound_port}"
-        click.echo(f"pausesvc: control service on {base_url}  (API docs: {base_url}/docs)")
-        click.echo(f"pausesvc: dashboard: {base_url}/")
-        if not settings.api_token:
-            click.echo(
-                "pausesvc: warning: PAUSESVC_API_TOKEN is not set: anyone who can reach "
-                "this port can pause and resume adapters",
-                err=True,
-            )
+        _announce_service(settings, sock)
         sys.stdout.flush()
         _run(settings, sock)
     finally:
@@ -177,6 +140,60 @@ def serve(
             embedded.cleanup()
         if lock is not None:
             lock.release()
+
+
+def _settings_from_flags(ctx: click.Context, **flags: Any) -> Settings:
+    """The settings of the command (or the environment) with the flags given on top; every
+    mistake exits 2 naming the setting, before anything is started."""
+    from pydantic import ValidationError
+
+    from pausesvc._settings import Settings
+
+    base: Settings = ctx.obj.settings if ctx.obj is not None else Settings()
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    try:
+        settings = Settings.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(2, f"invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    if settings.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        _fail(2, f"invalid log_level: {settings.log_level!r}")
+    data_dir, ephemeral = flags["data_dir"], flags["ephemeral"]
+    if settings.ephemeral and data_dir:
+        _fail(2, "invalid data_dir: --data-dir and --ephemeral exclude each other")
+    if settings.redis_url and (data_dir or ephemeral is not None):
+        _fail(
+            2,
+            "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
+            "(no --redis-url / PAUSESVC_REDIS_URL)",
+        )
+    return settings
+
+
+def _announce_embedded(settings: Settings, kept: str) -> None:
+    """Tell how to reach the embedded Redis: its URL is new to the user (and may change)."""
+    click.echo(
+        f"pausesvc: no PAUSESVC_REDIS_URL set: started an embedded redis-server "
+        f"({kept}). Point replicas and the CLI at it:"
+    )
+    click.echo(f"    export PAUSESVC_REDIS_URL={settings.redis_url}")
+    if settings.namespace != "default":
+        click.echo(f"    export PAUSESVC_NAMESPACE={settings.namespace}")
+
+
+def _announce_service(settings: Settings, sock: socket.socket) -> None:
+    """Print where the service listens (the bound port: ``--port 0`` picks one) and warn when
+    anyone who reaches it may change state."""
+    bound_port = sock.getsockname()[1]
+    base_url = f"http://{_url_host(settings.host)}:{bound_port}"
+    click.echo(f"pausesvc: control service on {base_url}  (API docs: {base_url}/docs)")
+    click.echo(f"pausesvc: dashboard: {base_url}/")
+    if not settings.api_token:
+        click.echo(
+            "pausesvc: warning: PAUSESVC_API_TOKEN is not set: anyone who can reach "
+            "this port can pause and resume adapters",
+            err=True,
+        )
 
 
 def _start_embedded(settings: Settings) -> tuple[EmbeddedRedis, DataDirLock | None, str]:
