@@ -29,7 +29,7 @@ from pausesvc.service._schemas import (
     SnapshotOut,
     WaitOut,
 )
-from pausesvc.service._state import ServiceState
+from pausesvc.service._state import Svc
 
 __all__ = ["router"]
 
@@ -43,14 +43,6 @@ READ = [Depends(require_read)]
 WRITE = [Depends(require_write)]
 R_READ = responses(401, 403, 422, 503)
 R_WRITE = responses(401, 403, 409, 422, 503)
-
-
-def svc(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.svc
-    return state
-
-
-Svc = Annotated[ServiceState, Depends(svc)]
 
 
 @router.get(

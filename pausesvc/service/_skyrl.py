@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
@@ -31,7 +31,7 @@ from pausesvc.service._schemas import (
     SkyRLWaitOut,
     SkyRLWaitRequest,
 )
-from pausesvc.service._state import ServiceState
+from pausesvc.service._state import Svc
 
 __all__ = ["SKYRL_HOLDER", "router"]
 
@@ -40,14 +40,6 @@ logger = logging.getLogger("pausesvc.service")
 SKYRL_HOLDER = "skyrl"
 
 router = APIRouter(prefix="/skyrl/v1", tags=["skyrl"])
-
-
-def _svc(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.svc
-    return state
-
-
-Svc = Annotated[ServiceState, Depends(_svc)]
 
 
 @router.post(

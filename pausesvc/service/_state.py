@@ -1,13 +1,15 @@
-"""What one running service owns: the client, the shared watcher, metrics; and the few
-operations several routes share (read-your-writes waits, collecting aborted request ids)."""
+"""What one running service owns: the client, the shared watcher, metrics; the few operations
+several routes share (read-your-writes waits, collecting aborted request ids); and ``Svc``, the
+dependency that hands the state to every router's routes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends
 from starlette.requests import Request
 
 from pausesvc._exceptions import RedisUnavailableError, translate_redis_errors
@@ -18,7 +20,15 @@ from pausesvc.protocol.models import AdapterState, DesiredVersion, Grant, PauseE
 from pausesvc.service._metrics import Metrics
 from pausesvc.watcher import PauseWatcher
 
-__all__ = ["ServiceState", "collect_aborted", "fleet_versions", "replica_versions", "until_disconnected"]
+__all__ = [
+    "ServiceState",
+    "Svc",
+    "collect_aborted",
+    "fleet_versions",
+    "replica_versions",
+    "service_state",
+    "until_disconnected",
+]
 
 #: /metrics reads the registry at most this often (a scrape never waits on Redis for long)
 VERSIONS_REFRESH_S = 2.0
@@ -244,3 +254,13 @@ class ServiceState:
                 extra={"event": "drain_late_replicas", "adapter": name},
             )
         return collect_aborted(replicas, name, grant)
+
+
+def service_state(request: Request) -> ServiceState:
+    """The app's ServiceState (``create_app`` puts it on ``app.state``), as a route dependency."""
+    state: ServiceState = request.app.state.svc
+    return state
+
+
+#: a route parameter annotated ``Svc`` is given the app's ServiceState
+Svc = Annotated[ServiceState, Depends(service_state)]

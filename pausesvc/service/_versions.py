@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from pausesvc._exceptions import SwapError
 from pausesvc.service._auth import require_read, require_write
 from pausesvc.service._errors import responses
 from pausesvc.service._paths import adapter_name
 from pausesvc.service._schemas import AdapterVersionOut, ClearVersionOut, SwapOut, VersionRequest
-from pausesvc.service._state import ServiceState, fleet_versions, replica_versions
+from pausesvc.service._state import Svc, fleet_versions, replica_versions
 
 __all__ = ["router"]
 
@@ -30,14 +30,6 @@ router = APIRouter()
 
 Name = Annotated[str, Depends(adapter_name)]
 PATH = "/v1/adapters/{name:path}/version"
-
-
-def svc(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.svc
-    return state
-
-
-Svc = Annotated[ServiceState, Depends(svc)]
 
 
 @router.post(
