@@ -15,8 +15,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.config import JsonDict, JsonValue
 
@@ -70,7 +70,16 @@ def _holder(v: str | None) -> str | None:
 class PauseRequest(BaseModel):
     """Body of ``POST /v1/pauses/{name}``. Every field is optional; ``{}`` or no body is fine."""
 
-    model_config = _STRICT
+    model_config = _STRICT | ConfigDict(
+        # timeout_s only with drain=true (refused otherwise), said in the schema too so that a
+        # generated client (or schemathesis) knows: timeout_s absent/null, or drain true
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"timeout_s": {"type": "null"}}},
+                {"properties": {"drain": {"const": True}}, "required": ["drain"]},
+            ]
+        }
+    )
 
     holder: str | None = Field(
         default=None,
@@ -109,13 +118,15 @@ class PauseRequest(BaseModel):
 
     _v_holder = field_validator("holder")(_holder)
 
-    @model_validator(mode="after")
-    def _timeout_needs_drain(self) -> PauseRequest:
-        if self.timeout_s is not None and not self.drain:
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout_needs_drain(cls, v: float | None, info: ValidationInfo) -> float | None:
+        # ``drain`` is declared first, so it is validated by now (absent from info.data if invalid)
+        if v is not None and info.data.get("drain", False) is not True:
             raise ValueError(
                 "timeout_s bounds the wait for a drain: send drain=true with it, or no timeout_s"
             )
-        return self
+        return v
 
     @field_validator("reason")
     @classmethod
