@@ -49,6 +49,7 @@ __all__ = ["AsyncPauseClient", "release_watcher", "shared_watcher"]
 
 logger = logging.getLogger("pausesvc.client")
 
+
 @dataclasses.dataclass(slots=True)
 class _Shared:
     """One process-wide watcher and how many clients hold it."""
