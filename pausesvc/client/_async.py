@@ -22,11 +22,10 @@ from pausesvc._exceptions import (
     ClientClosedError,
     ConflictError,
     DrainTimeoutError,
-    InvalidInputError,
     LeaseLostError,
     translate_redis_errors,
 )
-from pausesvc._redis import aclose_client, async_client, is_cluster, retry_stale
+from pausesvc._redis import aclose_client, async_client, retry_stale
 from pausesvc._settings import Settings
 from pausesvc.client._base import BaseClient, swap_outcome
 from pausesvc.client._drain import AckWaiter, list_replicas
@@ -41,7 +40,7 @@ from pausesvc.protocol.models import (
     Snapshot,
     SwapResult,
 )
-from pausesvc.protocol.scripts import read_script, registry_script, state_script
+from pausesvc.protocol.scripts import registry_script
 from pausesvc.protocol.validate import validate_timeout
 from pausesvc.watcher import PauseWatcher
 
@@ -118,44 +117,14 @@ class AsyncPauseClient(BaseClient):
         redis: aredis.Redis | None = None,
         settings: Settings | None = None,
     ) -> None:
-        s = settings or Settings()
-        url = url if url is not None else s.redis_url
-        if redis is None and url is None:
-            raise InvalidInputError("no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url")
-        if redis is None:
-            assert url is not None
-            redis = async_client(
-                url,
-                health_check_interval=s.health_check_interval_s,
-                socket_connect_timeout=5.0,
-                socket_timeout=max(s.command_timeout_s, s.replication_wait_timeout_ms / 1000 + 1),
-            )
-            self._owns_redis = True
-        else:
-            self._owns_redis = False
-        sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
-        super().__init__(
-            namespace=namespace or s.namespace,
-            default_holder=holder or s.holder,
-            sharded=sharded,
-            replication_wait=s.replication_wait,
-            replication_wait_timeout_ms=s.replication_wait_timeout_ms,
+        redis = self._configure(
+            url, namespace=namespace, holder=holder, redis=redis, settings=settings, client_for=async_client
         )
-        self.url = url
-        self.settings = s
-        self.redis = redis
-        self._scripts = {
-            n: redis.register_script(state_script(n))
-            for n in ("pause", "resume", "renew", "reap", "set_version")
-        }
         self._ack_script = redis.register_script(registry_script("ack"))
         self._version_report_script = redis.register_script(registry_script("version_report"))
         self._hb_script = redis.register_script(registry_script("heartbeat"))
-        self._snapshot_script = redis.register_script(read_script("snapshot"))
-        self._replicas_script = redis.register_script(read_script("replicas"))
         self._watcher: PauseWatcher | None = None
         self._own_watcher = False
-        self._closed = False
         self._last_write: tuple[int, str | None] = (0, None)
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pausesvc._exceptions import (
@@ -21,9 +21,12 @@ from pausesvc._exceptions import (
     StaleTokenError,
     SwapError,
 )
+from pausesvc._redis import is_cluster
+from pausesvc._settings import Settings
 from pausesvc.protocol.codec import text
 from pausesvc.protocol.keys import GLOBAL, Keys, validate_holder, validate_name, validate_version
 from pausesvc.protocol.models import AdapterState, DesiredVersion, Grant, ResumeResult, SwapResult
+from pausesvc.protocol.scripts import STATE_SCRIPTS, read_script, state_script
 from pausesvc.protocol.validate import (
     MAX_TTL_S,
     validate_load,
@@ -128,9 +131,54 @@ class BaseClient:
         self.strict_replication = False
         self.replication_shortfalls = 0
 
+    def _configure(
+        self,
+        url: str | None,
+        *,
+        namespace: str | None,
+        holder: str | None,
+        redis: Any,
+        settings: Settings | None,
+        client_for: Callable[..., Any],
+    ) -> Any:
+        """What both clients' constructors do: the settings, the connection (``client_for(url,
+        ...)`` unless ``redis`` is given; a command timeout on it always), the namespace and
+        holder, the state and read scripts. Returns the connection."""
+        s = settings or Settings()
+        url = url if url is not None else s.redis_url
+        self._owns_redis = redis is None
+        if redis is None:
+            if url is None:
+                raise InvalidInputError(
+                    "no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url"
+                )
+            redis = client_for(
+                url,
+                health_check_interval=s.health_check_interval_s,
+                socket_connect_timeout=5.0,
+                # WAIT blocks for up to replication_wait_timeout_ms: never cut it short
+                socket_timeout=max(s.command_timeout_s, s.replication_wait_timeout_ms / 1000 + 1),
+            )
+        BaseClient.__init__(
+            self,
+            namespace=namespace or s.namespace,
+            default_holder=holder or s.holder,
+            sharded={"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis)),
+            replication_wait=s.replication_wait,
+            replication_wait_timeout_ms=s.replication_wait_timeout_ms,
+        )
+        self.url = url
+        self.settings = s
+        self.redis = redis
+        self._scripts = {n: redis.register_script(state_script(n)) for n in STATE_SCRIPTS}
+        self._snapshot_script = redis.register_script(read_script("snapshot"))
+        self._replicas_script = redis.register_script(read_script("replicas"))
+        self._closed = False
+        return redis
+
     def _forget_connection(self) -> None:
         """After close: the connection and every registered script refuse further use."""
-        self.redis: Any = CLOSED_REDIS
+        self.redis = CLOSED_REDIS
         for attr in [a for a in vars(self) if a.endswith("_script")]:
             setattr(self, attr, CLOSED_REDIS)
         scripts = getattr(self, "_scripts", None)

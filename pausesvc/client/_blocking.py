@@ -22,13 +22,11 @@ from pausesvc._exceptions import (
     ClientClosedError,
     ConflictError,
     DrainTimeoutError,
-    InvalidInputError,
     LeaseLostError,
     translate_redis_errors,
 )
 from pausesvc._redis import (
     close_client,
-    is_cluster,
     next_message_sync,
     subscribe_confirmed_sync,
     sync_client,
@@ -47,7 +45,6 @@ from pausesvc.protocol.models import (
     Snapshot,
     SwapResult,
 )
-from pausesvc.protocol.scripts import read_script, state_script
 from pausesvc.protocol.validate import validate_timeout
 from pausesvc.protocol.view import View
 
@@ -70,39 +67,9 @@ class PauseClient(BaseClient):
         redis: redis.Redis | None = None,
         settings: Settings | None = None,
     ) -> None:
-        s = settings or Settings()
-        url = url if url is not None else s.redis_url
-        if redis is None and url is None:
-            raise InvalidInputError("no Redis URL: pass url=... or set PAUSESVC_REDIS_URL", field="redis_url")
-        if redis is None:
-            assert url is not None
-            redis = sync_client(
-                url,
-                health_check_interval=s.health_check_interval_s,
-                socket_connect_timeout=5.0,
-                socket_timeout=max(s.command_timeout_s, s.replication_wait_timeout_ms / 1000 + 1),
-            )
-            self._owns_redis = True
-        else:
-            self._owns_redis = False
-        sharded = {"on": True, "off": False}.get(s.sharded_pubsub, is_cluster(redis))
-        super().__init__(
-            namespace=namespace or s.namespace,
-            default_holder=holder or s.holder,
-            sharded=sharded,
-            replication_wait=s.replication_wait,
-            replication_wait_timeout_ms=s.replication_wait_timeout_ms,
+        self._configure(
+            url, namespace=namespace, holder=holder, redis=redis, settings=settings, client_for=sync_client
         )
-        self.url = url
-        self.settings = s
-        self.redis = redis
-        self._scripts = {
-            n: redis.register_script(state_script(n))
-            for n in ("pause", "resume", "renew", "reap", "set_version")
-        }
-        self._snapshot_script = redis.register_script(read_script("snapshot"))
-        self._replicas_script = redis.register_script(read_script("replicas"))
-        self._closed = False
 
     def close(self) -> None:
         """Close the connections. Idempotent."""
