@@ -199,6 +199,8 @@ def pause(
     as_json: bool,
 ) -> None:
     """Pause adapter NAME (`*` pauses everything). Prints the fencing token."""
+    if timeout is not None and not drain:
+        raise click.UsageError("--timeout bounds the wait for a drain: add --drain, or drop --timeout")
     with obj.client() as c:
         grant = c.pause(name, holder=holder, reason=reason, ttl=ttl, drain=drain, timeout=timeout)
     if as_json:

@@ -46,7 +46,7 @@ from pausesvc._redis import (
     next_message,
     subscribe_confirmed,
 )
-from pausesvc.protocol.codec import parse_snapshot_reply
+from pausesvc.protocol.codec import parse_snapshot_reply, scores
 from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
 from pausesvc.protocol.models import AdapterState, DesiredVersion, PauseEvent, Snapshot
 from pausesvc.protocol.scripts import read_script, state_script
@@ -526,8 +526,7 @@ class PauseWatcher:
         if not names:
             return {}
         with translate_redis_errors():
-            values = await self._redis.zmscore(key, names)
-        return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
+            return scores(names, await self._redis.zmscore(key, names))
 
     async def _resync(self, reason: str) -> None:
         t0 = time.monotonic()

@@ -34,7 +34,7 @@ from pausesvc._redis import (
 from pausesvc._settings import Settings
 from pausesvc.client._base import BaseClient, swap_outcome
 from pausesvc.client._drain import list_replicas_sync, wait_drained_sync, wait_versions_sync
-from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions
+from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions, scores
 from pausesvc.protocol.keys import GLOBAL, validate_name
 from pausesvc.protocol.models import (
     AdapterState,
@@ -378,8 +378,7 @@ class PauseClient(BaseClient):
         """The score of each of ``names`` that has one in the zset ``key`` (a tombstone)."""
         if not names:
             return {}
-        values = self.redis.zmscore(key, names)
-        return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
+        return scores(names, self.redis.zmscore(key, names))
 
     @contextlib.contextmanager
     def paused(

@@ -9,7 +9,7 @@ from typing import Any
 
 from pausesvc.protocol.models import AdapterState, DesiredVersion, Snapshot
 
-__all__ = ["parse_snapshot", "parse_snapshot_reply", "parse_versions", "replica_record", "text"]
+__all__ = ["parse_snapshot", "parse_snapshot_reply", "parse_versions", "replica_record", "scores", "text"]
 
 logger = logging.getLogger("pausesvc.client")
 
@@ -87,3 +87,8 @@ def replica_record(
     rec["id"] = replica_id
     rec["heartbeat_age_s"] = max(0.0, (now_ms - heartbeat_ms) / 1000.0)
     return rec
+
+
+def scores(names: Sequence[str], values: Sequence[Any]) -> dict[str, int]:
+    """``ZMSCORE key *names`` -> the score of each name that has one (a tombstone's revision)."""
+    return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}

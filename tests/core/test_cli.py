@@ -109,6 +109,7 @@ def test_watch_prints_changes(env: dict[str, str], redis_url: str, namespace: st
         ["pause", "a", "--ttl", "abc"],
         ["pause", "a", "--ttl", "-3"],
         ["pause", "a", "--holder", "has space"],
+        ["pause", "a", "--timeout", "5"],  # a timeout without --drain would be ignored
         ["resume", "a", "--token", "x"],
         ["resume", "a", "--token", "0"],
         ["wait", "a", "--timeout", "-1"],
