@@ -153,6 +153,9 @@ class GateRuntime:
         # move forward, so this bound only grows (``fenced`` then costs one clock read)
         self._unfenced_until = float("-inf")
         self._was_fenced = True
+        # the ``_unfenced_until`` a counted fencing ended: a fencing is counted when the bound
+        # has moved past it (someone saw the process unfenced since), whoever notices it first
+        self._fence_counted = float("-inf")
         self._unfenced: asyncio.Event | None = None
         self._fence_drain: asyncio.Task[None] | None = None
         # held requests: per name, the futures to resolve when it may go on, and ONE task per
@@ -665,10 +668,18 @@ class GateRuntime:
     # -- self-fencing --------------------------------------------------------------------------------
     def note_fenced(self) -> None:
         """The fence is on - seen by the monitor, or first by a response it cut (a process woken
-        from SIGSTOP may send before the monitor runs): counted and said once per fencing."""
-        if self._was_fenced:
-            return
+        from SIGSTOP may send before the monitor runs): counted and said once per fencing.
+
+        Counted against what was *observed* (the unfenced bound only moves when a check saw
+        the process unfenced), not against the monitor's last tick: a request admitted and
+        then cut before the monitor ever saw the process unfenced is still a fencing.
+        A process that was never unfenced (starting up) counts nothing."""
+        if self._unfenced is not None:
+            self._unfenced.clear()
         self._was_fenced = True
+        if self._unfenced_until <= self._fence_counted:
+            return
+        self._fence_counted = self._unfenced_until
         self.stats.fences += 1
         logger.warning(
             "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
@@ -678,8 +689,6 @@ class GateRuntime:
             len(self._admitted),
             extra={"event": "fenced", "replica": self.replica_id},
         )
-        if self._unfenced is not None:
-            self._unfenced.clear()
 
     async def _fence_monitor(self) -> None:
         """Turn the fence on and off: on, abort everything in flight (as a drain of ``*``
