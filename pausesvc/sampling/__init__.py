@@ -55,6 +55,8 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -259,48 +261,121 @@ def _waiter_failed(state: _State, exc: PauseError) -> UnresumableAbortError:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Post:
+    """Send this body (the runner bounds the call by the deadline)."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Wait until the adapter may be resumed (``wait_resumable``)."""
+
+    name: str
+    timeout: float | None
+    mark: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Back off this long before the next attempt."""
+
+    seconds: float
+
+
+_Step = _Post | _Wait | _Sleep
+
+
+class _Plan:
+    """One sample's retry loop as steps, without I/O (the h11 pattern): iterate it, perform each
+    step, and hand back what it gave (``reply``) or what it raised (``error``, for the
+    exceptions in :attr:`HANDLED`); ``result`` is set once the iteration ends. The async and the
+    blocking runner drive the same loop."""
+
+    #: what a step may raise that the loop turns into a retry or a SampleError
+    HANDLED = (TimeoutError, httpx.TransportError, PauseError)
+
+    def __init__(self, drv: _Driver, mark: Callable[[str], int]) -> None:
+        self.drv = drv
+        self.mark = mark
+        self.reply: Any = None
+        self.error: BaseException | None = None
+        self.result: SampleResult | None = None
+
+    def __iter__(self) -> Iterator[_Step]:
+        steps = self._steps()
+        while True:
+            reply, error, self.reply, self.error = self.reply, self.error, None, None
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                self.result = stop.value
+                return
+            yield step
+
+    def _steps(self) -> Generator[_Step, Any, SampleResult]:
+        drv, state = self.drv, self.drv.state
+        name = state.adapter
+        while True:  # each pass makes one request; the loop ends by returning or raising
+            body = state.next_body()
+            if body is None:
+                return state.length_result()
+            mark = self.mark(name)
+            reason: ResumeReason | None
+            try:
+                resp = yield _Post(body)
+            except TimeoutError:
+                raise drv.timed_out() from None
+            except httpx.TransportError as exc:
+                if drv.expired():
+                    raise drv.timed_out() from exc
+                reason = drv.failed(f"{type(exc).__name__}: {exc}")
+            else:
+                reason = drv.response(resp)
+                if reason is None:
+                    return state.result()
+            t0 = time.monotonic()
+            try:
+                res = yield _Wait(name, drv.remaining(), mark)
+            except PauseError as exc:
+                raise _waiter_failed(state, exc) from exc
+            pause = drv.delay(reason, res)
+            if pause > 0:
+                yield _Sleep(pause)
+            drv.waited(reason, res, time.monotonic() - t0)
+
+    def outcome(self) -> SampleResult:
+        assert self.result is not None  # the iteration ends only with a result (or raises)
+        return self.result
+
+
+def _prepared(
+    state: _State, base_url: str, path: str, policy: RetryPolicy | None, timeout: float | None
+) -> tuple[str, _Driver]:
+    """The endpoint and the loop's decisions, checked in this order (after the request)."""
+    return _endpoint(base_url, path), _Driver(state, policy, timeout)
+
+
 async def _run_async(
-    http: httpx.AsyncClient,
-    url: str,
-    state: _State,
-    waiter: object,
-    timeout: float | None,
-    policy: RetryPolicy | None,
-    headers: dict[str, str] | None,
+    http: httpx.AsyncClient, url: str, drv: _Driver, waiter: object, headers: dict[str, str] | None
 ) -> SampleResult:
-    drv = _Driver(state, policy, timeout)
     w = await _resolve_async_waiter(waiter)
-    name = state.adapter
-    while True:  # each pass makes one request; the loop ends by returning or raising
-        body = state.next_body()
-        if body is None:
-            return state.length_result()
-        mark = w.mark(name)
-        reason: ResumeReason | None
+    plan = _Plan(drv, w.mark)
+    for step in plan:
         try:
-            async with asyncio.timeout(drv.remaining()):
-                resp = await http.post(
-                    url, json=body, headers=headers, timeout=_bounded(http.timeout, drv.remaining())
-                )
-        except TimeoutError:
-            raise drv.timed_out() from None
-        except httpx.TransportError as exc:
-            if drv.expired():
-                raise drv.timed_out() from exc
-            reason = drv.failed(f"{type(exc).__name__}: {exc}")
-        else:
-            reason = drv.response(resp)
-            if reason is None:
-                return state.result()
-        t0 = time.monotonic()
-        try:
-            res = await w.wait_resumable(name, drv.remaining(), mark)
-        except PauseError as exc:
-            raise _waiter_failed(state, exc) from exc
-        pause = drv.delay(reason, res)
-        if pause > 0:
-            await asyncio.sleep(pause)
-        drv.waited(reason, res, time.monotonic() - t0)
+            if isinstance(step, _Post):
+                async with asyncio.timeout(drv.remaining()):
+                    plan.reply = await http.post(
+                        url, json=step.body, headers=headers, timeout=_bounded(http.timeout, drv.remaining())
+                    )
+            elif isinstance(step, _Wait):
+                plan.reply = await w.wait_resumable(step.name, step.timeout, step.mark)
+            else:
+                await asyncio.sleep(step.seconds)
+        except _Plan.HANDLED as exc:
+            plan.error = exc
+    return plan.outcome()
 
 
 class _Overrun(Exception):
@@ -363,44 +438,21 @@ def _post_within(
 
 
 def _run_sync(
-    http: httpx.Client,
-    url: str,
-    state: _State,
-    waiter: object,
-    timeout: float | None,
-    policy: RetryPolicy | None,
-    headers: dict[str, str] | None,
+    http: httpx.Client, url: str, drv: _Driver, waiter: object, headers: dict[str, str] | None
 ) -> SampleResult:
-    drv = _Driver(state, policy, timeout)
     w = _resolve_sync_waiter(waiter)
-    name = state.adapter
-    while True:  # as _run_async, blocking
-        body = state.next_body()
-        if body is None:
-            return state.length_result()
-        mark = w.mark(name)
-        reason: ResumeReason | None
+    plan = _Plan(drv, w.mark)
+    for step in plan:  # as _run_async, blocking
         try:
-            resp = _post_within(http, url, body, headers, drv.remaining())
-        except TimeoutError:
-            raise drv.timed_out() from None
-        except httpx.TransportError as exc:
-            if drv.expired():
-                raise drv.timed_out() from exc
-            reason = drv.failed(f"{type(exc).__name__}: {exc}")
-        else:
-            reason = drv.response(resp)
-            if reason is None:
-                return state.result()
-        t0 = time.monotonic()
-        try:
-            res = w.wait_resumable(name, drv.remaining(), mark)
-        except PauseError as exc:
-            raise _waiter_failed(state, exc) from exc
-        pause = drv.delay(reason, res)
-        if pause > 0:
-            time.sleep(pause)
-        drv.waited(reason, res, time.monotonic() - t0)
+            if isinstance(step, _Post):
+                plan.reply = _post_within(http, url, step.body, headers, drv.remaining())
+            elif isinstance(step, _Wait):
+                plan.reply = w.wait_resumable(step.name, step.timeout, step.mark)
+            else:
+                time.sleep(step.seconds)
+        except _Plan.HANDLED as exc:
+            plan.error = exc
+    return plan.outcome()
 
 
 async def sample_with_retry(
@@ -427,8 +479,8 @@ async def sample_with_retry(
     (n > 1, missing or non-positive max_tokens, stream, echo, ...), and a :class:`SampleError`
     carrying the partial result when a sample cannot be finished.
     """
-    state = _CompletionState(request, adapter)
-    return await _run_async(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
+    url, drv = _prepared(_CompletionState(request, adapter), base_url, COMPLETIONS, policy, timeout)
+    return await _run_async(http, url, drv, waiter, headers)
 
 
 async def chat_with_retry(
@@ -445,8 +497,8 @@ async def chat_with_retry(
     """:func:`sample_with_retry` for ``/v1/chat/completions``: an aborted answer is continued as
     the final assistant message (``continue_final_message: true``, ``add_generation_prompt:
     false``, reduced ``max_completion_tokens``/``max_tokens``)."""
-    state = _ChatState(request, adapter)
-    return await _run_async(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)
+    url, drv = _prepared(_ChatState(request, adapter), base_url, CHAT, policy, timeout)
+    return await _run_async(http, url, drv, waiter, headers)
 
 
 def sample_with_retry_sync(
@@ -462,8 +514,8 @@ def sample_with_retry_sync(
 ) -> SampleResult:
     """Blocking :func:`sample_with_retry` (an ``httpx.Client``; ``waiter``: a PauseClient, a
     SyncServiceWaiter, a SyncAutoWaiter or anything with a blocking ``wait_unpaused``)."""
-    state = _CompletionState(request, adapter)
-    return _run_sync(http, _endpoint(base_url, COMPLETIONS), state, waiter, timeout, policy, headers)
+    url, drv = _prepared(_CompletionState(request, adapter), base_url, COMPLETIONS, policy, timeout)
+    return _run_sync(http, url, drv, waiter, headers)
 
 
 def chat_with_retry_sync(
@@ -478,5 +530,5 @@ def chat_with_retry_sync(
     headers: dict[str, str] | None = None,
 ) -> SampleResult:
     """Blocking :func:`chat_with_retry`."""
-    state = _ChatState(request, adapter)
-    return _run_sync(http, _endpoint(base_url, CHAT), state, waiter, timeout, policy, headers)
+    url, drv = _prepared(_ChatState(request, adapter), base_url, CHAT, policy, timeout)
+    return _run_sync(http, url, drv, waiter, headers)
