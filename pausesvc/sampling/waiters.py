@@ -203,6 +203,47 @@ class _ServiceBase:
         return d if deadline is None else max(0.0, min(d, deadline - time.monotonic()))
 
 
+class _LongPoll:
+    """One ``wait_resumable`` of a service waiter, without I/O: what to ask for next, what an
+    answer or a failure means, and when the wait is over (both waiters drive it)."""
+
+    def __init__(self, waiter: _ServiceBase, name: str, timeout: float | None, mark: int) -> None:
+        self.waiter = waiter
+        self.name = name
+        self.mark = mark
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.seen = False
+        self.paused = True
+        self.rev: int | None = None
+        self.failures = 0
+
+    def request(self) -> dict[str, Any]:
+        """The long poll's query and timeouts: at most a chunk of what is left."""
+        chunk = self.waiter._chunk(self.deadline)
+        return {"params": {"timeout_s": f"{chunk:.3f}"}, "timeout": httpx.Timeout(chunk + 10, connect=5)}
+
+    def answered(self, resp: httpx.Response) -> None:
+        self.paused, self.rev, _ = self.waiter._parse(self.name, resp)
+        self.failures = 0
+
+    def failed(self, exc: Exception) -> float:
+        """A transport error or a 5xx counts as paused (fail closed); returns the backoff."""
+        self.failures += 1
+        logger.warning("pausesvc sampling: control service wait failed (%s); retrying", exc)
+        self.paused = True
+        return self.waiter._backoff(self.failures, self.deadline)
+
+    def result(self) -> WaitResult | None:
+        """The answer once not paused or at the deadline; None: poll again."""
+        self.seen = self.seen or (self.paused and self.failures == 0)
+        if not self.paused:
+            latest = self.waiter.mark(self.name)
+            return WaitResult(True, self.seen or latest > self.mark, latest or None, self.rev)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return WaitResult(False, self.seen, self.waiter.mark(self.name) or None, self.rev)
+        return None
+
+
 class ServiceWaiter(_ServiceBase):
     """Long-polls a control service. ``async with ServiceWaiter(url) as w:`` (owns its client
     unless ``http`` is given). Transport errors and 5xx are retried: it fails closed."""
@@ -233,29 +274,14 @@ class ServiceWaiter(_ServiceBase):
         return (await self.wait_resumable(name, timeout, 0)).unpaused
 
     async def wait_resumable(self, name: str, timeout: float | None, mark: int) -> WaitResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen, rev, failures = False, None, 0
+        poll = _LongPoll(self, name, timeout, mark)
         while True:  # every pass long-polls or backs off; ends at the deadline
-            chunk = self._chunk(deadline)
             try:
-                resp = await self._http.get(
-                    self._url(name),
-                    params={"timeout_s": f"{chunk:.3f}"},
-                    timeout=httpx.Timeout(chunk + 10, connect=5),
-                )
-                paused, rev, _ = self._parse(name, resp)
-                failures = 0
+                poll.answered(await self._http.get(self._url(name), **poll.request()))
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                failures += 1
-                logger.warning("pausesvc sampling: control service wait failed (%s); retrying", exc)
-                paused = True
-                await asyncio.sleep(self._backoff(failures, deadline))
-            seen = seen or (paused and failures == 0)
-            if not paused:
-                latest = self.mark(name)
-                return WaitResult(True, seen or latest > mark, latest or None, rev)
-            if deadline is not None and time.monotonic() >= deadline:
-                return WaitResult(False, seen, self.mark(name) or None, rev)
+                await asyncio.sleep(poll.failed(exc))
+            if (res := poll.result()) is not None:
+                return res
 
 
 class SyncServiceWaiter(_ServiceBase):
@@ -287,29 +313,14 @@ class SyncServiceWaiter(_ServiceBase):
         return self.wait_resumable(name, timeout, 0).unpaused
 
     def wait_resumable(self, name: str, timeout: float | None, mark: int) -> WaitResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen, rev, failures = False, None, 0
-        while True:
-            chunk = self._chunk(deadline)
+        poll = _LongPoll(self, name, timeout, mark)
+        while True:  # as ServiceWaiter.wait_resumable, blocking
             try:
-                resp = self._http.get(
-                    self._url(name),
-                    params={"timeout_s": f"{chunk:.3f}"},
-                    timeout=httpx.Timeout(chunk + 10, connect=5),
-                )
-                paused, rev, _ = self._parse(name, resp)
-                failures = 0
+                poll.answered(self._http.get(self._url(name), **poll.request()))
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                failures += 1
-                logger.warning("pausesvc sampling: control service wait failed (%s); retrying", exc)
-                paused = True
-                time.sleep(self._backoff(failures, deadline))
-            seen = seen or (paused and failures == 0)
-            if not paused:
-                latest = self.mark(name)
-                return WaitResult(True, seen or latest > mark, latest or None, rev)
-            if deadline is not None and time.monotonic() >= deadline:
-                return WaitResult(False, seen, self.mark(name) or None, rev)
+                time.sleep(poll.failed(exc))
+            if (res := poll.result()) is not None:
+                return res
 
 
 # -- Redis first, the service as the fallback -------------------------------------------------------
