@@ -27,9 +27,9 @@ from pausesvc._exceptions import (
 )
 from pausesvc._redis import aclose_client, async_client, retry_stale
 from pausesvc._settings import Settings
-from pausesvc.client._base import BaseClient, swap_outcome
+from pausesvc.client._base import BaseClient, PausePlan, lease_lost_message
 from pausesvc.client._drain import AckWaiter, list_replicas
-from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions
+from pausesvc.protocol.codec import parse_snapshot_reply
 from pausesvc.protocol.keys import validate_name
 from pausesvc.protocol.models import (
     AdapterState,
@@ -172,7 +172,7 @@ class AsyncPauseClient(BaseClient):
         if self._closed:
             raise ClientClosedError("the client is closed; make a new one")
         with translate_redis_errors():
-            keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+            keys = self._script_keys(script)
             res = await retry_stale(self.redis, lambda: self._scripts[script](keys=keys, args=args))
             rev = int(res[2] if script == "pause" else res[1])
             epoch = res[4] if len(res) > 4 and res[4] else None
@@ -202,13 +202,12 @@ class AsyncPauseClient(BaseClient):
         With ``drain=True``, return only once every live replica process acknowledged that it
         has no request of ``name`` in flight (else :class:`DrainTimeoutError`; the pause stays).
         """
-        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
-        t = validate_timeout(timeout)
-        if not drain:
+        h, args, drain_timeout = self._pause_plan(name, holder, reason, ttl, drain, timeout)
+        if drain_timeout is None:
             return self._parse_grant(name, h, await self._run("pause", args))
         async with AckWaiter(self, name) as acks:
             grant = self._parse_grant(name, h, await self._run("pause", args))
-            await acks.wait(grant, t if t is not None else self.settings.drain_timeout_s)
+            await acks.wait(grant, drain_timeout)
         return grant
 
     async def resume(
@@ -247,21 +246,20 @@ class AsyncPauseClient(BaseClient):
 
     async def clear_version(self, name: str) -> bool:
         """Forget ``name``'s desired version (replicas keep what they loaded). True if it had one."""
-        res = await self._run("set_version", self._clear_version_args(name))
-        return str(res[0]) in ("cleared", b"cleared")
+        return self._parse_cleared(await self._run("set_version", self._clear_version_args(name)))
 
     async def get_version(self, name: str) -> DesiredVersion | None:
         """The desired version of ``name`` (None: none set)."""
         validate_name(name)
         with translate_redis_errors():
             raw = await retry_stale(self.redis, lambda: self.redis.hget(self.keys.versions, name))
-        return None if raw is None else DesiredVersion.from_json(raw)
+        return self._parse_version(raw)
 
     async def versions(self) -> dict[str, DesiredVersion]:
         """Every adapter's desired version."""
         with translate_redis_errors():
             raw = await retry_stale(self.redis, lambda: self.redis.hgetall(self.keys.versions))
-        return parse_versions([x for kv in raw.items() for x in kv])
+        return self._parse_versions(raw)
 
     async def swap(
         self,
@@ -282,13 +280,10 @@ class AsyncPauseClient(BaseClient):
         load it in ``timeout`` (default ``drain_timeout_s``) or failed to; the pause is released
         either way and those replicas keep ``name`` held until they load it. Without the
         barrier: set the version and return at once (each replica converges on its own)."""
-        args = self._set_version_args(name, version, path, load)
-        t = validate_timeout(timeout)
+        args, budget = self._swap_start(name, version, path, load, timeout)
         t0 = time.monotonic()
         if not barrier:
-            dv = self._parse_set_version(await self._run("set_version", args))
-            return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
-        budget = t if t is not None else self.settings.drain_timeout_s
+            return self._unbarriered(self._parse_set_version(await self._run("set_version", args)), t0)
         h, pause_args = self._swap_pause_args(name, holder, reason, version, budget)
         async with AckWaiter(self, name) as acks:  # subscribed before anything is written
             grant = await self._pause_shielded(name, h, pause_args)
@@ -298,12 +293,11 @@ class AsyncPauseClient(BaseClient):
                 with contextlib.suppress(DrainTimeoutError):
                     await acks.wait(grant, budget / 2)
                 dv = self._parse_set_version(await self._run("set_version", args))
-                remaining = max(0.0, budget - (time.monotonic() - t0))
-                b = await acks.wait_versions(dv.version, dv.revision, remaining)
+                b = await acks.wait_versions(dv.version, dv.revision, self._left(budget, t0))
             finally:
                 if grant.created:
                     await self._release_swap(name, grant)
-        return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
+        return self._swap_result(dv, b, t0)
 
     async def _pause_shielded(self, name: str, holder: str, args: list[str]) -> Grant:
         """Write a pause; if cancelled while the script runs, wait for it and release the hold
@@ -321,8 +315,8 @@ class AsyncPauseClient(BaseClient):
     async def _release_swap(self, name: str, grant: Grant) -> None:
         try:
             await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
-        except ConflictError as exc:  # its lease ran out, or someone forced a resume
-            logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
+        except ConflictError as exc:
+            self._swap_pause_gone(name, exc)
 
     # -- reads ---------------------------------------------------------------------------------------
     async def get(self, name: str) -> AdapterState | None:
@@ -332,7 +326,7 @@ class AsyncPauseClient(BaseClient):
             res = await retry_stale(
                 self.redis, lambda: self._snapshot_script(keys=self._snapshot_keys(), args=[name])
             )
-        return parse_snapshot_reply(res).paused.get(name)
+        return self._parse_get(name, res)
 
     async def snapshot(self) -> Snapshot:
         """Every paused adapter and the revision, in one round trip."""
@@ -344,8 +338,7 @@ class AsyncPauseClient(BaseClient):
 
     async def is_paused(self, name: str) -> bool:
         """Ask Redis (one round trip): is ``name`` paused, directly or by ``*``?"""
-        snap = await self.snapshot()
-        return name in snap.paused or "*" in snap.paused
+        return self._covers(await self.snapshot(), name)
 
     async def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
         """Wait until ``name`` is not paused. True: not paused; False: still paused at timeout."""
@@ -397,11 +390,10 @@ class AsyncPauseClient(BaseClient):
         :class:`LeaseLostError` raised in its place: the fleet may already see the adapter
         resumed, so the block must not go on as if it held it.
         """
-        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
-        t = validate_timeout(timeout)
+        plan = self._pause_plan(name, holder, reason, ttl, drain, timeout)
         body = asyncio.current_task()
         sent = time.monotonic()
-        grant = await self._pause_released_on_failure(name, h, args, drain, t)
+        grant = await self._pause_released_on_failure(name, plan)
         lease = _Lease(body, float(ttl), sent) if ttl is not None else None
         renewer: asyncio.Task[None] | None = None
         if lease is not None:
@@ -425,16 +417,13 @@ class AsyncPauseClient(BaseClient):
             try:
                 await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
             except ConflictError as exc:
-                logger.warning(
-                    "pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc
-                )
+                self._hold_gone(name, grant, exc)
 
-    async def _pause_released_on_failure(
-        self, name: str, holder: str, args: list[str], drain: bool, timeout: float | None
-    ) -> Grant:
+    async def _pause_released_on_failure(self, name: str, plan: PausePlan) -> Grant:
         """``pause`` for :meth:`paused`: if the drain wait fails or is cancelled after the hold
         was written, the hold is released before the error propagates (no leaked pause)."""
-        if not drain:
+        holder, args, drain_timeout = plan
+        if drain_timeout is None:
             return self._parse_grant(name, holder, await self._run("pause", args))
         async with AckWaiter(self, name) as acks:
             write = asyncio.ensure_future(self._run("pause", args))
@@ -448,7 +437,7 @@ class AsyncPauseClient(BaseClient):
                     await asyncio.shield(self.resume(name, holder=holder, token=g.token))
                 raise
             try:
-                await acks.wait(grant, timeout if timeout is not None else self.settings.drain_timeout_s)
+                await acks.wait(grant, drain_timeout)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.resume(name, holder=holder, token=grant.token))
@@ -546,7 +535,4 @@ class _Lease:
             self.body.cancel()
 
     def message(self, name: str, grant: Grant) -> str:
-        return (
-            f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
-            f"the block ran: {self.reason}"
-        )
+        return lease_lost_message(name, grant, self.reason)

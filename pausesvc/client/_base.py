@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pausesvc._exceptions import (
     ClientClosedError,
@@ -23,46 +23,58 @@ from pausesvc._exceptions import (
 )
 from pausesvc._redis import is_cluster
 from pausesvc._settings import Settings
-from pausesvc.protocol.codec import text
+from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions, text
 from pausesvc.protocol.keys import GLOBAL, Keys, validate_holder, validate_name, validate_version
-from pausesvc.protocol.models import AdapterState, DesiredVersion, Grant, ResumeResult, SwapResult
+from pausesvc.protocol.models import AdapterState, DesiredVersion, Grant, ResumeResult, Snapshot, SwapResult
 from pausesvc.protocol.scripts import STATE_SCRIPTS, read_script, state_script
 from pausesvc.protocol.validate import (
     MAX_TTL_S,
     validate_load,
     validate_path,
     validate_reason,
+    validate_timeout,
     validate_token,
     validate_ttl,
 )
 
 logger = logging.getLogger("pausesvc.client")
 
-__all__ = ["CLOSED_REDIS", "SWAP_LEASE_MARGIN_S", "BaseClient", "swap_outcome"]
+__all__ = [
+    "CLOSED_REDIS",
+    "SWAP_LEASE_MARGIN_S",
+    "BaseClient",
+    "PausePlan",
+    "lease_lost_message",
+    "swap_outcome",
+]
 
 
 #: a swap's pause is a lease this much longer than its barrier's budget (see _swap_pause_args)
 SWAP_LEASE_MARGIN_S = 60.0
 
 
-def _refuse(
-    status: str,
+def _checked(
     name: str,
     holder: str,
-    token: str | None,
-    state: AdapterState | None,
-    current: str,
-    not_holder: str,
-) -> None:
-    """Raise what a script's 'not_holder' / 'stale' answer means (nothing was changed)."""
+    token: str | int | None,
+    res: Sequence[Any],
+    not_holder: Callable[[AdapterState | None], str],
+) -> tuple[str, AdapterState | None]:
+    """The status and the state of a resume / renew reply; raises what its 'not_holder' /
+    'stale' answer means (nothing was changed). ``not_holder(state)``: what the holder lacks."""
+    tok = None if token is None else str(token)
+    status, state_raw, current = text(res[0]), text(res[2]), text(res[3])
+    state = AdapterState.from_json(state_raw) if state_raw else None
+    why = not_holder(state)
     if status == "not_holder":
-        raise NotHolderError(f"{holder!r} {not_holder}", holders=sorted(state.holders) if state else [])
+        raise NotHolderError(f"{holder!r} {why}", holders=sorted(state.holders) if state else [])
     if status == "stale":
         raise StaleTokenError(
-            f"token {token} is stale: {holder!r}'s current pause of {name!r} has token {current}",
-            presented=token or "",
+            f"token {tok} is stale: {holder!r}'s current pause of {name!r} has token {current}",
+            presented=tok or "",
             current=current,
         )
+    return status, state
 
 
 def swap_outcome(
@@ -94,6 +106,22 @@ def swap_outcome(
         failed=failed,
         result=result,
     )
+
+
+def lease_lost_message(name: str, grant: Grant, reason: str) -> str:
+    """What :class:`LeaseLostError` says when a ``paused(..., ttl=...)`` block lost its lease."""
+    return (
+        f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
+        f"the block ran: {reason}"
+    )
+
+
+class PausePlan(NamedTuple):
+    """A checked pause: the holder, the script's arguments and, with a drain, its deadline."""
+
+    holder: str
+    args: list[str]
+    drain_timeout: float | None
 
 
 class _ClosedRedis:
@@ -213,6 +241,9 @@ class BaseClient:
             "pausesvc: %s", message, extra={"event": "replication_shortfall", "namespace": self.namespace}
         )
 
+    def _script_keys(self, script: str) -> list[str]:
+        return self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+
     # -- arguments -------------------------------------------------------------------------------
     def _holder(self, holder: str | None) -> str:
         return self.default_holder if holder is None else validate_holder(holder)
@@ -246,6 +277,32 @@ class BaseClient:
             "1" if drain else "0",
             secrets.token_hex(6),
         ]
+
+    def _pause_plan(
+        self,
+        name: str,
+        holder: str | None,
+        reason: str | None,
+        ttl: float | None,
+        drain: bool,
+        timeout: object,
+    ) -> PausePlan:
+        """``pause``'s arguments checked (those, then the timeout); a drain's deadline is
+        ``timeout`` or ``drain_timeout_s``, None without a drain."""
+        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
+        t = validate_timeout(timeout)
+        return PausePlan(h, args, self._budget(t) if drain else None)
+
+    def _budget(self, timeout: float | None) -> float:
+        return timeout if timeout is not None else self.settings.drain_timeout_s
+
+    def _swap_start(
+        self, name: str, version: str, path: str, load: object, timeout: object
+    ) -> tuple[list[str], float]:
+        """``swap``'s set_version arguments and the barrier's budget (``timeout`` or
+        ``drain_timeout_s``), checked in that order."""
+        args = self._set_version_args(name, version, path, load)
+        return args, self._budget(validate_timeout(timeout))
 
     def _resume_args(
         self, name: str, holder: str | None, token: str | int | None, force: bool
@@ -297,6 +354,52 @@ class BaseClient:
 
     # -- results ----------------------------------------------------------------------------------
     @staticmethod
+    def _unbarriered(dv: DesiredVersion, t0: float) -> SwapResult:
+        """A swap without the barrier: the version is set, nobody was waited for."""
+        return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
+
+    @staticmethod
+    def _left(budget: float, t0: float) -> float:
+        return max(0.0, budget - (time.monotonic() - t0))
+
+    @staticmethod
+    def _swap_result(
+        dv: DesiredVersion, barrier: tuple[list[str], dict[str, str], dict[str, str]], t0: float
+    ) -> SwapResult:
+        return swap_outcome(dv.name, dv.version, dv.revision, barrier, time.monotonic() - t0)
+
+    @staticmethod
+    def _swap_pause_gone(name: str, exc: Exception) -> None:
+        """The swap's own pause was gone at its release: its lease ran out, or a forced resume."""
+        logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
+
+    @staticmethod
+    def _hold_gone(name: str, grant: Grant, exc: Exception) -> None:
+        """A ``paused()`` block's hold was gone at its release."""
+        logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc)
+
+    @staticmethod
+    def _parse_cleared(res: Sequence[Any]) -> bool:
+        return str(res[0]) in ("cleared", b"cleared")
+
+    @staticmethod
+    def _parse_version(raw: Any) -> DesiredVersion | None:
+        return None if raw is None else DesiredVersion.from_json(raw)
+
+    @staticmethod
+    def _parse_versions(raw: dict[str, Any]) -> dict[str, DesiredVersion]:
+        return parse_versions([x for kv in raw.items() for x in kv])
+
+    @staticmethod
+    def _parse_get(name: str, res: Any) -> AdapterState | None:
+        return parse_snapshot_reply(res).paused.get(name)
+
+    @staticmethod
+    def _covers(snap: Snapshot, name: str) -> bool:
+        """Is ``name`` paused in ``snap``, directly or by ``*``?"""
+        return name in snap.paused or GLOBAL in snap.paused
+
+    @staticmethod
     def _parse_set_version(res: Sequence[Any]) -> DesiredVersion:
         return DesiredVersion.from_json(text(res[2]))
 
@@ -315,18 +418,16 @@ class BaseClient:
 
     @staticmethod
     def _parse_resume(name: str, holder: str, token: str | int | None, res: Sequence[Any]) -> ResumeResult:
-        token = None if token is None else str(token)
-        status, rev, state_raw, current = text(res[0]), int(res[1]), text(res[2]), text(res[3])
-        state = AdapterState.from_json(state_raw) if state_raw else None
-        _refuse(
-            status,
+        rev = int(res[1])
+        status, state = _checked(
             name,
             holder,
             token,
-            state,
-            current,
-            f"holds no pause of {name!r} (held by: "
-            f"{', '.join(sorted(state.holders)) if state else 'nobody'})",
+            res,
+            lambda state: (
+                f"holds no pause of {name!r} (held by: "
+                f"{', '.join(sorted(state.holders)) if state else 'nobody'})"
+            ),
         )
         return ResumeResult(
             name=name,
@@ -340,17 +441,8 @@ class BaseClient:
 
     @staticmethod
     def _parse_renew(name: str, holder: str, token: str | int | None, res: Sequence[Any]) -> AdapterState:
-        token = None if token is None else str(token)
-        status, state_raw, current = text(res[0]), text(res[2]), text(res[3])
-        state = AdapterState.from_json(state_raw) if state_raw else None
-        _refuse(
-            status,
-            name,
-            holder,
-            token,
-            state,
-            current,
-            f"holds no live pause of {name!r} (expired or released)",
+        _, state = _checked(
+            name, holder, token, res, lambda _: f"holds no live pause of {name!r} (expired or released)"
         )
         assert state is not None  # 'renewed' always carries the state
         return state

@@ -32,9 +32,9 @@ from pausesvc._redis import (
     sync_client,
 )
 from pausesvc._settings import Settings
-from pausesvc.client._base import BaseClient, swap_outcome
+from pausesvc.client._base import BaseClient, PausePlan, lease_lost_message
 from pausesvc.client._drain import list_replicas_sync, wait_drained_sync, wait_versions_sync
-from pausesvc.protocol.codec import parse_snapshot_reply, parse_versions, scores
+from pausesvc.protocol.codec import parse_snapshot_reply, scores
 from pausesvc.protocol.keys import GLOBAL, validate_name
 from pausesvc.protocol.models import (
     AdapterState,
@@ -90,7 +90,7 @@ class PauseClient(BaseClient):
         if self._closed:
             raise ClientClosedError("the client is closed; make a new one")
         with translate_redis_errors():
-            keys = self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+            keys = self._script_keys(script)
             res = self._scripts[script](keys=keys, args=args)
             if self.replication_wait:
                 acked = self.redis.execute_command(
@@ -123,33 +123,21 @@ class PauseClient(BaseClient):
         drain: bool = False,
         timeout: float | None = None,
     ) -> Grant:
-        return self._pause(name, holder, reason, ttl, drain, timeout, release_on_failure=False)
+        plan = self._pause_plan(name, holder, reason, ttl, drain, timeout)
+        return self._pause(name, plan, release_on_failure=False)
 
-    def _pause(
-        self,
-        name: str,
-        holder: str | None,
-        reason: str | None,
-        ttl: float | None,
-        drain: bool,
-        timeout: float | None,
-        *,
-        release_on_failure: bool,
-    ) -> Grant:
-        """Pause; with ``drain``, wait for every live replica's acknowledgement (a timeout keeps
+    def _pause(self, name: str, plan: PausePlan, *, release_on_failure: bool) -> Grant:
+        """Pause; with a drain, wait for every live replica's acknowledgement (a timeout keeps
         the pause unless ``release_on_failure``: a ``paused()`` block leaks no hold)."""
-        h, args = self._pause_args(name, holder, reason, ttl, drain, timeout)
-        t = validate_timeout(timeout)
-        if not drain:
+        h, args, drain_timeout = plan
+        if drain_timeout is None:
             return self._parse_grant(name, h, self._run("pause", args))
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.acks)
         try:
             grant = self._parse_grant(name, h, self._run("pause", args))
             try:
-                wait_drained_sync(
-                    self, pubsub, name, grant, t if t is not None else self.settings.drain_timeout_s
-                )
+                wait_drained_sync(self, pubsub, name, grant, drain_timeout)
             except BaseException:  # a drain timeout, Ctrl-C...
                 if release_on_failure:
                     with contextlib.suppress(Exception):
@@ -181,7 +169,7 @@ class PauseClient(BaseClient):
         validate_name(name)
         with translate_redis_errors():
             res = self._snapshot_script(keys=self._snapshot_keys(), args=[name])
-        return parse_snapshot_reply(res).paused.get(name)
+        return self._parse_get(name, res)
 
     def snapshot(self) -> Snapshot:
         with translate_redis_errors():
@@ -189,8 +177,7 @@ class PauseClient(BaseClient):
         return parse_snapshot_reply(res)
 
     def is_paused(self, name: str) -> bool:
-        snap = self.snapshot()
-        return name in snap.paused or GLOBAL in snap.paused
+        return self._covers(self.snapshot(), name)
 
     def replicas(self, *, include_dead: bool = False) -> list[dict[str, Any]]:
         return list_replicas_sync(self, include_dead=include_dead)
@@ -204,19 +191,18 @@ class PauseClient(BaseClient):
         return self._parse_set_version(self._run("set_version", args))
 
     def clear_version(self, name: str) -> bool:
-        res = self._run("set_version", self._clear_version_args(name))
-        return str(res[0]) in ("cleared", b"cleared")
+        return self._parse_cleared(self._run("set_version", self._clear_version_args(name)))
 
     def get_version(self, name: str) -> DesiredVersion | None:
         validate_name(name)
         with translate_redis_errors():
             raw = self.redis.hget(self.keys.versions, name)
-        return None if raw is None else DesiredVersion.from_json(raw)
+        return self._parse_version(raw)
 
     def versions(self) -> dict[str, DesiredVersion]:
         with translate_redis_errors():
             raw = self.redis.hgetall(self.keys.versions)
-        return parse_versions([x for kv in raw.items() for x in kv])
+        return self._parse_versions(raw)
 
     def swap(
         self,
@@ -231,13 +217,10 @@ class PauseClient(BaseClient):
         reason: str | None = None,
     ) -> SwapResult:
         """See :meth:`AsyncPauseClient.swap` (same steps, same barrier rule)."""
-        args = self._set_version_args(name, version, path, load)
-        t = validate_timeout(timeout)
+        args, budget = self._swap_start(name, version, path, load, timeout)
         t0 = time.monotonic()
         if not barrier:
-            dv = self._parse_set_version(self._run("set_version", args))
-            return SwapResult(dv.name, dv.version, dv.revision, [], time.monotonic() - t0)
-        budget = t if t is not None else self.settings.drain_timeout_s
+            return self._unbarriered(self._parse_set_version(self._run("set_version", args)), t0)
         h, pause_args = self._swap_pause_args(name, holder, reason, version, budget)
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.acks)  # before anything is written
@@ -249,17 +232,16 @@ class PauseClient(BaseClient):
                 with contextlib.suppress(DrainTimeoutError):
                     wait_drained_sync(self, pubsub, name, grant, budget / 2)
                 dv = self._parse_set_version(self._run("set_version", args))
-                remaining = max(0.0, budget - (time.monotonic() - t0))
-                b = wait_versions_sync(self, pubsub, name, dv.version, dv.revision, remaining)
+                b = wait_versions_sync(self, pubsub, name, dv.version, dv.revision, self._left(budget, t0))
             finally:
                 if grant.created:
                     try:
                         self.resume(name, holder=h, token=grant.token)
-                    except ConflictError as exc:  # its lease ran out, or a forced resume
-                        logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
+                    except ConflictError as exc:
+                        self._swap_pause_gone(name, exc)
         finally:
             pubsub.close()
-        return swap_outcome(dv.name, dv.version, dv.revision, b, time.monotonic() - t0)
+        return self._swap_result(dv, b, t0)
 
     def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
         """Block until ``name`` is not paused. True: not paused; False: still paused at timeout."""
@@ -271,8 +253,7 @@ class PauseClient(BaseClient):
             try:
                 while True:
                     snap = self.snapshot()  # after the subscription is confirmed
-                    paused = name in snap.paused or GLOBAL in snap.paused
-                    if not paused:
+                    if not self._covers(snap, name):
                         return True
                     ends = [s.expires_at for n, s in snap.paused.items() if n in (name, GLOBAL)]
                     lease_end = None if None in ends else max(e for e in ends if e is not None)
@@ -398,7 +379,9 @@ class PauseClient(BaseClient):
         Redis before the lease ended), :class:`LeaseLostError` is raised when it ends.
         """
         sent = time.monotonic()
-        grant = self._pause(name, holder, reason, ttl, drain, timeout, release_on_failure=True)
+        grant = self._pause(
+            name, self._pause_plan(name, holder, reason, ttl, drain, timeout), release_on_failure=True
+        )
         stop = threading.Event()
         lost: list[str] = []
         renewer = None
@@ -410,10 +393,7 @@ class PauseClient(BaseClient):
         try:
             yield grant
             if lost:
-                raise LeaseLostError(
-                    f"the lease of {grant.holder!r} on {name!r} (token "
-                    f"{grant.token}) was lost while the block ran: {lost[0]}"
-                )
+                raise LeaseLostError(lease_lost_message(name, grant, lost[0]))
         finally:
             stop.set()
             if renewer is not None:
@@ -421,9 +401,7 @@ class PauseClient(BaseClient):
             try:
                 self.resume(name, holder=grant.holder, token=grant.token)
             except ConflictError as exc:
-                logger.warning(
-                    "pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc
-                )
+                self._hold_gone(name, grant, exc)
 
     def _keep_renewing(
         self, name: str, grant: Grant, ttl: float, stop: threading.Event, sent: float, lost: list[str]
