@@ -108,6 +108,22 @@ def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, kw
 
 
+def _sentinel_master(sentinel_class: Any, url: str, options: dict[str, Any]) -> Any:
+    """The master client of a ``redis+sentinel://`` URL, from ``sentinel_class`` (redis-py's
+    blocking or asyncio ``Sentinel``); its sentinel connections are closed with it (see
+    close_client / aclose_client)."""
+    nodes, service, kw, ssl = _sentinel_parts(url)
+    sentinel_password = kw.pop("sentinel_password", None)
+    sentinel = sentinel_class(
+        nodes,
+        sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
+        socket_timeout=options.get("socket_timeout", 5.0),
+    )
+    client = sentinel.master_for(service, ssl=ssl, **kw, **options)
+    client._pausesvc_sentinels = sentinel.sentinels
+    return client
+
+
 def async_client(url: str, **options: Any) -> Any:
     """An asyncio client (``decode_responses=True``) for ``url``.
 
@@ -124,16 +140,7 @@ def async_client(url: str, **options: Any) -> Any:
         options.pop("retry", None)
         return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
-        nodes, service, kw, ssl = _sentinel_parts(url)
-        sentinel_password = kw.pop("sentinel_password", None)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-            nodes,
-            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
-            socket_timeout=options.get("socket_timeout", 5.0),
-        )
-        client = sentinel.master_for(service, ssl=ssl, **kw, **options)
-        client._pausesvc_sentinels = sentinel.sentinels  # closed with it: see aclose_client
-        return client
+        return _sentinel_master(AsyncSentinel, url, options)
     return aredis.Redis.from_url(url, **options)
 
 
@@ -152,18 +159,7 @@ def sync_client(url: str, **options: Any) -> Any:
             **options,
         )
     if "+sentinel" in url.split("://", 1)[0].lower():
-        nodes, service, kw, ssl = _sentinel_parts(url)
-        sentinel_password = kw.pop("sentinel_password", None)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            nodes,
-            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
-            socket_timeout=options.get("socket_timeout", 5.0),
-        )
-        client = sentinel.master_for(  # type: ignore[no-untyped-call]
-            service, ssl=ssl, **kw, **options
-        )
-        client._pausesvc_sentinels = sentinel.sentinels  # closed with it: see close_client
-        return client
+        return _sentinel_master(Sentinel, url, options)
     return redis.Redis.from_url(url, **options)
 
 
