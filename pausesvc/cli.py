@@ -57,6 +57,20 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
+#: the exit code of an error: the first class it is an instance of (else EXIT_ERROR)
+_EXIT_CODES: tuple[tuple[type[PauseError], int], ...] = (
+    (SwapError, EXIT_SWAP),
+    (DrainTimeoutError, EXIT_REFUSED),
+    (InvalidInputError, EXIT_INVALID),
+    (ConflictError, EXIT_REFUSED),
+    (RedisUnavailableError, EXIT_UNAVAILABLE),
+)
+
+
+def _exit_code(exc: PauseError) -> int:
+    return next((code for cls, code in _EXIT_CODES if isinstance(exc, cls)), EXIT_ERROR)
+
+
 def handle_errors(fn: F) -> F:
     """Every error becomes one readable line on stderr and a documented exit code."""
 
@@ -64,18 +78,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SwapError as exc:
-            _fail(EXIT_SWAP, str(exc))
-        except DrainTimeoutError as exc:
-            _fail(EXIT_REFUSED, str(exc))
-        except InvalidInputError as exc:
-            _fail(EXIT_INVALID, str(exc))
-        except ConflictError as exc:
-            _fail(EXIT_REFUSED, str(exc))
-        except RedisUnavailableError as exc:
-            _fail(EXIT_UNAVAILABLE, str(exc))
         except PauseError as exc:
-            _fail(EXIT_ERROR, str(exc))
+            _fail(_exit_code(exc), str(exc))
         except KeyboardInterrupt:
             _fail(130, "interrupted")
         return None
