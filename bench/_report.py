@@ -242,6 +242,11 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())) + ".",
         "",
+        f"Bytecode of pausesvc and pausesvc_vllm: {meta.get('bytecode', 'as found')} (an "
+        "editable install has no .pyc and this machine sets PYTHONDONTWRITEBYTECODE=1, so "
+        "without this every replica and CLI process of the run would compile the source at "
+        "import, which a deployed one does not).",
+        "",
         "Every figure is median / p99 / max over repeated trials. Designs are interleaved "
         "within each run (the order rotates every trial).",
         "",

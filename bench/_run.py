@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._util import machine, versions
+from bench._util import compile_bytecode, machine, versions
 from pausesvc import EmbeddedRedis
 
 __all__ = ["main"]
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             "mode": "quick" if args.quick else "full",
             "config": cfg,
             "machine": machine(),
+            "bytecode": compile_bytecode(),
             "versions": versions(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         },
