@@ -181,8 +181,10 @@ class _Deadline:
 
     __slots__ = ("fired", "handle", "live", "owner", "task", "when")
 
-    def __init__(self, when: float, owner: BodyDeadlines | None = None) -> None:
-        self.task = asyncio.current_task()
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, when: float, owner: BodyDeadlines | None = None
+    ) -> None:
+        self.task = asyncio.current_task(loop)
         self.when = when
         self.fired = False
         self.live = True
@@ -234,7 +236,7 @@ class BodyDeadlines:
             return None
         if len(q) > 64 and len(q) > 4 * self._live:  # a slow read at the head keeps the rest
             self._queue = q = deque(d for d in q if d.live)
-        d = _Deadline(when, self)
+        d = _Deadline(loop, when, self)
         q.append(d)
         self._live += 1
         if self._handle is None:
@@ -287,7 +289,7 @@ async def read_body(
     when = loop.time() + timeout
     deadline = deadlines.arm(loop, when) if deadlines is not None else None
     if deadline is None:
-        deadline = _Deadline(when)
+        deadline = _Deadline(loop, when)
         deadline.handle = loop.call_at(when, deadline.fire)
     try:
         chunks: list[bytes] = []

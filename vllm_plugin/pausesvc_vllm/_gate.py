@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Awaitable
 from typing import Any
 
 from pausesvc import GLOBAL, InvalidInputError, Settings
@@ -106,7 +108,7 @@ class PauseGateMiddleware:
             await self.app(scope, receive, send)
             return
         rt = self.runtime
-        if rt.url is None or rt.app is None:
+        if not rt.bound:
             rt.bind(scope)
         key = (scope.get("path", ""), scope.get("root_path", ""))
         route = self._routes.get(key)
@@ -236,7 +238,7 @@ class PauseGateMiddleware:
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
-        if not self.base_names.learned:
+        if not self.base_names.learned and rt.may_retry_learning():
             self.base_names.learn(rt.app)
         declared: int | None = None
         rid: bytes | None = None
@@ -277,7 +279,7 @@ class PauseGateMiddleware:
         # admitted: from the last check (above, or the last one in _park, which returns with no
         # await after it) to rt.admit() there is no await (a pause landing now sees it)
         if rid is None:
-            rid = _request_id(data) or rt.next_request_id()
+            rid = (_request_id(data) if data is not None else None) or rt.next_request_id()
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
         admission = rt.admit(target, rid.decode("latin-1"))
         replay = replaying_receive(body, receive) if held is None else held.replay(body, receive)
@@ -493,38 +495,47 @@ class _FenceGuard:
         self.started = False
         self.cut = False
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # a plain function on the fast path: it returns the real send's awaitable (no frame of
+        # its own per message: a streamed response sends one message per token)
+        rt = self.rt
+        if self.cut or (time.monotonic() > rt.unfenced_until and rt.fenced):
+            return self._cut(message)
+        if not self.started and message.get("type") == "http.response.start":
+            self.started = True
+            message = self._with_version(message)
+        return self.send(message)
+
+    def _with_version(self, message: Message) -> Message:
+        """Which weights produced it (no header: not known); the body is parsed for its
+        adapter only when a loaded adapter's name occurs in it."""
+        loaded = self.rt.versions.loaded
+        if loaded and self.admission.target.may_name(loaded):
+            version = self.rt.versions.version(self.admission.adapter)
+            if version is not None:
+                headers = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]
+                return {**message, "headers": headers}
+        return message
+
+    async def _cut(self, message: Message) -> None:
         if self.cut:
             return
-        if self.rt.fenced:
-            self.cut = True
-            self.rt.stats.fenced_cuts += 1
-            self.rt.note_fenced()
-            logger.warning(
-                "pausesvc gate: fenced (no proven round trip to Redis): response "
-                "cut before it could carry more output"
+        self.cut = True
+        self.rt.stats.fenced_cuts += 1
+        self.rt.note_fenced()
+        logger.warning(
+            "pausesvc gate: fenced (no proven round trip to Redis): response "
+            "cut before it could carry more output"
+        )
+        if not self.started:
+            await send_unavailable(
+                self.send,
+                "replica_fenced",
+                "this replica cannot prove it is in sync with the pause state; retry",
+                self.rt.settings.gate_retry_after_s,
             )
-            if not self.started:
-                await send_unavailable(
-                    self.send,
-                    "replica_fenced",
-                    "this replica cannot prove it is in sync with the pause state; retry",
-                    self.rt.settings.gate_retry_after_s,
-                )
-            elif message.get("type") == "http.response.body":
-                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        if message.get("type") == "http.response.start":
-            self.started = True
-            loaded = self.rt.versions.loaded
-            # which weights produced it (no header: not known); the body is parsed for its
-            # adapter only when a loaded adapter's name occurs in it
-            if loaded and self.admission.target.may_name(loaded):
-                version = self.rt.versions.version(self.admission.adapter)
-                if version is not None:
-                    headers = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]
-                    message = {**message, "headers": headers}
-        await self.send(message)
+        elif message.get("type") == "http.response.body":
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class _Held:
