@@ -212,8 +212,9 @@ def close_client(client: Any) -> None:
 _CONFIRMATIONS = ("subscribe", "ssubscribe")
 
 
-async def next_message(pubsub: Any, sharded: bool, timeout: float) -> Any:
-    """The next pub/sub message within ``timeout`` (None if none), from a plain or sharded
+async def next_message(pubsub: Any, sharded: bool, timeout: float | None) -> Any:
+    """The next pub/sub message within ``timeout`` seconds (None if none; ``timeout=None``:
+    block until one comes, the way a bare subscriber reads), from a plain or sharded
     subscription."""
     if sharded and hasattr(pubsub, "get_sharded_message"):
         return await pubsub.get_sharded_message(timeout=timeout)

@@ -149,6 +149,9 @@ class PauseWatcher:
         self._mono_offset = time.time() - time.monotonic()
         self._mono_offset_low = self._mono_offset
         self._proof: float | None = None
+        # the deadline of the current subscription (no proof for health_check_interval) and
+        # its loop; None while not subscribed
+        self._alive: tuple[asyncio.Timeout, asyncio.AbstractEventLoop] | None = None
         self._pings: collections.deque[float] = collections.deque()
         self._in_sync = False
         self._ever_synced = asyncio.Event()
@@ -264,6 +267,7 @@ class PauseWatcher:
     def _prove(self, sent: float) -> None:
         if self._proof is None or sent > self._proof:
             self._proof = sent
+            self._push_deadline()
 
     @property
     def synced_once(self) -> bool:
@@ -422,7 +426,7 @@ class PauseWatcher:
         self._in_sync = False
         self.last_error = f"{type(exc).__name__}: {exc}"
 
-    async def _get_message(self, pubsub: Any, timeout: float) -> Any:
+    async def _get_message(self, pubsub: Any, timeout: float | None) -> Any:
         msg = await next_message(pubsub, self._sharded, timeout)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -454,43 +458,101 @@ class PauseWatcher:
             self._prove(self._pings.popleft())
 
     async def _listen(self, pubsub: Any) -> None:
-        next_resync = time.monotonic() + self.resync_interval
+        """Read the subscription until it fails. A plain subscription is read like a bare
+        subscriber reads it - a blocking read, no timer per message - while a keepalive task
+        PINGs it; each PONG wakes the reader (so the periodic resync needs no timed read) and
+        pushes the ONE deadline of the subscription (no PONG for ``health_check_interval``:
+        dead, although TCP may look open). Redis Cluster's pub/sub has one reader per node
+        and no blocking read: it is polled, pinging between reads."""
+        polled = hasattr(pubsub, "get_sharded_message")
+        loop = asyncio.get_running_loop()
+        keepalive = None if polled else asyncio.create_task(self._keepalive(pubsub))
+        try:
+            async with asyncio.timeout(None) as alive:
+                self._alive = (alive, loop)
+                self._push_deadline()
+                await self._read_loop(pubsub, polled)
+        except TimeoutError:
+            age = float("inf") if self._proof is None else time.monotonic() - self._proof
+            raise TimeoutError(
+                f"no PONG from Redis for {age:.2f}s (health_check_interval {self.health_check_interval:g}s)"
+            ) from None
+        finally:
+            self._alive = None
+            if keepalive is not None:
+                keepalive.cancel()
+                await asyncio.wait([keepalive], timeout=1.0)
+                if keepalive.done() and not keepalive.cancelled() and keepalive.exception():
+                    logger.warning("pausesvc watcher: keepalive failed: %r", keepalive.exception())
+
+    async def _read_loop(self, pubsub: Any, polled: bool) -> None:
         period = self.health_check_interval / 2
+        next_resync = time.monotonic() + self.resync_interval
         next_ping = time.monotonic()
         while True:
             now = time.monotonic()
-            if self._proof is not None and now - self._proof > self.health_check_interval:
-                # no PONG for a whole interval: the link is dead although TCP may look open
-                raise TimeoutError(
-                    f"no PONG from Redis for {now - self._proof:.2f}s "
-                    f"(health_check_interval {self.health_check_interval:g}s)"
-                )
-            if now >= next_ping:
+            if polled and now >= next_ping:
                 await self._ping(pubsub)
                 next_ping = now + period
-            wait = max(0.0, min(period, next_resync - now, next_ping - now))
+            wait = max(0.0, min(period, next_resync - now, next_ping - now)) if polled else None
             msg = await self._get_message(pubsub, wait)
-            if msg is None:
-                if time.monotonic() >= next_resync:
-                    await self._resync("periodic")
-                    next_resync = time.monotonic() + self.resync_interval
-                continue
-            kind = msg["type"]
-            if kind not in _PUBSUB_TYPES:
-                # a PONG: redis-py (decode_responses) hands it over as {'type': 'P', ...} -
-                # the reply string split into fields - or, in some versions, as 'pong'
-                self._pong()
-                continue
-            if kind in ("subscribe", "ssubscribe"):
-                # redis-py reconnected and resubscribed by itself: we may have missed anything
-                self.stats.reconnects += 1
-                await self._resync("resubscribe")
+            if msg is not None and await self._dispatch(msg):
                 next_resync = time.monotonic() + self.resync_interval
-            elif kind in ("message", "smessage"):
-                reason = self._on_message(msg["data"])
-                if reason is not None:
-                    await self._resync(reason)
-                    next_resync = time.monotonic() + self.resync_interval
+            elif time.monotonic() >= next_resync:
+                await self._resync("periodic")
+                next_resync = time.monotonic() + self.resync_interval
+
+    async def _dispatch(self, msg: Any) -> bool:
+        """Handle one message of the subscription; True if it made the view resync."""
+        kind = msg["type"]
+        if kind not in _PUBSUB_TYPES:
+            # a PONG: redis-py (decode_responses) hands it over as {'type': 'P', ...} -
+            # the reply string split into fields - or, in some versions, as 'pong'
+            self._pong()
+            return False
+        if kind in ("subscribe", "ssubscribe"):
+            # redis-py reconnected and resubscribed by itself: we may have missed anything
+            self.stats.reconnects += 1
+            await self._resync("resubscribe")
+            return True
+        if kind in ("message", "smessage"):
+            reason = self._on_message(msg["data"])
+            if reason is not None:
+                await self._resync(reason)
+                return True
+        return False
+
+    async def _keepalive(self, pubsub: Any) -> None:
+        """PING the subscription every ``health_check_interval / 2`` (its reader reads the
+        PONGs). A PING that cannot be sent ends the subscription's deadline now: the reader
+        then reconnects (this task never reconnects the connection it shares)."""
+        period = self.health_check_interval / 2
+        task = asyncio.current_task()
+        try:
+            while True:
+                conn = pubsub.connection
+                if conn is None or not conn.is_connected:  # never reconnect it from here
+                    raise rexc.ConnectionError("the subscription's connection is closed")
+                self._pings.append(time.monotonic())
+                await conn.send_command("PING", check_health=False)
+                if task is not None and task.cancelling():  # redis-py may swallow it mid-send
+                    raise asyncio.CancelledError
+                while len(self._pings) > 64:  # a PONG never comes on a dead link: bounded
+                    self._pings.popleft()
+                await asyncio.sleep(period)
+        except _NETWORK_ERRORS as exc:
+            logger.debug("pausesvc watcher: keepalive PING failed: %s", exc)
+            if self._alive is not None:
+                alive, loop = self._alive
+                alive.reschedule(loop.time())
+
+    def _push_deadline(self) -> None:
+        """The subscription is dead ``health_check_interval`` after the newest proof."""
+        if self._alive is None:
+            return
+        alive, loop = self._alive
+        base = time.monotonic() if self._proof is None else self._proof
+        alive.reschedule(loop.time() + (base + self.health_check_interval - time.monotonic()))
 
     def _on_message(self, data: Any) -> str | None:
         """Apply one event; return a reason to resync instead, or None."""

@@ -75,6 +75,7 @@ logger = logging.getLogger("pausesvc_vllm")
 DRAIN_RECHECK_S = 0.02
 #: How often the fence monitor looks at the proofs' age (at most; a tenth of the bound below).
 FENCE_CHECK_S = 0.1
+_BIND_TRIES = 64
 ACK_RETRY_MAX_S = 1.0
 #: Acknowledgements written concurrently by one process (bounds its Redis connections).
 ACK_CONCURRENCY = 4
@@ -131,6 +132,10 @@ class GateRuntime:
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.app: Any = None
         self.url: str | None = settings.replica_url
+        self._synced_once = False
+        self.bound = False  # app and url known (or given up on): bind() is not called again
+        self._bind_tries = 0
+        self._learn_after = float("-inf")
         self.watcher: PauseWatcher | None = None
         self.client: AsyncPauseClient | None = None
         self.replica: Replica | None = None
@@ -151,9 +156,9 @@ class GateRuntime:
         self._hb_proof: float | None = None
         # a monotonic time before which the process is surely not fenced: both proofs only
         # move forward, so this bound only grows (``fenced`` then costs one clock read)
-        self._unfenced_until = float("-inf")
+        self.unfenced_until = float("-inf")
         self._was_fenced = True
-        # the ``_unfenced_until`` a counted fencing ended: a fencing is counted when the bound
+        # the ``unfenced_until`` a counted fencing ended: a fencing is counted when the bound
         # has moved past it (someone saw the process unfenced since), whoever notices it first
         self._fence_counted = float("-inf")
         self._unfenced: asyncio.Event | None = None
@@ -179,13 +184,29 @@ class GateRuntime:
         return self.watcher is not None
 
     def bind(self, scope: Any) -> None:
-        """Remember the app (for ``state.engine_client``) and this server's URL."""
+        """Remember the app (for ``state.engine_client``) and this server's URL.
+
+        Tried on each request until both are known, or for the first ``_BIND_TRIES`` http
+        requests (an app served without Starlette's ``scope["app"]`` never gives one: no
+        per-request cost for ever)."""
         if self.app is None and scope.get("app") is not None:
             self.app = scope["app"]
         if self.url is None and scope.get("type") == "http" and scope.get("server"):
             host, port = scope["server"][0], scope["server"][1]
             if port is not None:
                 self.url = f"{scope.get('scheme', 'http')}://{host}:{port}"
+        if scope.get("type") == "http":
+            self._bind_tries += 1
+        self.bound = (self.app is not None and self.url is not None) or self._bind_tries >= _BIND_TRIES
+
+    def may_retry_learning(self) -> bool:
+        """May a request try again to learn the base model's names from the app? At most
+        once a second (a vLLM app knows them before it serves; a bare app never will)."""
+        now = time.monotonic()
+        if now < self._learn_after:
+            return False
+        self._learn_after = now + 1.0
+        return True
 
     async def start(self) -> None:
         """Start the watcher subscription and the heartbeat (idempotent; does not wait for
@@ -285,26 +306,26 @@ class GateRuntime:
         """Is nothing at all paused or parked here, synced and not fenced? (The gate's fast
         path: ``admissible`` of every name, one clock read.)"""
         w = self.watcher
-        return (
-            w is not None
-            and w.synced_once
-            and not w.any_paused
-            and not self.versions.pending
-            and not self.fenced
-        )
+        if w is None:
+            return False
+        if not self._synced_once:  # it stays true once true: one attribute read after that
+            if not w.synced_once:
+                return False
+            self._synced_once = True
+        return not w.any_paused and not self.versions.pending and not self.fenced
 
     @property
     def fenced(self) -> bool:
         """Can this process NOT prove, within ``fence_bound_s``, that it is in sync and that
         the registry sees it alive? Then it serves nothing (as if ``*`` were paused)."""
-        if time.monotonic() <= self._unfenced_until:
+        if time.monotonic() <= self.unfenced_until:
             return False
         now = time.monotonic()
         age = self.fence_age()  # read after ``now``: the bound below is never late
         bound = self.settings.fence_bound_s
         if age > bound:
             return True
-        self._unfenced_until = now - age + bound
+        self.unfenced_until = now - age + bound
         return False
 
     def may_forward(self) -> bool:
@@ -425,47 +446,32 @@ class GateRuntime:
         self._wanted[name] = key
         self._wanted_state[name] = state
         self._ack_wanted[name] = state.drain_requested
-        if name not in self._drains:
-            self._drains[name] = self._spawn(self._drain(name), f"pausesvc-drain-{name}")
+        if name in self._drains:
+            return
+        if not state.drain_requested and self._idle(name):
+            # nothing to abort and nobody to tell: drained now, without a task (the usual
+            # pause of an adapter with nothing in flight costs its event and no more)
+            self._drained_as(name, key, state, self._merge_aborted(name, key, state, []), 0.0, False)
+            return
+        self._drains[name] = self._spawn(self._drain(name), f"pausesvc-drain-{name}")
 
     async def _drain(self, name: str) -> None:
         try:
             while True:
                 key, ack = self._wanted[name], self._ack_wanted.get(name, False)
                 state = self._wanted_state[name]
-                rev = key.revision
                 t0 = time.monotonic()
                 aborted = await self._drain_once(name)
                 if aborted is None:
                     logger.info("pausesvc gate: %r resumed before it was drained", name)
                     self._wanted.pop(name, None)
                     return
-                prev = self._results.get(name)
-                if prev is not None and prev[0].same_pause(key, state.pause_revision, prev[1]):
-                    # the same pause drained again (a holder asked again, concurrent SkyRL
-                    # aborts): report everything aborted for it, not only this pass
-                    aborted = [*prev[2], *(a for a in aborted if a not in prev[2])]
+                aborted = self._merge_aborted(name, key, state, aborted)
                 elapsed = time.monotonic() - t0
                 if ack and not await self._ack(name, key, aborted):
                     self._wanted.pop(name, None)
                     return
-                self.stats.record_drain(elapsed)
-                logger.info(
-                    "pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
-                    name,
-                    rev,
-                    elapsed,
-                    len(aborted),
-                    ", acknowledged" if ack else "",
-                    extra={"event": "drained", "adapter": name, "revision": rev},
-                )
-                self._drained[name] = key
-                self._results[name] = (key, state.pause_revision, aborted)
-                self._resolve(name)
-                if self._wanted.get(name) == key:
-                    self._wanted.pop(name, None)
-                    self._wanted_state.pop(name, None)
-                    self._ack_wanted.pop(name, None)
+                if self._drained_as(name, key, state, aborted, elapsed, ack):
                     return
         except asyncio.CancelledError:
             raise
@@ -475,6 +481,49 @@ class GateRuntime:
         finally:
             if self._drains.get(name) is asyncio.current_task():
                 del self._drains[name]
+
+    def _idle(self, name: str) -> bool:
+        """Nothing of ``name`` in flight here: none admitted, none in the engine (a drain
+        would abort nothing)."""
+        if any(a.matches(name) for a in self._admitted):
+            return False
+        engine = engine_client(self.app)
+        return engine is None or not find_requests(
+            engine, None if name == GLOBAL else name, (), everything=name == GLOBAL
+        )
+
+    def _merge_aborted(self, name: str, key: _PauseKey, state: AdapterState, aborted: list[str]) -> list[str]:
+        """The same pause drained again (a holder asked again, concurrent SkyRL aborts):
+        everything aborted for it, not only this pass."""
+        prev = self._results.get(name)
+        if prev is not None and prev[0].same_pause(key, state.pause_revision, prev[1]):
+            return [*prev[2], *(a for a in aborted if a not in prev[2])]
+        return aborted
+
+    def _drained_as(
+        self, name: str, key: _PauseKey, state: AdapterState, aborted: list[str], elapsed: float, ack: bool
+    ) -> bool:
+        """Record a finished drain of ``key`` and wake who waits for it. True: nothing newer
+        is wanted for ``name`` (the drain is over)."""
+        self.stats.record_drain(elapsed)
+        logger.info(
+            "pausesvc gate: drained %r at revision %d in %.3fs (%d aborted%s)",
+            name,
+            key.revision,
+            elapsed,
+            len(aborted),
+            ", acknowledged" if ack else "",
+            extra={"event": "drained", "adapter": name, "revision": key.revision},
+        )
+        self._drained[name] = key
+        self._results[name] = (key, state.pause_revision, aborted)
+        self._resolve(name)
+        if self._wanted.get(name) != key:
+            return False
+        self._wanted.pop(name, None)
+        self._wanted_state.pop(name, None)
+        self._ack_wanted.pop(name, None)
+        return True
 
     async def _drain_once(self, name: str) -> list[str] | None:
         """Abort until nothing of ``name`` this process admitted is in flight.
@@ -677,9 +726,9 @@ class GateRuntime:
         if self._unfenced is not None:
             self._unfenced.clear()
         self._was_fenced = True
-        if self._unfenced_until <= self._fence_counted:
+        if self.unfenced_until <= self._fence_counted:
             return
-        self._fence_counted = self._unfenced_until
+        self._fence_counted = self.unfenced_until
         self.stats.fences += 1
         logger.warning(
             "pausesvc gate: FENCED - no proven round trip to Redis for %.2fs (bound "
