@@ -160,7 +160,10 @@ async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False)
             client.redis, lambda: client._replicas_script(keys=[k.replicas], args=[])
         )
         members = _pairs(flat)
-        records = [await client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
+        pipe = client.redis.pipeline(transaction=False)  # one round trip for every record
+        for rid, _ in members:
+            pipe.hgetall(k.replica(_decode(rid)))
+        records = await pipe.execute() if members else []
     return _build(client, members, records, now, include_dead)
 
 
@@ -169,7 +172,10 @@ def list_replicas_sync(client: PauseClient, *, include_dead: bool = False) -> li
     with translate_redis_errors():
         flat, now = client._replicas_script(keys=[k.replicas], args=[])
         members = _pairs(flat)
-        records = [client.redis.hgetall(k.replica(_decode(rid))) for rid, _ in members]
+        pipe = client.redis.pipeline(transaction=False)
+        for rid, _ in members:
+            pipe.hgetall(k.replica(_decode(rid)))
+        records = pipe.execute() if members else []
     return _build(client, members, records, now, include_dead)
 
 
@@ -211,19 +217,33 @@ class AckWaiter:
             await self._pubsub.aclose()
 
     async def wait(self, grant: Grant, timeout: float) -> list[dict[str, Any]]:
+        """Every live replica acknowledged ``grant``: read the registry once, then count the
+        acknowledgements as they come (each message IS the record the ack script stored),
+        and read the registry again to confirm when none is missing - or on the slow timer,
+        which also drops replicas that died meanwhile."""
         deadline = time.monotonic() + timeout
+        replicas = await list_replicas(self.client)
+        missing = set(missing_acks(replicas, self.name, grant))
         while True:
-            replicas = await list_replicas(self.client)
-            missing = missing_acks(replicas, self.name, grant)
             if not missing:
-                return replicas
+                replicas = await list_replicas(self.client)  # the key is the truth
+                missing = set(missing_acks(replicas, self.name, grant))
+                if not missing:
+                    return replicas
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _timeout_error(self.name, grant.token, missing, timeout)
-            await self._next_report(min(RECHECK_S, remaining))
+                raise _timeout_error(self.name, grant.token, sorted(missing), timeout)
+            record = await self._next_report(min(RECHECK_S, remaining))
+            if record is None:  # the slow timer: where does everyone stand?
+                missing = set(missing_acks(await list_replicas(self.client), self.name, grant))
+            elif record.get("type") != "version" and covers(
+                record, self.name, str(record.get("name")), grant
+            ):
+                missing.discard(str(record.get("replica")))  # a drain record (no "type")
 
-    async def _next_report(self, wait: float) -> None:
-        """Return at the next message about this adapter on ``acks``, or after ``wait``."""
+    async def _next_report(self, wait: float) -> dict[str, Any] | None:
+        """The next message about this adapter on ``acks`` (a drain record or a version
+        report), or None after ``wait``."""
         with translate_redis_errors():
             end = time.monotonic() + wait
             while time.monotonic() < end:
@@ -234,7 +254,8 @@ class AckWaiter:
                     except ValueError:
                         continue
                     if isinstance(data, dict) and data.get("name") in (self.name, "*"):
-                        return
+                        return data
+        return None
 
     async def wait_versions(self, version: str, revision: int, timeout: float) -> Barrier:
         """Wait (subscribed before the version was set) until every live replica reported
