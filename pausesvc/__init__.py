@@ -6,100 +6,64 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pausesvc import _moved
+from pausesvc._exceptions import (
+    ClientClosedError,
+    ConflictError,
+    DataLossError,
+    DrainTimeoutError,
+    InvalidInputError,
+    InvalidNameError,
+    LeaseLostError,
+    NotHolderError,
+    PauseError,
+    PauseTimeoutError,
+    RedisPermissionError,
+    RedisUnavailableError,
+    ReplicationTimeoutError,
+    StaleTokenError,
+    SwapError,
+)
+from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
+from pausesvc.protocol.models import (
+    AdapterState,
+    DesiredVersion,
+    Grant,
+    Hold,
+    PauseEvent,
+    ResumeResult,
+    Snapshot,
+    SwapResult,
+)
 
 __version__ = "0.1.0"
 
 _moved.install()  # pausesvc.sampling_tinker & co. (moved into pausesvc.sampling) still import
 
-#: public name -> the module that defines it. Imported on first use (PEP 562), so a process
-#: takes only what it touches: the vLLM gate never loads the blocking client or the embedded
-#: Redis, and ``pausesvc --help`` loads neither client.
-_EXPORTS = {
-    **dict.fromkeys(
-        (
-            "ClientClosedError",
-            "ConflictError",
-            "DataLossError",
-            "DrainTimeoutError",
-            "InvalidInputError",
-            "InvalidNameError",
-            "LeaseLostError",
-            "NotHolderError",
-            "PauseError",
-            "PauseTimeoutError",
-            "RedisPermissionError",
-            "RedisUnavailableError",
-            "ReplicationTimeoutError",
-            "StaleTokenError",
-            "SwapError",
-        ),
-        "pausesvc._exceptions",
-    ),
+#: public name -> the module that defines it, imported on first use (PEP 562): a process takes
+#: only what it touches - the vLLM gate never loads the blocking client or the embedded Redis,
+#: and the errors and records above cost no more than redis-py itself.
+_LAZY = {
     "Settings": "pausesvc._settings",
     "AsyncPauseClient": "pausesvc.client._async",
     "release_watcher": "pausesvc.client._async",
     "shared_watcher": "pausesvc.client._async",
     "PauseClient": "pausesvc.client._blocking",
     "EmbeddedRedis": "pausesvc.devtools.embedded",
-    "GLOBAL": "pausesvc.protocol.keys",
-    "Keys": "pausesvc.protocol.keys",
-    "validate_name": "pausesvc.protocol.keys",
-    **dict.fromkeys(
-        (
-            "AdapterState",
-            "DesiredVersion",
-            "Grant",
-            "Hold",
-            "PauseEvent",
-            "ResumeResult",
-            "Snapshot",
-            "SwapResult",
-        ),
-        "pausesvc.protocol.models",
-    ),
     "Replica": "pausesvc.replica",
     "PauseWatcher": "pausesvc.watcher",
 }
 
 if TYPE_CHECKING:
-    from pausesvc._exceptions import (
-        ClientClosedError,
-        ConflictError,
-        DataLossError,
-        DrainTimeoutError,
-        InvalidInputError,
-        InvalidNameError,
-        LeaseLostError,
-        NotHolderError,
-        PauseError,
-        PauseTimeoutError,
-        RedisPermissionError,
-        RedisUnavailableError,
-        ReplicationTimeoutError,
-        StaleTokenError,
-        SwapError,
-    )
     from pausesvc._settings import Settings
     from pausesvc.client._async import AsyncPauseClient, release_watcher, shared_watcher
     from pausesvc.client._blocking import PauseClient
     from pausesvc.devtools.embedded import EmbeddedRedis
-    from pausesvc.protocol.keys import GLOBAL, Keys, validate_name
-    from pausesvc.protocol.models import (
-        AdapterState,
-        DesiredVersion,
-        Grant,
-        Hold,
-        PauseEvent,
-        ResumeResult,
-        Snapshot,
-        SwapResult,
-    )
     from pausesvc.replica import Replica
     from pausesvc.watcher import PauseWatcher
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pausesvc' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -108,7 +72,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
