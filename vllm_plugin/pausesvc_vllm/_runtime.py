@@ -691,6 +691,11 @@ class GateRuntime:
                         self.settings.heartbeat_interval_s,
                     )
                 failing = True
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation that lands mid-command into an error (seen:
+                # the heartbeat outlived aclose() by its whole 5 s wait): honour it anyway
+                raise asyncio.CancelledError
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     def status(self) -> dict[str, Any]:
