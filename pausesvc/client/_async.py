@@ -126,6 +126,9 @@ class AsyncPauseClient(BaseClient):
         self._watcher: PauseWatcher | None = None
         self._own_watcher = False
         self._last_write: tuple[int, str | None] = (0, None)
+        #: a drain barrier's subscription, kept (unsubscribed) for the next one: no new
+        #: connection per ``pause(drain=True)``
+        self.idle_ack_pubsub: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -133,6 +136,10 @@ class AsyncPauseClient(BaseClient):
         if self._closed:
             return
         self._closed = True
+        if self.idle_ack_pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.idle_ack_pubsub.aclose()
+            self.idle_ack_pubsub = None
         if self._watcher is not None:
             if self._own_watcher:
                 await self._watcher.aclose()

@@ -13,6 +13,7 @@ A swap's version barrier waits the same way, on the same channel, for every live
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -188,6 +189,11 @@ def _timeout_error(name: str, token: str, missing: list[str], timeout: float) ->
     )
 
 
+def _connected(pubsub: Any) -> bool:
+    conn = getattr(pubsub, "connection", None)
+    return conn is not None and bool(getattr(conn, "is_connected", False))
+
+
 class AckWaiter:
     """Subscribe to acks BEFORE the pause is written, then wait for every live replica."""
 
@@ -201,9 +207,14 @@ class AckWaiter:
             await ensure_initialized(self.client.redis)
 
             async def subscribe() -> None:
-                if self._pubsub is not None:
-                    await self._pubsub.aclose()
-                self._pubsub = self.client.redis.pubsub()
+                if self._pubsub is None:  # the last barrier's subscription, if it is idle
+                    self._pubsub, self.client.idle_ack_pubsub = self.client.idle_ack_pubsub, None
+                if self._pubsub is None or not _connected(self._pubsub):
+                    if self._pubsub is not None:
+                        await self._pubsub.aclose()
+                    self._pubsub = self.client.redis.pubsub()
+                # what the last use left on it (its UNSUBSCRIBE reply, late acks) is dropped
+                # until this confirmation
                 await subscribe_confirmed(self._pubsub, self.client.keys.acks, self.client.sharded)
 
             await retry_stale(self.client.redis, subscribe)
@@ -212,34 +223,40 @@ class AckWaiter:
     async def _get(self, timeout: float) -> Any:
         return await next_message(self._pubsub, self.client.sharded, timeout)
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        ps, self._pubsub = self._pubsub, None
+        if ps is None:
+            return
+        client = self.client
+        if exc_type is None and client.idle_ack_pubsub is None and not client.sharded and _connected(ps):
+            with contextlib.suppress(Exception):
+                await ps.unsubscribe()  # not waited for: the next subscribe skips its reply
+                if not client._closed:
+                    client.idle_ack_pubsub = ps
+                    return
+        await ps.aclose()
 
     async def wait(self, grant: Grant, timeout: float) -> list[dict[str, Any]]:
-        """Every live replica acknowledged ``grant``: read the registry once, then count the
-        acknowledgements as they come (each message IS the record the ack script stored),
-        and read the registry again to confirm when none is missing - or on the slow timer,
-        which also drops replicas that died meanwhile."""
+        """Every live replica acknowledged ``grant``: read the registry once (after the pause
+        was written, so it holds every replica that could have admitted a request before it),
+        then count the acknowledgements as they come - each message IS the record the ack
+        script stored - and re-read on the slow timer (which drops replicas that died)."""
         deadline = time.monotonic() + timeout
         replicas = await list_replicas(self.client)
         missing = set(missing_acks(replicas, self.name, grant))
-        while True:
-            if not missing:
-                replicas = await list_replicas(self.client)  # the key is the truth
-                missing = set(missing_acks(replicas, self.name, grant))
-                if not missing:
-                    return replicas
+        while missing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _timeout_error(self.name, grant.token, sorted(missing), timeout)
             record = await self._next_report(min(RECHECK_S, remaining))
             if record is None:  # the slow timer: where does everyone stand?
-                missing = set(missing_acks(await list_replicas(self.client), self.name, grant))
+                replicas = await list_replicas(self.client)
+                missing = set(missing_acks(replicas, self.name, grant))
             elif record.get("type") != "version" and covers(
                 record, self.name, str(record.get("name")), grant
             ):
                 missing.discard(str(record.get("replica")))  # a drain record (no "type")
+        return replicas
 
     async def _next_report(self, wait: float) -> dict[str, Any] | None:
         """The next message about this adapter on ``acks`` (a drain record or a version

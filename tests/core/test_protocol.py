@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -459,3 +460,46 @@ def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Re
     assert any(n == "c" and p for _, n, p in got), got  # learned after the loss
     assert ("orphaned", "a", True) in got and ("orphaned", "b", True) in got, got
     assert ("resync", "a", False) not in got and ("resync", "b", False) not in got, got
+
+
+async def test_drain_barriers_reuse_one_subscription_and_late_acks_never_count(
+    redis_url: str, namespace: str, raw_redis: redis.Redis
+) -> None:
+    """Back-to-back ``pause(drain=True)`` calls share one kept subscription (no new connection
+    each); what the last barrier left on it - an acknowledgement that came after it returned -
+    does not satisfy the next one, and closing the client closes it."""
+    from pausesvc import DrainTimeoutError
+
+    def newest_connection() -> int:  # Redis numbers connections in order: a new one shows
+        return max(int(cl["id"]) for cl in raw_redis.client_list())
+
+    async with AsyncPauseClient(redis_url, namespace=namespace, holder="t") as c:
+        await c._heartbeat("rep-1", {"url": "http://r1"})
+        seen = []
+        for _ in range(5):
+            task = asyncio.create_task(_ack_when_paused(c, "rep-1", "a"))
+            g = await c.pause("a", drain=True, timeout=5)
+            await task
+            await c._ack("rep-1", "a", g.revision, [])  # late: after the barrier returned
+            await c.resume("a", token=g.token)
+            assert c.idle_ack_pubsub is not None
+            seen.append(newest_connection())
+        assert len(set(seen)) == 1, seen  # no new connection per barrier
+        with pytest.raises(DrainTimeoutError) as ei:  # the late acks are older: no count
+            await c.pause("a", drain=True, timeout=0.4)
+        assert ei.value.missing == ["rep-1"]
+        assert c.idle_ack_pubsub is None  # a barrier that failed does not keep its subscription
+        task = asyncio.create_task(_ack_when_paused(c, "rep-1", "b"))
+        await c.pause("b", drain=True, timeout=5)
+        await task
+        idle = c.idle_ack_pubsub
+    assert idle is not None and idle.connection is None  # closed with the client
+
+
+async def _ack_when_paused(c: AsyncPauseClient, replica: str, name: str) -> None:
+    for _ in range(1000):  # the pause is written right after the barrier subscribed
+        st = await c.get(name)
+        if st is not None:
+            await c._ack(replica, name, st.revision, [])
+            return
+        await asyncio.sleep(0.005)
