@@ -426,16 +426,6 @@ class PauseWatcher:
         self._in_sync = False
         self.last_error = f"{type(exc).__name__}: {exc}"
 
-    async def _get_message(self, pubsub: Any, timeout: float | None) -> Any:
-        msg = await next_message(pubsub, self._sharded, timeout)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # redis-py turns a cancellation that lands as its read times out into "no message"
-            # (its TimeoutError handler): honour it, or aclose() (and asyncio.run's shutdown)
-            # waits for this task forever
-            raise asyncio.CancelledError
-        return msg
-
     async def _subscribe(self, pubsub: Any) -> None:
         await subscribe_confirmed(pubsub, self.keys.events, self._sharded)
 
@@ -489,38 +479,46 @@ class PauseWatcher:
         period = self.health_check_interval / 2
         next_resync = time.monotonic() + self.resync_interval
         next_ping = time.monotonic()
+        task = asyncio.current_task()
+        read = pubsub.get_message  # the blocking read (a standalone server reads 'smessage's too)
         while True:
-            now = time.monotonic()
-            if polled and now >= next_ping:
-                await self._ping(pubsub)
-                next_ping = now + period
-            wait = max(0.0, min(period, next_resync - now, next_ping - now)) if polled else None
-            msg = await self._get_message(pubsub, wait)
-            if msg is not None and await self._dispatch(msg):
-                next_resync = time.monotonic() + self.resync_interval
-            elif time.monotonic() >= next_resync:
-                await self._resync("periodic")
+            if polled:
+                now = time.monotonic()
+                if now >= next_ping:
+                    await self._ping(pubsub)
+                    next_ping = now + period
+                wait = max(0.0, min(period, next_resync - now, next_ping - now))
+                msg = await next_message(pubsub, self._sharded, wait)
+            else:
+                msg = await read(timeout=None)
+            if task is not None and task.cancelling():
+                # redis-py turns a cancellation that lands as its read times out into "no
+                # message" (its TimeoutError handler): honour it, or aclose() (and asyncio.run's
+                # shutdown) waits for this task forever
+                raise asyncio.CancelledError
+            reason = self._dispatch(msg) if msg is not None else None
+            if reason is None and time.monotonic() >= next_resync:
+                reason = "periodic"
+            if reason is not None:
+                await self._resync(reason)
                 next_resync = time.monotonic() + self.resync_interval
 
-    async def _dispatch(self, msg: Any) -> bool:
-        """Handle one message of the subscription; True if it made the view resync."""
+    def _dispatch(self, msg: Any) -> str | None:
+        """Handle one message of the subscription (no await: the usual event costs no task
+        switch); return a reason to resync, or None."""
         kind = msg["type"]
+        if kind in ("message", "smessage"):
+            return self._on_message(msg["data"])
         if kind not in _PUBSUB_TYPES:
             # a PONG: redis-py (decode_responses) hands it over as {'type': 'P', ...} -
             # the reply string split into fields - or, in some versions, as 'pong'
             self._pong()
-            return False
+            return None
         if kind in ("subscribe", "ssubscribe"):
             # redis-py reconnected and resubscribed by itself: we may have missed anything
             self.stats.reconnects += 1
-            await self._resync("resubscribe")
-            return True
-        if kind in ("message", "smessage"):
-            reason = self._on_message(msg["data"])
-            if reason is not None:
-                await self._resync(reason)
-                return True
-        return False
+            return "resubscribe"
+        return None
 
     async def _keepalive(self, pubsub: Any) -> None:
         """PING the subscription every ``health_check_interval / 2`` (its reader reads the

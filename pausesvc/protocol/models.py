@@ -124,7 +124,7 @@ class AdapterState:
     def from_wire(cls, data: Mapping[str, Any]) -> AdapterState:
         holders: dict[str, Hold] = {}
         raw_holders = data.get("holders") or {}
-        if isinstance(raw_holders, Mapping):
+        if type(raw_holders) is dict or isinstance(raw_holders, Mapping):  # dict: no ABC check
             for holder, h in raw_holders.items():
                 holders[holder] = Hold(
                     holder=holder,

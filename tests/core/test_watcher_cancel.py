@@ -13,9 +13,9 @@ from pausesvc import PauseWatcher
 class SwallowingPubSub:
     """A pub/sub whose read turns a cancellation into "no message", as redis-py can."""
 
-    async def get_message(self, timeout: float) -> Any:
+    async def get_message(self, timeout: float | None) -> Any:
         try:
-            await asyncio.sleep(timeout)
+            await asyncio.sleep(3600 if timeout is None else timeout)
         except asyncio.CancelledError:
             return None
         return None
@@ -24,7 +24,7 @@ class SwallowingPubSub:
 async def test_a_swallowed_cancellation_still_stops_the_read() -> None:
     w = PauseWatcher("redis://127.0.0.1:1", sharded=False)
     try:
-        task = asyncio.create_task(w._get_message(SwallowingPubSub(), 5.0))
+        task = asyncio.create_task(w._read_loop(SwallowingPubSub(), polled=False))
         await asyncio.sleep(0.01)
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
