@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pausesvc._exceptions import InvalidInputError, translate_redis_errors
+from pausesvc._redis import retry_stale
 from pausesvc.client._async import AsyncPauseClient
 from pausesvc.protocol.keys import validate_name, validate_version
 from pausesvc.protocol.models import Grant
@@ -97,10 +98,9 @@ class Replica:
             "ts": time.time(),
         }
         c = self.client
-        with translate_redis_errors():
-            await c._version_report_script(
-                keys=self._keys(), args=[c.publish_command, self.id, name, json.dumps(record)]
-            )
+        args = [c.publish_command, self.id, name, json.dumps(record)]
+        with translate_redis_errors():  # idempotent (the same record again): retried once
+            await retry_stale(c.redis, lambda: c._version_report_script(keys=self._keys(), args=args))
 
     async def leave(self) -> None:
         """Leave the registry now (a drain barrier stops waiting for this process)."""

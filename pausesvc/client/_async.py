@@ -482,10 +482,9 @@ class AsyncPauseClient(BaseClient):
         args: list[str] = [self.publish_command, replica_id, str(ttl_ms), str(ttl_ms * 10)]
         for k, v in fields.items():
             args += [k, v]
-        with translate_redis_errors():
-            await self._hb_script(
-                keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks], args=args
-            )
+        keys = [self.keys.replicas, self.keys.replica(replica_id), self.keys.acks]
+        with translate_redis_errors():  # idempotent: retried once on a connection Redis closed
+            await retry_stale(self.redis, lambda: self._hb_script(keys=keys, args=args))
 
     async def _ack(
         self,
@@ -508,11 +507,10 @@ class AsyncPauseClient(BaseClient):
                 "ts": time.time(),
             }
         )
-        with translate_redis_errors():
-            await self._ack_script(
-                keys=[self.keys.replicas, self.keys.replica(replica_id), self.keys.acks],
-                args=[self.publish_command, replica_id, name, record],
-            )
+        keys = [self.keys.replicas, self.keys.replica(replica_id), self.keys.acks]
+        args = [self.publish_command, replica_id, name, record]
+        with translate_redis_errors():  # idempotent (the same record again): retried once
+            await retry_stale(self.redis, lambda: self._ack_script(keys=keys, args=args))
 
     async def _deregister(self, replica_id: str) -> None:
         with translate_redis_errors():

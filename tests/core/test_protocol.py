@@ -9,6 +9,7 @@ import time
 import pytest
 import redis
 
+import pausesvc
 from pausesvc import (
     AsyncPauseClient,
     InvalidInputError,
@@ -503,3 +504,31 @@ async def _ack_when_paused(c: AsyncPauseClient, replica: str, name: str) -> None
             await c._ack(replica, name, st.revision, [])
             return
         await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("kill", [True, False])
+async def test_the_next_drain_after_a_redis_restart_uses_a_live_subscription(
+    fresh_redis: pausesvc.EmbeddedRedis, namespace: str, kill: bool
+) -> None:
+    """The barrier's kept subscription died with Redis (killed, or shut down cleanly) while it
+    sat idle: the next ``pause(drain=True)`` still subscribes before it writes, counts the
+    acknowledgement and returns - and without one it still times out naming the replica."""
+    from pausesvc import DrainTimeoutError
+
+    async with AsyncPauseClient(fresh_redis.url, namespace=namespace, holder="t") as c:
+        await c._heartbeat("rep-1", {"url": "http://r1"})
+        task = asyncio.create_task(_ack_when_paused(c, "rep-1", "a"))
+        g = await c.pause("a", drain=True, timeout=5)
+        await task
+        await c.resume("a", token=g.token)
+        assert c.idle_ack_pubsub is not None
+        fresh_redis.stop(kill=kill)
+        fresh_redis.start()
+        await c._heartbeat("rep-1", {"url": "http://r1"})  # the registry was lost with the data
+        task = asyncio.create_task(_ack_when_paused(c, "rep-1", "b"))
+        g2 = await c.pause("b", drain=True, timeout=5)
+        await task
+        assert g2.created
+        with pytest.raises(DrainTimeoutError) as ei:
+            await c.pause("c", drain=True, timeout=0.5)
+        assert ei.value.missing == ["rep-1"]
