@@ -196,10 +196,15 @@ class PauseWatcher:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         for task in (self._task, self._reap_task):
-            if task is not None:
+            for _ in range(3):  # a cancellation redis-py swallowed is repeated, not waited for
+                if task is None or task.done():
+                    break
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task], timeout=2.0)
+            if task is not None and not task.done():
+                logger.error("pausesvc watcher: task %s did not stop when cancelled", task.get_name())
+            elif task is not None and not task.cancelled() and task.exception() is not None:
+                logger.warning("pausesvc watcher: task %s failed: %r", task.get_name(), task.exception())
         if self._owns_redis:
             await aclose_client(self._redis)
 
@@ -409,6 +414,11 @@ class PauseWatcher:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(pubsub.aclose())
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation that lands mid-command into an error (then
+                # handled above as a lost link): honour it, or aclose() waits forever
+                raise asyncio.CancelledError
             attempt += 1
             self.stats.reconnects += 1
             delay = min(self.max_backoff, 0.05 * (2 ** min(attempt, 10)))

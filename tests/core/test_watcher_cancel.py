@@ -47,3 +47,24 @@ async def test_any_paused_follows_the_view(redis_url: str, namespace: str) -> No
         res = await c.resume("lora-a")
         assert await w.wait_revision(res.revision, timeout=5)
         assert not w.any_paused
+
+
+async def test_close_returns_when_a_cancellation_is_turned_into_a_lost_link(redis_url: str) -> None:
+    """redis-py can turn a cancellation that lands mid-command into a connection error; the
+    subscription loop then sees "link lost" and would reconnect for ever (seen in CI: a gate's
+    shutdown hung on an ACL-refused watcher). aclose() still returns, promptly."""
+    import redis.exceptions as rexc
+
+    w = PauseWatcher(redis_url, namespace="swallow", max_backoff=0.05)
+
+    async def subscribe_swallowing(pubsub: Any) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise rexc.ConnectionError("Connection closed by server.") from None
+
+    w._subscribe = subscribe_swallowing  # type: ignore[method-assign]
+    await w.start(wait=False)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(w.aclose(), 5)
+    assert w._task is not None and w._task.done()
