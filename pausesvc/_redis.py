@@ -212,6 +212,21 @@ def close_client(client: Any) -> None:
 _CONFIRMATIONS = ("subscribe", "ssubscribe")
 
 
+def honour_cancellation(task: asyncio.Task[Any] | None = None) -> None:
+    """Raise CancelledError if the current task (or ``task``) is being cancelled: redis-py can
+    turn a cancellation that lands mid-command into "no message" or a connection error, and a
+    loop that goes on after it makes ``aclose()`` wait for ever."""
+    task = task or asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def pubsub_connected(pubsub: Any) -> bool:
+    """Does ``pubsub`` hold an open connection (without making one)?"""
+    conn = getattr(pubsub, "connection", None)
+    return conn is not None and bool(getattr(conn, "is_connected", False))
+
+
 async def next_message(pubsub: Any, sharded: bool, timeout: float | None) -> Any:
     """The next pub/sub message within ``timeout`` seconds (None if none; ``timeout=None``:
     block until one comes, the way a bare subscriber reads), from a plain or sharded

@@ -42,8 +42,10 @@ from pausesvc._redis import (
     aclose_client,
     async_client,
     ensure_initialized,
+    honour_cancellation,
     is_cluster,
     next_message,
+    pubsub_connected,
     subscribe_confirmed,
 )
 from pausesvc.protocol.codec import parse_snapshot_reply, scores
@@ -152,7 +154,8 @@ class PauseWatcher:
         # the deadline of the current subscription (no proof for health_check_interval) and
         # its loop; None while not subscribed
         self._alive: tuple[asyncio.Timeout, asyncio.AbstractEventLoop] | None = None
-        self._pings: collections.deque[float] = collections.deque()
+        # the send times of the PINGs not answered yet (a PONG never comes on a dead link: bounded)
+        self._pings: collections.deque[float] = collections.deque(maxlen=64)
         self._in_sync = False
         self._ever_synced = asyncio.Event()
         self._out_of_sync_since: float | None = time.monotonic()
@@ -414,11 +417,7 @@ class PauseWatcher:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(pubsub.aclose())
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # redis-py can turn a cancellation that lands mid-command into an error (then
-                # handled above as a lost link): honour it, or aclose() waits forever
-                raise asyncio.CancelledError
+            honour_cancellation()  # one redis-py turned into a "lost link" above
             attempt += 1
             self.stats.reconnects += 1
             delay = min(self.max_backoff, 0.05 * (2 ** min(attempt, 10)))
@@ -450,8 +449,6 @@ class PauseWatcher:
         for node in nodes:
             self._pings.append(sent)
             await node.ping()
-        while len(self._pings) > 64:  # a PONG never comes on a dead link: bounded either way
-            self._pings.popleft()
 
     def _pong(self) -> None:
         if self._pings:
@@ -501,11 +498,7 @@ class PauseWatcher:
                 msg = await next_message(pubsub, self._sharded, wait)
             else:
                 msg = await read(timeout=None)
-            if task is not None and task.cancelling():
-                # redis-py turns a cancellation that lands as its read times out into "no
-                # message" (its TimeoutError handler): honour it, or aclose() (and asyncio.run's
-                # shutdown) waits for this task forever
-                raise asyncio.CancelledError
+            honour_cancellation(task)  # one redis-py turned into "no message"
             reason = self._dispatch(msg) if msg is not None else None
             if reason is None and time.monotonic() >= next_resync:
                 reason = "periodic"
@@ -538,15 +531,11 @@ class PauseWatcher:
         task = asyncio.current_task()
         try:
             while True:
-                conn = pubsub.connection
-                if conn is None or not conn.is_connected:  # never reconnect it from here
+                if not pubsub_connected(pubsub):  # never reconnect it from here
                     raise rexc.ConnectionError("the subscription's connection is closed")
                 self._pings.append(time.monotonic())
-                await conn.send_command("PING", check_health=False)
-                if task is not None and task.cancelling():  # redis-py may swallow it mid-send
-                    raise asyncio.CancelledError
-                while len(self._pings) > 64:  # a PONG never comes on a dead link: bounded
-                    self._pings.popleft()
+                await pubsub.connection.send_command("PING", check_health=False)
+                honour_cancellation(task)  # redis-py may swallow it mid-send
                 await asyncio.sleep(period)
         except _NETWORK_ERRORS as exc:
             logger.debug("pausesvc watcher: keepalive PING failed: %s", exc)

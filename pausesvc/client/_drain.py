@@ -24,6 +24,7 @@ from pausesvc._redis import (
     ensure_initialized,
     next_message,
     next_message_sync,
+    pubsub_connected,
     retry_stale,
     subscribe_confirmed,
 )
@@ -154,6 +155,14 @@ def _build(
     return out
 
 
+def _records(client: AsyncPauseClient | PauseClient, members: list[tuple[Any, float]]) -> Any:
+    """A pipeline that reads every member's record in one round trip (execute it)."""
+    pipe = client.redis.pipeline(transaction=False)
+    for rid, _ in members:
+        pipe.hgetall(client.keys.replica(_decode(rid)))
+    return pipe
+
+
 async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False) -> list[dict[str, Any]]:
     k = client.keys
     with translate_redis_errors():
@@ -161,10 +170,7 @@ async def list_replicas(client: AsyncPauseClient, *, include_dead: bool = False)
             client.redis, lambda: client._replicas_script(keys=[k.replicas], args=[])
         )
         members = _pairs(flat)
-        pipe = client.redis.pipeline(transaction=False)  # one round trip for every record
-        for rid, _ in members:
-            pipe.hgetall(k.replica(_decode(rid)))
-        records = await pipe.execute() if members else []
+        records = await _records(client, members).execute() if members else []
     return _build(client, members, records, now, include_dead)
 
 
@@ -173,10 +179,7 @@ def list_replicas_sync(client: PauseClient, *, include_dead: bool = False) -> li
     with translate_redis_errors():
         flat, now = client._replicas_script(keys=[k.replicas], args=[])
         members = _pairs(flat)
-        pipe = client.redis.pipeline(transaction=False)
-        for rid, _ in members:
-            pipe.hgetall(k.replica(_decode(rid)))
-        records = pipe.execute() if members else []
+        records = _records(client, members).execute() if members else []
     return _build(client, members, records, now, include_dead)
 
 
@@ -187,11 +190,6 @@ def _timeout_error(name: str, token: str, missing: list[str], timeout: float) ->
         token=token,
         missing=missing,
     )
-
-
-def _connected(pubsub: Any) -> bool:
-    conn = getattr(pubsub, "connection", None)
-    return conn is not None and bool(getattr(conn, "is_connected", False))
 
 
 class AckWaiter:
@@ -209,7 +207,7 @@ class AckWaiter:
             async def subscribe() -> None:
                 if self._pubsub is None:  # the last barrier's subscription, if it is idle
                     self._pubsub, self.client.idle_ack_pubsub = self.client.idle_ack_pubsub, None
-                if self._pubsub is None or not _connected(self._pubsub):
+                if self._pubsub is None or not pubsub_connected(self._pubsub):
                     if self._pubsub is not None:
                         await self._pubsub.aclose()
                     self._pubsub = self.client.redis.pubsub()
@@ -228,7 +226,12 @@ class AckWaiter:
         if ps is None:
             return
         client = self.client
-        if exc_type is None and client.idle_ack_pubsub is None and not client.sharded and _connected(ps):
+        if (
+            exc_type is None
+            and client.idle_ack_pubsub is None
+            and not client.sharded
+            and pubsub_connected(ps)
+        ):
             with contextlib.suppress(Exception):
                 await ps.unsubscribe()  # not waited for: the next subscribe skips its reply
                 if not client._closed:

@@ -46,7 +46,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pausesvc import (
@@ -62,7 +62,7 @@ from pausesvc import (
 from pausesvc import shared_watcher as _shared_watcher
 from pausesvc_vllm._adapters import Target
 from pausesvc_vllm._asgi import BodyDeadlines
-from pausesvc_vllm._engine import abort_internal, engine_client, find_requests
+from pausesvc_vllm._engine import EngineRequest, abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
 from pausesvc_vllm._versions import VersionKeeper
 
@@ -485,12 +485,16 @@ class GateRuntime:
     def _idle(self, name: str) -> bool:
         """Nothing of ``name`` in flight here: none admitted, none in the engine (a drain
         would abort nothing)."""
-        if any(a.matches(name) for a in self._admitted):
-            return False
+        return not any(a.matches(name) for a in self._admitted) and not self._engine_requests(name, ())
+
+    def _engine_requests(self, name: str | None, bases: Collection[str]) -> list[EngineRequest]:
+        """The engine's live requests of ``name`` (``*`` or None, the fence: every request),
+        by LoRA name or derived from ``bases``; none without an engine."""
         engine = engine_client(self.app)
-        return engine is None or not find_requests(
-            engine, None if name == GLOBAL else name, (), everything=name == GLOBAL
-        )
+        if engine is None:
+            return []
+        everything = name is None or name == GLOBAL
+        return find_requests(engine, None if everything else name, bases, everything=everything)
 
     def _merge_aborted(self, name: str, key: _PauseKey, state: AdapterState, aborted: list[str]) -> list[str]:
         """The same pause drained again (a holder asked again, concurrent SkyRL aborts):
@@ -554,19 +558,11 @@ class GateRuntime:
         """Abort the engine's requests of ``name`` (``*`` or None, the fence: every request),
         found by LoRA name or derived from ``bases``, that are not in ``seen`` yet. Returns the
         external ids aborted (added to ``seen``); a failed abort is logged and retried next pass."""
-        engine = engine_client(self.app)
-        if engine is None:
-            return []
-        everything = name is None or name == GLOBAL
-        found = [
-            r
-            for r in find_requests(engine, None if everything else name, bases, everything=everything)
-            if r.internal_id not in seen
-        ]
+        found = [r for r in self._engine_requests(name, bases) if r.internal_id not in seen]
         if not found:
             return []
         try:
-            await abort_internal(engine, [r.internal_id for r in found])
+            await abort_internal(engine_client(self.app), [r.internal_id for r in found])
         except Exception:
             if name is None:
                 logger.exception("pausesvc gate: aborting %d request(s) while fenced failed", len(found))
