@@ -160,7 +160,9 @@ class PauseWatcher:
         self._ever_synced = asyncio.Event()
         self._out_of_sync_since: float | None = time.monotonic()
         self._last_sync: float | None = None
-        self._waiters: dict[str, asyncio.Event] = {}
+        # adapter name -> the futures of its wait_unpaused callers, in arrival order (a dict
+        # used as an ordered set): one pass resolves them all when the name may go on
+        self._waiters: dict[str, dict[asyncio.Future[bool], None]] = {}
         self._rev_event: asyncio.Event | None = None
         self._listeners: list[Listener] = []
         self._version_listeners: list[VersionListener] = []
@@ -381,17 +383,31 @@ class PauseWatcher:
             await self.start(wait=False)
         if self._ever_synced.is_set() and not self.is_paused(name):
             return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ever_synced.wait()
-                while self.is_paused(name):
-                    ev = self._waiters.get(name)
-                    if ev is None:
-                        ev = self._waiters[name] = asyncio.Event()
-                    await ev.wait()
-        except TimeoutError:
-            return False
-        return True
+        # One future per caller in the adapter's group: the wake of ``name`` resolves the
+        # whole group in one pass (True), the caller's own timer resolves only its future
+        # (False). A timeout cancels no task (no asyncio.timeout per waiter to unwind).
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            fut: asyncio.Future[bool] = loop.create_future()
+            group = self._waiters.get(name)
+            if group is None:
+                group = self._waiters[name] = {}
+            group[fut] = None
+            timer = None if deadline is None else loop.call_at(deadline, _resolve, fut, False)
+            try:
+                woken = await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                group.pop(fut, None)  # not there any more if the group was woken
+                if not group and self._waiters.get(name) is group:
+                    del self._waiters[name]  # the last caller of a group nobody woke
+            if not woken:
+                return False
+            if self._ever_synced.is_set() and not self.is_paused(name):
+                return True
+            # paused again before this caller ran: wait again, same deadline
 
     # -- the subscription loop ---------------------------------------------------------------------
     async def _run(self) -> None:
@@ -680,17 +696,15 @@ class PauseWatcher:
                 logger.exception("pausesvc watcher listener failed")
 
     def _wake(self, name: str) -> None:
-        ev = self._waiters.pop(name, None)
-        if ev is not None:
-            ev.set()
+        group = self._waiters.pop(name, None)
+        if group:
+            for fut in group:
+                if not fut.done():
+                    fut.set_result(True)
 
     def _wake_all(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for name, ev in waiters.items():
-            if self.is_paused(name):
-                self._waiters[name] = ev
-            else:
-                ev.set()
+        for name in [n for n in self._waiters if not self.is_paused(n)]:
+            self._wake(name)
 
     def release_orphan(self, name: str) -> bool:
         """Operator confirmation: stop holding an adapter orphaned by a data loss."""
@@ -760,3 +774,8 @@ class PauseWatcher:
             raise
         except Exception as exc:  # e.g. a read-only ACL user: the local expiry already happened
             logger.debug("pausesvc watcher could not reap leases: %s", exc)
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)

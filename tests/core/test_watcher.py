@@ -136,6 +136,60 @@ async def test_thousand_waiters_one_subscription(
         assert raw_redis.pubsub_numsub(channel) == [(channel, 1)]
 
 
+async def test_waiter_group_timeouts_cancels_and_a_pause_in_between(redis_url: str, namespace: str) -> None:
+    """The waiters of one adapter share one wake pass: a caller that times out or is
+    cancelled leaves the others waiting, a pause landing before a woken caller runs makes
+    it wait again, and nothing is left behind once every caller is gone."""
+    async with (
+        PauseWatcher(redis_url, namespace=namespace) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
+        g = await c.pause("a")
+        await until(lambda: w.is_paused("a"))
+        await c.pause("b-paused")
+        await until(lambda: w.is_paused("b-paused"))
+        short = [asyncio.create_task(w.wait_unpaused("a", 0.1)) for _ in range(50)]
+        long = [asyncio.create_task(w.wait_unpaused("a", 20)) for _ in range(50)]
+        doomed = [asyncio.create_task(w.wait_unpaused("a", 20)) for _ in range(10)]
+        other = asyncio.create_task(w.wait_unpaused("b-paused", 0.2))
+        assert await asyncio.gather(*short) == [False] * 50
+        for t in doomed:
+            t.cancel()
+        await asyncio.gather(*doomed, return_exceptions=True)
+        assert all(t.cancelled() for t in doomed)
+        assert await other is False
+        assert not any(t.done() for t in long)
+        # resume and pause again in one step of the loop: the woken callers see it paused
+        # when they run and wait again (same deadline)
+        await c.resume("a", token=g.token)
+        await until(lambda: not w.is_paused("a"))
+        assert all(await asyncio.gather(*long))
+        g = await c.pause("a")
+        await until(lambda: w.is_paused("a"))
+        again = [asyncio.create_task(w.wait_unpaused("a", 20)) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        w._wake("a")  # a wake while still paused (as a resume followed at once by a pause)
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in again)
+        await c.resume("a", token=g.token)
+        assert all(await asyncio.gather(*again))
+        assert w._waiters == {}, "bookkeeping left behind"
+
+
+async def test_waiters_before_the_first_sync_wake_on_it(redis_url: str, namespace: str) -> None:
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c.pause("a")
+        w = PauseWatcher(redis_url, namespace=namespace)
+        try:
+            free = asyncio.create_task(w.wait_unpaused("free", 20))
+            held = asyncio.create_task(w.wait_unpaused("a", 0.5))
+            assert await free is True  # unknown until the first sync, then not paused
+            assert await held is False
+            assert w.synced_once and w._waiters == {}
+        finally:
+            await w.aclose()
+
+
 async def test_killed_pubsub_connection_resyncs_and_waiters_wake(
     redis_url: str, namespace: str, raw_redis: redis.Redis
 ) -> None:
