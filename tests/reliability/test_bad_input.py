@@ -211,6 +211,68 @@ def test_read_body_reassembles_any_chunking_within_the_cap(
     asyncio.run(go())
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.binary(max_size=2000),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    waits=st.lists(st.sampled_from(["now", "yield", "future", "plain-future"]), min_size=1, max_size=9),
+)
+def test_read_body_whether_or_not_each_receive_waits(body: bytes, cuts: list[int], waits: list[str]) -> None:
+    """receive() may return at once (no deadline is armed then), or wait - a bare yield, a
+    future resolved later, or a plain Future instead of a coroutine: the body is the same."""
+    parts = _chunks(body, cuts)
+    msgs = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        it, modes = iter(msgs), iter(waits * (len(msgs) + 1))
+
+        async def coro(mode: str) -> dict[str, Any]:
+            if mode == "yield":
+                await asyncio.sleep(0)
+            elif mode == "future":
+                fut = loop.create_future()
+                loop.call_soon(fut.set_result, None)
+                await fut
+            return next(it)
+
+        def receive() -> Any:
+            mode = next(modes)
+            if mode == "plain-future":
+                fut = loop.create_future()
+                loop.call_soon(fut.set_result, next(it))
+                return fut
+            return coro(mode)
+
+        assert await read_body(receive, {"headers": []}, max_bytes=4000, timeout=5) == body
+
+    asyncio.run(go())
+
+
+async def test_read_body_deadline_reaches_a_receive_that_is_already_waiting() -> None:
+    """The first receive() is started before any deadline exists; when it waits, the deadline
+    still cancels it (inside it: its cleanup runs) and the read ends as 408."""
+    cleaned: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(True)
+        raise AssertionError("never")
+
+    with pytest.raises(BodyError) as info:
+        await asyncio.wait_for(read_body(receive, {"headers": []}, max_bytes=10, timeout=0.05), 5)
+    assert info.value.status == 408 and cleaned == [True]
+    # and a cancellation that is not the deadline's is the caller's: it propagates
+    task = asyncio.ensure_future(read_body(receive, {"headers": []}, max_bytes=10, timeout=30))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True, True]
+
+
 # -- a fuzz of the gate's request path --------------------------------------------------------
 PATHS = [
     "/v1/completions",

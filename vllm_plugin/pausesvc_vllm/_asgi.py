@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
 from typing import Any
 
 __all__ = [
@@ -285,6 +286,31 @@ async def read_body(
         raise BodyError(
             413, "body_too_large", f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes"
         )
+    # the usual case: the server has the whole body already and receive() returns it without
+    # waiting - then no deadline is armed at all (nothing can be slow)
+    message, pending = _receive_now(receive)
+    if message is not None and message["type"] == "http.request" and not message.get("more_body", False):
+        body = bytes(message.get("body", b""))
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+        return body
+    return await _read_timed(receive, message, pending, max_bytes, timeout, deadlines)
+
+
+def _too_large(max_bytes: int) -> BodyError:
+    return BodyError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+
+
+async def _read_timed(
+    receive: Receive,
+    message: Message | None,
+    pending: Awaitable[Message] | None,
+    max_bytes: int,
+    timeout: float,
+    deadlines: BodyDeadlines | None,
+) -> bytes:
+    """:func:`read_body` once it has to wait: the first message (or the call still waiting for
+    it), then the rest, all within ``timeout``."""
     loop = asyncio.get_running_loop()
     when = loop.time() + timeout
     deadline = deadlines.arm(loop, when) if deadlines is not None else None
@@ -295,19 +321,19 @@ async def read_body(
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
-            kind = message["type"]
+            if pending is not None:
+                message, pending = await pending, None
+            elif message is None:
+                message = await receive()
+            kind, chunk, more = message["type"], message.get("body", b""), message.get("more_body", False)
+            message = None
             if kind == "http.disconnect":
                 raise BodyError(0, "disconnected", "client disconnected while sending the body")
             if kind != "http.request":
                 continue
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
             size += len(chunk)
             if size > max_bytes:
-                raise BodyError(413, "body_too_large", f"request body exceeds the limit of {max_bytes} bytes")
-            if not more and not chunks:  # the usual case: the whole body in one message
-                return bytes(chunk)
+                raise _too_large(max_bytes)
             if chunk:
                 chunks.append(chunk)
             if not more:
@@ -318,6 +344,47 @@ async def read_body(
         raise
     finally:
         deadline.disarm()
+
+
+def _receive_now(receive: Receive) -> tuple[Message, None] | tuple[None, Awaitable[Message]]:
+    """Start ``receive()``: (its message, None) when it finished without waiting, else (None, an
+    awaitable that goes on with that same call - await it once)."""
+    call = receive()
+    if type(call) is not types.CoroutineType:  # a Future or another awaitable: await it
+        return None, call
+    try:
+        waits_on = call.send(None)
+    except StopIteration as done:
+        return done.value, None
+    return None, _Resumed(call, waits_on)
+
+
+class _Resumed:
+    """A coroutine that already ran up to its first wait, as an awaitable: awaiting it hands
+    what it waits on to the task and passes everything back, exactly as ``await call`` would
+    have from the start (so a cancellation reaches it)."""
+
+    __slots__ = ("_call", "_waits_on")
+
+    def __init__(self, call: types.CoroutineType[Any, Any, Message], waits_on: Any) -> None:
+        self._call = call
+        self._waits_on = waits_on
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        call, value = self._call, self._waits_on
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # thrown in by the task: a cancellation (or close)
+                try:
+                    value = call.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    value = call.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 
 def replaying_receive(

@@ -238,8 +238,8 @@ class PauseGateMiddleware:
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
-        if not self.base_names.learned and rt.may_retry_learning():
-            self.base_names.learn(rt.app)
+        if not self.base_names.learned and rt.app is not None and rt.may_retry_learning():
+            self.base_names.learn(rt.app)  # (no app in the scope: nothing to learn from)
         declared: int | None = None
         rid: bytes | None = None
         ctype: bytes | None = None
@@ -503,14 +503,15 @@ class _FenceGuard:
             return self._cut(message)
         if not self.started and message.get("type") == "http.response.start":
             self.started = True
-            message = self._with_version(message)
+            if rt.versions.loaded:  # some adapter was loaded at a version: which one made this?
+                message = self._with_version(message)
         return self.send(message)
 
     def _with_version(self, message: Message) -> Message:
         """Which weights produced it (no header: not known); the body is parsed for its
         adapter only when a loaded adapter's name occurs in it."""
         loaded = self.rt.versions.loaded
-        if loaded and self.admission.target.may_name(loaded):
+        if self.admission.target.may_name(loaded):
             version = self.rt.versions.version(self.admission.adapter)
             if version is not None:
                 headers = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]

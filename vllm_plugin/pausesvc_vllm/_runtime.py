@@ -312,7 +312,11 @@ class GateRuntime:
             if not w.synced_once:
                 return False
             self._synced_once = True
-        return not w.any_paused and not self.versions.pending and not self.fenced
+        return (
+            not w.any_paused
+            and not self.versions.pending
+            and (time.monotonic() <= self.unfenced_until or not self.fenced)
+        )
 
     @property
     def fenced(self) -> bool:
