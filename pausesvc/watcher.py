@@ -726,15 +726,20 @@ class PauseWatcher:
 
     # -- leases ----------------------------------------------------------------------------------------
     def _schedule_expiry(self) -> None:
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        """Have the timer fire by the view's next lease expiry. A timer armed no later than
+        that stays (it may fire early or for nothing: it expires only what has expired and
+        arms again), so an event costs no timer of its own."""
         end = self._view.next_expiry()
         if end is None:
             return
-        delay = max(0.0, end - self.server_time_floor())
         loop = asyncio.get_running_loop()
-        self._expiry_timer = loop.call_later(delay + 0.001, self._expire_local)
+        when = loop.time() + max(0.0, end - self.server_time_floor()) + 0.001
+        timer = self._expiry_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._expiry_timer = loop.call_at(when, self._expire_local)
 
     def _expire_local(self) -> None:
         self._expiry_timer = None

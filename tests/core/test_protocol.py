@@ -72,6 +72,47 @@ def test_every_change_bumps_revision_and_publishes_one_event(
     ps.close()
 
 
+def test_each_event_carries_the_state_as_stored_and_replied(
+    client: PauseClient, raw_redis: redis.Redis, namespace: str
+) -> None:
+    """The scripts encode a state once: the stored JSON, the event's "state" and the reply's
+    state are the same, for every op that leaves the adapter paused (pause, a second holder,
+    renew, a pause again with a new reason, a partial release, a lease expiry)."""
+    ps = raw_redis.pubsub()
+    ps.subscribe(f"pausesvc:{{{namespace}}}:events")
+    assert ps.get_message(timeout=2)["type"] == "subscribe"
+    key = f"pausesvc:{{{namespace}}}:paused"
+    replies = [client.pause("a", holder="h1").state]
+    stored = [raw_redis.hget(key, "a")]
+    replies.append(client.pause("a", holder="h2", ttl=60).state)
+    stored.append(raw_redis.hget(key, "a"))
+    replies.append(client.renew("a", "h2", 30))
+    stored.append(raw_redis.hget(key, "a"))
+    replies.append(client.pause("a", holder="h1", reason='swap \u00e9 "quoted"').state)
+    stored.append(raw_redis.hget(key, "a"))
+    replies.append(client.resume("a", holder="h1").state)
+    stored.append(raw_redis.hget(key, "a"))
+    client.pause("a", holder="h3", ttl=0.2)
+    stored.append(raw_redis.hget(key, "a"))
+    time.sleep(0.3)
+    client.reap()  # h3's lease ran out: one 'expire' change, h2 still holds
+    stored.append(raw_redis.hget(key, "a"))
+    events = []
+    while len(events) < 7:
+        m = ps.get_message(timeout=2)
+        assert m is not None, f"only {len(events)} events"
+        if m["type"] == "message":
+            events.append(json.loads(m["data"]))
+    ps.close()
+    assert [e["op"] for e in events] == ["pause", "pause", "renew", "renew", "release", "pause", "expire"]
+    for ev, raw in zip(events, stored, strict=True):
+        assert ev["paused"] is True and ev["state"] == json.loads(raw), ev["op"]
+        assert set(ev) >= {"v", "rev", "epoch", "name", "op", "holder", "ts", "state"}
+    for st, ev in zip(replies, events, strict=False):
+        assert st is not None and st.revision == ev["rev"] and set(st.holders) == set(ev["state"]["holders"])
+    assert events[3]["state"]["holders"]["h1"]["reason"] == 'swap \u00e9 "quoted"'
+
+
 def test_holders_keep_adapter_paused_until_last_release(client: PauseClient) -> None:
     g1 = client.pause("a", holder="one")
     g2 = client.pause("a", holder="two")

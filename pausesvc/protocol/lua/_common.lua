@@ -24,13 +24,16 @@ local PUBCMD = ARGV[1]
 local T = redis.call('TIME')
 local NOW = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 
+local EPOCH = false  -- read (or made) once per call: nothing else changes it meanwhile
 local function epoch()
-  local e = redis.call('GET', K_EPOCH)
-  if not e then
-    e = T[1] .. '.' .. T[2]
-    redis.call('SET', K_EPOCH, e)
+  if not EPOCH then
+    EPOCH = redis.call('GET', K_EPOCH)
+    if not EPOCH then
+      EPOCH = T[1] .. '.' .. T[2]
+      redis.call('SET', K_EPOCH, EPOCH)
+    end
   end
-  return e
+  return EPOCH
 end
 
 local function bump()
@@ -44,8 +47,11 @@ local function load(name)
   return cjson.decode(raw)
 end
 
+-- Store the state; returns its JSON (the event and the reply reuse it: encoded once).
 local function save(name, st)
-  redis.call('HSET', K_PAUSED, name, cjson.encode(st))
+  local encoded = cjson.encode(st)
+  redis.call('HSET', K_PAUSED, name, encoded)
+  return encoded
 end
 
 local MAX_TOMBSTONES = 10000
@@ -69,14 +75,19 @@ local function lease_member(name, holder)
 end
 
 -- `extra`: more fields of the event (set_version adds `version`); a pause event otherwise.
-local function publish(name, op, holder, st, rev, extra)
+-- `encoded`: the JSON of `st` if the caller has it (what save returned), spliced in as the
+-- event's "state" instead of encoding the state a second time.
+local function publish(name, op, holder, st, rev, extra, encoded)
   local ev = {v = 1, rev = rev, epoch = epoch(), name = name, op = op,
               paused = (st ~= nil), holder = holder, ts = NOW}
-  if st then ev.state = st end
   if extra then
     for k, v in pairs(extra) do ev[k] = v end
   end
-  redis.call(PUBCMD, K_CHANNEL, cjson.encode(ev))
+  local msg = cjson.encode(ev)  -- an object with fields: it ends with '}'
+  if st then
+    msg = string.sub(msg, 1, -2) .. ',"state":' .. (encoded or cjson.encode(st)) .. '}'
+  end
+  redis.call(PUBCMD, K_CHANNEL, msg)
 end
 
 -- Remove the expired holds of one adapter, one change (revision, event) per hold, exactly as if
@@ -99,8 +110,7 @@ local function reap(name, st)
       return nil
     end
     st.rev = rev
-    save(name, st)
-    publish(name, 'expire', h, st, rev)
+    publish(name, 'expire', h, st, rev, nil, save(name, st))
   end
   return st
 end

@@ -32,8 +32,9 @@ if st and st.holders[holder] then
   if changed then
     local rev = bump()
     st.rev = rev
-    save(name, st)
-    publish(name, 'renew', holder, st, rev)
+    local encoded = save(name, st)
+    publish(name, 'renew', holder, st, rev, nil, encoded)
+    return {'existing', tostring(hold.token), st.rev, encoded, epoch()}
   end
   return {'existing', tostring(hold.token), st.rev, cjson.encode(st), epoch()}
 end
@@ -54,6 +55,6 @@ if ttl > 0 then
 end
 st.holders[holder] = hold
 st.rev = rev
-save(name, st)
-publish(name, 'pause', holder, st, rev)
-return {'created', token, rev, cjson.encode(st), epoch()}
+local encoded = save(name, st)
+publish(name, 'pause', holder, st, rev, nil, encoded)
+return {'created', token, rev, encoded, epoch()}

@@ -17,6 +17,6 @@ hold.expires = NOW + ttl
 redis.call('ZADD', K_LEASES, hold.expires, lease_member(name, holder))
 local rev = bump()
 st.rev = rev
-save(name, st)
-publish(name, 'renew', holder, st, rev)
-return {'renewed', rev, cjson.encode(st), tostring(hold.token), epoch()}
+local encoded = save(name, st)
+publish(name, 'renew', holder, st, rev, nil, encoded)
+return {'renewed', rev, encoded, tostring(hold.token), epoch()}

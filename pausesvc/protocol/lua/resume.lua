@@ -46,6 +46,6 @@ if next(st.holders) == nil then
   return {'released', rev, '', tostring(hold.token), epoch()}
 end
 st.rev = rev
-save(name, st)
-publish(name, 'release', holder, st, rev)
-return {'released_partial', rev, cjson.encode(st), tostring(hold.token), epoch()}
+local encoded = save(name, st)
+publish(name, 'release', holder, st, rev, nil, encoded)
+return {'released_partial', rev, encoded, tostring(hold.token), epoch()}
