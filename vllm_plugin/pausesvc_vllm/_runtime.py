@@ -760,7 +760,11 @@ class GateRuntime:
                 self._was_fenced = False
             if fenced and self._admitted and (self._fence_drain is None or self._fence_drain.done()):
                 self._fence_drain = self._spawn(self._abort_while_fenced(), "pausesvc-fence-drain")
-            await asyncio.sleep(period)
+            # unfenced: nothing can fence this process before ``unfenced_until`` (the proofs'
+            # bound), so the next look is then, not every period (an idle replica wakes about
+            # once per fence bound, not 10 times a second); fenced: every period
+            wait = period if fenced else max(period, self.unfenced_until - time.monotonic() + 0.001)
+            await asyncio.sleep(wait)
 
     async def _abort_while_fenced(self) -> None:
         """Abort every engine request this process admitted until nothing is in flight or
