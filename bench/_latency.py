@@ -36,15 +36,19 @@ async def _redis_cpu(r: aredis.Redis) -> float:
 class _Design:
     """One way to pause and resume, and which reports show that every replica saw it."""
 
-    def __init__(self, name: str, kind: str, pause: Any, resume: Any) -> None:
+    def __init__(
+        self, name: str, kind: str, pause: Any, resume: Any, states: tuple[str, str] = ("1", "0")
+    ) -> None:
         self.name, self.kind, self.pause, self.resume = name, kind, pause, resume
+        #: the reports (state) that show a replica saw the pause, the resume
+        self.states = states
         self.ctl: dict[str, list[float]] = {"pause": [], "resume": []}
         self.prop: dict[str, list[float]] = {"pause": [], "resume": []}
         self.cpu: dict[str, list[float]] = {"pause": [], "resume": []}
 
 
 async def _one(col: Collector, d: _Design, op: str, n: int, record: bool) -> tuple[float, float]:
-    state = "1" if op == "pause" else "0"
+    state = d.states[0] if op == "pause" else d.states[1]
     col.arm(d.kind, state)
     c0 = time.process_time()
     t0 = time.monotonic()
@@ -79,7 +83,7 @@ async def _cpu_block(
     first: dict[int, float] = {}
     last: dict[int, float] = {}
     for _ in range(events):
-        for op, state in (("pause", "1"), ("resume", "0")):
+        for op, state in (("pause", d.states[0]), ("resume", d.states[1])):
             col.arm(d.kind, state)
             await (d.pause() if op == "pause" else d.resume())
             for rep in await col.expect(d.kind, state, n):
@@ -149,6 +153,22 @@ async def _at_r(
         pub = aredis.Redis.from_url(url)
         await pub.ping()
         uv_client = AsyncPauseClient(url, namespace=ns + "u", holder="bench")
+        acks = pub.pubsub()
+        await acks.subscribe(f"{FLOOR_CHANNEL}:acks")
+        while (await acks.get_message(timeout=5)) is None:
+            pass  # the subscribe confirmation
+
+        async def barrier(data: str) -> None:
+            """The floor of a drain barrier: a bare PUBLISH out, and each bare subscriber's
+            bare PUBLISH back, counted on one subscription (no state, no registry)."""
+            await pub.publish(FLOOR_CHANNEL, data)
+            got = 0
+            while got < R:
+                msg = await acks.get_message(timeout=30)
+                if msg is None:
+                    raise TimeoutError(f"barrier floor: {got}/{R} acknowledgements")
+                got += msg["type"] == "message"
+
         grant: dict[str, str] = {}
 
         async def p_pause(drain: bool = False, c: AsyncPauseClient = client) -> None:
@@ -173,6 +193,7 @@ async def _at_r(
             _Design(
                 "floor", "f", lambda: pub.publish(FLOOR_CHANNEL, "1"), lambda: pub.publish(FLOOR_CHANNEL, "0")
             ),
+            _Design("floor-barrier", "f", lambda: barrier("B1"), lambda: barrier("B0"), ("B1", "B0")),
         ]
         settle = 0.005 + 0.0005 * R
         for w in range(3):
@@ -205,6 +226,7 @@ async def _at_r(
             await f.aclose()
         await client.aclose()
         await uv_client.aclose()
+        await acks.aclose()
         await pub.aclose()
         return out
     finally:

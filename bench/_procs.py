@@ -115,17 +115,26 @@ def pausesvc_replica(
 
 
 def floor_subscriber(idx: int, url: str, udp_port: int | str, channel: str) -> None:
+    """A bare redis-py subscriber: reports each message; a message starting with ``B`` (the
+    barrier floor) it also answers with a bare PUBLISH of its index on ``<channel>:acks``."""
+
     async def main() -> None:
         sock, addr = _reporter(udp_port)
         r = aredis.Redis.from_url(url)
+        back = aredis.Redis.from_url(url)
+        await back.ping()
         ps = r.pubsub()
         await ps.subscribe(channel)
+        acks = f"{channel}:acks"
         stop = asyncio.create_task(_until_term())
         async for msg in ps.listen():
             if msg["type"] == "subscribe":
                 send_report(sock, addr, "f", idx, "ready")
             elif msg["type"] == "message":
-                send_report(sock, addr, "f", idx, msg["data"].decode())
+                data = msg["data"].decode()
+                send_report(sock, addr, "f", idx, data)
+                if data.startswith("B"):
+                    await back.publish(acks, str(idx))
             if stop.done():
                 break
 

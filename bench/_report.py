@@ -16,6 +16,7 @@ LABEL = {
     "httpx-per-replica": "fan-out, httpx per replica",
     "skyrl": "fan-out, shared httpx (SkyRL)",
     "floor": "raw PUBLISH (floor)",
+    "floor-barrier": "barrier floor: raw PUBLISH out, each subscriber's raw PUBLISH back",
 }
 
 
@@ -83,8 +84,8 @@ def _latency_section(lat: list[dict[str, Any]], img: Path, out: list[str]) -> No
     for op in ("pause", "resume"):
         head = ["design"] + [f"R={r}" for r in rs]
         rows = []
-        for d in ("pausesvc", "pausesvc-drain", *FANOUTS, "floor"):
-            if op == "resume" and d == "pausesvc-drain":
+        for d in ("pausesvc", "pausesvc-drain", *FANOUTS, "floor", "floor-barrier"):
+            if (op == "resume" and d == "pausesvc-drain") or d not in lat[0]:
                 continue
             rows.append([LABEL[d]] + [_s(x[d][f"controller_{op}_ms"]) for x in lat])
         out += [f"**{op}**", "", *_table(head, rows), ""]
@@ -143,6 +144,12 @@ def _latency_section(lat: list[dict[str, Any]], img: Path, out: list[str]) -> No
                 _f(x["pausesvc"]["propagation_pause_ms"]["median"] / f),
                 _f(x["pausesvc"]["propagation_resume_ms"]["median"] / fr),
                 _f(x["pausesvc-drain"]["controller_pause_ms"]["median"] / f),
+                _f(
+                    x["pausesvc-drain"]["controller_pause_ms"]["median"]
+                    / x["floor-barrier"]["controller_pause_ms"]["median"]
+                )
+                if "floor-barrier" in x
+                else "-",
                 _f(x["raw"]["propagation_pause_ms"]["median"] / f),
             ]
         )
@@ -156,6 +163,7 @@ def _latency_section(lat: list[dict[str, Any]], img: Path, out: list[str]) -> No
                 "pausesvc pause propagation",
                 "pausesvc resume propagation",
                 "pausesvc drain=True return",
+                "drain=True / barrier floor",
                 "best fan-out pause propagation",
             ],
             rows,

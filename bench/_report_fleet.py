@@ -118,7 +118,21 @@ def goals(results: dict[str, Any]) -> list[str]:
                 "`pause(drain=True)` nothing in flight, R = " + ",".join(str(x["R"]) for x in small),
                 "<= 2x floor",
                 " / ".join(_f(r) for r in dr) + "x",
-                "ms: " + " / ".join(_f(x["pausesvc-drain"]["controller_pause_ms"]["median"]) for x in small),
+                "ms: "
+                + " / ".join(_f(x["pausesvc-drain"]["controller_pause_ms"]["median"]) for x in small)
+                + (
+                    "; vs the barrier floor (raw PUBLISH out and back): "
+                    + " / ".join(
+                        _f(
+                            x["pausesvc-drain"]["controller_pause_ms"]["median"]
+                            / x["floor-barrier"]["controller_pause_ms"]["median"]
+                        )
+                        for x in small
+                    )
+                    + "x"
+                    if all("floor-barrier" in x for x in small)
+                    else ""
+                ),
                 _verdict(all(r <= 2 for r in dr)),
                 GOAL_CMD["latency"],
                 "gate process, drain=True",
