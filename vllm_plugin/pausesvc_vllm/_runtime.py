@@ -64,7 +64,7 @@ from pausesvc_vllm._adapters import Target
 from pausesvc_vllm._asgi import BodyDeadlines
 from pausesvc_vllm._engine import EngineRequest, abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
-from pausesvc_vllm._versions import VersionKeeper
+from pausesvc_vllm._versions import VersionKeeper, honour_cancellation
 
 __all__ = ["Admission", "GateRuntime"]
 
@@ -594,6 +594,7 @@ class GateRuntime:
                     )
                 return True
             except Exception as exc:
+                honour_cancellation()  # a cancellation redis-py turned into an error: stop
                 self.stats.ack_errors += 1
                 logger.warning(
                     "pausesvc gate: acknowledging the drain of %r failed (%s); retrying", name, exc
@@ -691,11 +692,9 @@ class GateRuntime:
                         self.settings.heartbeat_interval_s,
                     )
                 failing = True
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # redis-py can turn a cancellation that lands mid-command into an error (seen:
-                # the heartbeat outlived aclose() by its whole 5 s wait): honour it anyway
-                raise asyncio.CancelledError
+            # redis-py can turn a cancellation that lands mid-command into an error (seen: the
+            # heartbeat outlived aclose() by its whole 5 s wait): honour it anyway
+            honour_cancellation()
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
     def status(self) -> dict[str, Any]:

@@ -33,6 +33,16 @@ __all__ = ["VERSION_HEADER", "VersionKeeper"]
 
 logger = logging.getLogger("pausesvc_vllm")
 
+
+def honour_cancellation() -> None:
+    """Raise CancelledError if this task is being cancelled. redis-py can turn a cancellation
+    that lands mid-command into a connection error: a retry loop that goes on after it would
+    outlive the runtime's shutdown (it retries while Redis is "away")."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 #: The response header naming the adapter version that produced a gated response.
 VERSION_HEADER = b"x-pausesvc-adapter-version"
 RETRY_FIRST_S = 0.5
@@ -232,6 +242,7 @@ class VersionKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                honour_cancellation()
                 logger.warning(
                     "pausesvc gate: reporting %r@%s %s failed: %s", name, desired.version, status, exc
                 )
