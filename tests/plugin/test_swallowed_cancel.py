@@ -8,10 +8,10 @@ import asyncio
 from typing import Any
 
 import redis.exceptions as rexc
-
-from pausesvc import Settings
 from pausesvc_vllm._runtime import GateRuntime, _PauseKey
 from pausesvc_vllm._versions import VersionKeeper
+
+from pausesvc import Settings
 
 
 class _Replica:
