@@ -52,6 +52,17 @@ def _wake(results: dict[str, Any], design: str, W: int) -> dict[str, Any] | None
     return None
 
 
+def _ratios(
+    xs: list[dict[str, Any]], num: tuple[str, str], den: tuple[str, str], stat: str = "median"
+) -> list[float]:
+    """Per R: ``stat`` of (design, metric) ``num`` over that of ``den``."""
+    return [x[num[0]][num[1]][stat] / x[den[0]][den[1]][stat] for x in xs]
+
+
+def _joined(values: list[float]) -> str:
+    return " / ".join(_f(v) for v in values)
+
+
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("**met**" if ok else "**missed**")
 
@@ -63,20 +74,14 @@ def goals(results: dict[str, Any]) -> list[str]:
 
     # 1. propagation vs floor, R = 1..64
     if lat:
-        ratios = [
-            x["pausesvc"]["propagation_pause_ms"]["median"] / x["floor"]["propagation_pause_ms"]["median"]
-            for x in lat
-        ]
-        p99 = [
-            x["pausesvc"]["propagation_pause_ms"]["p99"] / x["floor"]["propagation_pause_ms"]["p99"]
-            for x in lat
-        ]
+        prop = "propagation_pause_ms"
+        ratios = _ratios(lat, ("pausesvc", prop), ("floor", prop))
         rows.append(
             [
                 "propagation p50, R = " + ",".join(str(x["R"]) for x in lat),
                 "<= 1.25x floor at every R",
-                " / ".join(_f(r) for r in ratios) + "x",
-                "p99 ratios " + " / ".join(_f(r) for r in p99),
+                _joined(ratios) + "x",
+                "p99 ratios " + _joined(_ratios(lat, ("pausesvc", prop), ("floor", prop), "p99")),
                 _verdict(all(r <= 1.25 for r in ratios)),
                 GOAL_CMD["latency"],
                 "gate process",
@@ -84,55 +89,35 @@ def goals(results: dict[str, Any]) -> list[str]:
         )
         uv = [x for x in lat if "pausesvc-uvloop" in x]
         if uv:
-            ur = [
-                x["pausesvc-uvloop"]["propagation_pause_ms"]["median"]
-                / x["floor"]["propagation_pause_ms"]["median"]
-                for x in uv
-            ]
+            ur = _ratios(uv, ("pausesvc-uvloop", prop), ("floor", prop))
             rows.append(
                 [
                     "propagation p50, replica runtime on uvloop, R = " + ",".join(str(x["R"]) for x in uv),
                     "<= 1.25x floor at every R",
-                    " / ".join(_f(r) for r in ur) + "x",
+                    _joined(ur) + "x",
                     "uvloop / asyncio replicas "
-                    + " / ".join(
-                        _f(
-                            x["pausesvc-uvloop"]["propagation_pause_ms"]["median"]
-                            / x["pausesvc"]["propagation_pause_ms"]["median"]
-                        )
-                        for x in uv
-                    ),
+                    + _joined(_ratios(uv, ("pausesvc-uvloop", prop), ("pausesvc", prop))),
                     _verdict(all(r <= 1.25 for r in ur)),
                     GOAL_CMD["latency"],
                     "gate process",
                 ]
             )
         small = [x for x in lat if x["R"] <= 16]
-        dr = [
-            x["pausesvc-drain"]["controller_pause_ms"]["median"]
-            / x["floor"]["propagation_pause_ms"]["median"]
-            for x in small
-        ]
+        drain = ("pausesvc-drain", "controller_pause_ms")
+        dr = _ratios(small, drain, ("floor", prop))
+        barrier = ""
+        if all("floor-barrier" in x for x in small):
+            barrier = (
+                "; vs the barrier floor (raw PUBLISH out and back): "
+                + _joined(_ratios(small, drain, ("floor-barrier", "controller_pause_ms")))
+                + "x"
+            )
         rows.append(
             [
                 "`pause(drain=True)` nothing in flight, R = " + ",".join(str(x["R"]) for x in small),
                 "<= 2x floor",
-                " / ".join(_f(r) for r in dr) + "x",
-                "ms: "
-                + " / ".join(_f(x["pausesvc-drain"]["controller_pause_ms"]["median"]) for x in small)
-                + (
-                    "; vs the barrier floor (raw PUBLISH out and back): "
-                    + " / ".join(
-                        _f(
-                            x["pausesvc-drain"]["controller_pause_ms"]["median"]
-                            / x["floor-barrier"]["controller_pause_ms"]["median"]
-                        )
-                        for x in small
-                    )
-                    + "x"
-                    if all("floor-barrier" in x for x in small)
-                    else ""
-                ),
+                _joined(dr) + "x",
+                "ms: " + _joined([x[drain[0]][drain[1]]["median"] for x in small]) + barrier,
                 _verdict(all(r <= 2 for r in dr)),
                 GOAL_CMD["latency"],
                 "gate process, drain=True",

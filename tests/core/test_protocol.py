@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -24,6 +25,17 @@ from pausesvc import (
 def client(redis_url: str, namespace: str) -> PauseClient:
     with PauseClient(redis_url, namespace=namespace) as c:
         yield c
+
+
+def _events(ps: redis.client.PubSub, n: int) -> list[dict[str, Any]]:
+    """The next ``n`` events of a subscription, decoded (each within 2 s)."""
+    events: list[dict[str, Any]] = []
+    while len(events) < n:
+        m = ps.get_message(timeout=2)
+        assert m is not None, f"only {len(events)} events"
+        if m["type"] == "message":
+            events.append(json.loads(m["data"]))
+    return events
 
 
 def test_pause_resume_roundtrip_and_keys_readable(
@@ -58,12 +70,7 @@ def test_every_change_bumps_revision_and_publishes_one_event(
     client.renew("a", "h2", 10)
     client.resume("a")
     client.resume("a", holder="h2")
-    events = []
-    while len(events) < 5:
-        m = ps.get_message(timeout=2)
-        assert m is not None, f"only {len(events)} events"
-        if m["type"] == "message":
-            events.append(json.loads(m["data"]))
+    events = _events(ps, 5)
     assert [e["rev"] for e in events] == list(range(g.revision, g.revision + 5))
     assert [e["op"] for e in events] == ["pause", "pause", "renew", "release", "resume"]
     assert [e["paused"] for e in events] == [True, True, True, True, False]
@@ -97,12 +104,7 @@ def test_each_event_carries_the_state_as_stored_and_replied(
     time.sleep(0.3)
     client.reap()  # h3's lease ran out: one 'expire' change, h2 still holds
     stored.append(raw_redis.hget(key, "a"))
-    events = []
-    while len(events) < 7:
-        m = ps.get_message(timeout=2)
-        assert m is not None, f"only {len(events)} events"
-        if m["type"] == "message":
-            events.append(json.loads(m["data"]))
+    events = _events(ps, 7)
     ps.close()
     assert [e["op"] for e in events] == ["pause", "pause", "renew", "renew", "release", "pause", "expire"]
     for ev, raw in zip(events, stored, strict=True):
