@@ -134,6 +134,7 @@ async def measure(url: str, events: int, loop: str) -> dict[str, Any]:
                 "evalsha (pause, resume)": stats.get("cmdstat_evalsha", {}).get("usec_per_call"),
                 "publish": stats.get("cmdstat_publish", {}).get("usec_per_call"),
             },
+            "redis_calls": {k.removeprefix("cmdstat_"): v.get("calls") for k, v in stats.items()},
         }
     finally:
         rconn.AbstractConnection.send_packed_command = _send_packed  # type: ignore[method-assign]

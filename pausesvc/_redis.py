@@ -8,6 +8,7 @@ follows Sentinel failovers (``rediss+sentinel://`` for TLS to the data nodes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -140,8 +141,49 @@ def async_client(url: str, **options: Any) -> Any:
         options.pop("retry", None)
         return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], **kw, **options)
     if "+sentinel" in url.split("://", 1)[0].lower():
-        return _sentinel_master(AsyncSentinel, url, options)
-    return aredis.Redis.from_url(url, **options)
+        return packed_by_hiredis(_sentinel_master(AsyncSentinel, url, options))
+    return packed_by_hiredis(aredis.Redis.from_url(url, **options))
+
+
+def packed_by_hiredis(client: Any) -> Any:
+    """Let ``client``'s connections pack commands with ``hiredis.pack_command``.
+
+    redis-py's blocking connections do so when hiredis is installed; its asyncio connections
+    pack every argument in Python (12 us for a state script's 15 arguments here, against 2
+    with hiredis), which is on the path of every pause and resume. The bytes are the same:
+    only where the arguments are encoded as redis-py's default encoder does (UTF-8, strict)."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    pool = getattr(client, "connection_pool", None)
+    kw = getattr(pool, "connection_kwargs", {})
+    if (
+        not HIREDIS_AVAILABLE
+        or pool is None
+        or str(kw.get("encoding", "utf-8")).lower().replace("_", "-") not in ("utf-8", "utf8")
+        or kw.get("encoding_errors", "strict") != "strict"
+    ):
+        return client
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+@functools.cache
+def _hiredis_packing(cls: type) -> type:
+    from redis.connection import HiredisRespSerializer
+
+    if getattr(cls, "_pausesvc_hiredis", False):
+        return cls
+    pack = HiredisRespSerializer().pack
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        packed: list[bytes] = pack(*args)
+        return packed
+
+    return type(
+        cls.__name__,
+        (cls,),
+        {"pack_command": pack_command, "_pausesvc_hiredis": True, "__module__": cls.__module__},
+    )
 
 
 def sync_client(url: str, **options: Any) -> Any:

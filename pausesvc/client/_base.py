@@ -5,6 +5,7 @@ No I/O happens in this module (the httpx ``BaseClient`` pattern).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -114,6 +115,12 @@ def lease_lost_message(name: str, grant: Grant, reason: str) -> str:
         f"the lease of {grant.holder!r} on {name!r} (token {grant.token}) was lost while "
         f"the block ran: {reason}"
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _state_keys(keys: Keys) -> tuple[str, ...]:
+    """The state scripts' KEYS of a namespace (on every pause and resume: made once)."""
+    return tuple(keys.state_keys())
 
 
 class PausePlan(NamedTuple):
@@ -241,8 +248,8 @@ class BaseClient:
             "pausesvc: %s", message, extra={"event": "replication_shortfall", "namespace": self.namespace}
         )
 
-    def _script_keys(self, script: str) -> list[str]:
-        return self.keys.version_keys() if script == "set_version" else self.keys.state_keys()
+    def _script_keys(self, script: str) -> Sequence[str]:
+        return self.keys.version_keys() if script == "set_version" else _state_keys(self.keys)
 
     # -- arguments -------------------------------------------------------------------------------
     def _holder(self, holder: str | None) -> str:
