@@ -397,17 +397,24 @@ class PauseWatcher:
             timer = None if deadline is None else loop.call_at(deadline, _resolve, fut, False)
             try:
                 woken = await fut
+            except BaseException:  # cancelled: leave nothing behind
+                self._forget_waiter(name, group, fut)
+                raise
             finally:
                 if timer is not None:
                     timer.cancel()
-                group.pop(fut, None)  # not there any more if the group was woken
-                if not group and self._waiters.get(name) is group:
-                    del self._waiters[name]  # the last caller of a group nobody woke
-            if not woken:
+            if not woken:  # its own timer: the group is still waiting, without it
+                self._forget_waiter(name, group, fut)
                 return False
-            if self._ever_synced.is_set() and not self.is_paused(name):
+            # woken with its whole group (_wake took the group out: nothing to forget)
+            if self._ever_synced.is_set() and not self._view.is_paused(name):
                 return True
             # paused again before this caller ran: wait again, same deadline
+
+    def _forget_waiter(self, name: str, group: dict[asyncio.Future[bool], None], fut: Any) -> None:
+        group.pop(fut, None)
+        if not group and self._waiters.get(name) is group:
+            del self._waiters[name]  # the last caller of a group nobody woke
 
     # -- the subscription loop ---------------------------------------------------------------------
     async def _run(self) -> None:
