@@ -15,6 +15,7 @@ from pausesvc._redis import async_client
 
 _arg = (
     st.text(max_size=30)
+    | st.sampled_from(["\udc80", "x\ud800", "a\x00b", "\U0001f600"])  # lone surrogates: UnicodeEncodeError
     | st.binary(max_size=30)
     | st.integers()
     | st.floats(allow_nan=False)
