@@ -169,8 +169,10 @@ def packed_by_hiredis(client: Any) -> Any:
 
 @functools.cache
 def _hiredis_packing(cls: type) -> type:
-    from redis.connection import HiredisRespSerializer
-
+    try:
+        from redis.connection import HiredisRespSerializer
+    except ImportError:  # pragma: no cover - a redis-py without it: its own packer
+        return cls
     if getattr(cls, "_pausesvc_hiredis", False):
         return cls
     pack = HiredisRespSerializer().pack
