@@ -411,7 +411,9 @@ class PauseWatcher:
                 return True
             # paused again before this caller ran: wait again, same deadline
 
-    def _forget_waiter(self, name: str, group: dict[asyncio.Future[bool], None], fut: Any) -> None:
+    def _forget_waiter(
+        self, name: str, group: dict[asyncio.Future[bool], None], fut: asyncio.Future[bool]
+    ) -> None:
         group.pop(fut, None)
         if not group and self._waiters.get(name) is group:
             del self._waiters[name]  # the last caller of a group nobody woke

@@ -17,6 +17,8 @@ _arg = (
     st.text(max_size=30)
     | st.sampled_from(["\udc80", "x\ud800", "a\x00b", "\U0001f600"])  # lone surrogates: UnicodeEncodeError
     | st.binary(max_size=30)
+    | st.binary(max_size=30).map(memoryview)
+    | st.binary(max_size=30).map(bytearray)
     | st.integers()
     | st.floats(allow_nan=False)
     | st.booleans()
@@ -42,7 +44,7 @@ def conns() -> tuple[Any, Any]:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    name=st.sampled_from(["EVALSHA", "SET", "CONFIG GET", "PUBLISH", b"CLIENT SETNAME", b"GET"]),
+    name=st.sampled_from(["EVALSHA", "SET", "CONFIG GET", "CONFIG\tGET", "PUBLISH", b"CLIENT X", b"GET", ""]),
     args=st.lists(_arg, max_size=16),
 )
 def test_any_command_packs_to_redis_pys_bytes(conns: tuple[Any, Any], name: Any, args: list[Any]) -> None:
