@@ -75,6 +75,15 @@ class Stream:
         self.ended_at = time.monotonic()
 
 
+def warm_up(url: str) -> None:
+    """The first requests of a cold CPU server are slow (one server of two, just restarted,
+    produced 3 tokens while the warm one produced 480): make them before measuring anything."""
+    with httpx.Client(timeout=300) as c:
+        for model in ("lora-a", "lora-b", "tiny"):
+            r = c.post(url + "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16})
+            assert r.status_code == 200, r.text
+
+
 async def complete(http: httpx.AsyncClient, url: str, model: str, **body: Any) -> dict[str, Any]:
     r = await http.post(
         url + "/v1/completions",

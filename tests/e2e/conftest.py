@@ -18,7 +18,7 @@ import pytest
 
 from pausesvc import AsyncPauseClient, EmbeddedRedis
 
-from ._fleet import GATE, HERE, HOLDER, PROMPT, PY, ROOT, VENV, Fleet
+from ._fleet import GATE, HERE, HOLDER, PY, ROOT, VENV, Fleet, warm_up
 from .vllm_server import VllmServer, free_port
 
 
@@ -90,19 +90,11 @@ def fleet(tiny: Path, e2e_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPat
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda s: s.wait_healthy(400), servers))
         for s in servers:
-            _warm_up(s.url)
+            warm_up(s.url)
         yield Fleet(servers, e2e_redis.url, ns, tiny)
     finally:
         for s in servers:
             s.stop()
-
-
-def _warm_up(url: str) -> None:
-    """The first requests of a cold CPU server are slow: make them before measuring anything."""
-    with httpx.Client(timeout=300) as c:
-        for model in ("lora-a", "lora-b", "tiny"):
-            r = c.post(url + "/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 16})
-            assert r.status_code == 200, r.text
 
 
 @pytest.fixture
