@@ -1,11 +1,11 @@
-"""What one pause event costs a replica process, in instructions (callgrind): a gate runtime
-beside a bare redis-py subscriber, and the parts of the gate's handling.
+"""What one pause event costs a replica process, and what the gate adds to one unpaused
+request, in instructions (callgrind).
 
-    .venv/bin/python bench/event_instructions.py [--events 300] [--gap-ms 15]
+    .venv/bin/python bench/instructions.py [--events 300] [--gap-ms 15] [--requests 2000]
 
-Seconds per event move with the host (the same code measured 1.3x apart on two runs); the
-instructions a process executes for the same inputs do not. Each process runs under
-``valgrind --tool=callgrind``:
+Seconds per event or request move with the host (the gate's in-process cost per request
+measured 9.5 and 4.8 us on two hosts at the same request path); the instructions a process
+executes for the same inputs do not. Each process runs under ``valgrind --tool=callgrind``:
 
 - ``per_event``: the whole process, at two event counts (100 and 100 + ``--events``; the
   shorter run idles for as long as the longer one's extra events last, so timers - heartbeats,
@@ -18,6 +18,10 @@ instructions a process executes for the same inputs do not. Each process runs un
   handling of a message (``dispatch``: decoding, the view, the listeners), the decoding alone
   (``decode``: ``PauseEvent.from_json``), and the gate's listener (``listener``). The switch
   itself costs ~1,400 instructions per call, included.
+- ``per_request``: ``--requests`` unpaused requests through the gate middleware in process
+  (a no-op app, the request of ``python -m bench --only profiles``' *gate micro*), collected
+  over the loop of requests only, and the same loop calling the app directly: the gate's
+  instructions per request = the difference.
 
 Events alternate pause / resume of one adapter, ``--gap-ms`` apart (the replica handles each
 alone). Needs valgrind and gcc. Prints one JSON object on stdout.
@@ -113,6 +117,53 @@ def _collect_inside(watcher: Any, part: str, toggle: Any) -> None:
         models.PauseEvent.from_json = around(decode)  # type: ignore[method-assign]
 
 
+def _child_requests(url: str, target: str, n: int, shim: str) -> None:
+    """``n`` requests to the no-op app, directly or through a started, synced gate, with
+    collection on for that loop only (nothing in it waits: no other task runs meanwhile)."""
+
+    async def main() -> None:
+        from pausesvc_vllm import PauseGateMiddleware
+
+        from pausesvc import Settings
+
+        body = json.dumps({"model": "lora-a", "prompt": "x", "max_tokens": 8}).encode()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            return None
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/completions",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "server": ("h", 1),
+        }
+        mw = PauseGateMiddleware(app, settings=Settings(redis_url=url, namespace=NS))
+        await mw.runtime.start()
+        assert mw.runtime.watcher is not None
+        await mw.runtime.watcher.wait_synced(30)
+        call = mw if target == "gated" else app
+        for _ in range(200):  # warm: the interpreter specializes the code first
+            await call(dict(scope), receive, send)
+        toggle = ctypes.CDLL(shim).toggle
+        toggle()
+        for _ in range(n):
+            await call(dict(scope), receive, send)
+        toggle()
+        os._exit(0)
+
+    asyncio.run(main())
+
+
 # -- the driver --------------------------------------------------------------------------------------
 async def _run(
     url: str, kind: str, events: int, gap: float, tmp: Path, part: str, shim: str, idle: float = 0.0
@@ -170,13 +221,30 @@ async def _run(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    return _total(out)
+
+
+async def _requests(url: str, target: str, n: int, tmp: Path, shim: str) -> int:
+    """Instructions of ``n`` requests to ``target`` (``direct`` or ``gated``)."""
+    out = tmp / f"cg.requests.{target}"
+    cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--callgrind-out-file={out}"]
+    cmd += [sys.executable, __file__, "--child-requests", url, target, str(n), shim]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    if await asyncio.wait_for(proc.wait(), 600) != 0:
+        raise RuntimeError(f"the measured {target} request loop failed (exit {proc.returncode})")
+    return _total(out)
+
+
+def _total(out: Path) -> int:
     match = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
     if match is None:
         raise RuntimeError(f"no instruction total in {out}")
     return int(match.group(1))
 
 
-async def measure(url: str, events: int, gap: float, tmp: Path, shim: Path) -> dict[str, Any]:
+async def measure(url: str, events: int, gap: float, requests: int, tmp: Path, shim: Path) -> dict[str, Any]:
     idle = events * (gap + 0.002)  # about what the longer run's extra events take
     per_event = {}
     for kind in ("floor", "gate"):
@@ -184,12 +252,22 @@ async def measure(url: str, events: int, gap: float, tmp: Path, shim: Path) -> d
         long = await _run(url, kind, BASE_EVENTS + events, gap, tmp, "none", str(shim))
         per_event[kind] = round((long - short) / events)
     parts = {p: round(await _run(url, "gate", events, gap, tmp, p, str(shim)) / events) for p in _PARTS}
+    direct = await _requests(url, "direct", requests, tmp, str(shim)) / requests
+    gated = await _requests(url, "gated", requests, tmp, str(shim)) / requests
     return {
-        "command": f"python bench/event_instructions.py --events {events} --gap-ms {gap * 1000:g}",
+        "command": (
+            f"python bench/instructions.py --events {events} --gap-ms {gap * 1000:g} --requests {requests}"
+        ),
         "events": events,
         "instructions_per_event": per_event,
         "gate_over_floor": round(per_event["gate"] / per_event["floor"], 2),
         "gate_parts_per_event": parts,
+        "requests": requests,
+        "instructions_per_request": {
+            "direct": round(direct),
+            "gated": round(gated),
+            "gate_adds": round(gated - direct),
+        },
     }
 
 
@@ -198,15 +276,20 @@ def main() -> None:
         kind, url, events, idle, part, shim = sys.argv[2:8]
         _child(kind, url, int(events), float(idle), part, shim)
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-requests":
+        url, target, n, shim = sys.argv[2:6]
+        _child_requests(url, target, int(n), shim)
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=300, help="events per measured run (default 300)")
     ap.add_argument("--gap-ms", type=float, default=15.0, help="ms between events (default 15)")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per measured loop (default 2000)")
     args = ap.parse_args()
     missing = [t for t in ("valgrind", "gcc") if shutil.which(t) is None]
     if not Path("/usr/include/valgrind/callgrind.h").exists():
         missing.append("valgrind/callgrind.h")
     if missing:
-        sys.exit(f"event_instructions: needs valgrind and gcc (missing: {', '.join(missing)})")
+        sys.exit(f"bench/instructions.py: needs valgrind and gcc (missing: {', '.join(missing)})")
     from pausesvc import EmbeddedRedis
 
     with tempfile.TemporaryDirectory() as d, EmbeddedRedis() as server:
@@ -214,7 +297,7 @@ def main() -> None:
         shim = tmp / "libtoggle.so"
         (tmp / "toggle.c").write_text(_SHIM)
         subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(shim), str(tmp / "toggle.c")], check=True)
-        out = asyncio.run(measure(server.url, args.events, args.gap_ms / 1000, tmp, shim))
+        out = asyncio.run(measure(server.url, args.events, args.gap_ms / 1000, args.requests, tmp, shim))
     print(json.dumps(out, indent=1))
 
 
