@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._util import Collector, profile_top, send_report, start_procs, stop_procs
+from bench.fakeapp import noop_request
 from pausesvc import AsyncPauseClient, Settings
 
 __all__ = ["gate_profiled", "run"]
@@ -40,27 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 async def gate_micro(url: str, n: int, rounds: int) -> dict[str, Any]:
     from pausesvc_vllm import PauseGateMiddleware
 
-    body = json.dumps({"model": "lora-a", "prompt": "x", "max_tokens": 8}).encode()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Any) -> None:
-        return None
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/completions",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
-        "server": ("h", 1),
-    }
+    app, receive, send, scope = noop_request()
     mw = PauseGateMiddleware(app, settings=Settings(redis_url=url, namespace="benchmicro"))
     await mw.runtime.start()
     assert mw.runtime.watcher is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["CHUNKS", "fake_openai_app"]
+__all__ = ["CHUNKS", "fake_openai_app", "noop_request"]
 
 CHUNKS = 4
 _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -62,3 +62,32 @@ async def fake_openai_app(scope: dict[str, Any], receive: Any, send: Any) -> Non
     for body in _BODIES:
         await send({"type": "http.response.body", "body": body, "more_body": True})
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def noop_request(prompt: str = "x") -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The unpaused request the in-process gate measurements send: ``(app, receive, send,
+    scope)`` - a no-op app, a ``receive`` that hands over the whole body at once, a ``send``
+    that drops everything, and a ``/v1/completions`` scope (pass a copy per call). Nothing in
+    it waits, so a loop of such calls runs no other task."""
+    body = json.dumps({"model": "lora-a", "prompt": prompt, "max_tokens": 8}).encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("h", 1),
+    }
+    return app, receive, send, scope

@@ -124,29 +124,10 @@ def _child_requests(url: str, target: str, n: int, shim: str) -> None:
     async def main() -> None:
         from pausesvc_vllm import PauseGateMiddleware
 
+        from bench.fakeapp import noop_request
         from pausesvc import Settings
 
-        body = json.dumps({"model": "lora-a", "prompt": "x", "max_tokens": 8}).encode()
-
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            await receive()
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"{}"})
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: Any) -> None:
-            return None
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/completions",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json")],
-            "server": ("h", 1),
-        }
+        app, receive, send, scope = noop_request()
         mw = PauseGateMiddleware(app, settings=Settings(redis_url=url, namespace=NS))
         await mw.runtime.start()
         assert mw.runtime.watcher is not None

@@ -40,10 +40,12 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from vllm_server import VllmServer, free_port  # noqa: E402
 
+from bench.fakeapp import noop_request  # noqa: E402
 from pausesvc import AsyncPauseClient, EmbeddedRedis, Settings  # noqa: E402
 
 VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
@@ -84,27 +86,7 @@ async def gate_micro(redis_url: str, n: int = 3000) -> dict[str, float]:
     """Per-request cost of the gate in-process (unpaused), against calling the app directly."""
     from pausesvc_vllm import PauseGateMiddleware
 
-    body = json.dumps({"model": "lora-a", "prompt": PROMPT, "max_tokens": 8}).encode()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Any) -> None:
-        return None
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/completions",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
-        "server": ("h", 1),
-    }
+    app, receive, send, scope = noop_request(PROMPT)
     mw = PauseGateMiddleware(app, settings=Settings(redis_url=redis_url, namespace="benchmicro"))
     await mw.runtime.start()
     assert mw.runtime.watcher is not None

@@ -174,16 +174,16 @@ class AdapterState:
                 holders[holder] = _build_hold(
                     holder,
                     _token(h["token"]),
-                    float(h["since"]) / 1000.0,
+                    _ms(h["since"]),
                     h.get("reason") or None,
-                    None if expires is None else float(expires) / 1000.0,
+                    None if expires is None else _ms(expires),
                     bool(h.get("drain", False)),
                 )
         build = _build_state if cls is AdapterState else cls
         return build(
             str(data["name"]),
             holders,
-            float(data["since"]) / 1000.0,
+            _ms(data["since"]),
             int(data["rev"]),
             int(data.get("pause_rev", data["rev"])),
         )
@@ -377,7 +377,7 @@ class PauseEvent:
             bool(data["paused"]),
             data.get("holder"),
             AdapterState.from_wire(state) if isinstance(state, dict) else None,
-            float(data.get("ts", 0)) / 1000.0,
+            _ms(data.get("ts", 0)),
             DesiredVersion.from_wire(version) if isinstance(version, dict) else None,
         )
 
