@@ -4,7 +4,8 @@ Redis floor, CPU per pause event and Redis connections per replica, against R re
 For each R, three sets of R processes run side by side: pausesvc replicas (the gate runtime),
 SkyRL replicas (uvicorn + the baseline app) and raw redis-py subscribers (the floor). Every trial
 runs each design once, in an order rotated from trial to trial (A B C ... B C A ...), so slow
-drifts of this shared machine hit every design alike.
+drifts of this shared machine hit every design alike; the list alternates the sets of processes
+(see ``_interleaved``), so no design runs right after one on its own processes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ __all__ = ["run"]
 log = logging.getLogger("bench")
 ADAPTER = "A"
 FLOOR_CHANNEL = "bench:floor"
+
+#: the durable floor: the least a pause that survives a restart writes, in one bare EVALSHA -
+#: the state stored (HSET), the revision bumped (INCR), then the PUBLISH - no holders, tokens,
+#: leases or tombstones, no Python above redis-py on either side
+DURABLE_FLOOR = """
+redis.call('HSET', KEYS[1], 'A', ARGV[1])
+local rev = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return rev
+"""
 
 
 async def _redis_cpu(r: aredis.Redis) -> float:
@@ -62,6 +73,19 @@ async def _one(col: Collector, d: _Design, op: str, n: int, record: bool) -> tup
         d.prop[op].append(last - t0)
         d.cpu[op].append(c1 - c0)
     return t1 - t0, last - t0
+
+
+def _interleaved(groups: list[list[_Design]]) -> list[_Design]:
+    """One design of each group in turn (p b f u b f p b f): a round rotates this list, and a
+    rotation keeps each design's predecessor, so none may be one that ran on the same
+    processes - it would leave them warm (caches, the scheduler's state) for the next, which
+    measured up to 2x faster at R = 16 than the same design after another group's. The kinds
+    of consecutive designs differ, the last's and the first's too, when every group but one
+    has a design left at each turn (here: 3 pausesvc designs, 3 fan-outs, 3 floors)."""
+    out: list[_Design] = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
 
 
 async def _round(
@@ -169,6 +193,8 @@ async def _at_r(
                     raise TimeoutError(f"barrier floor: {got}/{R} acknowledgements")
                 got += msg["type"] == "message"
 
+        durable = pub.register_script(DURABLE_FLOOR)
+        durable_keys = ["bench:durable:state", "bench:durable:rev", FLOOR_CHANNEL]
         grant: dict[str, str] = {}
 
         async def p_pause(drain: bool = False, c: AsyncPauseClient = client) -> None:
@@ -178,23 +204,33 @@ async def _at_r(
             await c.resume(ADAPTER, token=grant[c.namespace])
 
         fanouts = {k: FanoutController(k, [p for _, p in ports], host=host) for k in CLIENTS}
-        designs = [
+        pausesvc = [
             _Design("pausesvc", "p", p_pause, p_resume),
-            _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),
             *(
                 [_Design("pausesvc-uvloop", "u", lambda: p_pause(c=uv_client), lambda: p_resume(uv_client))]
                 if uv
                 else []
             ),
-            *[
-                _Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
-                for k, f in fanouts.items()
-            ],
+            _Design("pausesvc-drain", "p", lambda: p_pause(True), p_resume),
+        ]
+        fanout = [
+            _Design(k, "b", (lambda f=f: f.pause(ADAPTER)), (lambda f=f: f.resume(ADAPTER)))
+            for k, f in fanouts.items()
+        ]
+        floors = [
             _Design(
                 "floor", "f", lambda: pub.publish(FLOOR_CHANNEL, "1"), lambda: pub.publish(FLOOR_CHANNEL, "0")
             ),
             _Design("floor-barrier", "f", lambda: barrier("B1"), lambda: barrier("B0"), ("B1", "B0")),
+            _Design(
+                "floor-durable",
+                "f",
+                lambda: durable(keys=durable_keys, args=["D1"]),
+                lambda: durable(keys=durable_keys, args=["D0"]),
+                ("D1", "D0"),
+            ),
         ]
+        designs = _interleaved([pausesvc, fanout, floors])
         settle = 0.005 + 0.0005 * R
         for w in range(3):
             await _round(col, designs, R, settle, False, w)

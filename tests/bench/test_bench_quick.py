@@ -28,7 +28,15 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
         assert key in data, key
     assert {x["R"] for x in data["latency"]} == {1, 4}
     for x in data["latency"]:
-        for design in ("pausesvc", "pausesvc-drain", "skyrl", "httpx-per-replica", "raw", "floor"):
+        for design in (
+            "pausesvc",
+            "pausesvc-drain",
+            "skyrl",
+            "httpx-per-replica",
+            "raw",
+            "floor",
+            "floor-durable",
+        ):
             assert x[design]["controller_pause_ms"]["n"] > 0
             assert x[design]["propagation_pause_ms"]["median"] > 0
     assert {w["design"] for w in data["wakeup"]["one_process"]} == {
@@ -46,7 +54,9 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
     from bench._report import write_docs
 
     write_docs(data, tmp_path / "docs")
-    assert "## Goals of issue 11" in (tmp_path / "docs" / "benchmarks.md").read_text()
+    report = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "## Goals of issue 11" in report
+    assert "x the durable floor" in report  # the propagation rows set it beside the floor
 
 
 @pytest.mark.slow
