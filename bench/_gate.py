@@ -1,9 +1,11 @@
 """Scenario 5: the gate's cost on unpaused traffic, through uvicorn, with and without it.
 
-Per event loop (asyncio, and uvloop - what vLLM's uvicorn runs - when installed), three uvicorn
+Per event loop (asyncio, and uvloop - what vLLM's uvicorn runs - when installed), four uvicorn
 servers (one worker each) serve the same fake streaming ``/v1/completions``: bare, behind
-``PauseGateMiddleware``, behind the SkyRL gate. One load-generator process (lean raw HTTP/1.1
-keep-alive client, C connections) drives one server at a time, the order rotating every round.
+``PauseGateMiddleware``, behind the SkyRL gate, and behind a pure-ASGI layer that wraps receive
+and send and does nothing else (what being such a layer costs at all). One load-generator
+process (lean raw HTTP/1.1 keep-alive client, C connections) drives one server at a time, the
+order rotating every round.
 A gate's ratio per round is its throughput over the bare server's on the same loop in the same
 round; the spread of those ratios over the rounds is reported. Server CPU per request comes from
 /proc (user+system of the server process).
@@ -24,8 +26,25 @@ from bench._util import ctx, percentile, proc_cpu, start_procs, stop_procs, summ
 __all__ = ["run"]
 
 log = logging.getLogger("bench")
-VARIANTS = ("none", "pausesvc", "skyrl")
+VARIANTS = ("none", "pausesvc", "skyrl", "wrap-only")
 _BODY = json.dumps({"model": "A", "prompt": "hello", "max_tokens": 4, "stream": True}).encode()
+
+
+def wrap_only(app: Any) -> Any:
+    """A pure-ASGI layer that wraps ``receive`` and ``send`` and does nothing else: the gate
+    wraps both (to hold a request's body and to cut a response), so this is its cost before
+    any of its own work."""
+
+    async def layer(scope: Any, receive: Any, send: Any) -> None:
+        async def wrapped_receive() -> Any:
+            return await receive()
+
+        async def wrapped_send(message: Any) -> None:
+            await send(message)
+
+        await app(scope, wrapped_receive, wrapped_send)
+
+    return layer
 
 
 def server_proc(variant: str, url: str, conn: Any, loop: str = "asyncio") -> None:
@@ -41,6 +60,8 @@ def server_proc(variant: str, url: str, conn: Any, loop: str = "asyncio") -> Non
             app, _ = await start_gate(url, "gate", app=fake_openai_app)
         elif variant == "skyrl":
             app = SkyRLReplica(fake_openai_app)
+        elif variant == "wrap-only":
+            app = wrap_only(fake_openai_app)
         port = await start_uvicorn(app)
         conn.send((port, os.getpid()))
         await asyncio.Event().wait()

@@ -198,12 +198,19 @@ def goals(results: dict[str, Any]) -> list[str]:
             ]
         )
     g = results.get("gate") or {}
-    for r in g.get("by_loop") or g.get("summary") or []:
+    gate_rows = g.get("by_loop") or g.get("summary") or []
+    for r in gate_rows:
         if r["variant"] != "pausesvc":
             continue
         loop = r.get("loop", "asyncio")
         rr = r.get("round_ratio")
         ratio = rr["median"] if rr else r["ratio"]
+        others = [
+            f"{label} {_f(o['round_ratio']['median'], 3)}x"
+            for variant, label in (("skyrl", "the SkyRL gate"), ("wrap-only", "a layer that only wraps"))
+            for o in gate_rows
+            if o["variant"] == variant and o.get("loop", "asyncio") == loop and "round_ratio" in o
+        ]
         rows.append(
             [
                 f"gate throughput through uvicorn, {loop} loop",
@@ -212,6 +219,7 @@ def goals(results: dict[str, Any]) -> list[str]:
                 (
                     f"per-round {_f(rr['min'], 3)}-{_f(rr['max'], 3)} over {rr['n']} rounds; "
                     f"ratio of medians {_f(r['ratio'], 3)}; {r['added_cpu_us']:+.1f} us CPU/request"
+                    + ("; same rounds: " + ", ".join(others) if others else "")
                 )
                 if rr
                 else "-",

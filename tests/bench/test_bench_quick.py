@@ -44,7 +44,7 @@ def test_quick_run_writes_every_scenario(tmp_path: Path) -> None:
         "pausesvc-gate",
         "baseline-gate",
     }
-    assert {g["variant"] for g in data["gate"]["summary"]} == {"none", "pausesvc", "skyrl"}
+    assert {g["variant"] for g in data["gate"]["summary"]} == {"none", "pausesvc", "skyrl", "wrap-only"}
     assert data["memory"]["held"] and data["memory"]["connections"]
     # a slow or dead replica never fails pausesvc's (non-drain) controller calls
     for row in data["faults"]:
