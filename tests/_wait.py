@@ -1,11 +1,15 @@
-"""``until()``: wait for a condition instead of sleeping for a guess (tests/ is on sys.path)."""
+"""``until()``: wait for a condition instead of sleeping for a guess; ``attempts()``: retries of a
+scenario a starved machine can spoil (tests/ is on sys.path)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+#: how often a real-vLLM scenario that needs a stream still running when its pause lands is tried
+ATTEMPTS = 8
 
 
 async def until(
@@ -22,3 +26,12 @@ async def until(
         if time.monotonic() > end:
             raise AssertionError(f"condition not met within {timeout:g}s")
         await asyncio.sleep(every)
+
+
+async def attempts(n: int = ATTEMPTS) -> AsyncIterator[int]:
+    """0, 1, ... n - 1, each retry a second after the last: a spell in which this 2-core machine
+    (two CPU engines, the test run) starved one attempt passes before the next."""
+    for i in range(n):
+        if i:
+            await asyncio.sleep(1.0)
+        yield i

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _wait import ATTEMPTS, attempts
 
 from pausesvc import AsyncPauseClient
 
@@ -34,9 +35,7 @@ async def test_pause_with_drain_aborts_a_and_spares_b(
     fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
 ) -> None:
     await until(lambda: _live(pc, 2))
-    for _attempt in range(8):
-        if _attempt:  # a retry: let the spell that starved the last attempt pass
-            await asyncio.sleep(1.0)
+    async for _attempt in attempts():
         streams, grant, t0, drained_at = await _streams_then_drain(fleet, pc, http)
         a_streams = [s for s in streams if s.model == "lora-a"]
         await asyncio.wait_for(asyncio.gather(*(s.task for s in a_streams)), 10)
@@ -91,9 +90,7 @@ async def test_weight_swap_is_token_exact(
     ]
     old = ref_old["token_ids"]
     assert len(old) == n
-    for _attempt in range(8):
-        if _attempt:  # a retry: let the spell that starved the last attempt pass
-            await asyncio.sleep(1.0)
+    async for _attempt in attempts():
         s = Stream(http, url, "lora-a", max_tokens=n)
         await asyncio.wait_for(s.first.wait(), 60)
         async with pc.paused("lora-a", drain=True, timeout=60) as grant:
@@ -119,7 +116,7 @@ async def test_weight_swap_is_token_exact(
                 )
                 assert r.status_code == 200, r.text
             break
-    assert s.finish == "abort", "the stream outran the pause 8 times"
+    assert s.finish == "abort", f"the stream outran the pause {ATTEMPTS} times"
     # resubmit the continuation, as a sampler retrying an abort does
     cont = (
         await complete(
@@ -211,9 +208,7 @@ async def test_skyrl_endpoints(fleet: Fleet, pc: AsyncPauseClient, http: httpx.A
     await until(lambda: _live(pc, 2), timeout=20)
     r = await http.post(u0 + "/skyrl/v1/wait_lora_unpaused", json={"lora_name": "lora-a"})
     assert r.json() == {"paused": False}
-    for _attempt in range(8):
-        if _attempt:  # a retry: let the spell that starved the last attempt pass
-            await asyncio.sleep(1.0)
+    async for _attempt in attempts():
         streams = [Stream(http, u, "lora-a") for u in fleet.urls]
         async with asyncio.timeout(60):
             for s in streams:
@@ -303,9 +298,7 @@ async def _streams_then_drain(
     and a B stream still run; checks that the drain returned only once no A request was in
     flight at either engine."""
     seen: list[tuple[Any, ...]] = []
-    for _attempt in range(8):
-        if _attempt:  # a retry: let the spell that starved the last attempt pass
-            await asyncio.sleep(1.0)
+    async for _attempt in attempts():
         streams = [Stream(http, u, m) for u in fleet.urls for m in ("lora-a", "lora-b")]
         async with asyncio.timeout(60):
             for s in streams:
@@ -493,9 +486,7 @@ async def test_base_model_paused_by_served_name_holds_and_drains_requests_withou
     fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
 ) -> None:
     url = fleet.urls[1]
-    for _attempt in range(8):
-        if _attempt:  # a retry: let the spell that starved the last attempt pass
-            await asyncio.sleep(1.0)
+    async for _attempt in attempts():
         s = Stream(http, url, None)  # type: ignore[arg-type]  # "model": null is the base model
         await asyncio.wait_for(s.first.wait(), 60)
         grant = await pc.pause("tiny", drain=True, timeout=60)

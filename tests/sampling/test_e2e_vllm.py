@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _wait import ATTEMPTS, attempts
 
 from pausesvc import AsyncPauseClient, EmbeddedRedis
 from pausesvc.sampling import sample_with_retry
@@ -142,9 +143,7 @@ async def test_a_sample_survives_pause_swap_resume(fleet: dict[str, Any]) -> Non
             "ignore_eos": True,
             "logprobs": 0,
         }
-        for _attempt in range(8):
-            if _attempt:  # a retry: let the spell that starved the last attempt pass
-                await asyncio.sleep(1.0)
+        async for _attempt in attempts():
             task, grant = await _pause_mid_sample(http, url, request, pauses)
             aborted = await _aborted(http, url, grant.revision)
             if not task.done() or aborted:
@@ -152,7 +151,7 @@ async def test_a_sample_survives_pause_swap_resume(fleet: dict[str, Any]) -> Non
             # the whole sample was decoded before the pause reached the gate (a test process
             # starved of CPU for a moment): nothing to judge, try again
             await pauses.resume("lora-a", token=grant.token)
-        assert aborted, "the pause never landed mid-sample in 8 tries"
+        assert aborted, f"the pause never landed mid-sample in {ATTEMPTS} tries"
         swap = await http.post(
             url + "/v1/load_lora_adapter",
             json={"lora_name": "lora-a", "lora_path": str(TINY / "lora-a2"), "load_inplace": True},
