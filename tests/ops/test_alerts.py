@@ -136,11 +136,20 @@ def test_real_prometheus_fires_the_stuck_pause_alert(
                         if a["state"] == "firing" and a["labels"]["alertname"] == "PausesvcPausedWithoutLease"
                     ]
                 assert [a["labels"]["adapter"] for a in firing] == ["stuck"]
-                # both targets were scraped: the gate's new gauges came through Prometheus
-                targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
-                assert {t["labels"]["job"]: t["health"] for t in targets} == {"pausesvc": "up", "vllm": "up"}
-                fenced = prom.get("/api/v1/query", params={"query": "pausesvc_gate_fenced"}).json()
-                assert [r["value"][1] for r in fenced["data"]["result"]] == ["0"]
+                # both targets get scraped: the gate's new gauges come through Prometheus. The
+                # alert needs only the service's target, so the gate's first scrape may still be
+                # pending when it fires (a starved CI host: health "unknown"); wait for it too.
+                health: dict[str, str] = {}
+                fenced: list[str] = []
+                while health != {"pausesvc": "up", "vllm": "up"} or fenced != ["0"]:
+                    log_text = (tmp_path / "prometheus.log").read_text()
+                    assert time.monotonic() < deadline, (health, fenced, log_text)
+                    time.sleep(0.5)
+                    targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+                    health = {t["labels"]["job"]: t["health"] for t in targets}
+                    assert "down" not in health.values(), targets
+                    query = prom.get("/api/v1/query", params={"query": "pausesvc_gate_fenced"}).json()
+                    fenced = [r["value"][1] for r in query["data"]["result"]]
         finally:
             proc.terminate()
             try:
