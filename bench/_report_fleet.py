@@ -241,6 +241,24 @@ def goals(results: dict[str, Any]) -> list[str]:
                 "imports (pausesvc_vllm)",
             ]
         )
+    vm = results.get("vllm_memory")
+    if vm and vm.get("added_rss_mb") is not None:
+        steps = {st["module"]: st["mb"] for st in vm.get("steps", [])}
+        rows.append(
+            [
+                "RSS a started, synced gate adds to a vLLM API server process (separate run)",
+                "<= 10 MB",
+                f"{_f(vm['added_rss_mb'], 1)} MB",
+                f"median of {vm['runs']} processes ({', '.join(_f(x, 2) for x in vm['added_rss_mb_each'])}); "
+                f"imports {_f(vm['imports_mb'], 1)} MB (redis-py {_f(steps.get('redis', 0), 1)}), started "
+                f"and synced {_f(vm['started_synced_mb'], 1)} MB; after `import "
+                f"vllm.entrypoints.openai.api_server` ({_f(vm['vllm_rss_mb'], 0)} MB) with what only "
+                f"pausesvc installs refused ({', '.join(vm['refused_distributions'])})",
+                _verdict(vm["added_rss_mb"] <= 10),
+                ".venv/bin/python bench/vllm_memory.py",
+                "imports (pausesvc_vllm)",
+            ]
+        )
     cl = _get(results, "profiles", "cli")
     if cl:
         rows.append(

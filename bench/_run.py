@@ -187,10 +187,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _with_vllm(results: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The results with ``bench/vllm_overhead.py``'s (``vllm-overhead.json`` in ``out``, written
-    by ``python bench/vllm_overhead.py > bench/results/vllm-overhead.json``): real vLLM runs
-    outside ``python -m bench`` (minutes, the vLLM venv), reported beside it."""
-    path = out / "vllm-overhead.json"
-    if "vllm_overhead" in results or not path.exists():
-        return results
-    return {**results, "vllm_overhead": json.loads(path.read_text())}
+    """The results with ``bench/vllm_overhead.py``'s and ``bench/vllm_memory.py``'s
+    (``vllm-overhead.json``, ``vllm-memory.json`` in ``out``, written by ``python
+    bench/vllm_overhead.py > bench/results/vllm-overhead.json`` and the same for memory): real
+    vLLM runs outside ``python -m bench`` (the vLLM venv), reported beside it."""
+    for key, name in (("vllm_overhead", "vllm-overhead.json"), ("vllm_memory", "vllm-memory.json")):
+        path = out / name
+        if key not in results and path.exists():
+            results = {**results, key: json.loads(path.read_text())}
+    return results
