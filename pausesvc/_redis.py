@@ -294,14 +294,24 @@ def pubsub_connected(pubsub: Any) -> bool:
     return conn is not None and bool(getattr(conn, "is_connected", False))
 
 
+def is_cluster_pubsub(pubsub: object) -> bool:
+    """Is ``pubsub`` Redis Cluster's (one connection per node, read by polling them) rather
+    than one connection's? Told by its class: redis-py 8.2 gave the standalone asyncio
+    PubSub a ``get_sharded_message`` too (an alias of ``get_message``), so that method's
+    presence no longer tells them apart."""
+    from redis.asyncio.cluster import ClusterPubSub
+
+    return isinstance(pubsub, ClusterPubSub)
+
+
 async def next_message(pubsub: Any, sharded: bool, timeout: float | None) -> Any:
     """The next pub/sub message within ``timeout`` seconds (None if none; ``timeout=None``:
     block until one comes, the way a bare subscriber reads), from a plain or sharded
     subscription."""
-    if sharded and hasattr(pubsub, "get_sharded_message"):
+    if sharded and is_cluster_pubsub(pubsub):
         return await pubsub.get_sharded_message(timeout=timeout)
-    # a standalone server's asyncio PubSub reads 'smessage's with get_message (redis-py has
-    # get_sharded_message only on its cluster and blocking PubSubs)
+    # one connection's PubSub reads 'smessage's with get_message (redis-py before 8.2 had
+    # no get_sharded_message on its standalone asyncio PubSub)
     return await pubsub.get_message(timeout=timeout)
 
 

@@ -44,6 +44,7 @@ from pausesvc._redis import (
     ensure_initialized,
     honour_cancellation,
     is_cluster,
+    is_cluster_pubsub,
     next_message,
     pubsub_connected,
     subscribe_confirmed,
@@ -486,7 +487,7 @@ class PauseWatcher:
         pushes the ONE deadline of the subscription (no PONG for ``health_check_interval``:
         dead, although TCP may look open). Redis Cluster's pub/sub has one reader per node
         and no blocking read: it is polled, pinging between reads."""
-        polled = hasattr(pubsub, "get_sharded_message")
+        polled = is_cluster_pubsub(pubsub)
         loop = asyncio.get_running_loop()
         keepalive = None if polled else asyncio.create_task(self._keepalive(pubsub))
         try:

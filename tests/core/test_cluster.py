@@ -117,3 +117,16 @@ async def test_the_watchers_health_check_is_answered_on_cluster(cluster_url: str
         assert await w.wait_synced(10)
         await asyncio.sleep(4 * w.health_check_interval + 0.5)
         assert w.stats.reconnects == 0 and w.in_sync, (w.stats.reconnects, w.last_error)
+
+
+async def test_a_cluster_subscription_is_told_from_a_standalone_one(cluster_url: str, redis_url: str) -> None:
+    """By its class, not by ``get_sharded_message`` (redis-py 8.2 has one on both)."""
+    from pausesvc._redis import aclose_client, async_client, is_cluster_pubsub
+
+    cluster, single = async_client(cluster_url), async_client(redis_url)
+    try:
+        assert is_cluster_pubsub(cluster.pubsub())
+        assert not is_cluster_pubsub(single.pubsub())
+    finally:
+        await aclose_client(cluster)
+        await aclose_client(single)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -328,3 +329,45 @@ async def test_orphan_released_by_a_resume_the_watcher_missed(
         r.close()
         assert await w.wait_unpaused("a", timeout=10) is True
         assert not w.orphans
+
+
+async def test_a_standalone_subscription_is_read_blocking_with_no_timer_per_read(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connection's subscription is read the way a bare subscriber reads it: a blocking
+    ``get_message(timeout=None)``, its liveness from the keepalive's PONGs. Only a Redis
+    Cluster's per-node subscriptions are polled. (redis-py 8.2 gave the standalone asyncio
+    PubSub a ``get_sharded_message`` alias, which the watcher took for a cluster's: it then
+    polled with a timer per read and PINGed from the reader, ~25% more CPU per event.)"""
+    from redis.asyncio.client import PubSub
+
+    from pausesvc._redis import is_cluster_pubsub
+
+    timeouts: list[float | None] = []
+    armed = False  # the subscription's confirmation is read with a timeout, by design
+    real = PubSub.get_message
+
+    async def recording(
+        self: PubSub, ignore_subscribe_messages: bool = False, timeout: float | None = 0.0
+    ) -> Any:
+        if armed:
+            timeouts.append(timeout)
+        return await real(self, ignore_subscribe_messages, timeout)
+
+    monkeypatch.setattr(PubSub, "get_message", recording)  # before the reader binds it
+    async with (
+        PauseWatcher(redis_url, namespace=namespace, health_check_interval=0.5) as w,
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+    ):
+        assert await w.wait_synced(10)
+        assert not is_cluster_pubsub(w._redis.pubsub())
+        await asyncio.sleep(0.3)  # the reader is in its loop: its next read is a listening one
+        armed = True
+        for _ in range(10):
+            g = await c.pause("a")
+            await until(lambda: w.is_paused("a"))
+            await c.resume("a", token=g.token)
+            await until(lambda: not w.is_paused("a"))
+        await asyncio.sleep(1.0)  # a few keepalive rounds: still no timed read, still in sync
+        assert timeouts and set(timeouts) == {None}, sorted(set(map(str, timeouts)))
+        assert w.in_sync and w.stats.reconnects == 0 and w.stats.events == 20
