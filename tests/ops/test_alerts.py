@@ -142,8 +142,8 @@ def test_real_prometheus_fires_the_stuck_pause_alert(
                 health: dict[str, str] = {}
                 fenced: list[str] = []
                 while health != {"pausesvc": "up", "vllm": "up"} or fenced != ["0"]:
-                    log_text = (tmp_path / "prometheus.log").read_text()
-                    assert time.monotonic() < deadline, (health, fenced, log_text)
+                    prom_log = tmp_path / "prometheus.log"  # read only if the assert fails
+                    assert time.monotonic() < deadline, (health, fenced, prom_log.read_text())
                     time.sleep(0.5)
                     targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
                     health = {t["labels"]["job"]: t["health"] for t in targets}
