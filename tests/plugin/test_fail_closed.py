@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pausesvc_vllm import PauseGateMiddleware
-from pausesvc_vllm._adapters import BaseNames, Target, body_model
+from pausesvc_vllm._adapters import BaseNames, Target, body_model, is_stepwise
 from pausesvc_vllm._routes import GatedPaths, route_table
 
 from pausesvc import AsyncPauseClient, Settings
@@ -170,6 +170,237 @@ async def test_sagemaker_header_names_the_adapter(gate_factory: Any, client: Asy
     await finish(t1, t2, t3)
 
 
+async def test_every_sagemaker_header_value_is_checked(gate_factory: Any, client: AsyncPauseClient) -> None:
+    """vLLM reads the FIRST value of a repeated adapter header (Starlette's Headers.get), a proxy
+    may read another: held while any value names a paused adapter, in either order."""
+    app = EchoApp()
+    mw = await gate_factory(app)
+    await seen(mw, await client.pause("lora-a"))
+    tasks = []
+    for values in ((b"lora-a", b"lora-b"), (b"lora-b", b"lora-a")):
+        hdr = [(b"content-type", b"application/json"), *((SM, v) for v in values)]
+        held, task, _ = await held_or_served(mw, http_scope("/invocations", headers=hdr), req("lora-b"))
+        tasks.append(task)
+        assert held, values
+    two = [(b"content-type", b"application/json"), (SM, b"lora-b"), (SM, b"lora-c")]
+    held, task, send = await held_or_served(mw, http_scope("/invocations", headers=two), req("lora-b"))
+    assert not held and send.status == 200 and app.calls and len(app.calls) == 1
+    await client.resume("lora-a")
+    await finish(*tasks, task)
+
+
+async def test_invocations_without_the_header_is_a_base_model_request(
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
+    """On /invocations vLLM replaces the body's model with the header's value - null, the base
+    model, when there is none (or it is empty): a pause of the base model holds it whatever the
+    body names; elsewhere the body's model decides."""
+    app = EchoApp()
+    mw = await gate_factory(app, base_model_names=["tiny"])
+    await seen(mw, await client.pause("tiny"))
+    json_ct = [(b"content-type", b"application/json")]
+    tasks = []
+    for hdr in (json_ct, [*json_ct, (SM, b"")], [*json_ct, (SM, b"  ")]):
+        held, task, _ = await held_or_served(mw, http_scope("/invocations", headers=hdr), req("lora-b"))
+        tasks.append(task)
+        assert held, hdr
+    held, task, send = await held_or_served(mw, http_scope("/v1/completions", headers=json_ct), req("lora-b"))
+    assert not held and send.status == 200
+    named = [*json_ct, (SM, b"lora-b")]
+    held2, task2, _ = await held_or_served(mw, http_scope("/invocations", headers=named), req(None))
+    assert held2  # the body's model (none: the base model) counts too: held, the safe side
+    await client.resume("tiny")
+    await finish(*tasks, task, task2)
+
+
+async def test_a_form_naming_two_models_is_held_while_anything_is_paused(
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
+    """Starlette's form parser reads a repeated field's LAST value, others the first: a form
+    whose ``model`` fields differ cannot be told, so it is held while anything is paused."""
+    app = EchoApp()
+    mw = await gate_factory(app)
+    await seen(mw, await client.pause("lora-a"))
+    form = [(b"content-type", b"application/x-www-form-urlencoded")]
+    mp = [(b"content-type", b"multipart/form-data; boundary=B")]
+    multipart = (
+        b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nlora-b\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nlora-a\r\n--B--\r\n'
+    )
+    held1, t1, _ = await held_or_served(
+        mw, http_scope("/v1/audio/translations", headers=form), b"model=lora-b&model=lora-a"
+    )
+    held2, t2, _ = await held_or_served(mw, http_scope("/v1/audio/transcriptions", headers=mp), multipart)
+    held3, t3, send = await held_or_served(
+        mw, http_scope("/v1/audio/translations", headers=form), b"model=lora-b&model=lora-b"
+    )
+    assert held1 and held2 and not held3 and send.status == 200
+    await client.resume("lora-a")
+    await finish(t1, t2, t3)
+
+
+def test_any_model_name_may_be_the_base_model_when_vllm_skips_name_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``VLLM_SKIP_MODEL_NAME_VALIDATION=1``: vLLM runs a request naming an unknown model on the
+    base model, so a pause of the base model must hold (and drain) every request."""
+    monkeypatch.setenv("VLLM_SKIP_MODEL_NAME_VALIDATION", "true")
+    names = BaseNames(["tiny"])
+    assert names.any_name
+    t = Target(names, body=b'{"model": "whatever"}')
+    assert t.matches("tiny") and t.matches("whatever") and not t.matches("lora-a")
+    assert set(t.check() or ()) == {"tiny", "whatever"}
+    assert t.display == "whatever"
+    monkeypatch.setenv("VLLM_SKIP_MODEL_NAME_VALIDATION", "0")
+    plain = Target(BaseNames(["tiny"]), body=b'{"model": "whatever"}')
+    assert not plain.matches("tiny") and plain.check() == ["whatever"]
+
+
+def test_a_base_model_request_may_run_on_a_default_multimodal_lora() -> None:
+    """``--default-mm-loras``: vLLM may put a base-model chat request on the LoRA named after a
+    modality of its content, so a pause of that LoRA holds base-model requests too."""
+    app = SimpleNamespace(
+        state=SimpleNamespace(
+            args=SimpleNamespace(
+                model="/m/tiny", served_model_name=["tiny"], default_mm_loras={"audio": "/l"}
+            )
+        )
+    )
+    names = BaseNames(any_name=False)
+    assert names.learn(app) and names.mm_loras == ("audio",)
+    base = Target(names, body=b'{"model": "tiny", "messages": []}')
+    assert base.matches("audio") and base.matches("tiny") and base.display == "tiny"
+    lora = Target(names, body=b'{"model": "lora-a"}')
+    assert not lora.matches("audio")
+
+
+async def test_a_base_model_drain_aborts_engine_requests_of_any_id_shape(
+    gate_factory: Any, client: AsyncPauseClient
+) -> None:
+    """vLLM derives engine ids in shapes of its own per endpoint (Responses ``resp_<random>``,
+    chat batch ``chatcmpl-<id>_<i>``, beam search ``cmpl-<id>-0-<uuid>-beam-<i>``): a drain of
+    the base model aborts every request with no LoRA, whatever its id, and no LoRA's request."""
+    engine = FakeEngine()
+    ids = ["resp_0a1b2c", "chatcmpl-{rid}_0", "cmpl-{rid}-0-9f8e7d-beam-1", "unrelated-{rid}"]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        model = json.loads((await receive())["body"]).get("model")
+        rid = next(v for k, v in scope["headers"] if k == b"x-request-id").decode()  # the first
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        shape = ids.pop(0) if model != "lora-a" else "cmpl-{rid}-0-x-beam-0"
+        st = engine.add(shape.format(rid=rid), "lora-a" if model == "lora-a" else None)
+        await st.done.wait()
+        await send({"type": "http.response.body", "body": b"done"})
+
+    vllm_app = SimpleNamespace(state=SimpleNamespace(engine_client=engine))
+    mw = await gate_factory(app, base_model_names=["tiny"])
+    await asyncio.sleep(0.3)  # registered
+    dup = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
+    base = [
+        asyncio.create_task(mw(http_scope(app=vllm_app), Receiver(body_message(req(m))), Recorder()))
+        for m in ("tiny", None, "tiny")
+    ]
+    base.append(
+        asyncio.create_task(
+            mw(http_scope(app=vllm_app, headers=dup), Receiver(body_message(req("tiny"))), Recorder())
+        )
+    )
+    lora = asyncio.create_task(
+        mw(http_scope(app=vllm_app), Receiver(body_message(req("lora-a"))), Recorder())
+    )
+    await asyncio.sleep(0.2)
+    assert len(engine.output_processor.request_states) == 5
+    await client.pause("tiny", drain=True, timeout=5)
+    assert all(t.done() for t in base) and not lora.done()
+    assert len(engine.aborted) == 4 and not any("beam-0" in a for a in engine.aborted)
+    admitted = {a.base for a in mw.runtime._admitted}
+    assert "second" not in admitted
+    for st in list(engine.output_processor.request_states.values()):
+        st.done.set()
+    await finish(*base, lora)
+
+
+async def test_a_drain_ends_a_beam_search_whole(gate_factory: Any, client: AsyncPauseClient) -> None:
+    """vLLM runs a beam search as one engine request per step: aborting the engine's requests
+    only ends a step, the next starts. The drain ends the request whole: its ``receive()``
+    reports a disconnect (vLLM's ``with_cancellation`` then cancels the handler) and the client
+    gets an aborted request's answer. A request without beam search keeps the plain abort."""
+    engine = FakeEngine()
+    cancelled: list[str] = []
+
+    async def beam(rid: str, lora: str | None) -> None:
+        try:
+            for i in range(10_000):
+                st = engine.add(f"cmpl-{rid}-0-5eed-beam-{i}", lora)
+                await st.done.wait()  # an abort ends this step only
+                await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            cancelled.append(rid)
+            raise
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # like with_cancellation
+        data = json.loads((await receive())["body"])
+        rid = next(v for k, v in scope["headers"] if k == b"x-request-id").decode()
+        handler = asyncio.create_task(beam(rid, data["model"] if data["model"] != "tiny" else None))
+        listener = asyncio.ensure_future(receive())
+        await asyncio.wait((handler, listener), return_when=asyncio.FIRST_COMPLETED)
+        handler.cancel()
+        listener.cancel()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"null"})  # FastAPI's None
+
+    vllm_app = SimpleNamespace(state=SimpleNamespace(engine_client=engine))
+    mw = await gate_factory(app, base_model_names=["tiny"])
+    await asyncio.sleep(0.3)  # registered
+    for model in ("lora-a", "tiny"):
+        body = json.dumps({"model": model, "prompt": "x", "use_beam_search": True, "n": 2}).encode()
+        send = Recorder()
+        task = asyncio.create_task(mw(http_scope(app=vllm_app), Receiver(body_message(body)), send))
+        await asyncio.sleep(0.2)
+        grant = await client.pause(model, drain=True, timeout=5)
+        await asyncio.wait_for(task, 5)
+        assert send.status == 200, model
+        assert [c["finish_reason"] for c in send.json()["choices"]] == ["abort", "abort"], send.body
+        await client.resume(model, token=grant.token)
+    assert len(cancelled) == 2 and mw.runtime.stats.stepwise_cuts == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "stepwise"),
+    [
+        (b'{"model": "a", "use_beam_search": true}', True),
+        (b'{"model": "a", "use_beam_search": "yes"}', True),
+        (b'{"model": "a", "use_beam_search": false}', False),
+        (b'{"model": "a", "use_beam_search": "False"}', False),
+        (b'{"model": "a", "prompt": "use_beam_search"}', False),
+        (b'{"model": "a", "use\\u005fbeam_search": 1}', True),
+        ('{"use_beam_search": true}'.encode("utf-16"), True),
+        (b'{"model": "a"}', False),
+        (b"not json use_beam_search", False),
+    ],
+)
+def test_is_stepwise(body: bytes, stepwise: bool) -> None:
+    assert is_stepwise(body) is stepwise
+
+
+async def test_a_repeated_request_id_is_recorded_as_vllm_reads_it(gate_factory: Any) -> None:
+    """vLLM takes the FIRST ``X-Request-Id`` (Starlette's Headers.get) and derives its engine
+    ids from it: the gate records the same one."""
+    seen_ids: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        seen_ids.extend(a.base for a in mw.runtime._admitted)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = await gate_factory(app)
+    dup = [(b"x-request-id", b"first"), (b"x-request-id", b"second")]
+    send = Recorder()
+    await mw(http_scope(headers=dup), Receiver(body_message(req("lora-a"))), send)
+    assert send.status == 200 and seen_ids == ["first"]
+
+
 async def test_form_bodies_name_the_adapter(gate_factory: Any, client: AsyncPauseClient) -> None:
     app = EchoApp()
     mw = await gate_factory(app)
@@ -278,10 +509,11 @@ async def test_a_pause_of_a_served_name_drains_requests_without_a_model(
     engine = FakeEngine()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:  # reaches the engine, runs
-        await receive()
+        model = json.loads((await receive())["body"]).get("model")
         base = dict(scope["headers"])[b"x-request-id"].decode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        st = engine.add(f"cmpl-{base}-0", None)
+        # vLLM: a LoRA's request carries its lora_name, the base model's None
+        st = engine.add(f"cmpl-{base}-0", model if model == "lora-a" else None)
         await st.done.wait()
         await send({"type": "http.response.body", "body": b"aborted"})
 

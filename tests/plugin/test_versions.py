@@ -279,6 +279,26 @@ async def test_direct_loads(gate_factory: Any, client: AsyncPauseClient, tmp_pat
     assert r.status == 200 and len(app.calls) == calls
 
 
+async def test_sagemaker_register_is_a_direct_load(
+    gate_factory: Any, client: AsyncPauseClient, tmp_path: Path
+) -> None:
+    """SageMaker's ``POST /adapters`` loads weights as ``/v1/load_lora_adapter`` does (the name
+    in the body, or in the query when the body is not JSON): refused for a managed adapter."""
+    engine = LoraEngine()
+    app = ServingApp(engine)
+    mw = await _started(gate_factory, app)
+    (tmp_path / "v1").mkdir()
+    await client.set_version("lora-t", "v1", str(tmp_path / "v1"))
+    await _until(lambda: _true(mw.runtime.versions.loaded.get("lora-t") == "v1"))
+    calls = len(app.calls)
+    for body, query in ((b'{"name": "lora-t", "src": "/elsewhere"}', b""), (b"", b"name=lora-t&src=/x")):
+        send = Recorder()
+        scope = {**http_scope("//adapters/", app=app.app), "query_string": query}
+        await asyncio.wait_for(mw(scope, Receiver(body_message(body)), send), 5)
+        assert send.status == 409 and send.json()["error"]["code"] == "version_managed", (body, query)
+    assert len(app.calls) == calls
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -2,16 +2,22 @@
 
 - the body's top-level ``"model"``: a JSON object (any content type), or the ``model`` field of a
   ``multipart/form-data`` or ``application/x-www-form-urlencoded`` body (``/v1/audio/*``);
-- the SageMaker header ``X-Amzn-SageMaker-Adapter-Identifier``: on ``/invocations`` vLLM writes it
-  into ``body["model"]`` (replacing what was there, ``null`` when the header is absent). The gate
-  does not rely on that precedence: a request with the header may run on the header's adapter OR
-  the body's model, and is held while either is paused (and drained by a pause of either);
+- the SageMaker header ``X-Amzn-SageMaker-Adapter-Identifier``: on ``/invocations`` vLLM writes
+  its FIRST value into ``body["model"]`` (replacing what was there, ``null`` - the base model -
+  when the header is absent or empty). The gate does not rely on that precedence: a request
+  with the header may run on any of the header's values OR the body's model, and one to
+  ``/invocations`` without it on the base model OR the body's model; it is held while any of
+  them is paused (and drained by a pause of any);
 - no model (absent, ``null``, ``""``, or an empty body) is the base model, and so is every name of
   the base model (:class:`BaseNames`: vLLM's ``--served-model-name`` values and the model path,
-  plus ``base_model_names``): a pause of any of them holds and drains all of them.
+  plus ``base_model_names``): a pause of any of them holds and drains all of them. With
+  ``VLLM_SKIP_MODEL_NAME_VALIDATION`` set, vLLM runs a request naming any model that is not a
+  LoRA on the base model: every request may then be a base-model request. A base-model request
+  may also run on a default multimodal LoRA (``--default-mm-loras``): those are among its names.
 
 A body the gate cannot read a model from (not JSON, a JSON value that is not an object, a
-``model`` that is not a string, a form without a boundary) *could be for any adapter*: it is held
+``model`` that is not a string, a form without a boundary, a form with two different ``model``
+fields - the gate cannot know which one the app reads) *could be for any adapter*: it is held
 while anything at all is paused, and every drain waits for it (fail closed). vLLM answers most of
 them 400 anyway.
 """
@@ -19,6 +25,7 @@ them 400 anyway.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -26,10 +33,19 @@ from urllib.parse import parse_qs
 
 from pausesvc import GLOBAL, InvalidInputError, validate_name
 
-__all__ = ["SAGEMAKER_ADAPTER_HEADER", "BaseNames", "Target", "body_model"]
+__all__ = [
+    "SAGEMAKER_ADAPTER_HEADER",
+    "SAGEMAKER_INVOCATIONS_PATH",
+    "BaseNames",
+    "Target",
+    "body_model",
+    "is_stepwise",
+]
 
 #: vLLM 0.32's ``/invocations`` (model_hosting_container_standards ``inject_adapter_id``).
 SAGEMAKER_ADAPTER_HEADER = b"x-amzn-sagemaker-adapter-identifier"
+#: the one route vLLM applies that header on (normalized path)
+SAGEMAKER_INVOCATIONS_PATH = "/invocations"
 
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
 _FORM_MODEL = re.compile(rb'(?:^|;)\s*name="?model"?\s*(?:;|$)', re.IGNORECASE)
@@ -59,12 +75,17 @@ class BaseNames:
     (``PAUSESVC_BASE_MODEL_NAMES``, which also works without vLLM).
     """
 
-    __slots__ = ("canonical", "learned", "names")
+    __slots__ = ("any_name", "canonical", "learned", "mm_loras", "names")
 
-    def __init__(self, configured: Iterable[str] = ()) -> None:
+    def __init__(self, configured: Iterable[str] = (), *, any_name: bool | None = None) -> None:
         self.names: frozenset[str] = frozenset()
         self.canonical = ""
         self.learned = False
+        #: vLLM runs a request naming any non-LoRA model on the base model
+        #: (``VLLM_SKIP_MODEL_NAME_VALIDATION``, read from this process's environment as vLLM does)
+        self.any_name = _skip_validation() if any_name is None else any_name
+        #: LoRAs vLLM may put a base-model request on by its content (``--default-mm-loras``)
+        self.mm_loras: tuple[str, ...] = ()
         self._add(list(configured))
 
     def _add(self, names: list[str]) -> None:
@@ -87,6 +108,9 @@ class BaseNames:
             served = getattr(args, "served_model_name", None)
             found += list(served) if isinstance(served, list | tuple) else [served]
             found.append(getattr(args, "model", None))
+            mm = getattr(args, "default_mm_loras", None)
+            if isinstance(mm, dict):
+                self.mm_loras = tuple(sorted(n for n in mm if isinstance(n, str) and _valid(n)))
         names = [n for n in found if isinstance(n, str) and n]
         if not names:
             return False
@@ -109,6 +133,19 @@ class BaseNames:
         return sorted(self.names) or [GLOBAL]
 
 
+def _skip_validation() -> bool:
+    """vLLM's ``VLLM_SKIP_MODEL_NAME_VALIDATION`` (its own parsing: ``1`` or ``true``)."""
+    return os.environ.get("VLLM_SKIP_MODEL_NAME_VALIDATION", "0").strip().lower() in ("1", "true")
+
+
+def _one(values: list[str]) -> str | None:
+    """The value of a form field given ``values`` times; None (cannot tell) when they differ:
+    Starlette reads the last, other parsers the first."""
+    if not values:
+        return ""
+    return values[0] if len(set(values)) == 1 else None
+
+
 def body_model(body: bytes, content_type: bytes | None = None) -> str | None:
     """The model a body names: a name, ``""`` for none (the base model), None when it cannot
     be told (not JSON, not an object, a non-string model, a malformed form)."""
@@ -120,7 +157,7 @@ def body_model(body: bytes, content_type: bytes | None = None) -> str | None:
             values = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
             return None
-        return values.get("model", [""])[0]
+        return _one(values.get("model", []))
     if not body.strip():
         return ""
     try:
@@ -142,6 +179,7 @@ def _multipart_model(body: bytes, content_type: bytes) -> str | None:
     delimiter = b"--" + m.group(1)
     if delimiter not in body:
         return None
+    found: list[str] = []
     for part in body.split(delimiter)[1:]:
         if part.startswith(b"--"):  # the closing delimiter
             break
@@ -154,10 +192,39 @@ def _multipart_model(body: bytes, content_type: bytes) -> str | None:
                 if value.endswith(b"\r\n"):
                     value = value[:-2]
                 try:
-                    return value.decode("utf-8").strip()
+                    found.append(value.decode("utf-8").strip())
                 except UnicodeDecodeError:
                     return None
-    return ""
+                break
+    return _one(found)
+
+
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n", ""})
+
+
+def is_stepwise(body: bytes) -> bool:
+    """May this body ask for beam search (``use_beam_search``)? vLLM's serving layer runs a
+    beam search as one engine request PER STEP, so aborting the engine's requests does not end
+    it: the next step starts a new one. A drain has to end the whole request (see
+    :func:`pausesvc_vllm._asgi.cuttable_receive`). Told without parsing when the field's
+    name cannot be in the body (no escape, not UTF-16/32); parsed otherwise. A value pydantic
+    might read as true - anything but false, 0, null or a false-like string - counts."""
+    if (
+        b"use_beam_search" not in body
+        and b"\\u" not in body
+        and not (body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4])
+    ):
+        return False
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False  # vLLM answers 400: nothing runs
+    if not isinstance(data, dict) or "use_beam_search" not in data:
+        return False
+    value = data["use_beam_search"]
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE
+    return value not in (None, False, 0)
 
 
 class Target:
@@ -165,7 +232,7 @@ class Target:
     when it cannot be told. Parsed from the body on first use when ``lazy`` (the gate's fast
     path, when nothing is paused: only a drain or a status asks)."""
 
-    __slots__ = ("_body", "_ctype", "_names", "_parsed", "base", "header")
+    __slots__ = ("_body", "_ctype", "_names", "_parsed", "base", "header", "invocations")
 
     def __init__(
         self,
@@ -173,18 +240,27 @@ class Target:
         *,
         body: bytes | None = None,
         content_type: bytes | None = None,
-        header: str | None = None,
+        header: str | Collection[str] | None = None,
+        invocations: bool = False,
         names: tuple[str, ...] | None = None,
         lazy: bool = False,
     ) -> None:
         self.base = base
-        self.header = header or None
+        #: the adapter header's (non-empty) values, in order; None: none
+        self.header: tuple[str, ...] | None = None
+        if header is not None:  # (the usual request has none: nothing to build)
+            values = (header,) if isinstance(header, str) else header
+            self.header = tuple(dict.fromkeys(v for v in values if v)) or None
+        #: SageMaker's ``/invocations``: with no adapter header vLLM runs it on the base model
+        self.invocations = invocations
         self._body = body
         self._ctype = content_type
         self._names = names
         self._parsed = body is None
         if not lazy and body is not None:
             self._parse()
+        elif names is not None:
+            self._names = self._widen(list(names))
 
     def _parse(self) -> None:
         body, self._body, self._parsed = self._body, None, True
@@ -192,10 +268,23 @@ class Target:
         if model is None:
             self._names = None
             return
-        names = [self.header] if self.header else []
+        names = list(self.header or ())
+        if self.invocations and not names:
+            names.append("")  # vLLM replaces the body's model with null: the base model
         if model not in names:
             names.append(model)
-        self._names = tuple(names)
+        self._names = self._widen(names)
+
+    def _widen(self, names: list[str]) -> tuple[str, ...]:
+        """``names`` plus where vLLM may run such a request besides: the base model for any
+        name under ``VLLM_SKIP_MODEL_NAME_VALIDATION``, a default multimodal LoRA for a
+        base-model request."""
+        base = self.base
+        if base.any_name and not any(base.is_base(n) for n in names):
+            names.append("")
+        if base.mm_loras and any(base.is_base(n) for n in names):
+            names += [n for n in base.mm_loras if n not in names]
+        return tuple(names)
 
     @property
     def names(self) -> tuple[str, ...] | None:
@@ -220,7 +309,7 @@ class Target:
         else - a form-urlencoded or UTF-16/32 body, the adapter header, a base-model name
         among ``names`` (a body naming no model counts as the base model) - is parsed.
         """
-        if self._parsed or self.header is not None:
+        if self._parsed or self.header is not None or self.invocations:
             return True
         body = self._body
         assert body is not None

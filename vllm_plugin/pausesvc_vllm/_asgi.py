@@ -387,6 +387,33 @@ class _Resumed:
                     return done.value  # type: ignore[no-any-return]
 
 
+def cuttable_receive(receive: Receive, cut: asyncio.Future[None]) -> Receive:
+    """``receive`` (a :func:`replaying_receive`) whose calls after the first - the body - also
+    end with an ``http.disconnect`` once ``cut`` is done: vLLM cancels a request's handler on
+    a disconnect (``with_cancellation``, a streaming response's listener), which is how a drain
+    ends a request that aborting its engine requests does not end (beam search)."""
+    first = True
+
+    async def wrapped() -> Message:
+        nonlocal first
+        if first:
+            first = False
+            return await receive()
+        if cut.done():
+            return {"type": "http.disconnect"}
+        real = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((real, cut), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not real.done():
+                real.cancel()
+        if real.done() and not real.cancelled():
+            return real.result()
+        return {"type": "http.disconnect"}
+
+    return wrapped
+
+
 def replaying_receive(
     body: bytes,
     receive: Receive,

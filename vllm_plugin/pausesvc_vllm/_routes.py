@@ -23,7 +23,7 @@ from typing import Any
 
 from pausesvc_vllm._asgi import PathMatcher, Scope, normalize_path, route_path
 
-__all__ = ["LOAD_PATH", "OWN_PREFIXES", "SAFE_METHODS", "GatedPaths", "route_table"]
+__all__ = ["LOAD_PATH", "OWN_PREFIXES", "REGISTER_PATH", "SAFE_METHODS", "GatedPaths", "route_table"]
 
 #: Methods never gated: they read, they do not generate (no vLLM route generates on GET).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -31,6 +31,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OWN_PREFIXES = ("/skyrl/v1/", "/pausesvc/")
 #: vLLM's direct adapter load (``_loads.py``)
 LOAD_PATH = "/v1/load_lora_adapter"
+#: SageMaker's adapter registration: the same load (``_loads.py``)
+REGISTER_PATH = "/adapters"
 
 
 def _segments(path: str) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ from pausesvc import (
     release_watcher,
 )
 from pausesvc import shared_watcher as _shared_watcher
-from pausesvc_vllm._adapters import Target
+from pausesvc_vllm._adapters import BaseNames, Target
 from pausesvc_vllm._asgi import BodyDeadlines
 from pausesvc_vllm._engine import EngineRequest, abort_internal, engine_client, find_requests
 from pausesvc_vllm._stats import GateStats
@@ -93,12 +93,15 @@ class Admission:
     the request path.
     """
 
-    __slots__ = ("base", "since", "target")
+    __slots__ = ("base", "cut", "since", "target")
 
     def __init__(self, target: Target, base: str) -> None:
         self.target = target
         self.base = base
         self.since = time.monotonic()
+        #: for a request aborting its engine requests does not end (beam search: one engine
+        #: request per step), done when a drain ends it as a whole; None: not such a request
+        self.cut: asyncio.Future[None] | None = None
 
     @property
     def adapter(self) -> str | None:
@@ -125,6 +128,8 @@ class GateRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: every name of the base model (learned from the vLLM app by the middleware)
+        self.base_names = BaseNames(settings.base_model_names)
         self.stats = GateStats()
         self.stats.in_flight_source = self._count_in_flight
         self._rid_prefix = uuid.uuid4().hex[:20]
@@ -498,7 +503,10 @@ class GateRuntime:
         if engine is None:
             return []
         everything = name is None or name == GLOBAL
-        return find_requests(engine, None if everything else name, bases, everything=everything)
+        base = not everything and name is not None and self.base_names.is_base(name)
+        return find_requests(
+            engine, None if everything else name, bases, everything=everything, base_model=base
+        )
 
     def _merge_aborted(self, name: str, key: _PauseKey, state: AdapterState, aborted: list[str]) -> list[str]:
         """The same pause drained again (a holder asked again, concurrent SkyRL aborts):
@@ -553,6 +561,12 @@ class GateRuntime:
             if not wanted():
                 return None
             victims = self.in_flight(name)
+            for a in victims:
+                if a.cut is not None and not a.cut.done():
+                    # each step of a beam search is an engine request of its own: end it whole
+                    a.cut.set_result(None)
+                    self.stats.stepwise_cuts += 1
+                    logger.info("pausesvc gate: cut a beam search of %r (request %s)", name, a.base)
             aborted += await self._abort_new(name, {a.base for a in victims}, seen)
             if not victims:
                 return aborted

@@ -37,6 +37,7 @@ class GateStats:
         self.heartbeat_errors = 0
         self.fences = 0  # times this process fenced itself (no proven round trip to Redis)
         self.fenced_cuts = 0  # admitted responses cut because the process was fenced
+        self.stepwise_cuts = 0  # beam searches a drain ended whole (one engine request per step)
 
     @property
     def in_flight(self) -> Counter[str]:
@@ -81,6 +82,7 @@ class GateStats:
             "over_capacity": self.over_capacity,
             "fences": self.fences,
             "fenced_cuts": self.fenced_cuts,
+            "stepwise_cuts": self.stepwise_cuts,
             "unauthenticated": self.unauthenticated,
             "too_large": self.too_large,
             "body_timeouts": self.body_timeouts,
@@ -110,6 +112,7 @@ _COUNTERS = {
     "heartbeat_errors": "Registry heartbeats that failed",
     "fences": "Times this process fenced itself (no recent proof of a round trip to Redis)",
     "fenced_cuts": "Admitted responses cut because the process was fenced",
+    "stepwise_cuts": "Beam searches a drain ended as a whole (their steps are engine requests of their own)",
 }
 
 
