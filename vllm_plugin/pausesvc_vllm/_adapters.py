@@ -209,11 +209,9 @@ def is_stepwise(body: bytes) -> bool:
     :func:`pausesvc_vllm._asgi.cuttable_receive`). Told without parsing when the field's
     name cannot be in the body (no escape, not UTF-16/32); parsed otherwise. A value pydantic
     might read as true - anything but false, 0, null or a false-like string - counts."""
-    if (
-        b"use_beam_search" not in body
-        and b"\\u" not in body
-        and not (body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4])
-    ):
+    # (bytes.find: cheaper per call than ``in``; a body that does not open with "{" -
+    # whitespace, UTF-16/32, not JSON - is parsed)
+    if body.find(b"_beam_search") < 0 and body.find(b"\\") < 0 and body[:1] == b"{":
         return False
     try:
         data = json.loads(body)
