@@ -512,3 +512,89 @@ async def test_base_model_paused_by_served_name_holds_and_drains_requests_withou
     await pc.resume("tiny", token=grant.token)
     for res in await asyncio.wait_for(asyncio.gather(held_task, by_path), 60):
         assert res.status_code == 200, res.text
+
+
+# -- request shapes whose engine ids the gate does not make: the base model's drain ------------
+_MSG = {"role": "user", "content": PROMPT}
+_SHAPES = {
+    # the Responses API names its engine request after the body's request_id (resp_<random>)
+    "responses": ("/v1/responses", {"input": PROMPT, "max_output_tokens": 480, "ignore_eos": True}),
+    # a chat batch: one engine request per conversation, chatcmpl-<id>_<i>
+    "chat-batch": ("/v1/chat/completions/batch", {"messages": [[_MSG], [_MSG]], "max_tokens": 480}),
+    # beam search: one engine request PER STEP (cmpl-<id>-0-<uuid>-beam-<i>)
+    "beam": ("/v1/completions", {"prompt": PROMPT, "max_tokens": 300, "use_beam_search": True, "n": 2}),
+}
+
+
+def _generated(shape: str, data: dict[str, Any]) -> int:
+    """Tokens the answer carries (the judge: fewer than asked for - it was cut by the drain)."""
+    if shape == "responses":
+        return int(data["usage"]["output_tokens"])
+    return int(data["usage"]["completion_tokens"])
+
+
+@pytest.mark.parametrize("shape", sorted(_SHAPES))
+async def test_a_base_model_drain_ends_requests_of_every_shape(
+    shape: str, fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
+    """``pause(<base model>, drain=True)`` ends a base-model request in flight whatever engine
+    ids its endpoint derives (its engine requests carry no LoRA) - a beam search, whose steps
+    are engine requests of their own, as a whole - and returns without waiting for it."""
+    url = fleet.urls[0]
+    path, body = _SHAPES[shape]
+    body = {"model": "tiny", "temperature": 0, "ignore_eos": True, **body}
+    asked = body.get("max_output_tokens") or body["max_tokens"] * (2 if shape != "responses" else 1)
+    async for _attempt in attempts():
+        task = asyncio.create_task(http.post(url + path, json=body, timeout=240))
+        await until(lambda: _has_base_request(http, url), timeout=60)
+        grant = await pc.pause("tiny", drain=True, timeout=60)
+        drained = time.monotonic()
+        r = await asyncio.wait_for(task, 60)
+        assert r.status_code == 200, r.text
+        ended = time.monotonic() - drained
+        if _generated(shape, r.json()) < asked:
+            break
+        # decoded whole before the pause reached the gate: nothing to judge yet, try again
+        await pc.resume("tiny", token=grant.token)
+    data = r.json()
+    assert _generated(shape, data) < asked, data
+    assert ended < 5, f"the request ran {ended:.1f}s past the drain"
+    if shape == "chat-batch":
+        assert [c["finish_reason"] for c in data["choices"]] == ["abort", "abort"], data
+    if shape == "beam":  # ended whole: an aborted request's answer, no token of the paused model
+        assert [c["finish_reason"] for c in data["choices"]] == ["abort", "abort"], data
+        assert (await status(http, url))["stats"]["stepwise_cuts"] >= 1
+    assert not await engine_loras(http, url)
+    await pc.resume("tiny", token=grant.token)
+
+
+async def _has_base_request(http: httpx.AsyncClient, url: str) -> bool:
+    return None in await engine_loras(http, url)
+
+
+async def test_invocations_runs_on_the_first_adapter_header_or_the_base_model(
+    fleet: Fleet, pc: AsyncPauseClient, http: httpx.AsyncClient
+) -> None:
+    """vLLM's /invocations reads the FIRST adapter header, and runs a request without one on
+    the base model whatever its body names: both are held by the pause they run under."""
+    url = fleet.urls[1]
+    req = {"prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    grant = await pc.pause("lora-a")
+    await until(lambda: _paused_on(http, url, "lora-a"))
+    two = [
+        ("X-Amzn-SageMaker-Adapter-Identifier", "lora-a"),
+        ("X-Amzn-SageMaker-Adapter-Identifier", "lora-b"),
+    ]
+    first = asyncio.create_task(http.post(url + "/invocations", json={**req, "model": "lora-b"}, headers=two))
+    await until(lambda: _eq(held(http, url, "lora-a"), 1))
+    await pc.resume("lora-a", token=grant.token)
+    assert (await asyncio.wait_for(first, 120)).status_code == 200
+    base = await pc.pause("tiny")
+    await until(lambda: _paused_on(http, url, "tiny"))
+    no_header = asyncio.create_task(http.post(url + "/invocations", json={**req, "model": "lora-b"}))
+    await until(lambda: _eq(held(http, url, "tiny"), 1))
+    r = await http.post(url + "/v1/completions", json={**req, "model": "lora-b"})
+    assert r.status_code == 200, r.text  # lora-b itself is not paused
+    assert not no_header.done()
+    await pc.resume("tiny", token=base.token)
+    assert (await asyncio.wait_for(no_header, 120)).status_code == 200
