@@ -147,6 +147,8 @@ class PauseWatcher:
         self.reap_leases = reap_leases
 
         self._view = View(on_data_loss=on_data_loss)
+        #: resumes that found nothing in Redis which made us re-read (see :meth:`_settle`)
+        self._unsettled: list[PauseEvent] = []
         # server time = time.monotonic() + offset: mid is the best estimate, low never runs
         # ahead of Redis's clock (TIME was read at or before the reply arrived)
         self._mono_offset = time.time() - time.monotonic()
@@ -586,10 +588,13 @@ class PauseWatcher:
             return "malformed-event"
         verdict = self._view.classify(ev, time.monotonic())
         if verdict == "skip":
+            self._settle(ev)  # in the snapshot already, but a snapshot does not show this
             return None
         if verdict != "apply":
             if verdict == "gap":
                 self.stats.gaps += 1
+            if ev.not_paused:  # settled once the snapshot it makes us read is in the view
+                self._unsettled.append(ev)
             return verdict
         self.stats.events += 1
         self.stats.event_lag_s = max(0.0, self.server_time() - ev.ts) if ev.ts else 0.0
@@ -599,6 +604,14 @@ class PauseWatcher:
         self._schedule_expiry()
         self._advanced()
         return None
+
+    def _settle(self, ev: PauseEvent) -> None:
+        """A resume that found nothing in Redis, already covered by the view's snapshot: it
+        releases the orphan it names (:meth:`View.settle`)."""
+        if ev.not_paused:
+            change = self._view.settle(ev)
+            if change is not None:
+                self._changed(change)
 
     async def read_snapshot(self) -> Snapshot:
         k = self.keys
@@ -630,6 +643,9 @@ class PauseWatcher:
         self._report(done, snap, reason)
         for change in done.changes:
             self._changed(change)
+        unsettled, self._unsettled = self._unsettled, []
+        for ev in unsettled:
+            self._settle(ev)
         for name, desired in done.versions:  # after the pauses
             self._version_changed(name, desired)
         # the proof is dated when the snapshot was SENT, and given only now that the view holds

@@ -9,7 +9,6 @@ revision gap, a reconnect and every second).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -35,7 +34,7 @@ from pausesvc._settings import Settings
 from pausesvc.client._base import BaseClient, PausePlan, lease_lost_message
 from pausesvc.client._drain import list_replicas_sync, wait_drained_sync, wait_versions_sync
 from pausesvc.protocol.codec import parse_snapshot_reply, scores
-from pausesvc.protocol.keys import GLOBAL, validate_name
+from pausesvc.protocol.keys import validate_name
 from pausesvc.protocol.models import (
     AdapterState,
     DesiredVersion,
@@ -53,6 +52,8 @@ __all__ = ["PauseClient"]
 logger = logging.getLogger("pausesvc.client")
 
 RECHECK_S = 1.0
+#: the first and the longest wait before reconnecting a lost subscription (s)
+RECONNECT_S = (0.05, 1.0)
 
 
 class PauseClient(BaseClient):
@@ -244,83 +245,111 @@ class PauseClient(BaseClient):
         return self._swap_result(dv, b, t0)
 
     def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:
-        """Block until ``name`` is not paused. True: not paused; False: still paused at timeout."""
+        """Block until ``name`` is not paused. True: not paused; False: still paused at timeout.
+
+        Follows the state as the watcher does (:meth:`_follow`): a pause Redis lost without a
+        resume stays paused here (an orphan, under ``on_data_loss="hold"``), a lost connection
+        is reconnected (what was paused stays paused meanwhile, and the timeout still counts)."""
         validate_name(name)
         t = validate_timeout(timeout)
         deadline = None if t is None else time.monotonic() + t
-        with translate_redis_errors():
-            pubsub = self._subscribe(self.keys.events)
-            try:
-                while True:
-                    snap = self.snapshot()  # after the subscription is confirmed
-                    if not self._covers(snap, name):
-                        return True
-                    ends = [s.expires_at for n, s in snap.paused.items() if n in (name, GLOBAL)]
-                    lease_end = None if None in ends else max(e for e in ends if e is not None)
-                    wait = RECHECK_S
-                    if lease_end is not None:
-                        wait = min(wait, max(0.0, lease_end - snap.server_time) + 0.005)
-                    if deadline is not None:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return False
-                        wait = min(wait, remaining)
-                    end = time.monotonic() + wait
-                    while time.monotonic() < end:
-                        msg = self._get_message(pubsub, max(0.0, end - time.monotonic()))
-                        if msg is None:
-                            continue
-                        if msg["type"] in ("subscribe", "ssubscribe"):
-                            break  # reconnected: re-read
-                        if msg["type"] in ("message", "smessage"):
-                            try:
-                                ev = json.loads(msg["data"])
-                            except ValueError:
-                                break
-                            if ev.get("name") in (name, GLOBAL) or ev.get("rev", 0) > snap.revision + 1:
-                                break
-            finally:
-                pubsub.close()
+        view = View(on_data_loss=self.settings.on_data_loss)
+        for _ in self._follow(view, tick=RECHECK_S, stop=deadline, expire=True):
+            if not view.is_paused(name):
+                return True
+        return False
 
     def events(self, *, timeout: float | None = None) -> Iterator[PauseEvent]:
         """Yield changes as they are published. A gap, a reconnect, a data loss re-read the
         snapshot and yield the differences the watcher's view would see (op ``resync``;
         ``orphaned`` for a pause Redis lost without a resume, which stays paused; desired
-        versions that changed meanwhile as op ``version``)."""
+        versions that changed meanwhile as op ``version``); so does a periodic re-read every
+        ``resync_interval_s``. A lost connection is reconnected (the view kept). ``timeout``:
+        return after that many seconds without a message."""
         validate_timeout(timeout)
+        view = View(on_data_loss=self.settings.on_data_loss)
+        for ev in self._follow(view, tick=timeout if timeout is not None else 1.0, idle=timeout):
+            if ev is not None:
+                yield ev
+
+    def _follow(
+        self,
+        view: View,
+        *,
+        tick: float,
+        idle: float | None = None,
+        stop: float | None = None,
+        expire: bool = False,
+    ) -> Iterator[PauseEvent | None]:
+        """Keep ``view`` equal to Redis: subscribe, read the snapshot, apply each event in
+        order, re-read on a gap, a reconnect, another epoch and every ``resync_interval_s``.
+
+        Yields None once the state is first read, then each applied event, the differences of
+        each re-read, and None at least every ``tick`` seconds. ``expire``: end the view's
+        leases as they run out (on a clock that never runs ahead of Redis's). Returns after
+        ``idle`` seconds without a message, or at ``stop`` (monotonic). The first connection's
+        failure raises; a connection lost later is reconnected with backoff, the view - what
+        it holds paused, orphans included - kept."""
+        clock = _ServerClock()
+        pubsub = self._start_following(view, clock)
+        delay, stale, quiet_since = RECONNECT_S[0], False, time.monotonic()
+        try:
+            yield None  # the state as first read (not a change)
+            with translate_redis_errors():  # what is not a lost connection
+                while True:
+                    try:
+                        if pubsub is None:
+                            pubsub = self._subscribe(self.keys.events)
+                            logger.warning("pausesvc: subscription back; re-reading the state")
+                        if stale:
+                            changes = self._reset(view, clock)
+                            stale, delay = False, RECONNECT_S[0]
+                            yield from changes
+                        msg = self._get_message(pubsub, _wait(tick, stop, idle, quiet_since))
+                    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                        _close_quietly(pubsub)
+                        pubsub, stale = None, True
+                        logger.warning(
+                            "pausesvc: lost Redis (%s); retrying in %.2fs, still holding", exc, delay
+                        )
+                        time.sleep(min(delay, _wait(delay, stop, None, quiet_since)))
+                        delay = min(RECONNECT_S[1], delay * 2)
+                        if stop is not None and time.monotonic() >= stop:
+                            return
+                        continue
+                    now = time.monotonic()
+                    if msg is not None and msg["type"] in _DELIVERED:
+                        quiet_since = now
+                        ev, stale = _apply(view, msg, clock)
+                        if ev is not None:
+                            yield ev
+                    stale = stale or clock.age() >= self.settings.resync_interval_s
+                    if expire:
+                        view.expire(clock.now())
+                    yield None
+                    if (stop is not None and now >= stop) or (idle is not None and now - quiet_since >= idle):
+                        return
+        finally:
+            _close_quietly(pubsub)
+
+    def _start_following(self, view: View, clock: _ServerClock) -> Any:
+        """The subscription, once the state is first read into ``view`` (a failure raises)."""
         with translate_redis_errors():
             pubsub = self._subscribe(self.keys.events)
             try:
-                view = View()
-                self._reset(view)
-                while True:
-                    msg = self._get_message(pubsub, timeout if timeout is not None else 1.0)
-                    if msg is None:
-                        if timeout is not None:
-                            return
-                        continue
-                    if msg["type"] not in ("message", "smessage", "subscribe", "ssubscribe"):
-                        continue
-                    ev = None
-                    if msg["type"] in ("message", "smessage"):
-                        try:
-                            ev = PauseEvent.from_json(msg["data"])
-                        except (ValueError, KeyError, TypeError):
-                            ev = None
-                    verdict = "resubscribed" if ev is None else view.classify(ev, time.monotonic())
-                    if verdict == "skip":
-                        continue
-                    if ev is not None and verdict == "apply":
-                        view.apply(ev, ev.ts)
-                        yield ev
-                    else:
-                        yield from self._reset(view)
-            finally:
+                self._reset(view, clock)
+                return pubsub
+            except BaseException:
                 pubsub.close()
+                raise
 
-    def _reset(self, view: View) -> list[PauseEvent]:
-        """Re-read the snapshot into ``view``; the differences as events."""
+    def _reset(self, view: View, clock: _ServerClock | None = None) -> list[PauseEvent]:
+        """Re-read the snapshot into ``view``; the differences as events. ``clock`` is set
+        to the snapshot's server time."""
+        t0 = time.monotonic()
         snap = self.snapshot()
+        if clock is not None:
+            clock.set(snap.server_time, t0)
         tombs, cleared = view.wanted(snap)
         done = view.reset(
             snap,
@@ -338,6 +367,9 @@ class PauseClient(BaseClient):
                 ", ".join(done.kept_versions) or "-",
             )
         out = [c.event for c in done.changes if c.event is not None]
+        if clock is not None:
+            unsettled, clock.unsettled = clock.unsettled, []
+            out += [ev for ev in unsettled if view.settle(ev) is not None]
         for name, desired in done.versions:
             st = view.state(name)
             out.append(
@@ -422,3 +454,72 @@ class PauseClient(BaseClient):
                 return
             except Exception as exc:
                 logger.warning("pausesvc: renewing %r failed (%s); retrying", name, exc)
+
+
+_DELIVERED = ("message", "smessage", "subscribe", "ssubscribe")
+
+
+class _ServerClock:
+    """Redis's clock as a lower bound: the server time a snapshot was read at, plus the time
+    since the read was SENT (so it never runs ahead of Redis's)."""
+
+    __slots__ = ("at", "server", "unsettled")
+
+    def __init__(self) -> None:
+        self.server = 0.0
+        self.at = time.monotonic()
+        #: resumes that found nothing in Redis which made the follower re-read (View.settle)
+        self.unsettled: list[PauseEvent] = []
+
+    def set(self, server: float, sent: float) -> None:
+        self.server, self.at = server, sent
+
+    def now(self) -> float:
+        return self.server + (time.monotonic() - self.at)
+
+    def age(self) -> float:
+        """Seconds since the last snapshot was read."""
+        return time.monotonic() - self.at
+
+
+def _wait(tick: float, stop: float | None, idle: float | None, quiet_since: float) -> float:
+    """How long the next read may block: ``tick``, less when ``stop`` or the idle end is near."""
+    wait, now = tick, time.monotonic()
+    if stop is not None:
+        wait = min(wait, stop - now)
+    if idle is not None:
+        wait = min(wait, quiet_since + idle - now)
+    return max(0.0, wait)
+
+
+def _apply(view: View, msg: Any, clock: _ServerClock) -> tuple[PauseEvent | None, bool]:
+    """Apply one delivered message to ``view``: (the event applied or None, must the snapshot
+    be re-read: a gap, another epoch, a resubscription, a malformed event)."""
+    ev = _event(msg)
+    verdict = "resubscribed" if ev is None else view.classify(ev, time.monotonic())
+    if ev is not None and verdict == "apply":
+        view.apply(ev, clock.now())
+        return ev, False
+    if ev is not None and ev.not_paused:
+        # a resume that found nothing: the orphan it names is released once the snapshot
+        # covers it (now, for a skip; after the re-read otherwise)
+        if verdict == "skip":
+            return (ev if view.settle(ev) is not None else None), False
+        clock.unsettled.append(ev)
+    return None, verdict != "skip"
+
+
+def _event(msg: Any) -> PauseEvent | None:
+    """The event a message carries; None for a (re)subscription or a malformed message."""
+    if msg["type"] not in ("message", "smessage"):
+        return None
+    try:
+        return PauseEvent.from_json(msg["data"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _close_quietly(pubsub: Any) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            pubsub.close()

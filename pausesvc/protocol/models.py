@@ -348,7 +348,10 @@ class PauseEvent:
     """One change of one adapter, as published (or as synthesized by a resync: op 'resync').
 
     Op ``version`` sets (``version``) or clears (``version`` None) the adapter's desired weight
-    version; its ``paused`` and ``state`` are the adapter's pause state, unchanged."""
+    version; its ``paused`` and ``state`` are the adapter's pause state, unchanged.
+
+    ``not_paused``: a ``resume`` that found nothing to release in Redis; ``token`` is the token
+    it presented (None: none). It releases an orphan only if it names the orphan's hold."""
 
     revision: int
     epoch: str | None
@@ -359,6 +362,8 @@ class PauseEvent:
     state: AdapterState | None
     ts: float
     version: DesiredVersion | None = None
+    not_paused: bool = False
+    token: str | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> PauseEvent:
@@ -379,6 +384,8 @@ class PauseEvent:
             AdapterState.from_wire(state) if isinstance(state, dict) else None,
             _ms(data.get("ts", 0)),
             DesiredVersion.from_wire(version) if isinstance(version, dict) else None,
+            data.get("not_paused") is True,
+            None if (token := data.get("token")) is None else str(token),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,6 +401,9 @@ class PauseEvent:
         }
         if self.op == "version":
             out["version"] = self.version.to_dict() if self.version else None
+        if self.not_paused:
+            out["not_paused"] = True
+            out["token"] = self.token
         return out
 
 

@@ -205,10 +205,35 @@ class View:
         else:
             self.paused[name] = state
         released = False
-        if ev is not None and ev.op not in ("resync", "version") and name in self.orphans:
-            # a controller re-asserted this adapter after the data loss: Redis is the truth again
+        reasserted = ev is not None and ev.op not in ("resync", "version") and name in self.orphans
+        if reasserted and ev is not None and (not ev.not_paused or self.names_orphan(name, ev)):
+            # a controller re-asserted this adapter after the data loss (or its holder released
+            # the very hold this view keeps): Redis is the truth again
             released = self.release_orphan(name)
         return Change(name, state, ev, released)
+
+    def names_orphan(self, name: str, ev: PauseEvent) -> bool:
+        """May a resume that found nothing in Redis (``ev.not_paused``) release the orphan
+        ``name``? Without a token it is unfenced (a re-assertion, as its tombstone says); with
+        one, only if it is the token of the holder's hold this view keeps: Redis cannot check
+        a token it lost, and a stale controller's resume releases nothing."""
+        if ev.token is None:
+            return True
+        orphan = self.orphans.get(name)
+        hold = orphan.holders.get(ev.holder or "") if orphan is not None else None
+        return hold is not None and ev.token == hold.token
+
+    def settle(self, ev: PauseEvent) -> Change | None:
+        """After a re-read that ``ev`` caused (another epoch, a revision gone back: the event
+        itself was not applied), release the orphan a resume that found nothing names - if the
+        snapshot covers the event (same epoch, at or after its revision). None: nothing."""
+        name = ev.name
+        if not ev.not_paused or ev.epoch != self.epoch or ev.revision > self.revision:
+            return None
+        if name not in self.orphans or not self.names_orphan(name, ev):
+            return None
+        self.release_orphan(name)
+        return Change(name, self.paused.get(name), ev, True)
 
     def release_orphan(self, name: str) -> bool:
         """Stop holding an orphan (an operator's confirmation, a resume, its lease's end)."""

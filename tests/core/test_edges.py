@@ -7,6 +7,7 @@ without persistence (``fresh_redis``), exactly as a Redis restart without AOF lo
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -87,6 +88,73 @@ async def test_restart_without_aof_orphans_the_pause_and_the_next_pause_is_new(
         # a controller's resume re-asserts the orphan
         await c.resume("a", holder="ctl")
         await until(lambda: not w.is_paused("a"))
+
+
+@pytest.mark.parametrize("noticed", ["before", "by-the-resume"])
+async def test_after_a_data_loss_only_the_orphans_own_token_releases_it(
+    fresh_redis: EmbeddedRedis, namespace: str, noticed: str
+) -> None:
+    """Redis lost controller 2's pause; controller 1, whose lease ran out before, still has
+    its old token. Redis cannot check a token it lost, the views can: the stale token's resume
+    releases nothing (nor does another holder's token), the current holder's token does -
+    whether the view noticed the loss before the resume or only through the resume's event."""
+    url = fresh_redis.url
+    async with PauseWatcher(url, namespace=namespace, max_backoff=0.2, resync_interval=30) as w:
+        with PauseClient(url, namespace=namespace) as c:
+            stale = c.pause("a", holder="trainer", ttl=0.3)
+            await asyncio.sleep(0.5)
+            c.reap()
+            current = c.pause("a", holder="trainer")
+            c.pause("b", holder="trainer")
+        await until(lambda: w.is_paused("a") and w.is_paused("b"))
+        r = redis.Redis.from_url(url)
+        r.flushall()  # the loss: no restart, nothing the watcher sees until the next change
+        r.close()
+        with PauseClient(url, namespace=namespace) as c:
+            if noticed == "before":
+                c.pause("c", holder="other")
+                await until(lambda: w.stats.data_losses >= 1 and "a" in w.orphans, 10)
+            c.resume("a", holder="trainer", token=stale.token)  # the zombie controller
+            c.resume("a", holder="other", token=current.token)  # the right token, not its holder
+            c.resume("b", holder="trainer", token=stale.token)
+            c.pause("d", holder="other")  # an event after them: the view has seen them
+            await until(lambda: w.is_paused("d"), 10)
+            assert w.is_paused("a") and "a" in w.orphans and w.is_paused("b")
+            c.resume("a", holder="trainer", token=current.token)  # the current holder
+            await until(lambda: not w.is_paused("a"), 10)
+            assert w.is_paused("b") and "b" in w.orphans
+
+
+async def test_the_blocking_wait_holds_a_pause_redis_lost_and_survives_a_restart(
+    fresh_redis: EmbeddedRedis, namespace: str
+) -> None:
+    """``PauseClient.wait_unpaused`` (``pausesvc wait``) follows the state as the watcher
+    does: a FLUSHALL or a restart without AOF does not end the wait (the pause is an orphan),
+    a dropped connection is reconnected, and the controller's resume ends it."""
+    url = fresh_redis.url
+    with PauseClient(url, namespace=namespace) as c:
+        g = c.pause("a", holder="ctl")
+    done: list[bool] = []
+
+    def wait() -> None:
+        with PauseClient(url, namespace=namespace) as w:
+            done.append(w.wait_unpaused("a", timeout=60))
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    await asyncio.sleep(0.5)
+    r = redis.Redis.from_url(url)
+    r.flushall()
+    r.client_kill_filter(_type="pubsub")
+    r.close()
+    await asyncio.sleep(1.5)
+    _restart_empty(fresh_redis)
+    await asyncio.sleep(2.5)  # reconnected and re-read (the loss is seen now)
+    assert t.is_alive() and not done, "the wait ended on a data loss or a lost connection"
+    with PauseClient(url, namespace=namespace) as c:
+        c.resume("a", holder="ctl", token=g.token)
+    t.join(10)
+    assert done == [True]
 
 
 async def test_wait_unpaused_after_a_data_loss_does_not_wait_for_the_lost_revision(

@@ -105,7 +105,7 @@ def test_built_records_equal_and_hash_as_constructed_ones(
     state_args = ("a", {holder: hold}, since, rev, rev)
     built_state, state = _build_state(*state_args), AdapterState(*state_args)
     assert (built_state, repr(built_state)) == (state, repr(state))
-    ev_args = (rev, epoch, "a", "pause", True, holder, state, since, None)
+    ev_args = (rev, epoch, "a", "pause", True, holder, state, since, None, False, token or None)
     built_ev, ev = _build_event(*ev_args), PauseEvent(*ev_args)
     assert (built_ev, repr(built_ev)) == (ev, repr(ev))
     with pytest.raises(dataclasses.FrozenInstanceError):

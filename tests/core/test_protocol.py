@@ -506,6 +506,47 @@ def test_sync_events_follow_a_data_loss(client: PauseClient, raw_redis: redis.Re
     assert ("resync", "a", False) not in got and ("resync", "b", False) not in got, got
 
 
+def test_sync_events_survive_a_dropped_connection(
+    client: PauseClient, raw_redis: redis.Redis, namespace: str
+) -> None:
+    """``events()`` (``pausesvc watch``) reconnects a subscription Redis dropped (a restart,
+    a failover, a CLIENT KILL) and re-reads the state: what changed meanwhile is reported, and
+    it goes on. It does not end with 'Redis unavailable'."""
+    import threading
+
+    got: list[tuple[str, str, bool]] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for ev in client.events(timeout=5):
+                got.append((ev.op, ev.name, ev.paused))
+                if ("pause", "after", True) in got:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    channel = client.keys.events
+    deadline = time.monotonic() + 10
+    while raw_redis.pubsub_numsub(channel)[0][1] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    raw_redis.client_kill_filter(_type="pubsub")
+    with PauseClient(client.url, namespace=namespace) as other:
+        other.pause("meanwhile")  # while the subscription is down (or just back)
+        while raw_redis.pubsub_numsub(channel)[0][1] < 1:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.02)
+        time.sleep(0.3)
+        other.pause("after")
+    t.join(15)
+    assert not errors, errors
+    assert ("pause", "after", True) in got, got
+    assert any(n == "meanwhile" and p for _, n, p in got), got
+
+
 async def test_drain_barriers_reuse_one_subscription_and_late_acks_never_count(
     redis_url: str, namespace: str, raw_redis: redis.Redis
 ) -> None:

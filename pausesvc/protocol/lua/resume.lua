@@ -7,8 +7,14 @@
 --   'not_holder'        paused, but not by this holder: nothing changed
 --   'stale'             the token is not this holder's current one: nothing changed
 -- Guarantees: a stale token never releases anything (fencing). A resume of an adapter that is
--- not paused still bumps the revision and publishes a 'resume' event: it is the signal that
--- tells watchers holding an adapter after a data loss that a controller has re-asserted it.
+-- not paused still bumps the revision and publishes a 'resume' event marked "not_paused": the
+-- signal that tells watchers holding the adapter after a data loss (an orphan) that a
+-- controller re-asserted it. With no token it is unfenced, as any tokenless resume: it writes
+-- the tombstone too, so a watcher that missed the event releases the orphan at its next
+-- re-read. With a token, Redis cannot check it (it lost the hold), so the event carries the
+-- token and NO tombstone is written: a watcher releases the orphan only if the token is the
+-- one of the holder's hold it keeps, and one that misses the event keeps the orphan until it
+-- is forced or its lease ends (the safe side). Forced, it releases everything.
 local name, holder, token, force = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local st = reap(name, load(name))
 if force == '1' then
@@ -25,8 +31,9 @@ if force == '1' then
 end
 if not st then
   local rev = bump()
-  tombstone(name, rev)
-  publish(name, 'resume', holder, nil, rev)
+  local extra = {not_paused = true}
+  if token == '' then tombstone(name, rev) else extra.token = token end
+  publish(name, 'resume', holder, nil, rev, extra)
   return {'not_paused', rev, '', '', epoch()}
 end
 local hold = st.holders[holder]
