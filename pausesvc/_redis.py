@@ -25,6 +25,7 @@ from pausesvc._exceptions import InvalidInputError
 __all__ = [
     "aclose_client",
     "async_client",
+    "check_url",
     "close_client",
     "is_cluster",
     "redact",
@@ -46,7 +47,33 @@ def _check(url: object) -> str:
             f"redis_url {redact(url)!r} must start with one of " + ", ".join(s + "://" for s in _SCHEMES),
             field="redis_url",
         )
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        _check_address(url)
     return url
+
+
+def check_url(url: object) -> str:
+    """``url`` if it is a Redis URL pausesvc can use, else :class:`InvalidInputError` naming
+    ``redis_url`` (the scheme; a one-address URL's host, port and database)."""
+    return _check(url)
+
+
+def _check_address(url: str) -> None:
+    """The host, port and database of a one-address URL: what redis-py would otherwise refuse
+    with a ValueError (a traceback) or quietly read as database 0."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL"
+        raise InvalidInputError(f"redis_url {redact(url)!r}: {exc}", field="redis_url") from None
+    if port == 0:
+        raise InvalidInputError(f"redis_url {redact(url)!r}: port 0", field="redis_url")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise InvalidInputError(
+            f"redis_url {redact(url)!r}: the database must be a number (redis://host:port/0), not {db!r}",
+            field="redis_url",
+        )
 
 
 def redact(url: str) -> str:

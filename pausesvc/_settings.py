@@ -234,6 +234,12 @@ class Settings(BaseSettings):
         description="Control service: concurrent long-polls (/v1/pauses/{name}/wait, "
         "/skyrl/v1/wait_lora_unpaused); beyond: 503.",
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Control service: request body cap, checked before anything reads the "
+        "body (413 over it; a change's body is a few hundred bytes).",
+    )
 
     @model_validator(mode="after")
     def _fence_inequality(self) -> Settings:

@@ -251,6 +251,13 @@ def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: str | None
         click.echo(_describe(state, time.time()))
 
 
+def _describe_orphan(name: str, replicas: list[str]) -> str:
+    return (
+        f"{name}  HELD AS AN ORPHAN by {len(replicas)} live replica(s): Redis lost its pause "
+        f"without a resume ({', '.join(replicas)}); `pausesvc resume {name} --force` releases it"
+    )
+
+
 @cli.command(epilog=EPILOG)
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True)
@@ -258,12 +265,15 @@ def renew(obj: Ctx, name: str, ttl: float, holder: str | None, token: str | None
 @handle_errors
 def status(obj: Ctx, name: str | None, as_json: bool) -> None:
     """Every paused adapter (holders, reason, since, lease expiry, revision), or NAME."""
+    from pausesvc.protocol.codec import orphans_on
+
     with obj.client() as c:
-        snap = c.snapshot()
         if name is not None:
             from pausesvc.protocol.keys import validate_name
 
             validate_name(name)
+        snap = c.snapshot()
+        orphaned = orphans_on(c.replicas())  # what the fleet holds that Redis lost
     if name is not None:
         state = snap.paused.get(name)
         desired = snap.versions.get(name)
@@ -276,6 +286,7 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
                     "revision": snap.revision,
                     "state": state.to_dict() if state else None,
                     "version": desired.to_dict() if desired else None,
+                    "orphaned": orphaned.get(name, []),
                 }
             )
             return
@@ -284,16 +295,20 @@ def status(obj: Ctx, name: str | None, as_json: bool) -> None:
             click.echo(f"{name} is not paused{extra}  (revision {snap.revision})")
         else:
             click.echo(_describe(state, snap.server_time))
+        if name in orphaned:
+            click.echo(_describe_orphan(name, orphaned[name]))
         if desired is not None:
             click.echo(_describe_version(desired, snap.server_time))
         return
     if as_json:
-        _print_json(snap.to_dict())
+        _print_json({**snap.to_dict(), "orphaned": orphaned})
         return
     if not snap.paused:
         click.echo(f"nothing is paused  (revision {snap.revision})")
     for st in sorted(snap.paused.values(), key=lambda s: s.name):
         click.echo(_describe(st, snap.server_time))
+    for orphan, holders in orphaned.items():
+        click.echo(_describe_orphan(orphan, holders))
     for dv in sorted(snap.versions.values(), key=lambda d: d.name):
         click.echo(_describe_version(dv, snap.server_time))
 

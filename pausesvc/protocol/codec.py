@@ -9,7 +9,15 @@ from typing import Any
 
 from pausesvc.protocol.models import AdapterState, DesiredVersion, Snapshot
 
-__all__ = ["parse_snapshot", "parse_snapshot_reply", "parse_versions", "replica_record", "scores", "text"]
+__all__ = [
+    "orphans_on",
+    "parse_snapshot",
+    "parse_snapshot_reply",
+    "parse_versions",
+    "replica_record",
+    "scores",
+    "text",
+]
 
 logger = logging.getLogger("pausesvc.client")
 
@@ -87,6 +95,17 @@ def replica_record(
     rec["id"] = replica_id
     rec["heartbeat_age_s"] = max(0.0, (now_ms - heartbeat_ms) / 1000.0)
     return rec
+
+
+def orphans_on(replicas: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Adapter -> the live replicas that hold it as an orphan (a pause Redis lost without a
+    resume, kept paused there), from their registry records' ``orphans`` field."""
+    out: dict[str, list[str]] = {}
+    for rec in replicas:
+        for name in str(rec.get("orphans") or "").split(","):
+            if name:
+                out.setdefault(name, []).append(str(rec.get("id")))
+    return {n: sorted(ids) for n, ids in sorted(out.items())}
 
 
 def scores(names: Sequence[str], values: Sequence[Any]) -> dict[str, int]:

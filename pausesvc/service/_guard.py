@@ -13,9 +13,17 @@ Before any route runs, in this order:
    the dashboard is same-origin.
 3. **JSON only**: a mutating call that sends a body must say ``Content-Type: application/json``
    (415 ``unsupported_media_type``): a page cannot send that cross-origin without a preflight.
-4. **Long-lived requests are capped**: at most ``max_event_streams`` concurrent ``/v1/events``
+4. **Bodies are capped** at ``max_body_bytes`` before anything reads them (413
+   ``body_too_large``): a declared ``Content-Length`` over it is refused at once, a chunked body
+   when it grows over it - the API token is checked later, by the routes, and must not be a
+   way to make the service buffer a body of any size.
+5. **Long-lived requests are capped**: at most ``max_event_streams`` concurrent ``/v1/events``
    streams and ``max_long_polls`` concurrent long-polls; beyond, 503 ``too_many_streams`` /
    ``too_many_waits`` with ``Retry-After``.
+
+Every response says it may not be framed (``X-Frame-Options: DENY``, ``Content-Security-Policy:
+frame-ancestors 'none'``): a page on another origin cannot put the dashboard's buttons under
+its own (clickjacking), and ``X-Content-Type-Options: nosniff``.
 
 Each refusal is counted in ``pausesvc_http_refused_total{reason}``.
 """
@@ -27,7 +35,7 @@ import logging
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pausesvc._settings import Settings
 from pausesvc.service._metrics import Metrics
@@ -92,6 +100,21 @@ def _long_lived(scope: Scope) -> str | None:
     return None
 
 
+#: on every response: no framing (clickjacking), no content sniffing
+SECURITY_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
+
+def _declared_length(headers: Headers) -> int | None:
+    try:
+        return int(headers.get("content-length", ""))
+    except ValueError:
+        return None
+
+
 def _has_body(headers: Headers) -> bool:
     if "transfer-encoding" in headers:
         return True
@@ -142,7 +165,50 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = refused = False
+
+        async def secured_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # answered 413 already: what the app says after that goes nowhere
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
+            await send(message)
+
+        cap, seen = self.settings.max_body_bytes, 0
+
+        async def capped_receive() -> Message:
+            """The body, until it passes ``max_body_bytes``: then 413 (if nothing was sent
+            yet) and, for the app, the client is gone."""
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    if not started:
+                        await self._too_large(secured_send)
+                    refused = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self._guarded(scope, capped_receive, secured_send)
+
+    async def _too_large(self, send: Send) -> None:
+        await self._refuse(
+            send,
+            413,
+            "body_too_large",
+            f"the request body is over {self.settings.max_body_bytes} bytes (max_body_bytes)",
+            "body",
+        )
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
+        declared = _declared_length(headers)
+        if declared is not None and declared > self.settings.max_body_bytes:
+            await self._too_large(send)
+            return
         server = scope.get("server")
         if not self.hosts.allows(headers.get("host"), server[1] if server else None):
             await self._refuse(

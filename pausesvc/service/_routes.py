@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from pausesvc._exceptions import DrainTimeoutError
+from pausesvc.protocol.codec import orphans_on
 from pausesvc.service._auth import require_read, require_write
-from pausesvc.service._errors import responses
+from pausesvc.service._errors import ApiError, responses
 from pausesvc.service._paths import adapter_name, adapter_name_exact
 from pausesvc.service._schemas import (
     MAX_WAIT_S,
@@ -37,6 +38,29 @@ logger = logging.getLogger("pausesvc.service")
 
 router = APIRouter()
 
+#: what DELETE /v1/pauses/{name} reads: its query string (the body is not read)
+_RESUME_QUERY = frozenset({"holder", "token", "force"})
+
+
+async def resume_query_only(request: Request) -> None:
+    """DELETE takes ``holder``, ``token`` and ``force`` in the query string. A body (a token
+    sent there would be silently ignored: an unfenced release), an unknown parameter or one
+    given twice is a 422 naming it, and nothing is released."""
+    params = request.query_params
+    for key in params:
+        if key not in _RESUME_QUERY:
+            raise ApiError(422, "invalid_input", f"unknown query parameter {key!r}", field=key)
+        if len(params.getlist(key)) > 1:
+            raise ApiError(422, "invalid_input", f"query parameter {key!r} given more than once", field=key)
+    if await request.body():
+        raise ApiError(
+            422,
+            "invalid_input",
+            "DELETE takes holder, token and force in the query string; send no body",
+            field="body",
+        )
+
+
 Name = Annotated[str, Depends(adapter_name)]
 ExactName = Annotated[str, Depends(adapter_name_exact)]
 READ = [Depends(require_read)]
@@ -55,7 +79,16 @@ R_WRITE = responses(401, 403, 409, 422, 503)
 )
 async def list_pauses(s: Svc) -> dict[str, Any]:
     snap = await s.c.snapshot()
-    return snap.to_dict()
+    return {**snap.to_dict(), "orphaned": await _orphaned(s)}
+
+
+async def _orphaned(s: Svc) -> dict[str, list[str]]:
+    """Who still holds each adapter Redis lost without a resume: this service's view
+    ('service') and the live replicas (their registry records)."""
+    out = orphans_on(await s.c.replicas())
+    for name in s.w.orphans:
+        out[name] = ["service", *out.get(name, [])]
+    return dict(sorted(out.items()))
 
 
 @router.get(
@@ -114,6 +147,7 @@ async def get_pause(s: Svc, name: ExactName) -> dict[str, Any]:
         "paused_by_global": "*" in snap.paused,
         "revision": snap.revision,
         "state": state.to_dict() if state else None,
+        "orphaned": (await _orphaned(s)).get(name, []),
     }
 
 
@@ -181,6 +215,7 @@ async def pause(
 async def resume(
     s: Svc,
     name: ExactName,
+    _query_only: Annotated[None, Depends(resume_query_only)],
     holder: Annotated[
         str | None,
         Query(

@@ -332,6 +332,12 @@ class SnapshotOut(BaseModel):
     versions: dict[str, DesiredVersionOut] = Field(
         default_factory=dict, description="adapter -> desired weight version."
     )
+    orphaned: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Adapters Redis lost without a resume that processes still hold paused "
+        "(orphans): adapter -> who holds it ('service' for this service's own view, else the "
+        "live replica ids). Release with DELETE ...?force=true once the swap is done.",
+    )
 
 
 class SwapOut(BaseModel):
@@ -371,6 +377,11 @@ class AdapterStatusOut(BaseModel):
     paused_by_global: bool = Field(description="`*` is paused (which pauses every adapter).")
     revision: int
     state: AdapterStateOut | None = None
+    orphaned: list[str] = Field(
+        default_factory=list,
+        description="Redis lost this adapter's pause without a resume and these still hold it "
+        "paused (an orphan: 'service' and live replica ids); empty: none.",
+    )
 
 
 class DrainOut(BaseModel):

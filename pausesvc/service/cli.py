@@ -167,6 +167,14 @@ def _settings_from_flags(ctx: click.Context, **flags: Any) -> Settings:
             "invalid data_dir: --data-dir and --ephemeral apply only to the embedded Redis "
             "(no --redis-url / PAUSESVC_REDIS_URL)",
         )
+    if settings.redis_url:
+        from pausesvc._exceptions import InvalidInputError
+        from pausesvc._redis import check_url
+
+        try:
+            check_url(settings.redis_url)
+        except InvalidInputError as exc:
+            _fail(2, f"invalid redis_url: {exc}")
     return settings
 
 

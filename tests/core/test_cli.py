@@ -161,3 +161,31 @@ def test_demo_runs_with_nothing_configured() -> None:
     p = run(["demo", "--speed", "4"], timeout=60)
     assert p.returncode == 0, p.stderr
     assert "refused (fencing)" in p.stdout and "lease expiry" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://127.0.0.1:99999/0", "Port out of range"),
+        ("redis://[::1", "Invalid IPv6 URL"),
+        ("redis://127.0.0.1:6390/abc", "the database must be a number"),
+        ("redis://:secret@127.0.0.1:0/0", "port 0"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status"], ["serve", "--port", "0"]])
+def test_a_malformed_redis_url_is_one_line_and_exit_2(url: str, says: str, command: list[str]) -> None:
+    """Not redis-py's ValueError traceback (exit 1), nor a quiet database 0; the password
+    never shows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAUSESVC_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pausesvc", "--redis-url", url, *command]
+        if command[0] == "status"
+        else [sys.executable, "-m", "pausesvc", *command, "--redis-url", url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert says in proc.stderr and "Traceback" not in proc.stderr and "secret" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -216,3 +216,37 @@ def test_one_structured_log_line_per_change(http: httpx.Client, caplog: pytest.L
     line = json.loads(JsonFormatter().format(rec))
     assert line["adapter"] == "logged" and line["holder"] == "h1"
     assert line["revision"] == g["revision"] and line["op"] == "pause"
+
+
+def test_what_redis_lost_but_the_fleet_holds_is_listed(live: Live, http: httpx.Client) -> None:
+    """After a data loss the pause is gone from Redis while processes hold it (orphans):
+    ``GET /v1/pauses`` and ``pausesvc status`` name it and who holds it - the operator must
+    see what ``resume --force`` would release."""
+    import asyncio
+
+    import redis as redis_py
+
+    from pausesvc import AsyncPauseClient
+
+    assert http.post("/v1/pauses/lora-a").status_code == 200
+    assert http.get("/v1/pauses/lora-a/wait", params={"timeout_s": 0}).json()["paused"] is True
+    raw = redis_py.Redis.from_url(live.redis_url)
+    for key in raw.keys(f"pausesvc:{{{live.namespace}}}:*"):
+        raw.delete(key)  # the namespace's data is gone
+    raw.close()
+
+    async def replica_reports_its_orphan() -> None:
+        async with AsyncPauseClient(live.redis_url, namespace=live.namespace) as c:
+            await c._heartbeat("vllm-0:1:abc", {"url": "-", "orphans": "lora-a"})
+
+    asyncio.run(replica_reports_its_orphan())
+    assert http.post("/v1/pauses/other").status_code == 200  # the service's view learns the loss
+    deadline = time.monotonic() + 10
+    while http.get("/v1/pauses").json()["orphaned"].get("lora-a") != ["service", "vllm-0:1:abc"]:
+        assert time.monotonic() < deadline, http.get("/v1/pauses").json()
+        time.sleep(0.05)
+    one = http.get("/v1/pauses/lora-a").json()
+    assert one["paused"] is False and one["orphaned"] == ["service", "vllm-0:1:abc"]
+    out = live.cli("status").stdout
+    assert "lora-a  HELD AS AN ORPHAN by 1 live replica(s)" in out and "--force" in out, out
+    assert json.loads(live.cli("status", "lora-a", "--json").stdout)["orphaned"] == ["vllm-0:1:abc"]

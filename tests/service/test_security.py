@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -184,3 +184,62 @@ def test_long_poll_flood_is_capped(make_live: Callable[..., Live]) -> None:
     # freed again
     r = httpx.get(live.url + "/v1/pauses/lora-a/wait", params={"timeout_s": 0})
     assert r.status_code == 200
+
+
+# -- bodies, framing, a DELETE's parameters ------------------------------------------------------------
+def test_a_body_over_the_cap_is_refused_before_auth_and_before_it_is_read(
+    make_live: Callable[..., Live],
+) -> None:
+    """Anyone who reaches the port could make the service buffer a body of any size (the token
+    is checked by the routes, after the body is read): a declared length over
+    ``max_body_bytes`` is 413 at once, a chunked body as soon as it grows over it."""
+    live = make_live(api_token="svc-token", max_body_bytes=4096)
+    big = b'{"holder": "' + b"x" * 8192 + b'"}'
+    r = httpx.post(live.url + "/v1/pauses/lora-a", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large" and r.json()["field"] == "body"
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"holder": "'
+        for _ in range(64):
+            yield b"x" * 1024
+
+    r = httpx.post(
+        live.url + "/v1/pauses/lora-a",
+        content=chunks(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer svc-token"},
+    )
+    assert r.status_code == 413, r.text
+    ok = httpx.post(
+        live.url + "/v1/pauses/lora-a", json={"holder": "ops"}, headers={"Authorization": "Bearer svc-token"}
+    )
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/pauses", "/healthz", "/v1/pauses/lora-a"])
+def test_no_response_may_be_framed(live: Live, path: str) -> None:
+    """A page on another origin must not put the dashboard - its Resume buttons - in a frame
+    (clickjacking: the click is then same-origin, past the cross-site guard)."""
+    r = httpx.get(live.url + path)
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"json": {"token": "1-00000000stale"}}, "body"),  # a token there would be ignored
+        ({"params": {"tokn": "1-00000000stale"}}, "tokn"),
+        ({"params": [("holder", "a"), ("holder", "b")]}, "holder"),
+    ],
+)
+def test_a_resume_takes_its_parameters_in_the_query_only(
+    live: Live, kwargs: dict[str, Any], field: str
+) -> None:
+    """DELETE /v1/pauses/{name}: a token in the body (or a misspelt parameter) would be
+    ignored and the default holder's pause released unfenced - a 422 naming it instead."""
+    assert httpx.post(live.url + "/v1/pauses/lora-a").status_code == 200
+    r = httpx.request("DELETE", live.url + "/v1/pauses/lora-a", **kwargs)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+    assert httpx.get(live.url + "/v1/pauses/lora-a").json()["paused"] is True
