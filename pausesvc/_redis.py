@@ -47,7 +47,7 @@ def _check(url: object) -> str:
             f"redis_url {redact(url)!r} must start with one of " + ", ".join(s + "://" for s in _SCHEMES),
             field="redis_url",
         )
-    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+    if scheme in ("redis", "rediss"):  # (cluster and sentinel URLs list several addresses)
         _check_address(url)
     return url
 

@@ -225,8 +225,10 @@ class PauseWatcher:
 
     # -- queries (memory only) ---------------------------------------------------------------------
     def is_paused(self, name: str) -> bool:
-        """True when ``name`` (or everything, via ``*``) is paused in this process's view."""
-        return self._view.is_paused(name)
+        """True when ``name`` (or everything, via ``*``) is paused in this process's view - and
+        before the view was first read from Redis (unknown counts as paused, as for
+        :meth:`wait_unpaused`: a caller that asks too early is held, not waved through)."""
+        return self._view.is_paused(name) or not self._ever_synced.is_set()
 
     @property
     def any_paused(self) -> bool:

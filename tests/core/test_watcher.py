@@ -301,7 +301,8 @@ async def test_start_fails_clearly_when_redis_is_down(namespace: str) -> None:
     w = PauseWatcher(f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
     with pytest.raises(RedisUnavailableError):
         await w.start(timeout=0.5)
-    assert not w.in_sync and w.is_paused("a") is False and not w.synced_once
+    assert not w.in_sync and not w.synced_once
+    assert w.is_paused("a") is True  # never read: unknown counts as paused (fail closed)
     # a waiter before the first sync counts the state as unknown = paused
     assert await w.wait_unpaused("a", timeout=0.2) is False
     await w.aclose()
