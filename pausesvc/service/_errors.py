@@ -173,6 +173,10 @@ def allowed_methods(request: Request) -> list[str]:
     methods: set[str] = set()
     for r in sub or matching:
         methods |= r.methods or set()
+    if not methods:  # a page of its own (the dashboard's /), not among the API's routes
+        for route in request.app.router.routes:
+            if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE:
+                methods |= route.methods or set()
     return sorted(methods)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -113,6 +113,15 @@ def _declared_length(headers: Headers) -> int | None:
         return int(headers.get("content-length", ""))
     except ValueError:
         return None
+
+
+def _utf8_query(query: bytes) -> bool:
+    """Does the (percent-decoded) query string decode as UTF-8?"""
+    try:
+        unquote_to_bytes(query.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _has_body(headers: Headers) -> bool:
@@ -208,6 +217,10 @@ class GuardMiddleware:
         declared = _declared_length(headers)
         if declared is not None and declared > self.settings.max_body_bytes:
             await self._too_large(send)
+            return
+        if not _utf8_query(scope.get("query_string") or b""):
+            # Starlette would turn each bad byte into U+FFFD: a holder nobody named
+            await self._refuse(send, 422, "invalid_input", "the query string is not UTF-8", "query")
             return
         server = scope.get("server")
         if not self.hosts.allows(headers.get("host"), server[1] if server else None):

@@ -243,3 +243,17 @@ def test_a_resume_takes_its_parameters_in_the_query_only(
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field
     assert httpx.get(live.url + "/v1/pauses/lora-a").json()["paused"] is True
+
+
+def test_a_query_string_that_is_not_utf8_is_refused(live: Live) -> None:
+    """``?holder=%FF`` would reach the route as U+FFFD - a holder nobody named."""
+    assert httpx.post(live.url + "/v1/pauses/lora-a").status_code == 200
+    r = httpx.delete(live.url + "/v1/pauses/lora-a?holder=%FF")
+    assert r.status_code == 422 and r.json()["field"] == "query", r.text
+    assert httpx.get(live.url + "/v1/pauses/lora-a").json()["paused"] is True
+    assert httpx.get(live.url + "/v1/pauses?x=%C3%A9").status_code == 200  # UTF-8 is fine
+
+
+def test_a_method_the_dashboard_does_not_answer_names_the_one_it_does(live: Live) -> None:
+    r = httpx.request("HEAD", live.url + "/")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
