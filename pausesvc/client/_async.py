@@ -25,7 +25,7 @@ from pausesvc._exceptions import (
     LeaseLostError,
     translate_redis_errors,
 )
-from pausesvc._redis import aclose_client, async_client, retry_stale
+from pausesvc._redis import aclose_client, async_client, honour_cancellation, retry_stale
 from pausesvc._settings import Settings
 from pausesvc.client._base import BaseClient, PausePlan, lease_lost_message
 from pausesvc.client._drain import AckWaiter, list_replicas
@@ -125,6 +125,9 @@ class AsyncPauseClient(BaseClient):
         self._hb_script = redis.register_script(registry_script("heartbeat"))
         self._watcher: PauseWatcher | None = None
         self._own_watcher = False
+        #: the leases of the ``paused(ttl=...)`` blocks each task runs: its writes are refused
+        #: once one is lost or ran out (a block must not act under a lease it lost)
+        self._leases: dict[asyncio.Task[Any], list[_Lease]] = {}
         self._last_write: tuple[int, str | None] = (0, None)
         #: a drain barrier's subscription, kept (unsubscribed) for the next one: no new
         #: connection per ``pause(drain=True)``
@@ -178,9 +181,17 @@ class AsyncPauseClient(BaseClient):
     async def _run(self, script: str, args: list[str]) -> Any:
         if self._closed:
             raise ClientClosedError("the client is closed; make a new one")
+        task = asyncio.current_task()
+        leases = self._leases.get(task) if self._leases and task is not None else None
+        if leases:
+            _refuse_without_lease(leases)
         with translate_redis_errors():
             keys = self._script_keys(script)
             res = await retry_stale(self.redis, lambda: self._scripts[script](keys=keys, args=args))
+            if leases:
+                # the renewer cancels a block that lost its lease; redis-py may have swallowed
+                # that cancellation mid-command: honour it, the block must not go on
+                honour_cancellation(task)
             rev = int(res[2] if script == "pause" else res[1])
             epoch = res[4] if len(res) > 4 and res[4] else None
             if epoch != self._last_write[1] or rev > self._last_write[0]:
@@ -401,30 +412,56 @@ class AsyncPauseClient(BaseClient):
         body = asyncio.current_task()
         sent = time.monotonic()
         grant = await self._pause_released_on_failure(name, plan)
-        lease = _Lease(body, float(ttl), sent) if ttl is not None else None
+        lease = _Lease(body, float(ttl), sent, name, grant) if ttl is not None else None
         renewer: asyncio.Task[None] | None = None
         if lease is not None:
             renewer = asyncio.create_task(self._keep_renewing(name, grant, lease))
+            if body is not None:
+                self._leases.setdefault(body, []).append(lease)
         try:
             try:
                 yield grant
-            except asyncio.CancelledError:
-                if lease is not None and lease.lost and body is not None and body.uncancel() == 0:
-                    raise LeaseLostError(lease.message(name, grant)) from None
+            except (asyncio.CancelledError, LeaseLostError):
+                if lease is not None and lease.lost and body is not None:
+                    await lease.take_back()  # our cancellations: delivered, swallowed or pending
+                    if body.cancelling() == 0:
+                        raise LeaseLostError(lease.message(name, grant)) from None
                 raise
             if lease is not None and lease.lost:
-                if lease.cancelled and body is not None:
-                    body.uncancel()  # the block ended before our cancellation reached it
+                await lease.take_back()  # the block ended before our cancellation reached it
                 raise LeaseLostError(lease.message(name, grant))
         finally:
             if renewer is not None:
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await renewer
-            try:
-                await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
-            except ConflictError as exc:
-                self._hold_gone(name, grant, exc)
+            if lease is not None and body is not None:
+                self._forget_lease(body, lease)
+            if not grant.created:
+                self._hold_kept(name, grant)  # an outer block (or a task of the same holder) holds it
+            else:
+                try:
+                    await asyncio.shield(self.resume(name, holder=grant.holder, token=grant.token))
+                except ConflictError as exc:
+                    self._hold_gone(name, grant, exc)
+
+    def check_lease(self) -> None:
+        """Raise :class:`LeaseLostError` if a ``paused(ttl=...)`` block this task runs has lost
+        its lease, or its lease ran out by this process's clock (from the last renewal's
+        send) - before the renewer noticed, as after a SIGSTOP. pausesvc's own writes from the
+        block check it themselves; call it before any other step that must not run without
+        the hold (loading weights, publishing them)."""
+        task = asyncio.current_task()
+        leases = self._leases.get(task) if task is not None else None
+        if leases:
+            _refuse_without_lease(leases)
+
+    def _forget_lease(self, task: asyncio.Task[Any], lease: _Lease) -> None:
+        stack = self._leases.get(task, [])
+        if lease in stack:
+            stack.remove(lease)
+        if not stack:
+            self._leases.pop(task, None)
 
     async def _pause_released_on_failure(self, name: str, plan: PausePlan) -> Grant:
         """``pause`` for :meth:`paused`: if the drain wait fails or is cancelled after the hold
@@ -455,8 +492,10 @@ class AsyncPauseClient(BaseClient):
         ttl = lease.ttl
         while True:
             await asyncio.sleep(max(0.0, min(ttl / 3, lease.deadline - time.monotonic())))
+            if lease.lost:
+                return  # the block found it out first (a write refused)
             if time.monotonic() >= lease.deadline:
-                lease.lose("no renewal reached Redis before the lease ended")
+                await lease.lose("no renewal reached Redis before the lease ended")
                 return
             sent = time.monotonic()
             try:
@@ -464,7 +503,7 @@ class AsyncPauseClient(BaseClient):
                     await self.renew(name, grant.holder, ttl, token=grant.token)
                 lease.deadline = sent + ttl  # measured from the send: never later than Redis's
             except ConflictError as exc:
-                lease.lose(f"the renewal was refused: {exc}")
+                await lease.lose(f"the renewal was refused: {exc}")
                 return
             except TimeoutError:
                 continue  # the deadline check above decides
@@ -518,26 +557,65 @@ class AsyncPauseClient(BaseClient):
             await self.redis.delete(self.keys.replica(replica_id))
 
 
+#: how often a block that lost its lease is cancelled again until it is out (s)
+CANCEL_AGAIN_S = 0.05
+
+
 class _Lease:
     """A ``paused(..., ttl=...)`` block's lease, as its renewer sees it (monotonic clock)."""
 
-    __slots__ = ("body", "cancelled", "deadline", "lost", "reason", "ttl")
+    __slots__ = ("body", "cancels", "deadline", "grant", "lost", "name", "reason", "taken_back", "ttl")
 
-    def __init__(self, body: asyncio.Task[Any] | None, ttl: float, sent: float) -> None:
+    def __init__(
+        self, body: asyncio.Task[Any] | None, ttl: float, sent: float, name: str, grant: Grant
+    ) -> None:
         self.body = body
         self.ttl = ttl
         self.deadline = sent + ttl  # from the pause's send: never later than Redis's expiry
         self.lost = False
-        self.cancelled = False
+        self.cancels = 0  # cancellations sent to the block
+        self.taken_back = False  # the block is out: send no more
         self.reason = ""
+        self.name = name
+        self.grant = grant
 
-    def lose(self, reason: str) -> None:
+    async def lose(self, reason: str) -> None:
+        """Mark the lease lost and cancel the block - again every ``CANCEL_AGAIN_S`` until it
+        is out: redis-py swallows a cancellation that lands mid-command (8.2), and a block
+        that awaits only such calls would otherwise go on under a lease it lost."""
         self.lost = True
         self.reason = reason
         logger.warning("pausesvc: lease lost (%s); cancelling the paused block", reason)
-        if self.body is not None and not self.body.done():
-            self.cancelled = True
-            self.body.cancel()
+        body = self.body
+        while body is not None and not body.done() and not self.taken_back:
+            self.cancels += 1
+            body.cancel()
+            await asyncio.sleep(CANCEL_AGAIN_S)
+
+    async def take_back(self) -> None:
+        """In the block's task, once it is out: no more cancellations; the ones sent are
+        delivered here if still pending and uncounted, so none hits the cleanup after it."""
+        self.taken_back = True
+        task = self.body
+        if task is None or not self.cancels:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        for _ in range(min(self.cancels, task.cancelling())):
+            task.uncancel()
+        self.cancels = 0
 
     def message(self, name: str, grant: Grant) -> str:
         return lease_lost_message(name, grant, self.reason)
+
+
+def _refuse_without_lease(leases: list[_Lease]) -> None:
+    """Raise :class:`LeaseLostError` before a write from a block whose lease was lost or ran
+    out - also before its renewer noticed (a process woken from SIGSTOP runs its own step
+    before the renewer's timer); the lease is then lost for the renewer too."""
+    now = time.monotonic()
+    for lease in leases:
+        if not lease.lost and now >= lease.deadline:
+            lease.lost, lease.reason = True, "no renewal reached Redis before the lease ended"
+        if lease.lost:
+            raise LeaseLostError(lease_lost_message(lease.name, lease.grant, lease.reason))

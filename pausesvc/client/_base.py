@@ -381,6 +381,19 @@ class BaseClient:
         logger.warning("pausesvc: the swap's pause of %r was already gone: %s", name, exc)
 
     @staticmethod
+    def _hold_kept(name: str, grant: Grant) -> None:
+        """A ``paused()`` block whose holder already held ``name`` when it began (a nested
+        block, another task or thread of the same holder, an earlier run that did not
+        release): the hold is theirs, and is left in place (never released under them)."""
+        logger.warning(
+            "pausesvc: %r already held %r when this paused() block began (token %s): "
+            "left in place on exit; release it where it was made",
+            grant.holder,
+            name,
+            grant.token,
+        )
+
+    @staticmethod
     def _hold_gone(name: str, grant: Grant, exc: Exception) -> None:
         """A ``paused()`` block's hold was gone at its release."""
         logger.warning("pausesvc: hold of %r by %r was already gone on exit: %s", name, grant.holder, exc)

@@ -71,6 +71,9 @@ class PauseClient(BaseClient):
         self._configure(
             url, namespace=namespace, holder=holder, redis=redis, settings=settings, client_for=sync_client
         )
+        #: thread id -> the leases of the ``paused(ttl=...)`` blocks it runs, each as
+        #: [name, grant, deadline, reason]: its writes are refused once one is lost or ran out
+        self._leases: dict[int, list[list[Any]]] = {}
 
     def close(self) -> None:
         """Close the connections. Idempotent."""
@@ -90,6 +93,8 @@ class PauseClient(BaseClient):
     def _run(self, script: str, args: list[str]) -> Any:
         if self._closed:
             raise ClientClosedError("the client is closed; make a new one")
+        if self._leases:
+            self._refuse_without_lease()
         with translate_redis_errors():
             keys = self._script_keys(script)
             res = self._scripts[script](keys=keys, args=args)
@@ -417,9 +422,12 @@ class PauseClient(BaseClient):
         stop = threading.Event()
         lost: list[str] = []
         renewer = None
+        me = threading.get_ident()
+        lease: list[Any] = [name, grant, sent + float(ttl or 0), lost]
         if ttl is not None:
+            self._leases.setdefault(me, []).append(lease)
             renewer = threading.Thread(
-                target=self._keep_renewing, args=(name, grant, float(ttl), stop, sent, lost), daemon=True
+                target=self._keep_renewing, args=(name, grant, float(ttl), stop, lease, lost), daemon=True
             )
             renewer.start()
         try:
@@ -430,24 +438,50 @@ class PauseClient(BaseClient):
             stop.set()
             if renewer is not None:
                 renewer.join(timeout=5.0)
-            try:
-                self.resume(name, holder=grant.holder, token=grant.token)
-            except ConflictError as exc:
-                self._hold_gone(name, grant, exc)
+                stack = self._leases.get(me, [])
+                if lease in stack:
+                    stack.remove(lease)
+                if not stack:
+                    self._leases.pop(me, None)
+            if not grant.created:
+                self._hold_kept(name, grant)  # an outer block (or a thread of the same holder) holds it
+            else:
+                try:
+                    self.resume(name, holder=grant.holder, token=grant.token)
+                except ConflictError as exc:
+                    self._hold_gone(name, grant, exc)
+
+    def check_lease(self) -> None:
+        """Raise :class:`LeaseLostError` if a ``paused(ttl=...)`` block this thread runs has
+        lost its lease or its lease ran out by this process's clock. pausesvc's own writes
+        from the block check it themselves; call it before any other step that must not run
+        without the hold."""
+        if self._leases:
+            self._refuse_without_lease()
+
+    def _refuse_without_lease(self) -> None:
+        """Raise :class:`LeaseLostError` before a write from a ``paused(ttl=...)`` block of this
+        thread whose lease was lost or ran out (the block cannot be interrupted; its writes
+        can be refused)."""
+        now = time.monotonic()
+        for name, grant, deadline, lost in self._leases.get(threading.get_ident(), ()):
+            if lost or now >= deadline:
+                reason = lost[0] if lost else "no renewal reached Redis before the lease ended"
+                raise LeaseLostError(lease_lost_message(name, grant, reason))
 
     def _keep_renewing(
-        self, name: str, grant: Grant, ttl: float, stop: threading.Event, sent: float, lost: list[str]
+        self, name: str, grant: Grant, ttl: float, stop: threading.Event, lease: list[Any], lost: list[str]
     ) -> None:
-        deadline = sent + ttl  # from the pause's send: never later than Redis's expiry
-        while not stop.wait(max(0.0, min(ttl / 3, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
+        # lease[2]: the deadline, from the pause's send: never later than Redis's expiry
+        while not stop.wait(max(0.0, min(ttl / 3, lease[2] - time.monotonic()))):
+            if time.monotonic() >= lease[2]:
                 lost.append("no renewal reached Redis before the lease ended")
                 logger.warning("pausesvc: lease of %r by %r lost: not renewed in time", name, grant.holder)
                 return
             sent = time.monotonic()
             try:
                 self.renew(name, grant.holder, ttl, token=grant.token)
-                deadline = sent + ttl
+                lease[2] = sent + ttl
             except ConflictError as exc:
                 lost.append(f"the renewal was refused: {exc}")
                 logger.warning("pausesvc: lease of %r by %r lost; stop renewing", name, grant.holder)

@@ -345,3 +345,84 @@ def test_classify_event(
 
     ev = PauseEvent(ev_rev, ev_epoch, "a", "pause", True, "h", None, 0.0)
     assert classify_event(ev, rev, epoch, since) == verdict
+
+
+# -- a block must not act under a lease it lost ----------------------------------------------------
+async def test_a_block_that_lost_its_lease_stops_even_inside_redis_calls(
+    redis_url: str, namespace: str
+) -> None:
+    """An operator forces the resume: the next renewal is refused and the block - which awaits
+    nothing but pausesvc writes, whose cancellation redis-py may swallow mid-command - ends
+    with LeaseLostError at once, and writes nothing more."""
+    async with (
+        AsyncPauseClient(redis_url, namespace=namespace) as c,
+        AsyncPauseClient(redis_url, namespace=namespace) as op,
+    ):
+        writes_after: list[float] = []
+        t0 = time.monotonic()
+        with pytest.raises(LeaseLostError):
+            async with c.paused("a", holder="trainer", ttl=0.6):
+                await op.resume("a", force=True)
+                i = 0
+                while time.monotonic() - t0 < 5:
+                    i += 1
+                    await c.set_version("a", f"v{i}", f"/w/{i}")
+                    writes_after.append(time.monotonic())
+        ended = time.monotonic()
+        assert ended - t0 < 2.0, "the block went on long after the lease was lost"
+        assert not await c.get("a")
+        last = (await c.get_version("a")).version  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)
+        assert (await c.get_version("a")).version == last  # type: ignore[union-attr]  # no more writes
+
+
+async def test_a_block_woken_past_its_lease_cannot_write_and_can_ask(redis_url: str, namespace: str) -> None:
+    """A process stopped (SIGSTOP, a long GC - here a blocking sleep) past its lease: its next
+    pausesvc write is refused before it is sent, and ``check_lease()`` says so for any other
+    step, even before the renewer ran."""
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        with pytest.raises(LeaseLostError):
+            async with c.paused("a", holder="trainer", ttl=0.3):
+                c.check_lease()  # held: fine
+                time.sleep(0.5)  # noqa: ASYNC251 - the stopped process: no task runs meanwhile
+                with pytest.raises(LeaseLostError):
+                    c.check_lease()
+                await c.set_version("a", "v1", "/w")  # refused: LeaseLostError
+        assert await c.get_version("a") is None
+
+
+def test_the_blocking_block_that_lost_its_lease_cannot_write(client: PauseClient, redis_url: str) -> None:
+    """A blocking block cannot be interrupted, but once its renewer learned the lease is lost
+    (here: an operator forced the resume), its next pausesvc write is refused before it is
+    sent, and ``check_lease()`` raises."""
+    with pytest.raises(LeaseLostError), client.paused("a", holder="trainer", ttl=0.3):
+        client.check_lease()
+        with PauseClient(redis_url, namespace=client.namespace) as op:
+            op.resume("a", force=True)
+        time.sleep(0.4)  # a renewal is refused meanwhile
+        with pytest.raises(LeaseLostError):
+            client.check_lease()
+        client.set_version("a", "v1", "/w")
+    assert client.get_version("a") is None
+
+
+@pytest.mark.parametrize("kind", ["async", "blocking"])
+async def test_a_nested_block_of_the_same_holder_leaves_the_outer_hold(
+    redis_url: str, namespace: str, kind: str
+) -> None:
+    """The inner ``paused()`` joined the hold (created False, the same token): on its exit the
+    hold is the outer block's, and stays."""
+    if kind == "async":
+        async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+            async with c.paused("a", holder="trainer") as outer:
+                async with c.paused("a", holder="trainer") as inner:
+                    assert not inner.created and inner.token == outer.token
+                assert await c.get("a") is not None
+            assert await c.get("a") is None
+        return
+    with PauseClient(redis_url, namespace=namespace) as b:
+        with b.paused("a", holder="trainer") as outer:
+            with b.paused("a", holder="trainer") as inner:
+                assert not inner.created and inner.token == outer.token
+            assert b.get("a") is not None
+        assert b.get("a") is None
