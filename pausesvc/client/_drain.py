@@ -247,7 +247,14 @@ class AckWaiter:
         deadline = time.monotonic() + timeout
         replicas = await list_replicas(self.client)
         missing = set(missing_acks(replicas, self.name, grant))
-        while missing:
+        while True:
+            if not missing:
+                # the last acknowledgement counted: the registry (the truth) must agree - a
+                # replica that registered meanwhile is waited for too
+                replicas = await list_replicas(self.client)
+                missing = set(missing_acks(replicas, self.name, grant))
+                if not missing:
+                    return replicas
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _timeout_error(self.name, grant.token, sorted(missing), timeout)
@@ -259,7 +266,6 @@ class AckWaiter:
                 record, self.name, str(record.get("name")), grant
             ):
                 missing.discard(str(record.get("replica")))  # a drain record (no "type")
-        return replicas
 
     async def _next_report(self, wait: float) -> dict[str, Any] | None:
         """The next message about this adapter on ``acks`` (a drain record or a version

@@ -426,3 +426,28 @@ async def test_a_nested_block_of_the_same_holder_leaves_the_outer_hold(
                 assert not inner.created and inner.token == outer.token
             assert b.get("a") is not None
         assert b.get("a") is None
+
+
+async def test_the_drain_barrier_rereads_the_registry_before_it_returns(
+    redis_url: str, namespace: str
+) -> None:
+    """The last expected acknowledgement arrives - but a replica registered meanwhile: the
+    barrier reads the registry again (the key is the truth) and waits for that one too."""
+    async with AsyncPauseClient(redis_url, namespace=namespace) as c:
+        await c._heartbeat("r1", {"url": "http://r1"})
+
+        async def replicas() -> None:
+            while (st := await c.get("a")) is None:  # noqa: ASYNC110 - polls Redis itself
+                await asyncio.sleep(0.01)
+            await c._heartbeat("late", {"url": "http://late"})  # registers, never acknowledges
+            await c._ack("r1", "a", st.revision, [], epoch=await _epoch(c), tokens=sorted(st.tokens))
+
+        helper = asyncio.create_task(replicas())
+        with pytest.raises(DrainTimeoutError) as err:
+            await c.pause("a", holder="t", drain=True, timeout=1.0)
+        await helper
+        assert err.value.missing == {"late": "http://late"} or "late" in str(err.value)
+
+
+async def _epoch(c: AsyncPauseClient) -> str | None:
+    return (await c.snapshot()).epoch

@@ -365,6 +365,39 @@ async def test_a_drain_ends_a_beam_search_whole(gate_factory: Any, client: Async
     assert len(cancelled) == 2 and mw.runtime.stats.stepwise_cuts == 2
 
 
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages"])
+async def test_a_drain_ends_a_request_whose_aborted_answer_looks_complete(
+    gate_factory: Any, client: AsyncPauseClient, path: str
+) -> None:
+    """vLLM answers an aborted Responses request ``status: "completed"`` and a Messages one
+    ``stop_reason: null``: a client would take the cut text for a whole sample. A drain ends
+    such a request whole instead, and the client gets a 503 ``adapter_paused`` to retry."""
+    engine = FakeEngine()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # like with_cancellation
+        await receive()
+        st = engine.add("resp_0123abcd", "lora-a")
+        handler = asyncio.ensure_future(st.done.wait())
+        listener = asyncio.ensure_future(receive())
+        await asyncio.wait((handler, listener), return_when=asyncio.FIRST_COMPLETED)
+        handler.cancel()
+        listener.cancel()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"status": "completed"}'})
+
+    vllm_app = SimpleNamespace(state=SimpleNamespace(engine_client=engine))
+    mw = await gate_factory(app)
+    await asyncio.sleep(0.3)  # registered
+    send = Recorder()
+    body = json.dumps({"model": "lora-a", "input": "x"}).encode()
+    task = asyncio.create_task(mw(http_scope(path, app=vllm_app), Receiver(body_message(body)), send))
+    await asyncio.sleep(0.2)
+    grant = await client.pause("lora-a", drain=True, timeout=5)
+    await asyncio.wait_for(task, 5)
+    assert send.status == 503 and send.json()["error"]["code"] == "adapter_paused", send.body
+    await client.resume("lora-a", token=grant.token)
+
+
 @pytest.mark.parametrize(
     ("body", "stepwise"),
     [

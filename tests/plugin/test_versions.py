@@ -299,6 +299,35 @@ async def test_sagemaker_register_is_a_direct_load(
     assert len(app.calls) == calls
 
 
+async def test_an_unload_of_a_managed_adapter_is_refused(
+    gate_factory: Any, client: AsyncPauseClient, tmp_path: Path
+) -> None:
+    """Unloading an adapter with a desired version would stop this replica serving it while it
+    still reports it loaded - or, with a LoRA resolver, let vLLM load whatever weights it finds
+    under the name (old ones) on the next request: 409 ``version_managed`` on vLLM's route and
+    SageMaker's ``DELETE /adapters/{name}``; an unmanaged adapter's unload goes to vLLM."""
+    engine = LoraEngine()
+    app = ServingApp(engine)
+    mw = await _started(gate_factory, app)
+    (tmp_path / "v1").mkdir()
+    await client.set_version("lora-t", "v1", str(tmp_path / "v1"))
+    await _until(lambda: _true(mw.runtime.versions.loaded.get("lora-t") == "v1"))
+    calls = len(app.calls)
+    for scope, body in (
+        (http_scope("/v1/unload_lora_adapter", app=app.app), b'{"lora_name": "lora-t"}'),
+        (http_scope("/adapters/lora-t", method="DELETE", app=app.app), b""),
+    ):
+        send = Recorder()
+        await asyncio.wait_for(mw(scope, Receiver(body_message(body)), send), 5)
+        assert send.status == 409 and send.json()["error"]["code"] == "version_managed", scope["path"]
+    assert len(app.calls) == calls and mw.runtime.versions.loaded["lora-t"] == "v1"
+    mw.runtime.versions.note_direct_load("lora-x", "old-1")
+    send = Recorder()
+    scope = http_scope("/v1/unload_lora_adapter", app=app.app)
+    await asyncio.wait_for(mw(scope, Receiver(body_message(b'{"lora_name": "lora-x"}')), send), 5)
+    assert len(app.calls) == calls + 1 and "lora-x" not in mw.runtime.versions.loaded
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -100,7 +100,7 @@ class PauseGateMiddleware:
         self.runtime = GateRuntime(self.settings)
         self.base_names: BaseNames = self.runtime.base_names
         warn_if_open(self.settings)
-        self._routes: dict[tuple[str, str], tuple[str | None, bool, bool]] = {}
+        self._routes: dict[tuple[str, str], tuple[str | None, bool, str]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -128,7 +128,7 @@ class PauseGateMiddleware:
         route = self._routes.get(key)
         if route is None:
             route = self._route(scope, key)
-        own, gated, invocations = route
+        own, gated, kind = route
         if own is not None:
             await rt.start()
             if own == ROUTES_PATH:
@@ -139,25 +139,41 @@ class PauseGateMiddleware:
             if await handle_own(rt, own, scope, receive, send):
                 return
         if not gated or scope.get("method") in SAFE_METHODS:
-            if scope.get("method") == "POST" and route_path(scope) in (LOAD_PATH, REGISTER_PATH):
-                from pausesvc_vllm._loads import direct_load  # imported on first use
-
-                await direct_load(self.app, rt, scope, receive, send)
+            method = scope.get("method")
+            if method in ("POST", "DELETE") and await self._adapter_change(scope, receive, send):
                 return
             await self.app(scope, receive, send)
             return
-        await self._gate(scope, receive, send, invocations)
+        await self._gate(scope, receive, send, kind)
+
+    async def _adapter_change(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A direct load or unload of an adapter (vLLM's and SageMaker's routes): through the
+        version guard (``_loads.py``). False: not one of those, nothing done."""
+        path, method = route_path(scope), scope.get("method", "")
+        if method == "POST" and path in (LOAD_PATH, REGISTER_PATH):
+            from pausesvc_vllm._loads import direct_load  # imported on first use
+
+            await direct_load(self.app, self.runtime, scope, receive, send)
+            return True
+        from pausesvc_vllm._loads import direct_unload, unload_target
+
+        if unload_target(method, path):
+            await direct_unload(self.app, self.runtime, scope, receive, send)
+            return True
+        return False
 
     def matches(self, scope: Scope) -> bool:
         """Is this ``http`` request gated (its method and path)?"""
         return self.paths.gated(scope)
 
-    def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool, bool]:
-        """(our own path, normalized, or None; is the path gated for a non-GET method?; is it
-        SageMaker's ``/invocations``?), cached per raw path."""
+    def _route(self, scope: Scope, key: tuple[str, str]) -> tuple[str | None, bool, str]:
+        """(our own path, normalized, or None; is the path gated for a non-GET method?; its
+        kind: ``invocations`` for SageMaker's, ``whole`` for one a drain ends whole, else
+        ``""``), cached per raw path."""
         path = route_path(scope)
         own = path if path.startswith(OWN_PREFIXES) else None
-        route = (own, self.paths.path_gated(path, scope), path == SAGEMAKER_INVOCATIONS_PATH)
+        kind = "invocations" if path == SAGEMAKER_INVOCATIONS_PATH else "whole" if path in ENDED_WHOLE else ""
+        route = (own, self.paths.path_gated(path, scope), kind)
         if len(self._routes) >= _ROUTE_CACHE:  # a client sending endless distinct paths
             self._routes.clear()
         self._routes[key] = route
@@ -247,11 +263,12 @@ class PauseGateMiddleware:
         return None
 
     # -- the gate ----------------------------------------------------------------------------------
-    async def _gate(self, scope: Scope, receive: Receive, send: Send, invocations: bool = False) -> None:
+    async def _gate(self, scope: Scope, receive: Receive, send: Send, kind: str = "") -> None:
         """Read the body; admit the request at once when nothing is paused (the fast path: no
         body parse, nothing allocated for the hold), else park it until it may go on.
-        ``invocations``: the path is SageMaker's ``/invocations`` (vLLM runs it on the adapter
-        header's adapter, or on the base model when there is none)."""
+        ``kind`` (:meth:`_route`): ``invocations``, SageMaker's (vLLM runs it on the adapter
+        header's adapter, or on the base model when there is none); ``whole``, a path whose
+        aborted answer looks complete, so a drain ends it whole."""
         rt, s = self.runtime, self.settings
         if rt.watcher is None:
             await rt.start()
@@ -281,7 +298,7 @@ class PauseGateMiddleware:
             body=body,
             content_type=ctype,
             header=header_adapters,
-            invocations=invocations,
+            invocations=kind == "invocations",
             lazy=fast,
         )
         held = None if fast else _Held(scope, len(body))
@@ -295,7 +312,7 @@ class PauseGateMiddleware:
         admission = rt.admit(target, rid.decode("latin-1"))
         replay = replaying_receive(body, receive) if held is None else held.replay(body, receive)
         guard = _FenceGuard(rt, send, admission)
-        if is_stepwise(body):
+        if kind == "whole" or is_stepwise(body):
             replay = self._cuttable(admission, guard, replay, scope, send, body, rid)
         try:
             await self.app(scope, replay, guard)
@@ -419,8 +436,9 @@ class PauseGateMiddleware:
             await send_unavailable(
                 send,
                 "adapter_paused",
-                f"adapter {name!r} was paused while this request ran; a beam search cannot be "
-                "aborted step by step, so it was ended; retry after the resume",
+                f"adapter {name!r} was paused while this request ran, and it was ended whole (a "
+                "beam search cannot be aborted step by step; this path's aborted answer would "
+                "look complete); retry after the resume",
                 self.settings.gate_retry_after_s,
                 adapter=name,
             )
@@ -558,6 +576,12 @@ def _scan_headers(headers: Any) -> tuple[int | None, bytes | None, bytes | None,
             # every value: vLLM takes the first, a proxy in front may take another
             adapters = [*(adapters or ()), v.decode("latin-1").strip()]
     return declared, rid, ctype, adapters
+
+
+#: Paths whose answer to an aborted request looks like a complete one (vLLM 0.32: the Responses
+#: API says ``status: "completed"``, Anthropic's ``/v1/messages`` ``stop_reason: null``): a drain
+#: ends such a request whole, as a beam search, so the client gets an answer it retries.
+ENDED_WHOLE = frozenset({"/v1/responses", "/v1/messages"})
 
 
 class _FenceGuard:

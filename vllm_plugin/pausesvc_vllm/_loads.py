@@ -37,7 +37,10 @@ from pausesvc_vllm._routes import LOAD_PATH, REGISTER_PATH
 from pausesvc_vllm._runtime import GateRuntime
 from pausesvc_vllm._versions import VERSION_HEADER
 
-__all__ = ["LOAD_PATH", "REGISTER_PATH", "direct_load"]
+__all__ = ["LOAD_PATH", "REGISTER_PATH", "UNLOAD_PATH", "direct_load", "direct_unload", "unload_target"]
+
+#: vLLM's direct adapter unload (``{"lora_name"}``); SageMaker's is ``DELETE /adapters/{name}``
+UNLOAD_PATH = "/v1/unload_lora_adapter"
 
 logger = logging.getLogger("pausesvc_vllm")
 
@@ -116,3 +119,64 @@ def _names(scope: Scope, body: bytes) -> tuple[str | None, str | None]:
         if k.lower() == VERSION_HEADER:
             named = v.decode("latin-1").strip()
     return data[key], named if isinstance(named, str) and named else None
+
+
+def unload_target(method: str, path: str) -> bool:
+    """Is this request an adapter unload (vLLM's, or SageMaker's ``DELETE /adapters/{name}``)?"""
+    if method == "POST":
+        return path == UNLOAD_PATH
+    return method == "DELETE" and path.startswith(REGISTER_PATH + "/") and path.count("/") == 2
+
+
+async def direct_unload(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> None:
+    """An unload of an adapter WITH a desired version is refused (409 ``version_managed``): the
+    replica would stop serving the version the fleet is on - or, with a LoRA resolver, vLLM
+    would load whatever weights the resolver finds under that name on the next request, old
+    ones included, while this replica still reports the desired version. Without one, vLLM
+    gets it unchanged (and the replica forgets what it had loaded under that name)."""
+    s = rt.settings
+    try:
+        body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes, timeout=s.gate_body_timeout_s)
+    except BodyError as exc:
+        if exc.status:
+            await send_json(send, exc.status, error_body(exc.code, exc.message))
+        return
+    path = route_path(scope)
+    if path == UNLOAD_PATH:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        name = data.get("lora_name") if isinstance(data, dict) else None
+    else:
+        from urllib.parse import unquote
+
+        name = unquote(path.rsplit("/", 1)[1])
+    if not isinstance(name, str) or not name:  # vLLM answers what is wrong with it
+        await app(scope, replaying_receive(body, receive), send)
+        return
+    await rt.start()
+    desired = rt.watcher.desired(name) if rt.watcher is not None else None
+    if desired is not None:
+        message = (
+            f"{name!r} has the desired version {desired.version!r} in Redis: every replica keeps "
+            "it loaded; unloading it would stop this replica serving it (or let a LoRA resolver "
+            "load other weights under its name); clear the desired version first "
+            "(DELETE /v1/adapters/{name}/version, pausesvc swap to another version)"
+        )
+        await send_json(
+            send,
+            409,
+            error_body("version_managed", message, desired=desired.version, loaded=rt.versions.version(name)),
+        )
+        return
+    status: list[int] = []
+
+    async def watch(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status.append(int(message["status"]))
+        await send(message)
+
+    await app(scope, replaying_receive(body, receive), watch)
+    if status and status[0] == 200:
+        rt.versions.note_unload(name)

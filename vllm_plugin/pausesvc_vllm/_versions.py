@@ -256,6 +256,10 @@ class VersionKeeper:
         else:
             self.loaded.pop(name, None)
 
+    def note_unload(self, name: str) -> None:
+        """``name`` was unloaded here (no desired version: the trainer's business)."""
+        self.loaded.pop(name, None)
+
     def status(self) -> dict[str, Any]:
         return {
             "loaded": dict(self.loaded),
