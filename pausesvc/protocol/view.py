@@ -22,7 +22,15 @@ from typing import Literal
 from pausesvc.protocol.keys import GLOBAL
 from pausesvc.protocol.models import AdapterState, DesiredVersion, PauseEvent, Snapshot
 
-__all__ = ["BEHIND_GRACE_S", "Change", "Reset", "View", "classify_event", "reconcile_versions"]
+__all__ = [
+    "BEHIND_GRACE_S",
+    "Change",
+    "Reset",
+    "View",
+    "classify_event",
+    "fenced_tombstone",
+    "reconcile_versions",
+]
 
 #: An event at or below the view's revision this long after the view's last snapshot is not a
 #: late duplicate (those arrive right after a snapshot): the revision went back in the same
@@ -268,10 +276,17 @@ class View:
 
     # -- snapshots ---------------------------------------------------------------------------------
     def wanted(self, snap: Snapshot) -> tuple[list[str], list[str]]:
-        """What :meth:`reset` needs read first: the names whose resume tombstones
-        (``tombstones``) and whose clear tombstones (``cleared_versions``) decide it."""
-        tombs = [n for n in self.paused if n not in snap.paused] if self.epoch is not None else []
-        tombs += [n for n in self.orphans if n not in tombs]
+        """What :meth:`reset` needs read first: the members of ``tombstones`` that decide it -
+        each name, and the fenced tombstone of each hold the view keeps for it (a resume with
+        that hold's token of an adapter Redis did not know) - and the names whose clear
+        tombstones (``cleared_versions``) do."""
+        names = [n for n in self.paused if n not in snap.paused] if self.epoch is not None else []
+        names += [n for n in self.orphans if n not in names]
+        tombs = list(names)
+        for n in names:
+            st = self.paused.get(n) or self.orphans.get(n)
+            if st is not None:
+                tombs += [fenced_tombstone(n, h, hold.token) for h, hold in st.holders.items()]
         cleared = [n for n in self.desired if n not in snap.versions]
         return sorted(tombs), sorted(cleared)
 
@@ -290,10 +305,11 @@ class View:
         out.orphaned = sorted(orphaned)
         if self.on_data_loss == "hold":
             # an orphan resumed since it was orphaned (a re-assertion whose event this reader
-            # missed still left a tombstone): released
-            for n, t in tombstones.items():
+            # missed still left a tombstone - a fenced one only for the hold's own token)
+            for n, st in sorted(self.orphans.items()):
+                t = _proof(tombstones, n, st)
                 epoch, at = self.orphaned_at.get(n, (None, 0))
-                if n in self.orphans and n not in orphaned and (epoch != snap.epoch or t > at):
+                if t is not None and n not in orphaned and (epoch != snap.epoch or t > at):
                     self.release_orphan(n)
                     out.released.append(n)
             for n, st in orphaned.items():
@@ -332,13 +348,28 @@ class View:
         for n, st in self.paused.items():
             if n in snap.paused:
                 continue
-            t = tombstones.get(n)
+            t = _proof(tombstones, n, st)
             if t is not None and ((new_epoch and snap.epoch is not None) or t >= st.revision):
                 continue  # resumed: an event missed (a gap, a reconnect) or a re-assertion
             if st.without_expired(snap.server_time) is None:
                 continue  # its lease ran out anyway
             orphaned[n] = st
         return orphaned
+
+
+def fenced_tombstone(name: str, holder: str, token: str) -> str:
+    """The ``tombstones`` member a resume with ``holder``'s ``token`` leaves for an adapter Redis
+    did not know (resume.lua): names, holders and tokens hold no whitespace."""
+    return f"{name}\n{holder}\n{token}"
+
+
+def _proof(tombstones: Mapping[str, int], name: str, st: AdapterState) -> int | None:
+    """The newest revision at which ``name`` was resumed in a way that releases ``st``: its
+    tombstone, or the fenced tombstone of one of ``st``'s holds."""
+    found = [tombstones.get(name)]
+    found += [tombstones.get(fenced_tombstone(name, h, hold.token)) for h, hold in st.holders.items()]
+    revs = [t for t in found if t is not None]
+    return max(revs) if revs else None
 
 
 def _made(snap: Snapshot, name: str, op: str, state: AdapterState | None) -> PauseEvent:

@@ -7,7 +7,7 @@ import pytest
 
 from pausesvc import GLOBAL
 from pausesvc.protocol.models import AdapterState, DesiredVersion, Hold, PauseEvent, Snapshot
-from pausesvc.protocol.view import BEHIND_GRACE_S, View
+from pausesvc.protocol.view import BEHIND_GRACE_S, View, fenced_tombstone
 
 T = 1000.0  # the server clock
 
@@ -103,7 +103,7 @@ def test_a_vanished_pause_is_released_only_on_proof(
     v = synced(5)
     v.apply(ev(6, "a", True), now=T)
     tombs, _ = v.wanted(snapshot)
-    assert tombs == ["a"]
+    assert tombs == ["a", fenced_tombstone("a", "h", "6-ab")]  # the name, and its hold's fenced one
     done = v.reset(snapshot, {} if tombstone is None else {"a": tombstone}, {}, now=10.0)
     assert v.is_paused("a") is orphaned
     assert done.orphaned == (["a"] if orphaned else [])
@@ -153,7 +153,7 @@ def orphaned_view() -> View:
 
 def test_an_orphan_is_released_by_a_later_resume_tombstone() -> None:
     v = orphaned_view()
-    assert v.wanted(snap(8))[0] == ["a"]
+    assert v.wanted(snap(8))[0][0] == "a"
     done = v.reset(snap(8), {"a": 6}, {}, now=2.0)  # not after it was orphaned
     assert v.is_paused("a") and not done.released
     done = v.reset(snap(8), {"a": 7}, {}, now=3.0)
@@ -161,6 +161,19 @@ def test_an_orphan_is_released_by_a_later_resume_tombstone() -> None:
     assert [(c.event.op, c.event.paused) for c in done.changes if c.name == "a" and c.event] == [
         ("resync", False)
     ]
+
+
+def test_a_fenced_tombstone_releases_an_orphan_only_with_its_holds_token() -> None:
+    """A resume with a token, of an adapter Redis lost, leaves the tombstone
+    ``<name>\n<holder>\n<token>``: a reader that missed its event releases the orphan only if
+    that is the token of the hold it keeps (a stale controller's resume releases nothing)."""
+    v = orphaned_view()
+    (hold,) = v.orphans["a"].holders.values()
+    stale = fenced_tombstone("a", hold.holder, "1-0000stale")
+    done = v.reset(snap(8), {stale: 8}, {}, now=2.0)
+    assert v.is_paused("a") and not done.released
+    done = v.reset(snap(9), {fenced_tombstone("a", hold.holder, hold.token): 9}, {}, now=3.0)
+    assert not v.is_paused("a") and done.released == ["a"]
 
 
 def test_an_orphan_is_released_by_a_new_change_of_it_not_by_a_resync() -> None:

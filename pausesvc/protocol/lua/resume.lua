@@ -12,9 +12,10 @@
 -- controller re-asserted it. With no token it is unfenced, as any tokenless resume: it writes
 -- the tombstone too, so a watcher that missed the event releases the orphan at its next
 -- re-read. With a token, Redis cannot check it (it lost the hold), so the event carries the
--- token and NO tombstone is written: a watcher releases the orphan only if the token is the
--- one of the holder's hold it keeps, and one that misses the event keeps the orphan until it
--- is forced or its lease ends (the safe side). Forced, it releases everything.
+-- token, and the tombstone it writes is a fenced one - member "<name>\n<holder>\n<token>" -
+-- that no plain ZMSCORE of the name finds: a watcher releases the orphan only if the token is
+-- the one of the holder's hold it keeps, whether it sees the event or, having missed it, looks
+-- that member up at its next re-read. Forced, it releases everything.
 local name, holder, token, force = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local st = reap(name, load(name))
 if force == '1' then
@@ -32,7 +33,14 @@ end
 if not st then
   local rev = bump()
   local extra = {not_paused = true}
-  if token == '' then tombstone(name, rev) else extra.token = token end
+  if token == '' then
+    tombstone(name, rev)
+  else
+    -- a FENCED tombstone: "<name>\n<holder>\n<token>" (names, holders and tokens hold no
+    -- whitespace); a watcher that missed the event checks it against the hold it keeps
+    extra.token = token
+    tombstone(name .. '\n' .. holder .. '\n' .. token, rev)
+  end
   publish(name, 'resume', holder, nil, rev, extra)
   return {'not_paused', rev, '', '', epoch()}
 end
