@@ -60,12 +60,17 @@ ADAPTER_VERSION_HEADER = "x-pausesvc-adapter-version"
 
 
 def version_of(headers: Mapping[str, str]) -> str | None:
-    """The adapter version a response names (None when the header is absent or empty)."""
-    value = headers.get(ADAPTER_VERSION_HEADER)
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
+    """The adapter version a response names (None when the header is absent or empty).
+
+    A response naming more than one (the header repeated - httpx joins the values with ", " -
+    by something between the replica and us) cannot say which weights made its tokens:
+    :class:`SampleResponseError`, never one span labelled with both."""
+    get_list = getattr(headers, "get_list", None)
+    values = get_list(ADAPTER_VERSION_HEADER) if callable(get_list) else [headers.get(ADAPTER_VERSION_HEADER)]
+    found = sorted({v.strip() for v in values if isinstance(v, str) and v.strip()})
+    if len(found) > 1:
+        raise SampleResponseError(f"the response names {len(found)} adapter versions ({', '.join(found)})")
+    return found[0] if found else None
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -275,6 +280,10 @@ def _token_ids(choice: Mapping[str, Any], aborted: bool, has_output: bool) -> li
         )
     if not isinstance(ids, list) or not all(_is_int(t) for t in ids):
         raise SampleResponseError("token_ids must be a list of integers")
+    if not ids and has_output:  # text that no token made: the sample's text and ids would differ
+        raise (UnresumableAbortError if aborted else SampleResponseError)(
+            "the response has text but no token_ids: its text cannot be matched to tokens"
+        )
     return list(ids)
 
 

@@ -207,6 +207,13 @@ async def test_an_abort_without_token_ids_cannot_be_resumed() -> None:
     assert ei.value.partial is not None and ei.value.partial.finish_reason == "abort"
 
 
+async def test_text_that_no_token_made_is_refused() -> None:
+    """An abort carrying text with an empty token_ids list: the sample's text would claim what
+    its tokens (and the continuation's prompt) lack - refused, not kept."""
+    with pytest.raises(UnresumableAbortError):
+        await run([Gen([], "abort", text="HELLO"), Gen([7, 8], "stop")], req())
+
+
 async def test_an_abort_is_never_reported_as_length_when_the_waiter_fails() -> None:
     class Broken:
         async def wait_unpaused(self, name: str, timeout: float | None = None) -> bool:

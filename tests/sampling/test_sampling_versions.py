@@ -124,3 +124,15 @@ def test_version_of_reads_the_header_case_insensitively() -> None:
     assert version_of(httpx.Headers({"X-Pausesvc-Adapter-Version": " v3 "})) == "v3"
     assert version_of(httpx.Headers({"x-pausesvc-adapter-version": ""})) is None
     assert version_of(httpx.Headers({})) is None
+
+
+def test_a_response_naming_two_versions_is_refused() -> None:
+    """A repeated version header (something between the replica and us): which weights made
+    the tokens cannot be told - refused, never one span labelled "v1, v2"."""
+    from pausesvc.sampling import SampleResponseError
+
+    headers = httpx.Headers([("X-Pausesvc-Adapter-Version", "v1"), ("X-Pausesvc-Adapter-Version", "v2")])
+    with pytest.raises(SampleResponseError, match="2 adapter versions"):
+        version_of(headers)
+    same = httpx.Headers([("X-Pausesvc-Adapter-Version", "v1"), ("X-Pausesvc-Adapter-Version", "v1")])
+    assert version_of(same) == "v1"
