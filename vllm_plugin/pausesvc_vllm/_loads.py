@@ -46,12 +46,8 @@ logger = logging.getLogger("pausesvc_vllm")
 
 
 async def direct_load(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> None:
-    s = rt.settings
-    try:
-        body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes, timeout=s.gate_body_timeout_s)
-    except BodyError as exc:
-        if exc.status:
-            await send_json(send, exc.status, error_body(exc.code, exc.message))
+    body = await _read(rt, scope, receive, send)
+    if body is None:
         return
     name, named = _names(scope, body)
     if name is None:  # vLLM answers what is wrong with it
@@ -63,17 +59,43 @@ async def direct_load(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Rece
         if named == desired.version and rt.versions.version(name) == desired.version:
             await send_json(send, 200, {"status": "ok", "version": desired.version, "changed": False})
             return
-        message = (
-            f"{name!r} has the desired version {desired.version!r} in Redis: every replica loads "
-            "it by itself, and a direct load of other weights would serve a version the fleet "
-            "left; change it with `pausesvc swap` (POST /v1/adapters/{name}/version)"
-        )
-        await send_json(
+        await _refuse_managed(
+            rt,
             send,
-            409,
-            error_body("version_managed", message, desired=desired.version, loaded=rt.versions.version(name)),
+            name,
+            desired.version,
+            "every replica loads it by itself, and a direct load of other weights would serve a "
+            "version the fleet left; change it with `pausesvc swap` (POST /v1/adapters/{name}/version)",
         )
         return
+    if await _forward(app, scope, body, receive, send):
+        rt.versions.note_direct_load(name, named)
+        logger.info("pausesvc gate: %r loaded directly (version %s)", name, named or "not named")
+        if named and rt.replica is not None:
+            rt._spawn(_report(rt, name, named), f"pausesvc-direct-load-{name}")
+
+
+async def _read(rt: GateRuntime, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    """The request's body; None when it could not be read (answered, unless the client left)."""
+    s = rt.settings
+    try:
+        return await read_body(receive, scope, max_bytes=s.gate_max_body_bytes, timeout=s.gate_body_timeout_s)
+    except BodyError as exc:
+        if exc.status:
+            await send_json(send, exc.status, error_body(exc.code, exc.message))
+        return None
+
+
+async def _refuse_managed(rt: GateRuntime, send: Send, name: str, desired: str, why: str) -> None:
+    """409 ``version_managed``: ``name`` has a desired version, the replicas keep it on it."""
+    message = f"{name!r} has the desired version {desired!r} in Redis: {why}"
+    await send_json(
+        send, 409, error_body("version_managed", message, desired=desired, loaded=rt.versions.version(name))
+    )
+
+
+async def _forward(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+    """Hand the request to vLLM; True when it answered 200."""
     status: list[int] = []
 
     async def watch(message: Message) -> None:
@@ -82,11 +104,7 @@ async def direct_load(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Rece
         await send(message)
 
     await app(scope, replaying_receive(body, receive), watch)
-    if status and status[0] == 200:
-        rt.versions.note_direct_load(name, named)
-        logger.info("pausesvc gate: %r loaded directly (version %s)", name, named or "not named")
-        if named and rt.replica is not None:
-            rt._spawn(_report(rt, name, named), f"pausesvc-direct-load-{name}")
+    return bool(status) and status[0] == 200
 
 
 async def _report(rt: GateRuntime, name: str, version: str) -> None:
@@ -134,12 +152,8 @@ async def direct_unload(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Re
     would load whatever weights the resolver finds under that name on the next request, old
     ones included, while this replica still reports the desired version. Without one, vLLM
     gets it unchanged (and the replica forgets what it had loaded under that name)."""
-    s = rt.settings
-    try:
-        body = await read_body(receive, scope, max_bytes=s.gate_max_body_bytes, timeout=s.gate_body_timeout_s)
-    except BodyError as exc:
-        if exc.status:
-            await send_json(send, exc.status, error_body(exc.code, exc.message))
+    body = await _read(rt, scope, receive, send)
+    if body is None:
         return
     path = route_path(scope)
     if path == UNLOAD_PATH:
@@ -158,25 +172,15 @@ async def direct_unload(app: ASGIApp, rt: GateRuntime, scope: Scope, receive: Re
     await rt.start()
     desired = rt.watcher.desired(name) if rt.watcher is not None else None
     if desired is not None:
-        message = (
-            f"{name!r} has the desired version {desired.version!r} in Redis: every replica keeps "
-            "it loaded; unloading it would stop this replica serving it (or let a LoRA resolver "
-            "load other weights under its name); clear the desired version first "
-            "(DELETE /v1/adapters/{name}/version, pausesvc swap to another version)"
-        )
-        await send_json(
+        await _refuse_managed(
+            rt,
             send,
-            409,
-            error_body("version_managed", message, desired=desired.version, loaded=rt.versions.version(name)),
+            name,
+            desired.version,
+            "every replica keeps it loaded; unloading it would stop this replica serving it (or "
+            "let a LoRA resolver load other weights under its name); clear the desired version "
+            "first (DELETE /v1/adapters/{name}/version, pausesvc swap to another version)",
         )
         return
-    status: list[int] = []
-
-    async def watch(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            status.append(int(message["status"]))
-        await send(message)
-
-    await app(scope, replaying_receive(body, receive), watch)
-    if status and status[0] == 200:
+    if await _forward(app, scope, body, receive, send):
         rt.versions.note_unload(name)
